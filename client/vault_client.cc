@@ -1,0 +1,98 @@
+#include "client/vault_client.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace cardvault::client {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     absl::string_view what) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateMutualTlsChannel(
+    const ClientOptions& options) {
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> ca = ReadFile(options.ca_file, "CA file");
+  if (!ca.ok()) return ca.status();
+  ssl.pem_root_certs = *std::move(ca);
+  // An empty cert or key means "no client certificate": the server must then
+  // refuse the handshake, which tests rely on.
+  if (!options.cert_file.empty()) {
+    absl::StatusOr<std::string> cert =
+        ReadFile(options.cert_file, "certificate file");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(options.key_file, "key file");
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *std::move(cert);
+    ssl.pem_private_key = *std::move(key);
+  }
+  grpc::ChannelArguments args;
+  if (!options.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options.server_name_override);
+  }
+  return grpc::CreateCustomChannel(options.address, grpc::SslCredentials(ssl),
+                                   args);
+}
+
+absl::StatusOr<std::unique_ptr<VaultClient>> VaultClient::Create(
+    const ClientOptions& options) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      CreateMutualTlsChannel(options);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<VaultClient>(
+      new VaultClient(*std::move(channel), options.deadline));
+}
+
+VaultClient::VaultClient(std::shared_ptr<grpc::Channel> channel,
+                         absl::Duration deadline)
+    : channel_(std::move(channel)),
+      stub_(::cardvault::v1::TokenVault::NewStub(channel_)),
+      deadline_(deadline) {}
+
+absl::StatusOr<std::string> VaultClient::Tokenize(
+    const ::cardvault::v1::Card& card) const {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+  ::cardvault::v1::TokenizeRequest request;
+  *request.mutable_card() = card;
+  ::cardvault::v1::TokenizeResponse response;
+  grpc::Status status = stub_->Tokenize(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.token();
+}
+
+absl::StatusOr<::cardvault::v1::Card> VaultClient::Detokenize(
+    absl::string_view token) const {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+  ::cardvault::v1::DetokenizeRequest request;
+  request.set_token(std::string(token));
+  ::cardvault::v1::DetokenizeResponse response;
+  grpc::Status status = stub_->Detokenize(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.card();
+}
+
+}  // namespace cardvault::client

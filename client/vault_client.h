@@ -1,0 +1,67 @@
+// C++ client of cardvault's TokenVault over mutual TLS.
+//
+// Thread safety: thread-safe; one client (one channel) may serve many
+// threads.
+#ifndef CARDVAULT_CLIENT_VAULT_CLIENT_H_
+#define CARDVAULT_CLIENT_VAULT_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/channel.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "cardvault/v1/vault.grpc.pb.h"
+
+namespace cardvault::client {
+
+struct ClientOptions {
+  // host:port of cardvaultd.
+  std::string address = "127.0.0.1:9443";
+  // PEM CA bundle that the server certificate must chain to.
+  std::string ca_file;
+  // PEM client certificate and private key: the caller's identity.
+  std::string cert_file;
+  std::string key_file;
+  // Deadline of each call.
+  absl::Duration deadline = absl::Seconds(5);
+  // Overrides the TLS name checked against the server certificate (the host
+  // of `address` when empty).
+  std::string server_name_override;
+};
+
+// Reads the PEM files of `options` and returns a channel that presents the
+// client certificate and verifies the server's.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateMutualTlsChannel(
+    const ClientOptions& options);
+
+// The one place a grpc::Status becomes an absl::Status on the client side.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+class VaultClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<VaultClient>> Create(
+      const ClientOptions& options);
+
+  // Returns the token for `card`.
+  absl::StatusOr<std::string> Tokenize(const ::cardvault::v1::Card& card) const;
+
+  // Returns the card stored under `token`.
+  absl::StatusOr<::cardvault::v1::Card> Detokenize(
+      absl::string_view token) const;
+
+  grpc::Channel* channel() const { return channel_.get(); }
+
+ private:
+  VaultClient(std::shared_ptr<grpc::Channel> channel, absl::Duration deadline);
+
+  const std::shared_ptr<grpc::Channel> channel_;
+  const std::unique_ptr<::cardvault::v1::TokenVault::Stub> stub_;
+  const absl::Duration deadline_;
+};
+
+}  // namespace cardvault::client
+
+#endif  // CARDVAULT_CLIENT_VAULT_CLIENT_H_

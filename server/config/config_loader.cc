@@ -1,0 +1,169 @@
+#include "server/config/config_loader.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <openssl/crypto.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace cardvault::config {
+namespace {
+
+using ::cardvault::config::v1::Role;
+
+constexpr uint32_t kDefaultRefreshSeconds = 60;
+constexpr uint32_t kDefaultMaxSessions = 4;
+constexpr uint32_t kDefaultMaxRequestBytes = 16 * 1024;
+constexpr uint32_t kDefaultServerThreads = 16;
+constexpr size_t kMaxPinBytes = 256;
+
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ", message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    AddError(line, column, message);
+  }
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::vector<std::string> errors_;
+};
+
+absl::Status Require(bool ok, absl::string_view source,
+                     absl::string_view message) {
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(source, ": ", message));
+}
+
+bool IsHostPort(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) return false;
+  uint32_t port = 0;
+  return absl::SimpleAtoi(address.substr(colon + 1), &port) && port > 0 &&
+         port < 65536;
+}
+
+absl::Status Validate(ServerConfig& c, absl::string_view src) {
+  absl::Status s;
+  auto check = [&](bool ok, absl::string_view message) {
+    if (s.ok()) s = Require(ok, src, message);
+  };
+  check(IsHostPort(c.listen_address()),
+        "listen_address must be host:port with a port of 1-65535");
+  check(c.has_tls(), "tls is required");
+  check(!c.tls().server_cert_file().empty(), "tls.server_cert_file is required");
+  check(!c.tls().server_key_file().empty(), "tls.server_key_file is required");
+  check(!c.tls().client_ca_file().empty(), "tls.client_ca_file is required");
+  check(c.has_hsm(), "hsm is required");
+  check(!c.hsm().module_path().empty(), "hsm.module_path is required");
+  check(!c.hsm().token_label().empty(), "hsm.token_label is required");
+  check(c.hsm().pin_source_case() !=
+            ::cardvault::config::v1::HsmConfig::PIN_SOURCE_NOT_SET,
+        "hsm.pin_file or hsm.pin_env is required");
+  check(c.hsm().kek_label().size() <= 64, "hsm.kek_label is over 64 bytes");
+  check(c.hsm().max_sessions() <= 64, "hsm.max_sessions must be at most 64");
+  check(c.has_storage() && !c.storage().data_dir().empty(),
+        "storage.data_dir is required");
+  check(c.limits().max_request_bytes() == 0 ||
+            (c.limits().max_request_bytes() >= 1024 &&
+             c.limits().max_request_bytes() <= (4u << 20)),
+        "limits.max_request_bytes must be 1024 to 4194304");
+  check(c.limits().max_server_threads() <= 1024,
+        "limits.max_server_threads must be at most 1024");
+  for (int i = 0; i < c.policy().bindings_size(); ++i) {
+    const auto& b = c.policy().bindings(i);
+    const std::string where = absl::StrCat("policy.bindings[", i, "]");
+    check(!b.identity().empty(), absl::StrCat(where, ".identity is required"));
+    check(b.roles_size() > 0, absl::StrCat(where, ".roles is empty"));
+    for (int r : b.roles()) {
+      check(r != v1::ROLE_UNSPECIFIED && v1::Role_IsValid(r),
+            absl::StrCat(where, ".roles has an unknown role"));
+    }
+  }
+  if (!s.ok()) return s;
+
+  // Documented defaults.
+  auto* tls = c.mutable_tls();
+  if (tls->refresh_interval_seconds() == 0) {
+    tls->set_refresh_interval_seconds(kDefaultRefreshSeconds);
+  }
+  auto* hsm = c.mutable_hsm();
+  if (hsm->kek_label().empty()) hsm->set_kek_label("cardvault-kek");
+  if (hsm->max_sessions() == 0) hsm->set_max_sessions(kDefaultMaxSessions);
+  auto* limits = c.mutable_limits();
+  if (limits->max_request_bytes() == 0) {
+    limits->set_max_request_bytes(kDefaultMaxRequestBytes);
+  }
+  if (limits->max_server_threads() == 0) {
+    limits->set_max_server_threads(kDefaultServerThreads);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
+                                         absl::string_view source) {
+  ServerConfig config;
+  ErrorCollector errors;
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ":", absl::StrJoin(errors.errors(), "; ")));
+  }
+  if (absl::Status s = Validate(config, source); !s.ok()) return s;
+  return config;
+}
+
+absl::StatusOr<ServerConfig> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseConfig(buffer.str(), path);
+}
+
+absl::StatusOr<crypto::SecretBytes> ReadHsmPin(
+    const ::cardvault::config::v1::HsmConfig& hsm) {
+  std::string pin;
+  if (hsm.has_pin_file()) {
+    std::ifstream in(hsm.pin_file());
+    if (!in) {
+      return absl::NotFoundError(
+          absl::StrCat("cannot read HSM PIN file ", hsm.pin_file()));
+    }
+    std::getline(in, pin);
+  } else {
+    const char* value = std::getenv(hsm.pin_env().c_str());
+    if (value == nullptr) {
+      return absl::NotFoundError(absl::StrCat(
+          "environment variable ", hsm.pin_env(), " (HSM PIN) is not set"));
+    }
+    pin = value;
+  }
+  absl::string_view trimmed = absl::StripAsciiWhitespace(pin);
+  absl::StatusOr<crypto::SecretBytes> result;
+  if (trimmed.empty() || trimmed.size() > kMaxPinBytes) {
+    result = absl::InvalidArgumentError("HSM PIN is empty or too long");
+  } else {
+    result = crypto::SecretBytes(trimmed);
+  }
+  OPENSSL_cleanse(pin.data(), pin.size());
+  return result;
+}
+
+}  // namespace cardvault::config

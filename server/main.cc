@@ -1,0 +1,177 @@
+// cardvaultd: wiring only. Loads the configuration, opens the HSM, storage
+// and key ring, and serves TokenVault and grpc.health.v1 over mutual TLS
+// until SIGTERM or SIGINT.
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "hsm/pkcs11_key_wrapper.h"
+#include "hsm/pkcs11_module.h"
+#include "hsm/session_pool.h"
+#include "server/auth/access_policy.h"
+#include "server/config/config_loader.h"
+#include "server/service/server_credentials.h"
+#include "server/service/token_vault_service.h"
+#include "server/storage/rocksdb_storage.h"
+#include "server/util/log.h"
+#include "server/util/process_hardening.h"
+#include "server/vault/key_ring.h"
+#include "server/vault/vault.h"
+
+ABSL_FLAG(std::string, config, "", "Path of the configuration file (required).");
+ABSL_FLAG(std::string, listen_address, "",
+          "Overrides listen_address from the configuration.");
+ABSL_FLAG(std::string, data_dir, "",
+          "Overrides storage.data_dir from the configuration.");
+
+namespace cardvault {
+namespace {
+
+constexpr char kServiceName[] = "cardvault.v1.TokenVault";
+constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
+
+std::vector<auth::RoleBinding> BindingsFrom(
+    const config::v1::AccessPolicy& policy) {
+  std::vector<auth::RoleBinding> out;
+  for (const auto& b : policy.bindings()) {
+    auth::RoleBinding binding{b.identity(), {}};
+    for (int r : b.roles()) {
+      switch (r) {
+        case config::v1::TOKENIZER:
+          binding.roles.push_back(auth::Role::kTokenizer);
+          break;
+        case config::v1::DETOKENIZER:
+          binding.roles.push_back(auth::Role::kDetokenizer);
+          break;
+        case config::v1::AUDITOR:
+          binding.roles.push_back(auth::Role::kAuditor);
+          break;
+        case config::v1::ADMIN:
+          binding.roles.push_back(auth::Role::kAdmin);
+          break;
+      }
+    }
+    out.push_back(std::move(binding));
+  }
+  return out;
+}
+
+template <typename T>
+T OrDie(absl::StatusOr<T> value, absl::string_view step) {
+  if (!value.ok()) {
+    util::LogError(absl::StrCat(step, ": ", value.status().ToString()));
+    std::exit(1);
+  }
+  return *std::move(value);
+}
+
+int Run(const sigset_t& stop_signals) {
+  config::ServerConfig cfg =
+      OrDie(config::LoadConfigFile(absl::GetFlag(FLAGS_config)), "config");
+  if (!absl::GetFlag(FLAGS_listen_address).empty()) {
+    cfg.set_listen_address(absl::GetFlag(FLAGS_listen_address));
+  }
+  if (!absl::GetFlag(FLAGS_data_dir).empty()) {
+    cfg.mutable_storage()->set_data_dir(absl::GetFlag(FLAGS_data_dir));
+  }
+
+  auto module = OrDie(hsm::Pkcs11Module::Load(cfg.hsm().module_path()),
+                      "HSM module");
+  CK_SLOT_ID slot = OrDie(
+      module->FindSlotByTokenLabel(cfg.hsm().token_label()), "HSM token");
+  auto sessions = OrDie(
+      hsm::SessionPool::Create(
+          module.get(), slot, OrDie(config::ReadHsmPin(cfg.hsm()), "HSM PIN"),
+          {.max_sessions = cfg.hsm().max_sessions()}),
+      "HSM login");
+  auto wrapper = OrDie(
+      hsm::Pkcs11KeyWrapper::Create(
+          sessions.get(),
+          {.kek_label = cfg.hsm().kek_label(),
+           .create_kek_if_missing = cfg.hsm().create_kek_if_missing()}),
+      "HSM key-encryption key");
+  auto storage = OrDie(
+      storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir()}),
+      "storage");
+  auto keys = OrDie(
+      vault::KeyRing::Load(storage.get(), wrapper.get(), {}), "data keys");
+  auto policy = OrDie(auth::AccessPolicy::Create(BindingsFrom(cfg.policy())),
+                      "policy");
+  auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(),
+                                          policy.get(), {}),
+                     "vault");
+  auto credentials =
+      OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
+
+  service::TokenVaultService token_vault(vault.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(cfg.listen_address(), credentials, &port);
+  builder.RegisterService(&token_vault);
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(cfg.limits().max_request_bytes()));
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                              2);
+  grpc::ResourceQuota quota("cardvaultd");
+  quota.SetMaxThreads(static_cast<int>(cfg.limits().max_server_threads()));
+  builder.SetResourceQuota(quota);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    util::LogError(
+        absl::StrCat("cannot listen on ", cfg.listen_address()));
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  util::LogInfo(absl::StrCat("data keys loaded: ", keys->size(),
+                             ", primary version ", keys->primary_version()));
+  std::printf("cardvaultd ready: TokenVault on %s (mutual TLS), port %d\n",
+              cfg.listen_address().c_str(), port);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  util::LogInfo(absl::StrCat("signal ", signal_number,
+                             " received: draining requests"));
+  server->GetHealthCheckService()->Shutdown();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
+  server->Wait();
+  util::LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace cardvault
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "cardvaultd --config=FILE [--listen_address=HOST:PORT] [--data_dir=DIR]");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = cardvault::util::HardenProcess(); !s.ok()) {
+    cardvault::util::LogError(s.ToString());
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_config).empty()) {
+    cardvault::util::LogError("--config is required");
+    return 2;
+  }
+  // Block the stop signals before any thread starts, so that only sigwait
+  // in Run receives them and shutdown is orderly.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  return cardvault::Run(stop_signals);
+}

@@ -1,0 +1,37 @@
+#include "server/service/peer_identity.h"
+
+#include <vector>
+
+#include <grpc/grpc_security_constants.h>
+
+namespace cardvault::service {
+namespace {
+
+std::vector<std::string> Values(const grpc::AuthContext& context,
+                                const char* property) {
+  std::vector<std::string> out;
+  for (const grpc::string_ref& v : context.FindPropertyValues(property)) {
+    out.emplace_back(v.data(), v.size());
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> PeerIdentity(const grpc::AuthContext& context) {
+  if (!context.IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError("no verified client certificate");
+  }
+  std::vector<std::string> uris = Values(context, GRPC_PEER_URI_PROPERTY_NAME);
+  if (uris.size() == 1) return uris.front();
+  if (uris.size() > 1) {
+    return absl::UnauthenticatedError(
+        "client certificate has several URI SANs; exactly one is required");
+  }
+  std::vector<std::string> cns = Values(context, GRPC_X509_CN_PROPERTY_NAME);
+  if (cns.size() == 1 && !cns.front().empty()) return cns.front();
+  return absl::UnauthenticatedError(
+      "client certificate has neither a URI SAN nor a common name");
+}
+
+}  // namespace cardvault::service

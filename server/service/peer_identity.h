@@ -1,0 +1,20 @@
+// The caller's identity from the verified client certificate of a call.
+#ifndef CARDVAULT_SERVER_SERVICE_PEER_IDENTITY_H_
+#define CARDVAULT_SERVER_SERVICE_PEER_IDENTITY_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include <grpcpp/security/auth_context.h>
+
+namespace cardvault::service {
+
+// The URI SAN of the peer certificate when it has exactly one (SPIFFE style,
+// e.g. "spiffe://cardvault.dev/pos"); the subject CN when it has none.
+// UNAUTHENTICATED when the call has no verified certificate, has several URI
+// SANs, or neither a URI SAN nor a CN.
+absl::StatusOr<std::string> PeerIdentity(const grpc::AuthContext& context);
+
+}  // namespace cardvault::service
+
+#endif  // CARDVAULT_SERVER_SERVICE_PEER_IDENTITY_H_

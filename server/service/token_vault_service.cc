@@ -1,0 +1,107 @@
+#include "server/service/token_vault_service.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "server/service/peer_identity.h"
+#include "server/service/status_conversion.h"
+#include "server/util/log.h"
+
+namespace cardvault::service {
+namespace {
+
+using ::cardvault::v1::DetokenizeRequest;
+using ::cardvault::v1::DetokenizeResponse;
+using ::cardvault::v1::TokenizeRequest;
+using ::cardvault::v1::TokenizeResponse;
+
+absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext& context) {
+  auto auth_context = context.auth_context();
+  if (auth_context == nullptr) {
+    return absl::UnauthenticatedError("no verified client certificate");
+  }
+  absl::StatusOr<std::string> identity = PeerIdentity(*auth_context);
+  if (!identity.ok()) return identity.status();
+  return auth::Caller{*std::move(identity), context.peer()};
+}
+
+// Fields this server does not know (e.g. a CVV sent by a newer client) are
+// refused rather than silently dropped: nothing is accepted that is not kept.
+bool HasUnknownFields(const google::protobuf::Message& message) {
+  return !message.GetReflection()->GetUnknownFields(message).empty();
+}
+
+vault::Card FromProto(const ::cardvault::v1::Card& card) {
+  vault::Card out;
+  out.pan = crypto::SecretBytes(card.pan());
+  out.exp_month = card.exp_month();
+  out.exp_year = card.exp_year();
+  out.cardholder_name = crypto::SecretBytes(card.cardholder_name());
+  return out;
+}
+
+void ToProto(const vault::Card& card, ::cardvault::v1::Card* out) {
+  out->set_pan(std::string(card.pan.view()));
+  out->set_exp_month(card.exp_month);
+  out->set_exp_year(card.exp_year);
+  out->set_cardholder_name(std::string(card.cardholder_name.view()));
+}
+
+// Logs what an operator needs (RPC, caller, code) and never the request.
+grpc::Status Finish(absl::string_view rpc, const auth::Caller* caller,
+                    const absl::Status& status) {
+  if (!status.ok() && status.code() != absl::StatusCode::kInvalidArgument &&
+      status.code() != absl::StatusCode::kNotFound) {
+    util::Log(status.code() == absl::StatusCode::kPermissionDenied ||
+                      status.code() == absl::StatusCode::kUnauthenticated
+                  ? util::Severity::kWarning
+                  : util::Severity::kError,
+              absl::StrCat(rpc, " by ",
+                           caller != nullptr ? caller->identity : "<unknown>",
+                           " failed: ", status.ToString()));
+  }
+  return ToGrpcStatus(status);
+}
+
+}  // namespace
+
+grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
+                                         const TokenizeRequest* request,
+                                         TokenizeResponse* response) {
+  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
+  if (!caller.ok()) return Finish("Tokenize", nullptr, caller.status());
+  if (HasUnknownFields(*request) || HasUnknownFields(request->card())) {
+    return Finish("Tokenize", &*caller,
+                  absl::InvalidArgumentError(
+                      "request has fields this server does not accept (a CVV "
+                      "is never accepted)"));
+  }
+  if (!request->has_card()) {
+    return Finish("Tokenize", &*caller,
+                  absl::InvalidArgumentError("card is required"));
+  }
+  absl::StatusOr<std::string> token =
+      vault_->Tokenize(*caller, FromProto(request->card()));
+  if (!token.ok()) return Finish("Tokenize", &*caller, token.status());
+  response->set_token(*std::move(token));
+  return grpc::Status::OK;
+}
+
+grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
+                                           const DetokenizeRequest* request,
+                                           DetokenizeResponse* response) {
+  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
+  if (!caller.ok()) return Finish("Detokenize", nullptr, caller.status());
+  if (HasUnknownFields(*request)) {
+    return Finish("Detokenize", &*caller,
+                  absl::InvalidArgumentError(
+                      "request has fields this server does not accept"));
+  }
+  absl::StatusOr<vault::Card> card =
+      vault_->Detokenize(*caller, request->token());
+  if (!card.ok()) return Finish("Detokenize", &*caller, card.status());
+  ToProto(*card, response->mutable_card());
+  return grpc::Status::OK;
+}
+
+}  // namespace cardvault::service

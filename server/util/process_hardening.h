@@ -1,0 +1,15 @@
+// Keeps secrets out of core dumps and away from debuggers of other users.
+#ifndef CARDVAULT_SERVER_UTIL_PROCESS_HARDENING_H_
+#define CARDVAULT_SERVER_UTIL_PROCESS_HARDENING_H_
+
+#include "absl/status/status.h"
+
+namespace cardvault::util {
+
+// Sets RLIMIT_CORE to 0 and PR_SET_DUMPABLE to 0 (no core file, no ptrace
+// attach by non-root, /proc/PID/mem unreadable). Call first thing in main.
+absl::Status HardenProcess();
+
+}  // namespace cardvault::util
+
+#endif  // CARDVAULT_SERVER_UTIL_PROCESS_HARDENING_H_
