@@ -1,0 +1,279 @@
+// Runs against a real SoftHSM2 token made by deploy/init-softhsm.sh.
+#include "hsm/pkcs11_key_wrapper.h"
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/ck_rv.h"
+#include "hsm/pkcs11_module.h"
+#include "hsm/session_pool.h"
+#include "server/config/config_loader.h"
+#include "server/storage/rocksdb_storage.h"
+#include "server/vault/key_ring.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/test_env.h"
+
+namespace cardvault::hsm {
+namespace {
+
+using ::cardvault::testing::IsOk;
+using ::cardvault::testing::StatusIs;
+using ::testing::HasSubstr;
+
+class Pkcs11KeyWrapperTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    env_ = testing::TestEnv::Create().release();
+    // A second token, for login failures that the first token's logged-in
+    // state would mask.
+    testing::RunOrDie(
+        "softhsm2-util --init-token --free --label second-token "
+        "--so-pin 11112222 --pin 33334444 >/dev/null");
+    module_ = Pkcs11Module::Load(testing::kSoftHsmModule)->release();
+    CK_SLOT_ID slot = *module_->FindSlotByTokenLabel(env_->token_label());
+    config::v1::HsmConfig hsm;
+    hsm.set_pin_file(env_->pin_file());
+    pool_ = SessionPool::Create(module_, slot, *config::ReadHsmPin(hsm),
+                                {.max_sessions = 4})
+                ->release();
+  }
+  static void TearDownTestSuite() {
+    delete pool_;
+    delete module_;
+    delete env_;
+  }
+
+  static std::unique_ptr<Pkcs11KeyWrapper> Wrapper(absl::string_view label,
+                                                   bool create = true) {
+    auto w = Pkcs11KeyWrapper::Create(
+        pool_, {.kek_label = std::string(label), .create_kek_if_missing = create});
+    EXPECT_THAT(w, IsOk());
+    return w.ok() ? *std::move(w) : nullptr;
+  }
+
+  static testing::TestEnv* env_;
+  static Pkcs11Module* module_;
+  static SessionPool* pool_;
+};
+
+testing::TestEnv* Pkcs11KeyWrapperTest::env_ = nullptr;
+Pkcs11Module* Pkcs11KeyWrapperTest::module_ = nullptr;
+SessionPool* Pkcs11KeyWrapperTest::pool_ = nullptr;
+
+TEST_F(Pkcs11KeyWrapperTest, WrappedDataKeyUnwrapsToA256BitKey) {
+  auto wrapper = Wrapper("kek-roundtrip");
+  ASSERT_NE(wrapper, nullptr);
+  auto wrapped = wrapper->GenerateWrappedDataKey();
+  ASSERT_THAT(wrapped, IsOk());
+  EXPECT_EQ(wrapped->size(), 40u);  // RFC 5649 of 32 bytes
+  auto a = wrapper->UnwrapDataKey(*wrapped);
+  auto b = wrapper->UnwrapDataKey(*wrapped);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(a->size(), 32u);
+  EXPECT_EQ(*a, *b);
+  EXPECT_EQ(a->protection(), crypto::Protection::kLockedPages);
+  // The wrapped form is not the key.
+  EXPECT_EQ(wrapped->find(std::string(a->view())), std::string::npos);
+  // Two generated keys differ.
+  EXPECT_NE(*a, *wrapper->UnwrapDataKey(*wrapper->GenerateWrappedDataKey()));
+}
+
+TEST_F(Pkcs11KeyWrapperTest, ChangedWrappedKeyIsRefused) {
+  auto wrapper = Wrapper("kek-tamper");
+  ASSERT_NE(wrapper, nullptr);
+  std::string wrapped = *wrapper->GenerateWrappedDataKey();
+  wrapped[10] ^= 1;
+  // SoftHSM reports a failed RFC 5649 integrity check as CKR_GENERAL_ERROR;
+  // what matters is that no key comes back.
+  EXPECT_THAT(wrapper->UnwrapDataKey(wrapped),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("C_UnwrapKey")));
+  EXPECT_THAT(wrapper->UnwrapDataKey(""),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(Pkcs11KeyWrapperTest, KeyFromAnotherKekDoesNotUnwrap) {
+  auto a = Wrapper("kek-a");
+  auto b = Wrapper("kek-b");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_THAT(b->UnwrapDataKey(*a->GenerateWrappedDataKey()),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("C_UnwrapKey")));
+}
+
+TEST_F(Pkcs11KeyWrapperTest, MissingKekIsNotFoundUnlessCreationAllowed) {
+  EXPECT_THAT(Pkcs11KeyWrapper::Create(
+                  pool_, {.kek_label = "kek-missing",
+                          .create_kek_if_missing = false}),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+// Invariant 3: the KEK never leaves the HSM. The token itself must refuse to
+// reveal its value or wrap it out.
+TEST_F(Pkcs11KeyWrapperTest, TokenRefusesToRevealOrExportTheKek) {
+  ASSERT_NE(Wrapper("kek-custody"), nullptr);
+  auto session = pool_->Acquire();
+  ASSERT_THAT(session, IsOk());
+  CK_FUNCTION_LIST* f = session->functions();
+  auto kek = FindSecretKeyByLabel(*session, "kek-custody");
+  ASSERT_THAT(kek, IsOk());
+
+  CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE,
+           never_extractable = CK_FALSE;
+  CK_ATTRIBUTE flags[] = {
+      {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+      {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+      {CKA_NEVER_EXTRACTABLE, &never_extractable, sizeof(never_extractable)},
+  };
+  ASSERT_EQ(f->C_GetAttributeValue(session->handle(), *kek, flags, 3), CKR_OK);
+  EXPECT_EQ(sensitive, CK_TRUE);
+  EXPECT_EQ(extractable, CK_FALSE);
+  EXPECT_EQ(never_extractable, CK_TRUE);
+
+  unsigned char value[64];
+  CK_ATTRIBUTE read = {CKA_VALUE, value, sizeof(value)};
+  CK_RV rv = f->C_GetAttributeValue(session->handle(), *kek, &read, 1);
+  EXPECT_EQ(rv, CKR_ATTRIBUTE_SENSITIVE) << CkRvName(rv);
+  EXPECT_EQ(read.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+
+  // Wrapping the KEK out under another key (one we could read) is refused.
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE type = CKK_AES;
+  CK_ULONG len = 32;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &type, sizeof(type)},
+      {CKA_VALUE_LEN, &len, sizeof(len)},   {CKA_TOKEN, &no, sizeof(no)},
+      {CKA_WRAP, &yes, sizeof(yes)},        {CKA_SENSITIVE, &no, sizeof(no)},
+      {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+  };
+  CK_MECHANISM gen{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE attacker = CK_INVALID_HANDLE;
+  ASSERT_EQ(f->C_GenerateKey(session->handle(), &gen, tmpl, 7, &attacker),
+            CKR_OK);
+  for (CK_MECHANISM_TYPE m : {CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP}) {
+    CK_MECHANISM wrap{m, nullptr, 0};
+    unsigned char out[128];
+    CK_ULONG out_len = sizeof(out);
+    rv = f->C_WrapKey(session->handle(), &wrap, attacker, *kek, out, &out_len);
+    EXPECT_EQ(rv, CKR_KEY_UNEXTRACTABLE) << CkRvName(rv);
+  }
+  f->C_DestroyObject(session->handle(), attacker);
+
+  // The KEK cannot be made extractable after the fact either.
+  CK_ATTRIBUTE make_extractable = {CKA_EXTRACTABLE, &yes, sizeof(yes)};
+  rv = f->C_SetAttributeValue(session->handle(), *kek, &make_extractable, 1);
+  EXPECT_NE(rv, CKR_OK) << CkRvName(rv);
+}
+
+TEST_F(Pkcs11KeyWrapperTest, RefusesAnExtractableKek) {
+  {
+    auto session = pool_->Acquire();
+    ASSERT_THAT(session, IsOk());
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_AES;
+    CK_ULONG len = 32;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    char label[] = "kek-weak";
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_LABEL, label, sizeof(label) - 1},
+        {CKA_WRAP, &yes, sizeof(yes)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &no, sizeof(no)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+    };
+    CK_MECHANISM gen{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_OBJECT_HANDLE h;
+    ASSERT_EQ(session->functions()->C_GenerateKey(session->handle(), &gen,
+                                                  tmpl, 9, &h),
+              CKR_OK);
+  }
+  EXPECT_THAT(Pkcs11KeyWrapper::Create(pool_, {.kek_label = "kek-weak"}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("CKA_EXTRACTABLE=false")));
+}
+
+TEST_F(Pkcs11KeyWrapperTest, KeyRingStoresOnlyWrappedKeysAndReloadsThem) {
+  auto wrapper = Wrapper("kek-ring");
+  ASSERT_NE(wrapper, nullptr);
+  const std::string dir = env_->dir() + "/ring-db";
+  std::string first_key_record;
+  {
+    auto db = *storage::RocksDbStorage::Open({.data_dir = dir});
+    auto ring = vault::KeyRing::Load(db.get(), wrapper.get(), {});
+    ASSERT_THAT(ring, IsOk());
+    EXPECT_EQ((*ring)->primary_version(), 1u);
+    auto keys = db->ListKeys();
+    ASSERT_THAT(keys, IsOk());
+    ASSERT_EQ(keys->size(), 1u);
+    EXPECT_EQ((*keys)[0].first, vault::DataKeyId(1));
+    first_key_record = (*keys)[0].second;
+    // The stored record holds the KEK label and the 40-byte wrapped key.
+    EXPECT_EQ(first_key_record.size(), 7 + std::string("kek-ring").size() + 40);
+  }
+  auto db = *storage::RocksDbStorage::Open({.data_dir = dir});
+  auto again = vault::KeyRing::Load(db.get(), wrapper.get(), {});
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ((*again)->size(), 1u);
+  EXPECT_EQ(db->ListKeys()->at(0).second, first_key_record);
+  // The same data keys under a different KEK label are refused, not re-made.
+  auto other = Wrapper("kek-other");
+  EXPECT_THAT(vault::KeyRing::Load(db.get(), other.get(), {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(Pkcs11KeyWrapperTest, SessionPoolNeverExceedsItsBound) {
+  config::v1::HsmConfig hsm;
+  hsm.set_pin_file(env_->pin_file());
+  auto pool = SessionPool::Create(
+      module_, *module_->FindSlotByTokenLabel(env_->token_label()),
+      *config::ReadHsmPin(hsm),
+      {.max_sessions = 2, .acquire_timeout = absl::Milliseconds(50)});
+  ASSERT_THAT(pool, IsOk());
+  auto a = (*pool)->Acquire();
+  auto b = (*pool)->Acquire();
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  EXPECT_NE(a->handle(), b->handle());
+  EXPECT_THAT((*pool)->Acquire(), StatusIs(absl::StatusCode::kUnavailable));
+  const CK_SESSION_HANDLE released = a->handle();
+  { Session drop = *std::move(a); }
+  auto c = (*pool)->Acquire();
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->handle(), released);  // reused, not a new session
+}
+
+TEST_F(Pkcs11KeyWrapperTest, WrongPinIsUnauthenticated) {
+  EXPECT_THAT(
+      SessionPool::Create(module_,
+                          *module_->FindSlotByTokenLabel("second-token"),
+                          crypto::SecretBytes(absl::string_view("wrong-pin")),
+                          {}),
+      StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("CKR_PIN_INCORRECT")));
+}
+
+TEST(CkRvTest, MapsDeviceFailuresToUnavailableAndNamesTheCode) {
+  EXPECT_THAT(CkRvToStatus(CKR_DEVICE_REMOVED, "C_WrapKey"),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       HasSubstr("C_WrapKey failed: CKR_DEVICE_REMOVED")));
+  EXPECT_THAT(CkRvToStatus(CKR_PIN_INCORRECT, "C_Login"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(CkRvToStatus(CKR_KEY_UNEXTRACTABLE, "C_WrapKey"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(CkRvToStatus(CKR_OK, "x"), IsOk());
+  EXPECT_THAT(CkRvToStatus(0x7777, "x"),
+              StatusIs(absl::StatusCode::kUnknown, HasSubstr("0x00007777")));
+}
+
+TEST(Pkcs11ModuleTest, LoadFailsClearlyForMissingModule) {
+  EXPECT_THAT(Pkcs11Module::Load("/nonexistent/libpkcs11.so"),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("/nonexistent/libpkcs11.so")));
+}
+
+}  // namespace
+}  // namespace cardvault::hsm

@@ -1,0 +1,109 @@
+#include "server/config/config_loader.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace cardvault::config {
+namespace {
+
+using ::cardvault::testing::IsOk;
+using ::cardvault::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+constexpr char kGood[] = R"pb(
+  listen_address: "127.0.0.1:9443"
+  tls {
+    server_cert_file: "/pki/server.crt"
+    server_key_file: "/pki/server.key"
+    client_ca_file: "/pki/ca.crt"
+  }
+  hsm {
+    module_path: "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: "t"
+    pin_env: "CARDVAULT_TEST_PIN"
+  }
+  storage { data_dir: "/data" }
+  policy { bindings { identity: "spiffe://t/pos" roles: TOKENIZER } }
+)pb";
+
+std::string With(absl::string_view from, absl::string_view to) {
+  return absl::StrReplaceAll(kGood, {{from, to}});
+}
+
+TEST(ConfigLoaderTest, ParsesGoodConfigAndFillsDefaults) {
+  auto config = ParseConfig(kGood, "good.textproto");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->tls().refresh_interval_seconds(), 60u);
+  EXPECT_EQ(config->hsm().kek_label(), "cardvault-kek");
+  EXPECT_EQ(config->hsm().max_sessions(), 4u);
+  EXPECT_FALSE(config->hsm().create_kek_if_missing());
+  EXPECT_EQ(config->limits().max_request_bytes(), 16384u);
+}
+
+TEST(ConfigLoaderTest, UnknownKeyNamesFileLineAndKey) {
+  auto config = ParseConfig(With("storage {", "stroage {"), "c.textproto");
+  EXPECT_THAT(config, StatusIs(absl::StatusCode::kInvalidArgument,
+                               AllOf(HasSubstr("c.textproto:13:"),
+                                     HasSubstr("stroage"))));
+}
+
+TEST(ConfigLoaderTest, RejectsBadValues) {
+  const std::pair<std::string, std::string> cases[] = {
+      {With("127.0.0.1:9443", "127.0.0.1"), "listen_address"},
+      {With("127.0.0.1:9443", "127.0.0.1:70000"), "listen_address"},
+      {With("roles: TOKENIZER", "roles: ROLE_UNSPECIFIED"), "roles"},
+      {With("client_ca_file: \"/pki/ca.crt\"", ""), "client_ca_file"},
+      {With("pin_env: \"CARDVAULT_TEST_PIN\"", ""), "pin_file or hsm.pin_env"},
+      {With("data_dir: \"/data\"", ""), "data_dir"},
+      {With("token_label: \"t\"", ""), "token_label"},
+      {absl::StrCat(kGood, "limits { max_request_bytes: 10 }"),
+       "max_request_bytes"},
+  };
+  for (const auto& [text, field] : cases) {
+    EXPECT_THAT(ParseConfig(text, "c"),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(field)))
+        << field;
+  }
+}
+
+TEST(ConfigLoaderTest, RejectsUnknownRoleName) {
+  EXPECT_THAT(ParseConfig(With("roles: TOKENIZER", "roles: SUPERUSER"), "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("SUPERUSER")));
+}
+
+TEST(ConfigLoaderTest, MissingFileIsNotFound) {
+  EXPECT_THAT(LoadConfigFile("/nonexistent/cardvaultd.textproto"),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(ConfigLoaderTest, ReadsPinFromEnvironmentOrFile) {
+  v1::HsmConfig hsm;
+  hsm.set_pin_env("CARDVAULT_TEST_PIN");
+  unsetenv("CARDVAULT_TEST_PIN");
+  EXPECT_THAT(ReadHsmPin(hsm), StatusIs(absl::StatusCode::kNotFound));
+  setenv("CARDVAULT_TEST_PIN", "1234", 1);
+  auto pin = ReadHsmPin(hsm);
+  ASSERT_THAT(pin, IsOk());
+  EXPECT_EQ(pin->view(), "1234");
+
+  const std::string path = std::filesystem::temp_directory_path() /
+                           ("cardvault-pin-" + std::to_string(getpid()));
+  std::ofstream(path) << "5678\n";
+  hsm.set_pin_file(path);
+  pin = ReadHsmPin(hsm);
+  std::filesystem::remove(path);
+  ASSERT_THAT(pin, IsOk());
+  EXPECT_EQ(pin->view(), "5678");
+}
+
+}  // namespace
+}  // namespace cardvault::config

@@ -1,0 +1,121 @@
+#include "server/vault/card_record.h"
+
+#include <map>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/util/big_endian.h"
+#include "tests/testing/status_matchers.h"
+
+namespace cardvault::vault {
+namespace {
+
+using ::cardvault::testing::IsOk;
+using ::cardvault::testing::StatusIs;
+
+constexpr char kToken[] = "tok_abcdefghijklmnopqrstuvwxya";
+constexpr char kOtherToken[] = "tok_bbcdefghijklmnopqrstuvwxya";
+
+std::unique_ptr<KeyRing> Ring(std::map<uint32_t, char> fills) {
+  std::map<uint32_t, crypto::SecretBytes> keys;
+  for (auto [version, fill] : fills) {
+    keys.emplace(version, crypto::SecretBytes(std::string(32, fill)));
+  }
+  return *KeyRing::FromKeys(std::move(keys));
+}
+
+Card SampleCard() {
+  Card c;
+  c.pan = crypto::SecretBytes(absl::string_view("5555555555554444"));
+  c.exp_month = 7;
+  c.exp_year = 2031;
+  c.cardholder_name = crypto::SecretBytes(absl::string_view("JANE DOE"));
+  return c;
+}
+
+TEST(CardRecordTest, OpenReturnsTheSealedCard) {
+  auto ring = Ring({{1, 'a'}});
+  auto record = SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  ASSERT_THAT(record, IsOk());
+  EXPECT_EQ(static_cast<uint8_t>((*record)[0]), kCardRecordFormatV1);
+  EXPECT_EQ(util::ReadBigEndian32(record->substr(1, 4)), 1u);
+  EXPECT_LE(record->size(), kMaxCardRecordBytes);
+  auto card = OpenCardRecord(*ring, kToken, *record);
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->pan.view(), "5555555555554444");
+  EXPECT_EQ(card->exp_month, 7u);
+  EXPECT_EQ(card->exp_year, 2031u);
+  EXPECT_EQ(card->cardholder_name.view(), "JANE DOE");
+}
+
+TEST(CardRecordTest, RecordDoesNotContainThePan) {
+  auto ring = Ring({{1, 'a'}});
+  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  EXPECT_EQ(record.find("5555555555554444"), std::string::npos);
+  EXPECT_EQ(record.find("4444"), std::string::npos);
+  EXPECT_EQ(record.find("JANE"), std::string::npos);
+}
+
+TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
+  auto ring = Ring({{1, 'a'}});
+  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  for (size_t i = 0; i < record.size(); ++i) {
+    for (uint8_t bit : {0x01, 0x80}) {
+      std::string changed = record;
+      changed[i] ^= bit;
+      EXPECT_THAT(OpenCardRecord(*ring, kToken, changed),
+                  StatusIs(absl::StatusCode::kDataLoss))
+          << "byte " << i << " bit " << int{bit};
+    }
+  }
+}
+
+TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
+  auto ring = Ring({{1, 'a'}});
+  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  for (size_t len = 0; len < record.size(); ++len) {
+    EXPECT_THAT(OpenCardRecord(*ring, kToken, record.substr(0, len)),
+                StatusIs(absl::StatusCode::kDataLoss));
+  }
+  EXPECT_THAT(OpenCardRecord(*ring, kToken, record + "x"),
+              StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(CardRecordTest, RecordCopiedUnderAnotherTokenFails) {
+  auto ring = Ring({{1, 'a'}});
+  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  EXPECT_THAT(OpenCardRecord(*ring, kOtherToken, record),
+              StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(CardRecordTest, WrongKeyVersionFails) {
+  auto ring = Ring({{1, 'a'}, {2, 'b'}});
+  auto key1 = ring->Get(1);
+  ASSERT_THAT(key1, IsOk());
+  std::string record = *SealCardRecord(**key1, 1, kToken, SampleCard());
+  // Relabelled as version 2: a key exists but the AAD and key differ.
+  std::string relabelled = record;
+  relabelled[4] = 2;
+  EXPECT_THAT(OpenCardRecord(*ring, kToken, relabelled),
+              StatusIs(absl::StatusCode::kDataLoss));
+  // Sealed with key 1's bytes but claiming version 2 from the start.
+  std::string mislabelled = *SealCardRecord(**key1, 2, kToken, SampleCard());
+  EXPECT_THAT(OpenCardRecord(*ring, kToken, mislabelled),
+              StatusIs(absl::StatusCode::kDataLoss));
+  // A version the ring does not hold.
+  std::string unknown = record;
+  unknown[4] = 9;
+  EXPECT_THAT(OpenCardRecord(*ring, kToken, unknown),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(OpenCardRecord(*ring, kToken, record), IsOk());
+}
+
+TEST(CardRecordTest, RingWithDifferentKeyMaterialFails) {
+  std::string record =
+      *SealCardRecord(Ring({{1, 'a'}})->primary(), 1, kToken, SampleCard());
+  EXPECT_THAT(OpenCardRecord(*Ring({{1, 'z'}}), kToken, record),
+              StatusIs(absl::StatusCode::kDataLoss));
+}
+
+}  // namespace
+}  // namespace cardvault::vault
