@@ -17,8 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "hsm/pkcs11_key_wrapper.h"
-#include "hsm/pkcs11_module.h"
-#include "hsm/session_pool.h"
+#include "hsm/pkcs11_token.h"
 #include "server/auth/access_policy.h"
 #include "server/config/config_loader.h"
 #include "server/service/server_credentials.h"
@@ -86,18 +85,15 @@ int Run(const sigset_t& stop_signals) {
     cfg.mutable_storage()->set_data_dir(absl::GetFlag(FLAGS_data_dir));
   }
 
-  auto module = OrDie(hsm::Pkcs11Module::Load(cfg.hsm().module_path()),
-                      "HSM module");
-  CK_SLOT_ID slot = OrDie(
-      module->FindSlotByTokenLabel(cfg.hsm().token_label()), "HSM token");
-  auto sessions = OrDie(
-      hsm::SessionPool::Create(
-          module.get(), slot, OrDie(config::ReadHsmPin(cfg.hsm()), "HSM PIN"),
-          {.max_sessions = cfg.hsm().max_sessions()}),
-      "HSM login");
+  auto token = OrDie(
+      hsm::Pkcs11Token::Open({.module_path = cfg.hsm().module_path(),
+                              .token_label = cfg.hsm().token_label(),
+                              .max_sessions = cfg.hsm().max_sessions()},
+                             OrDie(config::ReadHsmPin(cfg.hsm()), "HSM PIN")),
+      "HSM");
   auto wrapper = OrDie(
       hsm::Pkcs11KeyWrapper::Create(
-          sessions.get(),
+          token->sessions(),
           {.kek_label = cfg.hsm().kek_label(),
            .create_kek_if_missing = cfg.hsm().create_kek_if_missing()}),
       "HSM key-encryption key");

@@ -9,6 +9,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
@@ -36,6 +37,12 @@ class EndToEndTest : public ::testing::Test {
     env_ = testing::TestEnv::Create().release();
     env_->IssueClient("stranger", testing::TestEnv::Identity("stranger"));
     env_->IssueClient("cn-only", "-");
+    env_->IssueClient("cn-tokenizer", "-");
+    env_->IssueClient("two-uris",
+                      absl::StrCat(testing::TestEnv::Identity("pos"),
+                                   ",URI:", testing::TestEnv::Identity("x")));
+    // A CN-only identity bound in the policy proves the CN fallback.
+    env_->AddBinding("cn-tokenizer", "TOKENIZER");
     foreign_pki_ = new std::string(env_->MakeForeignPki("foreign"));
     log_path_ = new std::string(env_->dir() + "/server.log");
     server_ = testing::ServerProcess::Start(env_->config_path(), *log_path_)
@@ -149,6 +156,13 @@ constexpr Access kAccessMatrix[] = {
      absl::StatusCode::kPermissionDenied},
     {"cn-only", absl::StatusCode::kPermissionDenied,
      absl::StatusCode::kPermissionDenied},
+    // No URI SAN: the CN is the identity, and this one is a tokenizer.
+    {"cn-tokenizer", absl::StatusCode::kOk,
+     absl::StatusCode::kPermissionDenied},
+    // Several URI SANs: no single identity, so nothing is served, even though
+    // one of them is the pos identity.
+    {"two-uris", absl::StatusCode::kUnauthenticated,
+     absl::StatusCode::kUnauthenticated},
 };
 
 TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
@@ -308,6 +322,45 @@ TEST_F(EndToEndTest, HealthServiceAnswersOverMutualTls) {
   auto no_cert = *client::CreateMutualTlsChannel(Options(""));
   EXPECT_THAT(client::CheckHealth(no_cert, "", absl::Seconds(3)),
               StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(EndToEndTest, CliTokenizesFromStdinAndDetokenizes) {
+  const std::string cli = absl::StrCat(
+      CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(), "/pki --address=",
+      server_->address());
+  const std::string out = env_->dir() + "/cli.out";
+  testing::RunOrDie(absl::StrCat("echo 378282246310005 | ", cli,
+                                 " tokenize --exp_month=12 --exp_year=2035 >",
+                                 out));
+  const std::string token(absl::StripAsciiWhitespace(
+      testing::ReadFileOrEmpty(out)));
+  ASSERT_THAT(token, StartsWith("tok_"));
+  testing::RunOrDie(absl::StrCat(cli, " detokenize ", token, " >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("pan: 378282246310005"));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("expiry: 12/2035"));
+  // With the pos identity the CLI is refused, and says why.
+  EXPECT_NE(std::system(absl::StrCat(cli, " detokenize ", token,
+                                     " --cert=", env_->pki("pos.crt"),
+                                     " --key=", env_->pki("pos.key"), " 2>",
+                                     out, " >/dev/null")
+                            .c_str()),
+            0);
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("PERMISSION_DENIED"));
+}
+
+// Invariant 1 (core dumps): the running server may not dump core, cannot be
+// read through /proc by other users, and keeps its data keys in locked memory.
+TEST_F(EndToEndTest, ServerCannotDumpCoreAndLocksItsKeys) {
+  const std::string proc = absl::StrCat("/proc/", server_->pid());
+  EXPECT_THAT(testing::ReadFileOrEmpty(proc + "/limits"),
+              ::testing::ContainsRegex("Max core file size +0 +0"));
+  const std::string status = testing::ReadFileOrEmpty(proc + "/status");
+  EXPECT_THAT(status, Not(::testing::ContainsRegex("VmLck:\\s+0 kB")));
+  EXPECT_THAT(status, ::testing::ContainsRegex("VmLck:\\s+[1-9][0-9]* kB"));
+  // The data-key pages are both locked ("lo") and left out of dumps ("dd",
+  // MADV_DONTDUMP); no mapping of an ordinary process has both.
+  EXPECT_THAT(testing::ReadFileOrEmpty(proc + "/smaps"),
+              ::testing::ContainsRegex("VmFlags:.* lo .*dd"));
 }
 
 // Runs last: shuts the server down (SIGTERM), restarts it so that RocksDB

@@ -98,6 +98,16 @@ void TestEnv::IssueClient(absl::string_view name,
                         "/ca >/dev/null"));
 }
 
+void TestEnv::AddBinding(absl::string_view identity,
+                         absl::string_view role) const {
+  std::string config = ReadFileOrEmpty(config_path());
+  const size_t at = config.find("policy {");
+  if (at == std::string::npos) std::abort();
+  config.insert(at + 8, absl::StrCat("\n  bindings { identity: \"", identity,
+                                     "\" roles: ", role, " }"));
+  std::ofstream(config_path(), std::ios::trunc) << config;
+}
+
 std::string TestEnv::MakeForeignPki(absl::string_view subdir) const {
   const std::string root = absl::StrCat(dir_, "/", subdir);
   RunOrDie(absl::StrCat(CARDVAULT_SOURCE_DIR "/deploy/make-pki.sh ", root,

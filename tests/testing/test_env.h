@@ -52,6 +52,8 @@ class TestEnv {
 
   // Issues NAME.crt/NAME.key from the same CA with `uri_san` ("-" for none).
   void IssueClient(absl::string_view name, absl::string_view uri_san) const;
+  // Adds `bindings { identity: IDENTITY roles: ROLE }` to the config.
+  void AddBinding(absl::string_view identity, absl::string_view role) const;
   // A complete PKI under another CA in `subdir`; returns its directory.
   std::string MakeForeignPki(absl::string_view subdir) const;
 
