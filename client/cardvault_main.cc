@@ -40,13 +40,12 @@ cardvault::client::ClientOptions Options(const std::string& identity) {
   cardvault::client::ClientOptions o;
   o.address = absl::GetFlag(FLAGS_address);
   o.ca_file = absl::GetFlag(FLAGS_ca).empty() ? dir + "/ca.crt"
-                                               : absl::GetFlag(FLAGS_ca);
+                                              : absl::GetFlag(FLAGS_ca);
   o.cert_file = absl::GetFlag(FLAGS_cert).empty()
                     ? dir + "/" + identity + ".crt"
                     : absl::GetFlag(FLAGS_cert);
-  o.key_file = absl::GetFlag(FLAGS_key).empty()
-                   ? dir + "/" + identity + ".key"
-                   : absl::GetFlag(FLAGS_key);
+  o.key_file = absl::GetFlag(FLAGS_key).empty() ? dir + "/" + identity + ".key"
+                                                : absl::GetFlag(FLAGS_key);
   o.deadline = absl::Milliseconds(absl::GetFlag(FLAGS_deadline_ms));
   return o;
 }

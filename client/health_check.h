@@ -5,10 +5,10 @@
 #ifndef CARDVAULT_CLIENT_HEALTH_CHECK_H_
 #define CARDVAULT_CLIENT_HEALTH_CHECK_H_
 
+#include <grpcpp/channel.h>
+
 #include <memory>
 #include <string>
-
-#include <grpcpp/channel.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"

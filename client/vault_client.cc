@@ -1,11 +1,11 @@
 #include "client/vault_client.h"
 
-#include <fstream>
-#include <sstream>
-
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"

@@ -59,10 +59,10 @@ absl::Status CheckKekAttributes(const Session& session, CK_OBJECT_HANDLE kek,
       {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
       {CKA_VALUE_LEN, &value_len, sizeof(value_len)},
   };
-  if (absl::Status s = CkRvToStatus(
-          session.functions()->C_GetAttributeValue(
-              session.handle(), kek, attrs, std::size(attrs)),
-          "C_GetAttributeValue(KEK)");
+  if (absl::Status s =
+          CkRvToStatus(session.functions()->C_GetAttributeValue(
+                           session.handle(), kek, attrs, std::size(attrs)),
+                       "C_GetAttributeValue(KEK)");
       !s.ok()) {
     return s;
   }
@@ -194,10 +194,10 @@ absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
   {
     absl::MutexLock lock(&key_creation_mu);
-    if (absl::Status s = CkRvToStatus(
-            f->C_GenerateKey(session->handle(), &gen, tmpl, std::size(tmpl),
-                             &handle),
-            "C_GenerateKey(data key)");
+    if (absl::Status s =
+            CkRvToStatus(f->C_GenerateKey(session->handle(), &gen, tmpl,
+                                          std::size(tmpl), &handle),
+                         "C_GenerateKey(data key)");
         !s.ok()) {
       return s;
     }
@@ -205,10 +205,10 @@ absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   SessionObject data_key(*session, handle);
   CK_MECHANISM wrap = WrapMechanism();
   CK_ULONG len = 0;
-  if (absl::Status s = CkRvToStatus(
-          f->C_WrapKey(session->handle(), &wrap, kek_, data_key.handle(),
-                       nullptr, &len),
-          "C_WrapKey");
+  if (absl::Status s =
+          CkRvToStatus(f->C_WrapKey(session->handle(), &wrap, kek_,
+                                    data_key.handle(), nullptr, &len),
+                       "C_WrapKey");
       !s.ok()) {
     return s;
   }
@@ -249,8 +249,7 @@ absl::StatusOr<crypto::SecretBytes> Pkcs11KeyWrapper::UnwrapDataKey(
     if (absl::Status s = CkRvToStatus(
             f->C_UnwrapKey(session->handle(), &wrap, kek_,
                            reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
-                           wrapped_copy.size(), tmpl, std::size(tmpl),
-                           &handle),
+                           wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
             "C_UnwrapKey");
         !s.ok()) {
       return s;
@@ -259,10 +258,10 @@ absl::StatusOr<crypto::SecretBytes> Pkcs11KeyWrapper::UnwrapDataKey(
   SessionObject data_key(*session, handle);
   crypto::SecretBytes value(kAes256KeyBytes, crypto::Protection::kLockedPages);
   CK_ATTRIBUTE read = {CKA_VALUE, value.data(), value.size()};
-  if (absl::Status s = CkRvToStatus(
-          f->C_GetAttributeValue(session->handle(), data_key.handle(), &read,
-                                 1),
-          "C_GetAttributeValue(data key)");
+  if (absl::Status s =
+          CkRvToStatus(f->C_GetAttributeValue(session->handle(),
+                                              data_key.handle(), &read, 1),
+                       "C_GetAttributeValue(data key)");
       !s.ok()) {
     return s;
   }

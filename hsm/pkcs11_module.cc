@@ -55,15 +55,14 @@ absl::StatusOr<CK_SLOT_ID> Pkcs11Module::FindSlotByTokenLabel(
     absl::string_view label) const {
   CK_ULONG count = 0;
   if (absl::Status s = CkRvToStatus(
-          functions_->C_GetSlotList(CK_TRUE, nullptr, &count),
-          "C_GetSlotList");
+          functions_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
       !s.ok()) {
     return s;
   }
   std::vector<CK_SLOT_ID> slots(count);
-  if (absl::Status s = CkRvToStatus(
-          functions_->C_GetSlotList(CK_TRUE, slots.data(), &count),
-          "C_GetSlotList");
+  if (absl::Status s =
+          CkRvToStatus(functions_->C_GetSlotList(CK_TRUE, slots.data(), &count),
+                       "C_GetSlotList");
       !s.ok()) {
     return s;
   }

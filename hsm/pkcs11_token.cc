@@ -12,10 +12,10 @@ absl::StatusOr<std::unique_ptr<Pkcs11Token>> Pkcs11Token::Open(
   absl::StatusOr<CK_SLOT_ID> slot =
       (*module)->FindSlotByTokenLabel(options.token_label);
   if (!slot.ok()) return slot.status();
-  absl::StatusOr<std::unique_ptr<SessionPool>> sessions = SessionPool::Create(
-      module->get(), *slot, std::move(pin),
-      {.max_sessions = options.max_sessions,
-       .acquire_timeout = options.acquire_timeout});
+  absl::StatusOr<std::unique_ptr<SessionPool>> sessions =
+      SessionPool::Create(module->get(), *slot, std::move(pin),
+                          {.max_sessions = options.max_sessions,
+                           .acquire_timeout = options.acquire_timeout});
   if (!sessions.ok()) return sessions.status();
   return std::unique_ptr<Pkcs11Token>(
       new Pkcs11Token(*std::move(module), *std::move(sessions)));

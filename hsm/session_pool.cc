@@ -35,9 +35,8 @@ absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
   if (!first.ok()) return first.status();
   // Login applies to every session of this application on the token; the
   // pool keeps at least one session open so the login state persists.
-  CK_RV rv = module->functions()->C_Login(
-      first->handle(), CKU_USER, pin.data(),
-      static_cast<CK_ULONG>(pin.size()));
+  CK_RV rv = module->functions()->C_Login(first->handle(), CKU_USER, pin.data(),
+                                          static_cast<CK_ULONG>(pin.size()));
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
     return CkRvToStatus(rv, "C_Login");
   }

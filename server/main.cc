@@ -1,15 +1,14 @@
 // cardvaultd: wiring only. Loads the configuration, opens the HSM, storage
 // and key ring, and serves TokenVault and grpc.health.v1 over mutual TLS
 // until SIGTERM or SIGINT.
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 #include <signal.h>
 
 #include <cstdio>
 #include <memory>
 #include <string>
-
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -28,7 +27,8 @@
 #include "server/vault/key_ring.h"
 #include "server/vault/vault.h"
 
-ABSL_FLAG(std::string, config, "", "Path of the configuration file (required).");
+ABSL_FLAG(std::string, config, "",
+          "Path of the configuration file (required).");
 ABSL_FLAG(std::string, listen_address, "",
           "Overrides listen_address from the configuration.");
 ABSL_FLAG(std::string, data_dir, "",
@@ -91,22 +91,22 @@ int Run(const sigset_t& stop_signals) {
                               .max_sessions = cfg.hsm().max_sessions()},
                              OrDie(config::ReadHsmPin(cfg.hsm()), "HSM PIN")),
       "HSM");
-  auto wrapper = OrDie(
-      hsm::Pkcs11KeyWrapper::Create(
-          token->sessions(),
-          {.kek_label = cfg.hsm().kek_label(),
-           .create_kek_if_missing = cfg.hsm().create_kek_if_missing()}),
-      "HSM key-encryption key");
+  auto wrapper =
+      OrDie(hsm::Pkcs11KeyWrapper::Create(
+                token->sessions(),
+                {.kek_label = cfg.hsm().kek_label(),
+                 .create_kek_if_missing = cfg.hsm().create_kek_if_missing()}),
+            "HSM key-encryption key");
   auto storage = OrDie(
       storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir()}),
       "storage");
-  auto keys = OrDie(
-      vault::KeyRing::Load(storage.get(), wrapper.get(), {}), "data keys");
-  auto policy = OrDie(auth::AccessPolicy::Create(BindingsFrom(cfg.policy())),
-                      "policy");
-  auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(),
-                                          policy.get(), {}),
-                     "vault");
+  auto keys = OrDie(vault::KeyRing::Load(storage.get(), wrapper.get(), {}),
+                    "data keys");
+  auto policy =
+      OrDie(auth::AccessPolicy::Create(BindingsFrom(cfg.policy())), "policy");
+  auto vault =
+      OrDie(vault::Vault::Create(storage.get(), keys.get(), policy.get(), {}),
+            "vault");
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
@@ -118,15 +118,14 @@ int Run(const sigset_t& stop_signals) {
   builder.RegisterService(&token_vault);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(cfg.limits().max_request_bytes()));
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
-                              2);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
   grpc::ResourceQuota quota("cardvaultd");
   quota.SetMaxThreads(static_cast<int>(cfg.limits().max_server_threads()));
   builder.SetResourceQuota(quota);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    util::LogError(
-        absl::StrCat("cannot listen on ", cfg.listen_address()));
+    util::LogError(absl::StrCat("cannot listen on ", cfg.listen_address()));
     return 1;
   }
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
@@ -138,8 +137,8 @@ int Run(const sigset_t& stop_signals) {
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
-  util::LogInfo(absl::StrCat("signal ", signal_number,
-                             " received: draining requests"));
+  util::LogInfo(
+      absl::StrCat("signal ", signal_number, " received: draining requests"));
   server->GetHealthCheckService()->Shutdown();
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
   server->Wait();

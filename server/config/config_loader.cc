@@ -62,7 +62,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   check(IsHostPort(c.listen_address()),
         "listen_address must be host:port with a port of 1-65535");
   check(c.has_tls(), "tls is required");
-  check(!c.tls().server_cert_file().empty(), "tls.server_cert_file is required");
+  check(!c.tls().server_cert_file().empty(),
+        "tls.server_cert_file is required");
   check(!c.tls().server_key_file().empty(), "tls.server_key_file is required");
   check(!c.tls().client_ca_file().empty(), "tls.client_ca_file is required");
   check(c.has_hsm(), "hsm is required");
@@ -120,8 +121,8 @@ absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
   google::protobuf::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ":", absl::StrJoin(errors.errors(), "; ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ":", absl::StrJoin(errors.errors(), "; ")));
   }
   if (absl::Status s = Validate(config, source); !s.ok()) return s;
   return config;

@@ -1,8 +1,8 @@
 #include "server/service/peer_identity.h"
 
-#include <vector>
-
 #include <grpc/grpc_security_constants.h>
+
+#include <vector>
 
 namespace cardvault::service {
 namespace {

@@ -2,10 +2,11 @@
 #ifndef CARDVAULT_SERVER_SERVICE_PEER_IDENTITY_H_
 #define CARDVAULT_SERVER_SERVICE_PEER_IDENTITY_H_
 
+#include <grpcpp/security/auth_context.h>
+
 #include <string>
 
 #include "absl/status/statusor.h"
-#include <grpcpp/security/auth_context.h>
 
 namespace cardvault::service {
 

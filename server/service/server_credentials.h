@@ -2,9 +2,9 @@
 #ifndef CARDVAULT_SERVER_SERVICE_SERVER_CREDENTIALS_H_
 #define CARDVAULT_SERVER_SERVICE_SERVER_CREDENTIALS_H_
 
-#include <memory>
-
 #include <grpcpp/security/server_credentials.h>
+
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "cardvault/config/v1/config.pb.h"

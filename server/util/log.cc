@@ -14,10 +14,10 @@ void Log(Severity severity, absl::string_view message) {
   const char level = severity == Severity::kInfo      ? 'I'
                      : severity == Severity::kWarning ? 'W'
                                                       : 'E';
-  std::string line = absl::StrCat(
-      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
-                       absl::UTCTimeZone()),
-      " ", std::string(1, level), " cardvaultd: ", message, "\n");
+  std::string line =
+      absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                                    absl::UTCTimeZone()),
+                   " ", std::string(1, level), " cardvaultd: ", message, "\n");
   (void)!write(STDERR_FILENO, line.data(), line.size());
 }
 

@@ -64,8 +64,7 @@ absl::Status ValidateExpiry(uint32_t month, uint32_t year, absl::Time now) {
   if (month < 1 || month > 12) {
     return absl::InvalidArgumentError("card.exp_month must be 1 to 12");
   }
-  const absl::CivilMonth current =
-      absl::ToCivilMonth(now, absl::UTCTimeZone());
+  const absl::CivilMonth current = absl::ToCivilMonth(now, absl::UTCTimeZone());
   if (year < kMinExpiryYear ||
       year > static_cast<uint32_t>(current.year()) + kMaxExpiryYearsAhead) {
     return absl::InvalidArgumentError(

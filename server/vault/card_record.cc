@@ -69,9 +69,9 @@ absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
   }
   absl::StatusOr<crypto::SecretBytes> plaintext = EncodePlaintext(card);
   if (!plaintext.ok()) return plaintext.status();
-  absl::StatusOr<std::string> sealed = key.Seal(
-      plaintext->view(),
-      AssociatedData(kCardRecordFormatV1, key_version, token));
+  absl::StatusOr<std::string> sealed =
+      key.Seal(plaintext->view(),
+               AssociatedData(kCardRecordFormatV1, key_version, token));
   if (!sealed.ok()) return sealed.status();
   std::string record;
   record.reserve(kCardRecordHeaderBytes + sealed->size());

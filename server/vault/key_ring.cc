@@ -89,10 +89,9 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     absl::StatusOr<WrappedKey> k = DecodeWrappedKey(id, record);
     if (!k.ok()) return k.status();
     if (k->kek_label != wrapper->kek_label()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("data key ", id, " is wrapped under KEK \"",
-                       k->kek_label, "\", not the configured \"",
-                       wrapper->kek_label(), "\""));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data key ", id, " is wrapped under KEK \"", k->kek_label,
+          "\", not the configured \"", wrapper->kek_label(), "\""));
     }
     absl::StatusOr<crypto::SecretBytes> key =
         wrapper->UnwrapDataKey(k->wrapped);

@@ -45,8 +45,8 @@ class Pkcs11KeyWrapperTest : public ::testing::Test {
 
   static std::unique_ptr<Pkcs11KeyWrapper> Wrapper(absl::string_view label,
                                                    bool create = true) {
-    auto w = Pkcs11KeyWrapper::Create(
-        pool_, {.kek_label = std::string(label), .create_kek_if_missing = create});
+    auto w = Pkcs11KeyWrapper::Create(pool_, {.kek_label = std::string(label),
+                                              .create_kek_if_missing = create});
     EXPECT_THAT(w, IsOk());
     return w.ok() ? *std::move(w) : nullptr;
   }
@@ -102,9 +102,8 @@ TEST_F(Pkcs11KeyWrapperTest, KeyFromAnotherKekDoesNotUnwrap) {
 }
 
 TEST_F(Pkcs11KeyWrapperTest, MissingKekIsNotFoundUnlessCreationAllowed) {
-  EXPECT_THAT(Pkcs11KeyWrapper::Create(
-                  pool_, {.kek_label = "kek-missing",
-                          .create_kek_if_missing = false}),
+  EXPECT_THAT(Pkcs11KeyWrapper::Create(pool_, {.kek_label = "kek-missing",
+                                               .create_kek_if_missing = false}),
               StatusIs(absl::StatusCode::kNotFound));
 }
 
@@ -188,8 +187,8 @@ TEST_F(Pkcs11KeyWrapperTest, RefusesAnExtractableKek) {
     };
     CK_MECHANISM gen{CKM_AES_KEY_GEN, nullptr, 0};
     CK_OBJECT_HANDLE h;
-    ASSERT_EQ(session->functions()->C_GenerateKey(session->handle(), &gen,
-                                                  tmpl, 9, &h),
+    ASSERT_EQ(session->functions()->C_GenerateKey(session->handle(), &gen, tmpl,
+                                                  9, &h),
               CKR_OK);
   }
   EXPECT_THAT(Pkcs11KeyWrapper::Create(pool_, {.kek_label = "kek-weak"}),
@@ -248,12 +247,11 @@ TEST_F(Pkcs11KeyWrapperTest, SessionPoolNeverExceedsItsBound) {
 }
 
 TEST_F(Pkcs11KeyWrapperTest, WrongPinIsUnauthenticated) {
-  EXPECT_THAT(
-      SessionPool::Create(module_,
-                          *module_->FindSlotByTokenLabel("second-token"),
-                          crypto::SecretBytes(absl::string_view("wrong-pin")),
-                          {}),
-      StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("CKR_PIN_INCORRECT")));
+  EXPECT_THAT(SessionPool::Create(
+                  module_, *module_->FindSlotByTokenLabel("second-token"),
+                  crypto::SecretBytes(absl::string_view("wrong-pin")), {}),
+              StatusIs(absl::StatusCode::kUnauthenticated,
+                       HasSubstr("CKR_PIN_INCORRECT")));
 }
 
 TEST(CkRvTest, MapsDeviceFailuresToUnavailableAndNamesTheCode) {

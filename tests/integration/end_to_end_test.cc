@@ -1,20 +1,19 @@
 // End to end through a real cardvaultd over mutual TLS, with its KEK in a real
 // SoftHSM2 token and its records in RocksDB.
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
 #include <sys/wait.h>
 
 #include <filesystem>
 #include <mutex>
 #include <thread>
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "client/health_check.h"
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "client/health_check.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_cards.h"
 #include "tests/testing/test_env.h"
@@ -166,7 +165,8 @@ constexpr Access kAccessMatrix[] = {
 };
 
 TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
-  const std::string token = *Client("pos")->Tokenize(CardFor("4111111111111111", 1));
+  const std::string token =
+      *Client("pos")->Tokenize(CardFor("4111111111111111", 1));
   for (const Access& a : kAccessMatrix) {
     SCOPED_TRACE(a.identity);
     auto client = Client(a.identity);
@@ -178,8 +178,8 @@ TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
 
 TEST_F(EndToEndTest, ClientWithoutCertificateIsRefusedAtHandshake) {
   auto channel = *client::CreateMutualTlsChannel(Options(""));
-  EXPECT_FALSE(channel->WaitForConnected(absl::ToChronoTime(
-      absl::Now() + absl::Seconds(3))));
+  EXPECT_FALSE(channel->WaitForConnected(
+      absl::ToChronoTime(absl::Now() + absl::Seconds(3))));
   auto client = *client::VaultClient::Create(Options(""));
   EXPECT_THAT(client->Tokenize(CardFor("4111111111111111", 1)),
               StatusIs(absl::StatusCode::kUnavailable));
@@ -191,8 +191,8 @@ TEST_F(EndToEndTest, CertificateFromAnotherCaIsRefusedAtHandshake) {
   for (const char* identity : {"pos", "processor"}) {
     auto options = Options(identity, *foreign_pki_);
     auto channel = *client::CreateMutualTlsChannel(options);
-    EXPECT_FALSE(channel->WaitForConnected(absl::ToChronoTime(
-        absl::Now() + absl::Seconds(3))));
+    EXPECT_FALSE(channel->WaitForConnected(
+        absl::ToChronoTime(absl::Now() + absl::Seconds(3))));
     auto client = *client::VaultClient::Create(options);
     EXPECT_THAT(client->Tokenize(CardFor("4111111111111111", 1)),
                 StatusIs(absl::StatusCode::kUnavailable));
@@ -212,8 +212,8 @@ TEST_F(EndToEndTest, ClientRefusesServerFromAnotherCa) {
 TEST_F(EndToEndTest, PlaintextClientIsRefused) {
   auto channel = grpc::CreateChannel(server_->address(),
                                      grpc::InsecureChannelCredentials());
-  EXPECT_FALSE(channel->WaitForConnected(absl::ToChronoTime(
-      absl::Now() + absl::Seconds(3))));
+  EXPECT_FALSE(channel->WaitForConnected(
+      absl::ToChronoTime(absl::Now() + absl::Seconds(3))));
 }
 
 struct WireCase {
@@ -240,21 +240,26 @@ TEST_F(EndToEndTest, BadInputGetsClearErrorWithoutEchoAndStoresNothing) {
        "4111111111111112"},
       {"letters", Make("41111111111a1111"), absl::StatusCode::kInvalidArgument,
        "41111111111a1111"},
-      {"arabic-indic", Make("\u0664\u0661\u0661\u0661\u0661\u0661\u0661\u0661"
-                            "\u0661\u0661\u0661\u0661"),
+      {"arabic-indic",
+       Make("\u0664\u0661\u0661\u0661\u0661\u0661\u0661\u0661"
+            "\u0661\u0661\u0661\u0661"),
        absl::StatusCode::kInvalidArgument, "\u0664\u0661"},
       {"short", Make("41111111116"), absl::StatusCode::kInvalidArgument,
        "41111111116"},
       {"long", Make("41111111111111111113"), absl::StatusCode::kInvalidArgument,
        "41111111111111111113"},
       {"empty", Make(""), absl::StatusCode::kInvalidArgument, ""},
-      {"nul", Make(std::string("4111111\0" "11111111", 16)),
+      {"nul",
+       Make(std::string("4111111\0"
+                        "11111111",
+                        16)),
        absl::StatusCode::kInvalidArgument, "4111111"},
       {"spaces around", Make(" " + good + " "),
        absl::StatusCode::kInvalidArgument, good},
       {"separators", Make("4111-1111-1111-1111"),
        absl::StatusCode::kInvalidArgument, "4111-1111"},
-      {"month 0", Make(good, 0, 2030), absl::StatusCode::kInvalidArgument, good},
+      {"month 0", Make(good, 0, 2030), absl::StatusCode::kInvalidArgument,
+       good},
       {"month 13", Make(good, 13, 2030), absl::StatusCode::kInvalidArgument,
        good},
       {"past", Make(good, 1, 2020), absl::StatusCode::kInvalidArgument, good},
@@ -285,7 +290,8 @@ TEST_F(EndToEndTest, CvvOrAnyUnknownFieldIsRefused) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::TokenizeRequest request;
   *request.mutable_card() = Make("4111111111111111", 12, 2030);
-  request.mutable_card()->GetReflection()
+  request.mutable_card()
+      ->GetReflection()
       ->MutableUnknownFields(request.mutable_card())
       ->AddLengthDelimited(99, "737");
   v1::TokenizeResponse response;
@@ -302,9 +308,9 @@ TEST_F(EndToEndTest, DetokenizeFailsForUnknownOrMalformedToken) {
   auto processor = Client("processor");
   EXPECT_THAT(processor->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
               StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(processor->Detokenize("4111111111111111"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       Not(HasSubstr("4111"))));
+  EXPECT_THAT(
+      processor->Detokenize("4111111111111111"),
+      StatusIs(absl::StatusCode::kInvalidArgument, Not(HasSubstr("4111"))));
   EXPECT_THAT(processor->Detokenize(""),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -325,15 +331,15 @@ TEST_F(EndToEndTest, HealthServiceAnswersOverMutualTls) {
 }
 
 TEST_F(EndToEndTest, CliTokenizesFromStdinAndDetokenizes) {
-  const std::string cli = absl::StrCat(
-      CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(), "/pki --address=",
-      server_->address());
+  const std::string cli =
+      absl::StrCat(CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(),
+                   "/pki --address=", server_->address());
   const std::string out = env_->dir() + "/cli.out";
   testing::RunOrDie(absl::StrCat("echo 378282246310005 | ", cli,
                                  " tokenize --exp_month=12 --exp_year=2035 >",
                                  out));
-  const std::string token(absl::StripAsciiWhitespace(
-      testing::ReadFileOrEmpty(out)));
+  const std::string token(
+      absl::StripAsciiWhitespace(testing::ReadFileOrEmpty(out)));
   ASSERT_THAT(token, StartsWith("tok_"));
   testing::RunOrDie(absl::StrCat(cli, " detokenize ", token, " >", out));
   EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("pan: 378282246310005"));
@@ -372,8 +378,8 @@ TEST_F(EndToEndTest, ZzNoPanOnDiskOrInServerOutputAfterRestart) {
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);  // graceful shutdown on SIGTERM
   delete server_;
-  server_ = testing::ServerProcess::Start(env_->config_path(), *log_path_)
-                ->release();
+  server_ =
+      testing::ServerProcess::Start(env_->config_path(), *log_path_)->release();
   auto processor = Client("processor");
   for (size_t i = 0; i < tokenized.size(); i += 97) {
     auto card = processor->Detokenize(tokenized[i].second);
@@ -398,7 +404,8 @@ TEST_F(EndToEndTest, ZzNoPanOnDiskOrInServerOutputAfterRestart) {
   for (size_t i = 0; i < tokenized.size(); ++i) {
     const std::string& pan = tokenized[i].first;
     for (const auto& [path, content] : files) {
-      ASSERT_THAT(content, Not(HasSubstr(pan))) << "card " << i << " in " << path;
+      ASSERT_THAT(content, Not(HasSubstr(pan)))
+          << "card " << i << " in " << path;
       if (i % 2 == 0) {
         ASSERT_THAT(content, Not(HasSubstr(absl::StrCat("HOLDER ", i))))
             << path;

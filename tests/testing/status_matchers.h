@@ -24,7 +24,8 @@ MATCHER(IsOk, "is OK") {
 }
 
 MATCHER_P(StatusIs, code,
-          "has code " + absl::StatusCodeToString(static_cast<absl::StatusCode>(code))) {
+          "has code " +
+              absl::StatusCodeToString(static_cast<absl::StatusCode>(code))) {
   const absl::Status& s = GetStatus(arg);
   *result_listener << "status is " << s;
   return s.code() == code;
@@ -36,8 +37,8 @@ MATCHER_P2(StatusIs, code, message_matcher,
   const absl::Status& s = GetStatus(arg);
   *result_listener << "status is " << s;
   return s.code() == code &&
-         ::testing::ExplainMatchResult(message_matcher, std::string(s.message()),
-                                       result_listener);
+         ::testing::ExplainMatchResult(
+             message_matcher, std::string(s.message()), result_listener);
 }
 
 MATCHER_P(IsOkAndHolds, value_matcher, "is OK and holds a matching value") {
@@ -48,9 +49,9 @@ MATCHER_P(IsOkAndHolds, value_matcher, "is OK and holds a matching value") {
   return ::testing::ExplainMatchResult(value_matcher, *arg, result_listener);
 }
 
-#define CARDVAULT_ASSERT_OK_AND_ASSIGN(lhs, expr)                     \
-  CARDVAULT_ASSERT_OK_AND_ASSIGN_IMPL(                                \
-      CARDVAULT_CONCAT(status_or_, __LINE__), lhs, expr)
+#define CARDVAULT_ASSERT_OK_AND_ASSIGN(lhs, expr)                             \
+  CARDVAULT_ASSERT_OK_AND_ASSIGN_IMPL(CARDVAULT_CONCAT(status_or_, __LINE__), \
+                                      lhs, expr)
 #define CARDVAULT_ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                                        \
   ASSERT_TRUE(tmp.ok()) << tmp.status();                    \

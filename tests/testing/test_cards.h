@@ -1,5 +1,6 @@
-// Generated test PANs (never real cards), per ../shared/reference/test-cards.md:
-// a brand prefix, random digits, and a Luhn check digit.
+// Generated test PANs (never real cards), per
+// ../shared/reference/test-cards.md: a brand prefix, random digits, and a Luhn
+// check digit.
 #ifndef CARDVAULT_TESTS_TESTING_TEST_CARDS_H_
 #define CARDVAULT_TESTS_TESTING_TEST_CARDS_H_
 
@@ -24,7 +25,8 @@ const std::vector<Brand>& Brands();
 char LuhnCheckDigit(const std::string& partial);
 
 // A Luhn-valid PAN of `length` digits starting with `prefix`.
-std::string MakePan(const std::string& prefix, int length, std::mt19937_64& rng);
+std::string MakePan(const std::string& prefix, int length,
+                    std::mt19937_64& rng);
 
 // `count` distinct PANs cycling through every brand, prefix and length.
 std::vector<std::string> MakePans(int count, uint64_t seed);

@@ -40,8 +40,7 @@ std::string ReadFileOrEmpty(const std::string& path) {
 std::vector<std::pair<std::string, std::string>> ReadTree(
     const std::string& dir) {
   std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& entry :
-       std::filesystem::recursive_directory_iterator(dir)) {
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
     if (entry.is_regular_file()) {
       out.emplace_back(entry.path(), ReadFileOrEmpty(entry.path()));
     }
@@ -59,9 +58,9 @@ std::vector<std::string> FilesContaining(const std::string& dir,
 }
 
 std::unique_ptr<TestEnv> TestEnv::Create() {
-  std::string tmpl = (std::filesystem::temp_directory_path() /
-                      "cardvault-test-XXXXXX")
-                         .string();
+  std::string tmpl =
+      (std::filesystem::temp_directory_path() / "cardvault-test-XXXXXX")
+          .string();
   if (mkdtemp(tmpl.data()) == nullptr) std::abort();
   std::unique_ptr<TestEnv> env(new TestEnv(tmpl));
   const std::string deploy = CARDVAULT_SOURCE_DIR "/deploy";
@@ -71,8 +70,8 @@ std::unique_ptr<TestEnv> TestEnv::Create() {
   RunOrDie(absl::StrCat(deploy, "/make-pki.sh ", tmpl, "/pki ", tmpl, "/ca ",
                         kTrustDomain, " >/dev/null"));
   RunOrDie(absl::StrCat(deploy, "/write-config.sh ", tmpl, " ",
-                        env->token_label(), " 127.0.0.1:1 ",
-                        env->config_path(), " ", kTrustDomain, " >/dev/null"));
+                        env->token_label(), " 127.0.0.1:1 ", env->config_path(),
+                        " ", kTrustDomain, " >/dev/null"));
   return env;
 }
 
@@ -142,8 +141,8 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
-    execl(CARDVAULTD_PATH, CARDVAULTD_PATH, config_flag.c_str(),
-          listen.c_str(), static_cast<char*>(nullptr));
+    execl(CARDVAULTD_PATH, CARDVAULTD_PATH, config_flag.c_str(), listen.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   std::unique_ptr<ServerProcess> server(new ServerProcess(pid, port));

@@ -69,8 +69,7 @@ class ServerProcess {
   // Starts cardvaultd with `config` on a free loopback port and waits for its
   // ready line (or its exit).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
-      const std::string& config, const std::string& log_path,
-      int port = 0);
+      const std::string& config, const std::string& log_path, int port = 0);
   ~ServerProcess();
 
   const std::string& address() const { return address_; }

@@ -57,8 +57,8 @@ TEST(AccessPolicyTest, EmptyPolicyDeniesEverything) {
 }
 
 TEST(AccessPolicyTest, RejectsDuplicateEmptyAndRolelessBindings) {
-  EXPECT_THAT(AccessPolicy::Create({{"a", {Role::kTokenizer}},
-                                    {"a", {Role::kDetokenizer}}}),
+  EXPECT_THAT(AccessPolicy::Create(
+                  {{"a", {Role::kTokenizer}}, {"a", {Role::kDetokenizer}}}),
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(AccessPolicy::Create({{"", {Role::kTokenizer}}}),
               StatusIs(absl::StatusCode::kInvalidArgument));

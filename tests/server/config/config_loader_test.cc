@@ -75,9 +75,9 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
 }
 
 TEST(ConfigLoaderTest, RejectsUnknownRoleName) {
-  EXPECT_THAT(ParseConfig(With("roles: TOKENIZER", "roles: SUPERUSER"), "c"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("SUPERUSER")));
+  EXPECT_THAT(
+      ParseConfig(With("roles: TOKENIZER", "roles: SUPERUSER"), "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("SUPERUSER")));
 }
 
 TEST(ConfigLoaderTest, MissingFileIsNotFound) {

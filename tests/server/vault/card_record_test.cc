@@ -50,7 +50,8 @@ TEST(CardRecordTest, OpenReturnsTheSealedCard) {
 
 TEST(CardRecordTest, RecordDoesNotContainThePan) {
   auto ring = Ring({{1, 'a'}});
-  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  std::string record =
+      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
   EXPECT_EQ(record.find("5555555555554444"), std::string::npos);
   EXPECT_EQ(record.find("4444"), std::string::npos);
   EXPECT_EQ(record.find("JANE"), std::string::npos);
@@ -58,7 +59,8 @@ TEST(CardRecordTest, RecordDoesNotContainThePan) {
 
 TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
   auto ring = Ring({{1, 'a'}});
-  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  std::string record =
+      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
   for (size_t i = 0; i < record.size(); ++i) {
     for (uint8_t bit : {0x01, 0x80}) {
       std::string changed = record;
@@ -72,7 +74,8 @@ TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
 
 TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
   auto ring = Ring({{1, 'a'}});
-  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  std::string record =
+      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
   for (size_t len = 0; len < record.size(); ++len) {
     EXPECT_THAT(OpenCardRecord(*ring, kToken, record.substr(0, len)),
                 StatusIs(absl::StatusCode::kDataLoss));
@@ -83,7 +86,8 @@ TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
 
 TEST(CardRecordTest, RecordCopiedUnderAnotherTokenFails) {
   auto ring = Ring({{1, 'a'}});
-  std::string record = *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  std::string record =
+      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
   EXPECT_THAT(OpenCardRecord(*ring, kOtherToken, record),
               StatusIs(absl::StatusCode::kDataLoss));
 }

@@ -17,9 +17,8 @@ using ::cardvault::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-const absl::Time kNow =
-    absl::FromCivil(absl::CivilSecond(2026, 11, 25, 12, 0, 0),
-                    absl::UTCTimeZone());
+const absl::Time kNow = absl::FromCivil(
+    absl::CivilSecond(2026, 11, 25, 12, 0, 0), absl::UTCTimeZone());
 
 Card MakeCard(absl::string_view pan, uint32_t month = 0, uint32_t year = 0,
               absl::string_view name = "") {
@@ -57,8 +56,11 @@ std::vector<BadCase> BadCases() {
        "41111111111111111113"},
       {"empty", "", 0, 0, "", ""},
       {"one MiB", std::string(1 << 20, '4'), 0, 0, "", std::string(64, '4')},
-      {"embedded NUL", std::string("4111111\0" "11111111", 16), 0, 0, "",
-       "4111111"},
+      {"embedded NUL",
+       std::string("4111111\0"
+                   "11111111",
+                   16),
+       0, 0, "", "4111111"},
       {"leading space", " " + good, 0, 0, "", good},
       {"trailing space", good + " ", 0, 0, "", good},
       {"trailing newline", good + "\n", 0, 0, "", good},

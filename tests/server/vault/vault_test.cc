@@ -141,9 +141,9 @@ TEST_F(VaultTest, DetokenizeFailsForUnknownToken) {
 }
 
 TEST_F(VaultTest, DetokenizeFailsForMalformedTokenWithoutEcho) {
-  EXPECT_THAT(vault_->Detokenize(kProcessor, "4111111111111111"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       Not(HasSubstr("4111"))));
+  EXPECT_THAT(
+      vault_->Detokenize(kProcessor, "4111111111111111"),
+      StatusIs(absl::StatusCode::kInvalidArgument, Not(HasSubstr("4111"))));
 }
 
 TEST_F(VaultTest, StorageOutageIsUnavailable) {
