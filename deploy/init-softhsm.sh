@@ -18,7 +18,7 @@ log.level = ERROR
 slots.removable = false
 CONF
 export SOFTHSM2_CONF=$conf
-if softhsm2-util --show-slots 2>/dev/null | grep -Eq "Label:[[:space:]]+$label\$"; then
+if softhsm2-util --show-slots 2>/dev/null | grep -Eq "Label:[[:space:]]+$label[[:space:]]*\$"; then
   [[ -s "$state/user.pin" ]] || { echo "init-softhsm: token $label exists but $state/user.pin is missing" >&2; exit 1; }
   echo "init-softhsm: reusing token $label in $state"
   exit 0
