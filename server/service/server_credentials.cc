@@ -7,6 +7,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/crypto/crl_check.h"
 
 namespace cardvault::service {
 namespace {
@@ -39,6 +41,11 @@ MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls) {
   options.set_cert_request_type(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   if (!tls.crl_directory().empty()) {
+    if (absl::Status s = crypto::CheckCrlCoverage(
+            tls.client_ca_file(), tls.crl_directory(), absl::Now());
+        !s.ok()) {
+      return s;
+    }
     options.set_crl_directory(tls.crl_directory());
   }
   return grpc::experimental::TlsServerCredentials(options);

@@ -14,8 +14,9 @@ namespace cardvault::service {
 // TLS credentials that require and verify a client certificate against the
 // configured client CA (GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_
 // VERIFY), with files watched and reloaded, and CRLs checked when a
-// directory is given. Fails if a file is unreadable, so that a broken
-// deployment stops at start-up instead of refusing every handshake.
+// directory is given. Fails if a file is unreadable, or if the CRL directory
+// lacks a current CRL of a client CA (gRPC would then skip the revocation
+// check), so that a broken deployment stops at start-up.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>>
 MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls);
 

@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "server/vault/card.h"
+
 namespace cardvault::testing {
 
 const std::vector<Brand>& Brands() {
@@ -18,21 +20,6 @@ const std::vector<Brand>& Brands() {
   return *brands;
 }
 
-char LuhnCheckDigit(const std::string& partial) {
-  int sum = 0;
-  bool double_it = true;  // the check digit will sit to the right
-  for (auto it = partial.rbegin(); it != partial.rend(); ++it) {
-    int d = *it - '0';
-    if (double_it) {
-      d *= 2;
-      if (d > 9) d -= 9;
-    }
-    sum += d;
-    double_it = !double_it;
-  }
-  return static_cast<char>('0' + (10 - sum % 10) % 10);
-}
-
 std::string MakePan(const std::string& prefix, int length,
                     std::mt19937_64& rng) {
   std::string pan = prefix;
@@ -40,7 +27,9 @@ std::string MakePan(const std::string& prefix, int length,
   while (static_cast<int>(pan.size()) < length - 1) {
     pan.push_back(static_cast<char>('0' + digit(rng)));
   }
-  pan.push_back(LuhnCheckDigit(pan));
+  // The check digit: the one of ten that makes the whole PAN pass Luhn.
+  pan.push_back('0');
+  while (!vault::PassesLuhn(pan)) ++pan.back();
   return pan;
 }
 

@@ -21,9 +21,6 @@ struct Brand {
 // Maestro, with their lengths (12 to 19 digits in all).
 const std::vector<Brand>& Brands();
 
-// The Luhn check digit that completes `partial`.
-char LuhnCheckDigit(const std::string& partial);
-
 // A Luhn-valid PAN of `length` digits starting with `prefix`.
 std::string MakePan(const std::string& prefix, int length,
                     std::mt19937_64& rng);

@@ -97,14 +97,28 @@ void TestEnv::IssueClient(absl::string_view name,
                         "/ca >/dev/null"));
 }
 
+void TestEnv::AddToConfig(absl::string_view block,
+                          absl::string_view line) const {
+  std::string config = ReadFileOrEmpty(config_path());
+  const std::string opening = absl::StrCat(block, " {");
+  const size_t at = config.find(opening);
+  if (at == std::string::npos) std::abort();
+  config.insert(at + opening.size(), absl::StrCat("\n  ", line));
+  std::ofstream(config_path(), std::ios::trunc) << config;
+}
+
 void TestEnv::AddBinding(absl::string_view identity,
                          absl::string_view role) const {
-  std::string config = ReadFileOrEmpty(config_path());
-  const size_t at = config.find("policy {");
-  if (at == std::string::npos) std::abort();
-  config.insert(at + 8, absl::StrCat("\n  bindings { identity: \"", identity,
+  AddToConfig("policy", absl::StrCat("bindings { identity: \"", identity,
                                      "\" roles: ", role, " }"));
-  std::ofstream(config_path(), std::ios::trunc) << config;
+}
+
+std::string TestEnv::Revoke(absl::string_view name) const {
+  const std::string crl = dir_ + "/crl";
+  RunOrDie(absl::StrCat(CARDVAULT_SOURCE_DIR "/deploy/revoke-cert.sh ",
+                        pki(absl::StrCat(name, ".crt")), " ", dir_, "/ca ", crl,
+                        " >/dev/null"));
+  return crl;
 }
 
 std::string TestEnv::MakeForeignPki(absl::string_view subdir) const {

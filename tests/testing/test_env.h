@@ -52,8 +52,12 @@ class TestEnv {
 
   // Issues NAME.crt/NAME.key from the same CA with `uri_san` ("-" for none).
   void IssueClient(absl::string_view name, absl::string_view uri_san) const;
-  // Adds `bindings { identity: IDENTITY roles: ROLE }` to the config.
+  // Inserts `line` at the top of the config's `block {` (e.g. "tls").
+  void AddToConfig(absl::string_view block, absl::string_view line) const;
+  // Adds `bindings { identity: IDENTITY roles: ROLE }` to the policy.
   void AddBinding(absl::string_view identity, absl::string_view role) const;
+  // Revokes pki/NAME.crt and writes the CA's CRL into crl/; returns crl/.
+  std::string Revoke(absl::string_view name) const;
   // A complete PKI under another CA in `subdir`; returns its directory.
   std::string MakeForeignPki(absl::string_view subdir) const;
 
