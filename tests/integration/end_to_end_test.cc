@@ -30,6 +30,12 @@ using ::testing::StartsWith;
 
 constexpr int kCardCount = 1000;
 
+// True if `regex` matches part of `text` (without printing `text`, which for
+// /proc files is long).
+bool RE2Like(const std::string& text, const std::string& regex) {
+  return ::testing::Value(text, ::testing::ContainsRegex(regex));
+}
+
 class EndToEndTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -354,19 +360,23 @@ TEST_F(EndToEndTest, CliTokenizesFromStdinAndDetokenizes) {
   EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("PERMISSION_DENIED"));
 }
 
-// Invariant 1 (core dumps): the running server may not dump core, cannot be
-// read through /proc by other users, and keeps its data keys in locked memory.
+// Invariant 1 (core dumps): the running server may not dump core and keeps
+// its data keys in locked pages left out of any dump.
 TEST_F(EndToEndTest, ServerCannotDumpCoreAndLocksItsKeys) {
   const std::string proc = absl::StrCat("/proc/", server_->pid());
-  EXPECT_THAT(testing::ReadFileOrEmpty(proc + "/limits"),
-              ::testing::ContainsRegex("Max core file size +0 +0"));
+  EXPECT_TRUE(RE2Like(testing::ReadFileOrEmpty(proc + "/limits"),
+                      "Max core file size +0 +0"));
+#ifdef CARDVAULT_SANITIZED
+  GTEST_SKIP() << "sanitizer runtimes ignore mlock; checked in the plain build";
+#endif
   const std::string status = testing::ReadFileOrEmpty(proc + "/status");
-  EXPECT_THAT(status, Not(::testing::ContainsRegex("VmLck:\\s+0 kB")));
-  EXPECT_THAT(status, ::testing::ContainsRegex("VmLck:\\s+[1-9][0-9]* kB"));
-  // The data-key pages are both locked ("lo") and left out of dumps ("dd",
+  EXPECT_TRUE(RE2Like(status, "VmLck:\\s+[1-9][0-9]* kB"))
+      << "no locked memory";
+  // Data-key pages are locked ("lo") and excluded from dumps ("dd",
   // MADV_DONTDUMP); no mapping of an ordinary process has both.
-  EXPECT_THAT(testing::ReadFileOrEmpty(proc + "/smaps"),
-              ::testing::ContainsRegex("VmFlags:.* lo .*dd"));
+  EXPECT_TRUE(
+      RE2Like(testing::ReadFileOrEmpty(proc + "/smaps"), "VmFlags:.* lo .*dd"))
+      << "no mapping is both locked and MADV_DONTDUMP";
 }
 
 // Runs last: shuts the server down (SIGTERM), restarts it so that RocksDB
