@@ -2,10 +2,14 @@
 //
 //   echo 4111111111111111 | cardvault tokenize [--exp_month=12 --exp_year=2030]
 //   cardvault detokenize tok_...
+//   cardvault audit list [--identity=I --event_type=DETOKENIZE --token=T
+//                         --since=RFC3339 --until=RFC3339 --max_events=N]
+//   cardvault audit verify
 //
 // The PAN is read from stdin, never from argv (argv is visible to every user
 // in /proc). Certificate flags default to the dev PKI: pos for tokenize,
-// processor for detokenize.
+// processor for detokenize, auditor for audit. Audit events are printed as
+// JSON lines, ready for a SIEM.
 #include <iostream>
 #include <string>
 
@@ -13,7 +17,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/time/time.h"
 #include "client/vault_client.h"
+#include "google/protobuf/util/json_util.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:9443", "cardvaultd host:port.");
 ABSL_FLAG(std::string, pki_dir, "var/dev/pki",
@@ -27,6 +33,13 @@ ABSL_FLAG(uint32_t, exp_month, 0, "Expiry month (tokenize).");
 ABSL_FLAG(uint32_t, exp_year, 0, "Expiry year (tokenize).");
 ABSL_FLAG(std::string, name, "", "Cardholder name (tokenize).");
 ABSL_FLAG(int, deadline_ms, 5000, "Deadline of the call in milliseconds.");
+ABSL_FLAG(std::string, identity, "", "audit list: only this caller identity.");
+ABSL_FLAG(std::string, event_type, "",
+          "audit list: only this event type (e.g. DETOKENIZE).");
+ABSL_FLAG(std::string, token, "", "audit list: only events about this token.");
+ABSL_FLAG(std::string, since, "", "audit list: from this RFC 3339 time.");
+ABSL_FLAG(std::string, until, "", "audit list: before this RFC 3339 time.");
+ABSL_FLAG(uint32_t, max_events, 0, "audit list: at most this many events.");
 
 namespace {
 
@@ -50,12 +63,76 @@ cardvault::client::ClientOptions Options(const std::string& identity) {
   return o;
 }
 
+std::string Json(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+absl::Status SetTime(const std::string& rfc3339,
+                     google::protobuf::Timestamp* out) {
+  absl::Time t;
+  std::string error;
+  if (!absl::ParseTime(absl::RFC3339_full, rfc3339, &t, &error)) {
+    return absl::InvalidArgumentError("bad time (want RFC 3339): " + error);
+  }
+  out->set_seconds(absl::ToUnixSeconds(t));
+  return absl::OkStatus();
+}
+
+int Audit(const std::string& what) {
+  auto client = cardvault::client::VaultClient::Create(Options("auditor"));
+  if (!client.ok()) return Fail(client.status());
+  if (what == "verify") {
+    auto report = (*client)->VerifyAuditChain();
+    if (!report.ok()) return Fail(report.status());
+    std::cout << Json(*report) << "\n";
+    return report->intact() ? 0 : 3;
+  }
+  cardvault::v1::ListEventsRequest request;
+  request.set_identity(absl::GetFlag(FLAGS_identity));
+  request.set_token(absl::GetFlag(FLAGS_token));
+  request.set_max_events(absl::GetFlag(FLAGS_max_events));
+  if (!absl::GetFlag(FLAGS_event_type).empty()) {
+    cardvault::v1::EventType type;
+    if (!cardvault::v1::EventType_Parse(absl::GetFlag(FLAGS_event_type),
+                                        &type)) {
+      return Fail(absl::InvalidArgumentError("unknown --event_type"));
+    }
+    request.set_event_type(type);
+  }
+  if (!absl::GetFlag(FLAGS_since).empty()) {
+    if (auto s =
+            SetTime(absl::GetFlag(FLAGS_since), request.mutable_start_time());
+        !s.ok()) {
+      return Fail(s);
+    }
+  }
+  if (!absl::GetFlag(FLAGS_until).empty()) {
+    if (auto s =
+            SetTime(absl::GetFlag(FLAGS_until), request.mutable_end_time());
+        !s.ok()) {
+      return Fail(s);
+    }
+  }
+  absl::Status s = (*client)->ListAuditEvents(
+      request, [](const cardvault::v1::AuditEvent& event) {
+        std::cout << Json(event) << "\n";
+      });
+  return s.ok() ? 0 : Fail(s);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "cardvault tokenize [--exp_month=M --exp_year=Y --name=N] < pan\n"
-      "       cardvault detokenize TOKEN");
+      "       cardvault detokenize TOKEN\n"
+      "       cardvault audit list [--identity= --event_type= --token= "
+      "--since= --until= --max_events=]\n"
+      "       cardvault audit verify");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
@@ -93,6 +170,10 @@ int main(int argc, char** argv) {
       std::cout << "name: " << card->cardholder_name() << "\n";
     }
     return 0;
+  }
+  if (command == "audit" && args.size() == 3 &&
+      (std::string(args[2]) == "list" || std::string(args[2]) == "verify")) {
+    return Audit(args[2]);
   }
   std::cerr << absl::ProgramUsageMessage() << "\n";
   return 2;

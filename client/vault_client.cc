@@ -69,6 +69,7 @@ VaultClient::VaultClient(std::shared_ptr<grpc::Channel> channel,
                          absl::Duration deadline)
     : channel_(std::move(channel)),
       stub_(::cardvault::v1::TokenVault::NewStub(channel_)),
+      audit_stub_(::cardvault::v1::AuditLog::NewStub(channel_)),
       deadline_(deadline) {}
 
 absl::StatusOr<std::string> VaultClient::Tokenize(
@@ -93,6 +94,29 @@ absl::StatusOr<::cardvault::v1::Card> VaultClient::Detokenize(
   grpc::Status status = stub_->Detokenize(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response.card();
+}
+
+absl::Status VaultClient::ListAuditEvents(
+    const ::cardvault::v1::ListEventsRequest& request,
+    const std::function<void(const ::cardvault::v1::AuditEvent&)>& visit)
+    const {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+  auto reader = audit_stub_->ListEvents(&context, request);
+  ::cardvault::v1::AuditEvent event;
+  while (reader->Read(&event)) visit(event);
+  return FromGrpcStatus(reader->Finish());
+}
+
+absl::StatusOr<::cardvault::v1::VerifyChainResponse>
+VaultClient::VerifyAuditChain() const {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+  ::cardvault::v1::VerifyChainResponse response;
+  grpc::Status status = audit_stub_->VerifyChain(
+      &context, ::cardvault::v1::VerifyChainRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
 }
 
 }  // namespace cardvault::client

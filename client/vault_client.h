@@ -7,12 +7,14 @@
 
 #include <grpcpp/channel.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "cardvault/v1/audit.grpc.pb.h"
 #include "cardvault/v1/vault.grpc.pb.h"
 
 namespace cardvault::client {
@@ -52,6 +54,16 @@ class VaultClient {
   absl::StatusOr<::cardvault::v1::Card> Detokenize(
       absl::string_view token) const;
 
+  // Streams audit events matching `request` to `visit`, oldest first.
+  // Needs the auditor role.
+  absl::Status ListAuditEvents(
+      const ::cardvault::v1::ListEventsRequest& request,
+      const std::function<void(const ::cardvault::v1::AuditEvent&)>& visit)
+      const;
+
+  // Verifies the server's audit chain. Needs the auditor role.
+  absl::StatusOr<::cardvault::v1::VerifyChainResponse> VerifyAuditChain() const;
+
   grpc::Channel* channel() const { return channel_.get(); }
 
  private:
@@ -59,6 +71,7 @@ class VaultClient {
 
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<::cardvault::v1::TokenVault::Stub> stub_;
+  const std::unique_ptr<::cardvault::v1::AuditLog::Stub> audit_stub_;
   const absl::Duration deadline_;
 };
 

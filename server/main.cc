@@ -17,8 +17,10 @@
 #include "absl/time/clock.h"
 #include "hsm/pkcs11_key_wrapper.h"
 #include "hsm/pkcs11_token.h"
+#include "server/audit/audit_log.h"
 #include "server/auth/access_policy.h"
 #include "server/config/config_loader.h"
+#include "server/service/audit_log_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
 #include "server/storage/rocksdb_storage.h"
@@ -104,18 +106,26 @@ int Run(const sigset_t& stop_signals) {
                     "data keys");
   auto policy =
       OrDie(auth::AccessPolicy::Create(BindingsFrom(cfg.policy())), "policy");
-  auto vault =
-      OrDie(vault::Vault::Create(storage.get(), keys.get(), policy.get(), {}),
-            "vault");
+  vault::AuditKey audit_key =
+      OrDie(vault::LoadAuditKey(storage.get(), wrapper.get()), "audit key");
+  auto audit_log = OrDie(
+      audit::AuditLog::Open(storage.get(), storage.get(),
+                            std::move(audit_key.mac), audit_key.version, {}),
+      "audit trail");
+  auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(),
+                                          policy.get(), audit_log.get(), {}),
+                     "vault");
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
   service::TokenVaultService token_vault(vault.get());
+  service::AuditLogService audit_service(vault.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(cfg.listen_address(), credentials, &port);
   builder.RegisterService(&token_vault);
+  builder.RegisterService(&audit_service);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(cfg.limits().max_request_bytes()));
   builder.SetSyncServerOption(
@@ -128,7 +138,13 @@ int Run(const sigset_t& stop_signals) {
     util::LogError(absl::StrCat("cannot listen on ", cfg.listen_address()));
     return 1;
   }
+  if (absl::Status s = vault->RecordLifecycle(v1::SERVER_START); !s.ok()) {
+    util::LogError("cannot record server start in the audit trail");
+    return 1;
+  }
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  server->GetHealthCheckService()->SetServingStatus("cardvault.v1.AuditLog",
+                                                    true);
   util::LogInfo(absl::StrCat("data keys loaded: ", keys->size(),
                              ", primary version ", keys->primary_version()));
   std::printf("cardvaultd ready: TokenVault on %s (mutual TLS), port %d\n",
@@ -142,6 +158,9 @@ int Run(const sigset_t& stop_signals) {
   server->GetHealthCheckService()->Shutdown();
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
   server->Wait();
+  if (!vault->RecordLifecycle(v1::SERVER_STOP).ok()) {
+    util::LogError("cannot record server stop in the audit trail");
+  }
   util::LogInfo("stopped");
   return 0;
 }

@@ -7,7 +7,8 @@ namespace {
 
 uint32_t Bit(Permission p) { return 1u << static_cast<int>(p); }
 
-// The least privilege of each role: auditors and admins touch no card data.
+// The least privilege of each role: auditors read the trail but touch no card
+// data; admins touch neither.
 uint32_t GrantsOf(Role role) {
   switch (role) {
     case Role::kTokenizer:
@@ -15,6 +16,7 @@ uint32_t GrantsOf(Role role) {
     case Role::kDetokenizer:
       return Bit(Permission::kDetokenize);
     case Role::kAuditor:
+      return Bit(Permission::kReadAudit);
     case Role::kAdmin:
       return 0;
   }
@@ -29,6 +31,8 @@ absl::string_view PermissionName(Permission permission) {
       return "Tokenize";
     case Permission::kDetokenize:
       return "Detokenize";
+    case Permission::kReadAudit:
+      return "read the audit trail";
   }
   return "unknown";
 }

@@ -18,15 +18,19 @@ namespace cardvault::auth {
 
 enum class Role { kTokenizer, kDetokenizer, kAuditor, kAdmin };
 
-// One right per RPC that touches card data.
-enum class Permission { kTokenize, kDetokenize };
+// One right per kind of access.
+enum class Permission { kTokenize, kDetokenize, kReadAudit };
 
 absl::string_view PermissionName(Permission permission);
 
-// The authenticated caller of one request, from its verified certificate.
+// The authenticated caller of one request, from its verified certificate,
+// and what identifies the request in the audit trail.
 struct Caller {
-  std::string identity;  // URI SAN (SPIFFE ID) or, failing that, the CN
-  std::string peer;      // transport address, for logs
+  std::string identity;            // URI SAN (SPIFFE ID) or, failing that, CN
+  std::string certificate_serial;  // uppercase hex
+  std::string certificate_sha256;  // lowercase hex of the DER's SHA-256
+  std::string peer;                // transport address
+  std::string request_id;          // unique per server process
 };
 
 struct RoleBinding {

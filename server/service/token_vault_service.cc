@@ -3,7 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "server/service/peer_identity.h"
+#include "server/service/caller_context.h"
 #include "server/service/status_conversion.h"
 #include "server/util/log.h"
 
@@ -15,20 +15,17 @@ using ::cardvault::v1::DetokenizeResponse;
 using ::cardvault::v1::TokenizeRequest;
 using ::cardvault::v1::TokenizeResponse;
 
-absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext& context) {
-  auto auth_context = context.auth_context();
-  if (auth_context == nullptr) {
-    return absl::UnauthenticatedError("no verified client certificate");
-  }
-  absl::StatusOr<std::string> identity = PeerIdentity(*auth_context);
-  if (!identity.ok()) return identity.status();
-  return auth::Caller{*std::move(identity), context.peer()};
-}
-
 // Fields this server does not know (e.g. a CVV sent by a newer client) are
 // refused rather than silently dropped: nothing is accepted that is not kept.
 bool HasUnknownFields(const google::protobuf::Message& message) {
   return !message.GetReflection()->GetUnknownFields(message).empty();
+}
+
+// A caller without a usable identity, for the audit record of its refusal.
+auth::Caller Unidentified(const grpc::ServerContext& context) {
+  auth::Caller caller;
+  caller.peer = context.peer();
+  return caller;
 }
 
 vault::Card FromProto(const ::cardvault::v1::Card& card) {
@@ -69,16 +66,18 @@ grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
                                          const TokenizeRequest* request,
                                          TokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok()) return Finish("Tokenize", nullptr, caller.status());
+  if (!caller.ok()) {
+    return Finish("Tokenize", nullptr,
+                  vault_->RecordRejected(Unidentified(*context), v1::TOKENIZE,
+                                         vault::kTokenizeRpc, caller.status()));
+  }
   if (HasUnknownFields(*request) || HasUnknownFields(request->card())) {
     return Finish("Tokenize", &*caller,
-                  absl::InvalidArgumentError(
-                      "request has fields this server does not accept (a CVV "
-                      "is never accepted)"));
-  }
-  if (!request->has_card()) {
-    return Finish("Tokenize", &*caller,
-                  absl::InvalidArgumentError("card is required"));
+                  vault_->RecordRejected(
+                      *caller, v1::TOKENIZE, vault::kTokenizeRpc,
+                      absl::InvalidArgumentError(
+                          "request has fields this server does not accept (a "
+                          "CVV is never accepted)")));
   }
   absl::StatusOr<std::string> token =
       vault_->Tokenize(*caller, FromProto(request->card()));
@@ -91,11 +90,18 @@ grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
                                            const DetokenizeRequest* request,
                                            DetokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok()) return Finish("Detokenize", nullptr, caller.status());
+  if (!caller.ok()) {
+    return Finish(
+        "Detokenize", nullptr,
+        vault_->RecordRejected(Unidentified(*context), v1::DETOKENIZE,
+                               vault::kDetokenizeRpc, caller.status()));
+  }
   if (HasUnknownFields(*request)) {
     return Finish("Detokenize", &*caller,
-                  absl::InvalidArgumentError(
-                      "request has fields this server does not accept"));
+                  vault_->RecordRejected(
+                      *caller, v1::DETOKENIZE, vault::kDetokenizeRpc,
+                      absl::InvalidArgumentError(
+                          "request has fields this server does not accept")));
   }
   absl::StatusOr<vault::Card> card =
       vault_->Detokenize(*caller, request->token());

@@ -8,6 +8,7 @@
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
+#include "rocksdb/write_batch.h"
 #include "server/storage/rocksdb_status.h"
 
 namespace cardvault::storage {
@@ -15,6 +16,23 @@ namespace {
 
 constexpr char kTokensCf[] = "tokens";
 constexpr char kKeysCf[] = "keys";
+constexpr char kAuditCf[] = "audit";
+
+std::string SequenceKey(uint64_t sequence) {
+  std::string key(8, '\0');
+  for (int i = 7; i >= 0; --i, sequence >>= 8) {
+    key[i] = static_cast<char>(sequence & 0xFF);
+  }
+  return key;
+}
+
+uint64_t SequenceOf(const rocksdb::Slice& key) {
+  uint64_t sequence = 0;
+  for (size_t i = 0; i < key.size() && i < 8; ++i) {
+    sequence = (sequence << 8) | static_cast<uint8_t>(key[i]);
+  }
+  return sequence;
+}
 
 rocksdb::Slice ToSlice(absl::string_view s) {
   return rocksdb::Slice(s.data(), s.size());
@@ -59,6 +77,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
       {kTokensCf, cf_options},
       {kKeysCf, rocksdb::ColumnFamilyOptions()},
+      {kAuditCf, rocksdb::ColumnFamilyOptions()},
   };
   std::vector<rocksdb::ColumnFamilyHandle*> raw_handles;
   rocksdb::DB* raw_db = nullptr;
@@ -77,7 +96,8 @@ RocksDbStorage::RocksDbStorage(std::unique_ptr<rocksdb::DB> db,
     : db_(std::move(db)),
       handles_(std::move(handles)),
       tokens_(handles_[1].get()),
-      keys_(handles_[2].get()) {}
+      keys_(handles_[2].get()),
+      audit_(handles_[3].get()) {}
 
 absl::Status RocksDbStorage::InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
                                             absl::string_view key,
@@ -92,11 +112,6 @@ absl::Status RocksDbStorage::InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
                      "put");
 }
 
-absl::Status RocksDbStorage::Insert(absl::string_view token,
-                                    absl::string_view record) const {
-  return InsertIfAbsent(tokens_, token, record);
-}
-
 absl::StatusOr<std::string> RocksDbStorage::Lookup(
     absl::string_view token) const {
   std::string value;
@@ -105,6 +120,50 @@ absl::StatusOr<std::string> RocksDbStorage::Lookup(
   if (s.IsNotFound()) return absl::NotFoundError("no such token");
   if (!s.ok()) return FromRocksDb(s, "get");
   return value;
+}
+
+absl::StatusOr<bool> RocksDbStorage::Contains(absl::string_view token) const {
+  std::string value;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), tokens_, ToSlice(token), &value);
+  if (s.IsNotFound()) return false;
+  if (!s.ok()) return FromRocksDb(s, "get");
+  return true;
+}
+
+absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
+  rocksdb::WriteBatch batch;
+  for (const auto& [token, record] : writes.new_tokens) {
+    batch.Put(tokens_, ToSlice(token), ToSlice(record));
+  }
+  for (const auto& [sequence, record] : writes.audit_records) {
+    batch.Put(audit_, SequenceKey(sequence), ToSlice(record));
+  }
+  return FromRocksDb(db_->Write(DurableWrite(), &batch), "commit");
+}
+
+absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
+RocksDbStorage::LastAuditRecord() const {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), audit_));
+  it->SeekToLast();
+  if (!it->status().ok()) return FromRocksDb(it->status(), "scan audit");
+  if (!it->Valid()) return std::nullopt;
+  return std::make_pair(SequenceOf(it->key()), it->value().ToString());
+}
+
+absl::Status RocksDbStorage::ScanAudit(
+    uint64_t from,
+    const std::function<bool(uint64_t, absl::string_view)>& visit) const {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), audit_));
+  for (it->Seek(SequenceKey(from)); it->Valid(); it->Next()) {
+    if (!visit(SequenceOf(it->key()),
+               absl::string_view(it->value().data(), it->value().size()))) {
+      break;
+    }
+  }
+  return FromRocksDb(it->status(), "scan audit");
 }
 
 absl::Status RocksDbStorage::InsertKey(absl::string_view key_id,

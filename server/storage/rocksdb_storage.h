@@ -2,7 +2,8 @@
 //
 // Column families:
 //   "tokens"  token -> sealed card record (see vault/card_record.h)
-//   "keys"    key id -> wrapped data-key record (see vault/key_ring.h)
+//   "keys"    key id -> wrapped key record (see vault/wrapped_keys.h)
+//   "audit"   8-byte big-endian sequence -> audit record (audit/audit_log.h)
 // The default column family is unused. Every write is synced (WAL fsync)
 // before it returns; concurrent writers share one fsync (group commit).
 //
@@ -22,7 +23,7 @@
 
 namespace cardvault::storage {
 
-class RocksDbStorage : public TokenStore, public KeyStore {
+class RocksDbStorage : public TokenStore, public KeyStore, public AuditStore {
  public:
   struct Options {
     // Directory of the database; created if missing.
@@ -38,21 +39,27 @@ class RocksDbStorage : public TokenStore, public KeyStore {
   RocksDbStorage& operator=(const RocksDbStorage&) = delete;
   ~RocksDbStorage() override = default;
 
-  absl::Status Insert(absl::string_view token,
-                      absl::string_view record) const override;
   absl::StatusOr<std::string> Lookup(absl::string_view token) const override;
+  absl::StatusOr<bool> Contains(absl::string_view token) const override;
 
   absl::Status InsertKey(absl::string_view key_id,
                          absl::string_view record) const override;
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListKeys()
       const override;
 
+  absl::Status Commit(const WriteSet& writes) const override;
+  absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
+  LastAuditRecord() const override;
+  absl::Status ScanAudit(uint64_t from,
+                         const std::function<bool(uint64_t, absl::string_view)>&
+                             visit) const override;
+
   // Flushes memtables to SST files (used by tests that inspect files).
   absl::Status Flush() const;
 
  private:
-  // Insert-if-absent is a read then a write; a lock stripe per key hash makes
-  // it atomic without serialising unrelated inserts (and their fsyncs).
+  // Insert-if-absent (keys) is a read then a write; a lock stripe per key
+  // hash makes it atomic without serialising unrelated inserts.
   static constexpr size_t kLockStripes = 64;
 
   using CfHandle = std::unique_ptr<rocksdb::ColumnFamilyHandle>;
@@ -67,6 +74,7 @@ class RocksDbStorage : public TokenStore, public KeyStore {
   std::vector<CfHandle> handles_;
   rocksdb::ColumnFamilyHandle* tokens_;
   rocksdb::ColumnFamilyHandle* keys_;
+  rocksdb::ColumnFamilyHandle* audit_;
   mutable std::array<absl::Mutex, kLockStripes> stripes_;
 };
 

@@ -5,6 +5,9 @@
 #ifndef CARDVAULT_SERVER_STORAGE_TOKEN_STORE_H_
 #define CARDVAULT_SERVER_STORAGE_TOKEN_STORE_H_
 
+#include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,14 +23,41 @@ class TokenStore {
  public:
   virtual ~TokenStore() = default;
 
-  // Stores `record` under `token` if no record exists there. Returns OK only
-  // once the write is durable (fsynced), ALREADY_EXISTS if the token is taken,
-  // UNAVAILABLE if storage cannot be written.
-  virtual absl::Status Insert(absl::string_view token,
-                              absl::string_view record) const = 0;
-
   // The record under `token`, NOT_FOUND if none.
   virtual absl::StatusOr<std::string> Lookup(absl::string_view token) const = 0;
+
+  // Whether a record exists under `token`.
+  virtual absl::StatusOr<bool> Contains(absl::string_view token) const = 0;
+};
+
+// One atomic, durable write: new token records and the audit records that
+// describe them (PCI DSS 10.2: the record of a Tokenize is never separate
+// from the token it created).
+struct WriteSet {
+  // (token, sealed record); the writer guarantees each token is new.
+  std::vector<std::pair<std::string, std::string>> new_tokens;
+  // (sequence, encoded audit record).
+  std::vector<std::pair<uint64_t, std::string>> audit_records;
+};
+
+// The audit trail: sequence -> encoded audit record (see audit/audit_log.h).
+class AuditStore {
+ public:
+  virtual ~AuditStore() = default;
+
+  // Writes everything in `writes` atomically; OK only once it is durable
+  // (fsynced). UNAVAILABLE if storage cannot be written.
+  virtual absl::Status Commit(const WriteSet& writes) const = 0;
+
+  // The record with the highest sequence, or nullopt for an empty trail.
+  virtual absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
+  LastAuditRecord() const = 0;
+
+  // Calls `visit` for every record from sequence `from` on, in order, until
+  // it returns false.
+  virtual absl::Status ScanAudit(
+      uint64_t from,
+      const std::function<bool(uint64_t, absl::string_view)>& visit) const = 0;
 };
 
 // Key id -> wrapped key record.

@@ -1,15 +1,6 @@
 // Data-encryption keys (DEKs) by version, held unwrapped only in locked,
-// non-dumpable memory, and stored only wrapped under the HSM's KEK.
-//
-// Wrapped-key record, the value under key id "dek/" + 8 lowercase hex digits
-// of the version (column family "keys"):
-//   offset  size  field
-//   0       1     record format version, kWrappedKeyFormatV1 = 0x01
-//   1       4     key version, uint32 big-endian (equals the key id's)
-//   5       1     wrap mechanism, 0x01 = CKM_AES_KEY_WRAP_PAD (RFC 5649)
-//   6       1     KEK label length K, 1..kMaxKekLabelBytes
-//   7       K     KEK label (CKA_LABEL of the wrapping key)
-//   7+K     W     wrapped key, W = rest of record, 1..kMaxWrappedKeyBytes
+// non-dumpable memory, and stored only wrapped under the HSM's KEK (format in
+// wrapped_keys.h, key ids "dek/<8 hex digits>").
 //
 // Thread safety: thread-safe; immutable after Load.
 #ifndef CARDVAULT_SERVER_VAULT_KEY_RING_H_
@@ -24,17 +15,22 @@
 #include "absl/strings/string_view.h"
 #include "hsm/key_wrapper.h"
 #include "server/crypto/aes_gcm.h"
+#include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
 
 namespace cardvault::vault {
 
-inline constexpr uint8_t kWrappedKeyFormatV1 = 0x01;
-inline constexpr uint8_t kWrapMechanismAesKeyWrapPad = 0x01;
-inline constexpr size_t kMaxKekLabelBytes = 64;
-inline constexpr size_t kMaxWrappedKeyBytes = 512;
-
 // Key id under which the wrapped DEK of `version` is stored.
 std::string DataKeyId(uint32_t version);
+
+// The audit chain's HMAC key: the highest version stored under "audit-mac/",
+// created in the HSM (and stored wrapped) on first start.
+struct AuditKey {
+  uint32_t version;
+  std::unique_ptr<crypto::HmacSha256> mac;
+};
+absl::StatusOr<AuditKey> LoadAuditKey(const storage::KeyStore* keys,
+                                      const hsm::KeyWrapper* wrapper);
 
 class KeyRing {
  public:

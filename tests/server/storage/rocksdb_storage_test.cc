@@ -33,41 +33,58 @@ class RocksDbStorageTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
-TEST_F(RocksDbStorageTest, LookupReturnsInsertedRecord) {
-  auto db = Open();
-  ASSERT_THAT(db->Insert("tok_a", "record-a"), IsOk());
-  EXPECT_THAT(db->Lookup("tok_a"), IsOkAndHolds(std::string("record-a")));
-  EXPECT_THAT(db->Lookup("tok_b"), StatusIs(absl::StatusCode::kNotFound));
+WriteSet TokenAndAudit(std::string token, std::string record, uint64_t seq) {
+  WriteSet w;
+  w.new_tokens.emplace_back(std::move(token), std::move(record));
+  w.audit_records.emplace_back(seq, "audit-" + std::to_string(seq));
+  return w;
 }
 
-TEST_F(RocksDbStorageTest, InsertNeverOverwrites) {
+TEST_F(RocksDbStorageTest, LookupReturnsCommittedRecord) {
   auto db = Open();
-  ASSERT_THAT(db->Insert("tok_a", "first"), IsOk());
-  EXPECT_THAT(db->Insert("tok_a", "second"),
-              StatusIs(absl::StatusCode::kAlreadyExists));
-  EXPECT_THAT(db->Lookup("tok_a"), IsOkAndHolds(std::string("first")));
+  ASSERT_THAT(db->Commit(TokenAndAudit("tok_a", "record-a", 1)), IsOk());
+  EXPECT_THAT(db->Lookup("tok_a"), IsOkAndHolds(std::string("record-a")));
+  EXPECT_THAT(db->Contains("tok_a"), IsOkAndHolds(true));
+  EXPECT_THAT(db->Lookup("tok_b"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(db->Contains("tok_b"), IsOkAndHolds(false));
+}
+
+TEST_F(RocksDbStorageTest, AuditRecordsScanInSequenceOrder) {
+  auto db = Open();
+  EXPECT_THAT(db->LastAuditRecord(), IsOkAndHolds(std::nullopt));
+  // Written out of order, and past 255 so that byte order matters.
+  for (uint64_t seq : {3, 1, 256, 2}) {
+    WriteSet w;
+    w.audit_records.emplace_back(seq, "r" + std::to_string(seq));
+    ASSERT_THAT(db->Commit(w), IsOk());
+  }
+  std::vector<uint64_t> seen;
+  ASSERT_THAT(db->ScanAudit(2,
+                            [&](uint64_t seq, absl::string_view record) {
+                              EXPECT_EQ(record, "r" + std::to_string(seq));
+                              seen.push_back(seq);
+                              return true;
+                            }),
+              IsOk());
+  EXPECT_THAT(seen, ElementsAre(2, 3, 256));
+  EXPECT_THAT(db->LastAuditRecord(),
+              IsOkAndHolds(std::optional(
+                  std::pair<uint64_t, std::string>(256, "r256"))));
+}
+
+TEST_F(RocksDbStorageTest, KeysAreNeverOverwritten) {
+  auto db = Open();
   ASSERT_THAT(db->InsertKey("dek/1", "k1"), IsOk());
   EXPECT_THAT(db->InsertKey("dek/1", "k2"),
               StatusIs(absl::StatusCode::kAlreadyExists));
-}
-
-TEST_F(RocksDbStorageTest, ConcurrentInsertsOfOneTokenHaveOneWinner) {
-  auto db = Open();
-  std::atomic<int> winners{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < 8; ++i) {
-    threads.emplace_back([&, i] {
-      if (db->Insert("tok_same", "r" + std::to_string(i)).ok()) ++winners;
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(winners.load(), 1);
+  EXPECT_THAT(db->ListKeys(), IsOkAndHolds(ElementsAre(Pair("dek/1", "k1"))));
 }
 
 TEST_F(RocksDbStorageTest, TokensAndKeysLiveInSeparateColumnFamilies) {
   {
     auto db = Open();
-    ASSERT_THAT(db->Insert("same-id", "token-record"), IsOk());
+    ASSERT_THAT(db->Commit(TokenAndAudit("same-id", "token-record", 1)),
+                IsOk());
     ASSERT_THAT(db->InsertKey("same-id", "key-record"), IsOk());
     EXPECT_THAT(db->ListKeys(),
                 IsOkAndHolds(ElementsAre(Pair("same-id", "key-record"))));
@@ -76,13 +93,14 @@ TEST_F(RocksDbStorageTest, TokensAndKeysLiveInSeparateColumnFamilies) {
   ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(),
                                               dir_.string(), &families)
                   .ok());
-  EXPECT_THAT(families, UnorderedElementsAre("default", "tokens", "keys"));
+  EXPECT_THAT(families,
+              UnorderedElementsAre("default", "tokens", "keys", "audit"));
 }
 
 TEST_F(RocksDbStorageTest, DataSurvivesReopen) {
   {
     auto db = Open();
-    ASSERT_THAT(db->Insert("tok_a", "record-a"), IsOk());
+    ASSERT_THAT(db->Commit(TokenAndAudit("tok_a", "record-a", 1)), IsOk());
     ASSERT_THAT(db->InsertKey("dek/1", "k1"), IsOk());
   }
   auto db = Open();

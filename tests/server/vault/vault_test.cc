@@ -1,73 +1,60 @@
 #include "server/vault/vault.h"
 
+#include <filesystem>
 #include <map>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/storage/rocksdb_storage.h"
+#include "tests/testing/fault_injecting_store.h"
 #include "tests/testing/status_matchers.h"
 
 namespace cardvault::vault {
 namespace {
 
 using ::cardvault::testing::IsOk;
+using ::cardvault::testing::IsOkAndHolds;
 using ::cardvault::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
 
-// In-memory TokenStore with switchable failures.
-class FakeTokenStore : public storage::TokenStore {
- public:
-  absl::Status Insert(absl::string_view token,
-                      absl::string_view record) const override {
-    absl::MutexLock lock(&mu_);
-    if (!fail_with_.ok()) return fail_with_;
-    if (collisions_left_ > 0) {
-      --collisions_left_;
-      return absl::AlreadyExistsError("taken");
-    }
-    if (!records_.emplace(token, record).second) {
-      return absl::AlreadyExistsError("taken");
-    }
-    return absl::OkStatus();
-  }
-  absl::StatusOr<std::string> Lookup(absl::string_view token) const override {
-    absl::MutexLock lock(&mu_);
-    if (!fail_with_.ok()) return fail_with_;
-    auto it = records_.find(token);
-    if (it == records_.end()) return absl::NotFoundError("none");
-    return it->second;
-  }
-  void FailWith(absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    fail_with_ = s;
-  }
-  void Collide(int n) {
-    absl::MutexLock lock(&mu_);
-    collisions_left_ = n;
-  }
-  size_t size() const {
-    absl::MutexLock lock(&mu_);
-    return records_.size();
-  }
+auth::Caller MakeCaller(absl::string_view name) {
+  auth::Caller c;
+  c.identity = absl::StrCat("spiffe://t/", name);
+  c.certificate_serial = "0A1B";
+  c.certificate_sha256 = std::string(64, 'f');
+  c.peer = "ipv4:127.0.0.1:1234";
+  c.request_id = absl::StrCat("req-", name);
+  return c;
+}
+const auth::Caller kPos = MakeCaller("pos");
+const auth::Caller kProcessor = MakeCaller("processor");
+const auth::Caller kAuditor = MakeCaller("auditor");
+const auth::Caller kStranger = MakeCaller("stranger");
 
- private:
-  mutable absl::Mutex mu_;
-  mutable absl::flat_hash_map<std::string, std::string> records_
-      ABSL_GUARDED_BY(mu_);
-  absl::Status fail_with_ ABSL_GUARDED_BY(mu_);
-  mutable int collisions_left_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-const auth::Caller kPos{"spiffe://t/pos", "ipv4:127.0.0.1:1"};
-const auth::Caller kProcessor{"spiffe://t/processor", "ipv4:127.0.0.1:2"};
-const auth::Caller kAuditor{"spiffe://t/auditor", "ipv4:127.0.0.1:3"};
-
+// A vault over a real RocksDB and audit chain, with storage faults on
+// command.
 class VaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    dir_ =
+        (std::filesystem::temp_directory_path() /
+         absl::StrCat(
+             "cardvault-vault-", getpid(), "-",
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+            .string();
+    std::filesystem::remove_all(dir_);
+    db_ = *storage::RocksDbStorage::Open({.data_dir = dir_});
+    store_ =
+        std::make_unique<testing::FaultInjectingStore>(db_.get(), db_.get());
+    audit_ = *audit::AuditLog::Open(
+        store_.get(), store_.get(),
+        *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'a'))),
+        1, {});
     std::map<uint32_t, crypto::SecretBytes> keys;
     keys.emplace(1, crypto::SecretBytes(std::string(32, 'k')));
     ring_ = *KeyRing::FromKeys(std::move(keys));
@@ -75,18 +62,45 @@ class VaultTest : public ::testing::Test {
         {{kPos.identity, {auth::Role::kTokenizer}},
          {kProcessor.identity, {auth::Role::kDetokenizer}},
          {kAuditor.identity, {auth::Role::kAuditor}}});
-    vault_ = *Vault::Create(&store_, ring_.get(), policy_.get(), {});
+    vault_ = *Vault::Create(store_.get(), ring_.get(), policy_.get(),
+                            audit_.get(), {});
+  }
+  void TearDown() override {
+    vault_.reset();
+    audit_.reset();
+    store_.reset();
+    db_.reset();
+    std::filesystem::remove_all(dir_);
   }
 
   static Card MakeCard(absl::string_view pan) {
     Card c;
     c.pan = crypto::SecretBytes(pan);
     c.exp_month = 12;
-    c.exp_year = 2099 - 60;
+    c.exp_year = 2039;
     return c;
   }
+  std::vector<audit::AuditEvent> Events() {
+    std::vector<audit::AuditEvent> out;
+    EXPECT_THAT(audit_->Scan(1,
+                             [&](const audit::AuditEvent& e) {
+                               out.push_back(e);
+                               return true;
+                             }),
+                IsOk());
+    return out;
+  }
+  size_t TokenCount() {
+    size_t n = 0;
+    for (const auto& e : Events())
+      n += !e.token().empty() && e.event_type() == v1::TOKENIZE;
+    return n;
+  }
 
-  FakeTokenStore store_;
+  std::string dir_;
+  std::unique_ptr<storage::RocksDbStorage> db_;
+  std::unique_ptr<testing::FaultInjectingStore> store_;
+  std::unique_ptr<audit::AuditLog> audit_;
   std::unique_ptr<KeyRing> ring_;
   std::unique_ptr<auth::AccessPolicy> policy_;
   std::unique_ptr<Vault> vault_;
@@ -111,18 +125,16 @@ TEST_F(VaultTest, SamePanGetsDifferentTokens) {
 }
 
 TEST_F(VaultTest, TokenizeIsDeniedWithoutTokenizerRole) {
-  for (const auth::Caller& c :
-       {kProcessor, kAuditor, auth::Caller{"spiffe://t/stranger", ""}}) {
+  for (const auth::Caller& c : {kProcessor, kAuditor, kStranger}) {
     EXPECT_THAT(vault_->Tokenize(c, MakeCard("4111111111111111")),
                 StatusIs(absl::StatusCode::kPermissionDenied));
   }
-  EXPECT_EQ(store_.size(), 0u);
+  EXPECT_EQ(TokenCount(), 0u);
 }
 
 TEST_F(VaultTest, DetokenizeIsDeniedWithoutDetokenizerRole) {
   std::string token = *vault_->Tokenize(kPos, MakeCard("4111111111111111"));
-  for (const auth::Caller& c :
-       {kPos, kAuditor, auth::Caller{"spiffe://t/stranger", ""}}) {
+  for (const auth::Caller& c : {kPos, kAuditor, kStranger}) {
     EXPECT_THAT(vault_->Detokenize(c, token),
                 StatusIs(absl::StatusCode::kPermissionDenied));
   }
@@ -132,7 +144,7 @@ TEST_F(VaultTest, TokenizeRejectsBadCardAndStoresNothing) {
   auto s = vault_->Tokenize(kPos, MakeCard("4111111111111112"));
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
                           Not(HasSubstr("4111111111111112"))));
-  EXPECT_EQ(store_.size(), 0u);
+  EXPECT_EQ(TokenCount(), 0u);
 }
 
 TEST_F(VaultTest, DetokenizeFailsForUnknownToken) {
@@ -146,24 +158,133 @@ TEST_F(VaultTest, DetokenizeFailsForMalformedTokenWithoutEcho) {
       StatusIs(absl::StatusCode::kInvalidArgument, Not(HasSubstr("4111"))));
 }
 
-TEST_F(VaultTest, StorageOutageIsUnavailable) {
+TEST_F(VaultTest, DetokenizeFailsClosedWhenTheAuditWriteFails) {
   std::string token = *vault_->Tokenize(kPos, MakeCard("4111111111111111"));
-  store_.FailWith(absl::UnavailableError("disk gone"));
-  EXPECT_THAT(vault_->Tokenize(kPos, MakeCard("4111111111111111")),
+  store_->FailCommits(true);
+  auto card = vault_->Detokenize(kProcessor, token);
+  EXPECT_THAT(card,
+              StatusIs(absl::StatusCode::kUnavailable, Not(HasSubstr("4111"))));
+  EXPECT_THAT(vault_->Tokenize(kPos, MakeCard("5555555555554444")),
               StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_THAT(vault_->Detokenize(kProcessor, token),
-              StatusIs(absl::StatusCode::kUnavailable));
-  store_.FailWith(absl::OkStatus());
-  EXPECT_THAT(vault_->Detokenize(kProcessor, token), IsOk());
+  EXPECT_GE(audit_->write_failures(), 2u);
+  store_->FailCommits(false);
+  card = vault_->Detokenize(kProcessor, token);
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->pan.view(), "4111111111111111");
+}
+
+TEST_F(VaultTest, EveryCallIsAuditedWithItsOutcomeAndNoPan) {
+  const std::string token =
+      *vault_->Tokenize(kPos, MakeCard("4111111111111111"));       // 1 ok
+  (void)vault_->Tokenize(kPos, MakeCard("4111111111111112"));      // 2 invalid
+  (void)vault_->Tokenize(kAuditor, MakeCard("4111111111111111"));  // 3 denied
+  (void)vault_->Detokenize(kProcessor, token);                     // 4 ok
+  (void)vault_->Detokenize(kPos, token);                           // 5 denied
+  (void)vault_->Detokenize(kProcessor, "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa");  // 6
+  (void)vault_->Detokenize(kProcessor, "4111111111111111");  // 7 malformed
+  auto events = Events();
+  ASSERT_EQ(events.size(), 7u);
+  const int want[] = {0, 3, 7, 0, 7, 5, 3};  // OK, INVALID, DENIED, ... codes
+  for (size_t i = 0; i < events.size(); ++i) {
+    SCOPED_TRACE(i);
+    const audit::AuditEvent& e = events[i];
+    EXPECT_EQ(e.sequence(), i + 1);
+    EXPECT_EQ(e.status_code(), want[i]);
+    EXPECT_FALSE(e.identity().empty());
+    EXPECT_EQ(e.certificate_serial(), "0A1B");
+    EXPECT_EQ(e.certificate_sha256().size(), 64u);
+    EXPECT_FALSE(e.peer_address().empty());
+    EXPECT_FALSE(e.request_id().empty());
+    EXPECT_GT(e.event_time().seconds(), 0);
+    EXPECT_THAT(e.rpc(), HasSubstr("/cardvault.v1.TokenVault/"));
+    EXPECT_THAT(e.SerializeAsString(), Not(HasSubstr("4111111111111111")));
+    EXPECT_THAT(e.SerializeAsString(), Not(HasSubstr("4111111111111112")));
+  }
+  EXPECT_EQ(events[0].token(), token);
+  EXPECT_EQ(events[3].token(), token);
+  EXPECT_TRUE(events[6].token().empty());  // a malformed "token" is not kept
+  EXPECT_TRUE(audit_->Verify()->intact);
+}
+
+TEST_F(VaultTest, OnlyAuditorsReadTheTrailAndReadsAreAudited) {
+  (void)vault_->Tokenize(kPos, MakeCard("4111111111111111"));
+  for (const auth::Caller& c : {kPos, kProcessor, kStranger}) {
+    EXPECT_THAT(
+        vault_->ListAuditEvents(c, {}, [](const auto&) { return true; }),
+        StatusIs(absl::StatusCode::kPermissionDenied));
+    EXPECT_THAT(vault_->VerifyAuditChain(c),
+                StatusIs(absl::StatusCode::kPermissionDenied));
+  }
+  int seen = 0;
+  AuditFilter only_denials;
+  only_denials.event_type = v1::LIST_EVENTS;
+  ASSERT_THAT(vault_->ListAuditEvents(kAuditor, only_denials,
+                                      [&](const audit::AuditEvent& e) {
+                                        ++seen;
+                                        return true;
+                                      }),
+              IsOk());
+  EXPECT_EQ(seen, 4);  // three denied reads and this one
+  auto report = vault_->VerifyAuditChain(kAuditor);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact);
+  EXPECT_EQ(report->head_sequence, 9u);  // 1 + 6 denied + list + verify
+}
+
+TEST_F(VaultTest, AuditFilterSelectsByIdentityTokenTimeAndLimit) {
+  const std::string a = *vault_->Tokenize(kPos, MakeCard("4111111111111111"));
+  const std::string b = *vault_->Tokenize(kPos, MakeCard("5555555555554444"));
+  (void)vault_->Detokenize(kProcessor, a);
+  auto count = [&](AuditFilter f) {
+    int n = 0;
+    EXPECT_THAT(vault_->ListAuditEvents(kAuditor, f,
+                                        [&](const auto&) {
+                                          ++n;
+                                          return true;
+                                        }),
+                IsOk());
+    return n;
+  };
+  AuditFilter by_token;
+  by_token.token = a;
+  // Tokenize, Detokenize, and the read itself (recorded first, with the
+  // token it asked about).
+  EXPECT_EQ(count(by_token), 3);
+  AuditFilter by_identity;
+  by_identity.identity = kProcessor.identity;
+  EXPECT_EQ(count(by_identity), 1);
+  AuditFilter limited;
+  limited.max_events = 2;
+  EXPECT_EQ(count(limited), 2);
+  AuditFilter future;
+  future.start_time = absl::Now() + absl::Hours(1);
+  EXPECT_EQ(count(future), 0);
+  (void)b;
 }
 
 TEST_F(VaultTest, TokenCollisionIsRetriedWithAFreshToken) {
-  store_.Collide(2);
-  EXPECT_THAT(vault_->Tokenize(kPos, MakeCard("4111111111111111")), IsOk());
-  store_.Collide(3);  // as many as attempts: give up, store nothing
-  EXPECT_THAT(vault_->Tokenize(kPos, MakeCard("4111111111111111")),
+  // A generator that repeats itself, standing in for a 2^-128 event.
+  std::vector<std::string> tokens = {"tok_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                     "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                     "tok_baaaaaaaaaaaaaaaaaaaaaaaaa"};
+  size_t next = 0;
+  Vault::Options options;
+  options.generate_token = [&]() -> absl::StatusOr<std::string> {
+    return tokens[std::min(next++, tokens.size() - 1)];
+  };
+  auto vault = *Vault::Create(store_.get(), ring_.get(), policy_.get(),
+                              audit_.get(), options);
+  EXPECT_THAT(vault->Tokenize(kPos, MakeCard("4111111111111111")),
+              IsOkAndHolds(tokens[0]));
+  EXPECT_THAT(vault->Tokenize(kPos, MakeCard("5555555555554444")),
+              IsOkAndHolds(tokens[2]));  // second attempt of this call
+  // Only collisions left: give up after max_token_attempts, store nothing.
+  EXPECT_THAT(vault->Tokenize(kPos, MakeCard("378282246310005")),
               StatusIs(absl::StatusCode::kInternal));
-  EXPECT_EQ(store_.size(), 1u);
+  auto card = vault->Detokenize(kProcessor, tokens[0]);
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->pan.view(), "4111111111111111");
+  EXPECT_EQ(TokenCount(), 2u);
 }
 
 }  // namespace

@@ -1,0 +1,289 @@
+#include "server/audit/audit_log.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "server/util/big_endian.h"
+#include "server/util/log.h"
+
+namespace cardvault::audit {
+namespace {
+
+constexpr absl::string_view kMacLabel = "cardvault/audit-record";
+const std::string kZeroMac(crypto::HmacSha256::kMacSize, '\0');
+
+std::string SerializeDeterministic(const AuditEvent& event) {
+  std::string out;
+  google::protobuf::io::StringOutputStream stream(&out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  event.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return out;
+}
+
+struct ParsedRecord {
+  uint32_t key_version;
+  absl::string_view mac;
+  absl::string_view event_bytes;
+};
+
+absl::StatusOr<ParsedRecord> ParseRecord(absl::string_view record) {
+  if (record.size() < kAuditRecordHeaderBytes ||
+      record.size() > kAuditRecordHeaderBytes + kMaxAuditEventBytes ||
+      static_cast<uint8_t>(record[0]) != kAuditRecordFormatV1) {
+    return absl::DataLossError("audit record has a bad format or length");
+  }
+  return ParsedRecord{util::ReadBigEndian32(record.substr(1, 4)),
+                      record.substr(5, crypto::HmacSha256::kMacSize),
+                      record.substr(kAuditRecordHeaderBytes)};
+}
+
+// The bytes the chain MAC of a record covers (layout in the header).
+std::string ChainInput(uint32_t key_version, uint64_t sequence,
+                       absl::string_view previous_mac,
+                       absl::string_view event_bytes) {
+  std::string input(kMacLabel);
+  input.push_back(static_cast<char>(kAuditRecordFormatV1));
+  util::AppendBigEndian32(key_version, &input);
+  util::AppendBigEndian32(static_cast<uint32_t>(sequence >> 32), &input);
+  util::AppendBigEndian32(static_cast<uint32_t>(sequence), &input);
+  absl::StrAppend(&input, previous_mac, event_bytes);
+  return input;
+}
+
+}  // namespace
+
+absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record) {
+  absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
+  if (!parsed.ok()) return parsed.status();
+  AuditEvent event;
+  if (!event.ParseFromArray(parsed->event_bytes.data(),
+                            static_cast<int>(parsed->event_bytes.size()))) {
+    return absl::DataLossError("audit event does not decode");
+  }
+  return event;
+}
+
+absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
+    const storage::AuditStore* store, const storage::TokenStore* tokens,
+    std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
+    Options options) {
+  if (store == nullptr || tokens == nullptr || key == nullptr ||
+      options.max_batch == 0) {
+    return absl::InvalidArgumentError("bad audit log arguments");
+  }
+  std::unique_ptr<AuditLog> log(new AuditLog(
+      store, tokens, std::move(key), key_version, options, 1, kZeroMac));
+  if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
+  log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
+  return log;
+}
+
+AuditLog::AuditLog(const storage::AuditStore* store,
+                   const storage::TokenStore* tokens,
+                   std::unique_ptr<crypto::HmacSha256> key,
+                   uint32_t key_version, Options options,
+                   uint64_t next_sequence, std::string last_mac)
+    : store_(store),
+      tokens_(tokens),
+      key_(std::move(key)),
+      key_version_(key_version),
+      options_(options),
+      next_sequence_(next_sequence),
+      last_mac_(std::move(last_mac)) {}
+
+AuditLog::~AuditLog() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (writer_.joinable()) writer_.join();
+}
+
+absl::Status AuditLog::ReloadHead() {
+  auto last = store_->LastAuditRecord();
+  if (!last.ok()) return last.status();
+  if (!last->has_value()) {
+    next_sequence_ = 1;
+    last_mac_ = kZeroMac;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<ParsedRecord> parsed = ParseRecord((*last)->second);
+  if (!parsed.ok()) return parsed.status();
+  next_sequence_ = (*last)->first + 1;
+  last_mac_ = std::string(parsed->mac);
+  return absl::OkStatus();
+}
+
+absl::Status AuditLog::Append(AuditEvent event,
+                              std::optional<NewToken> new_token) const {
+  Pending pending{std::move(event), std::move(new_token), absl::OkStatus(),
+                  false};
+  absl::MutexLock lock(&mu_);
+  queue_.push_back(&pending);
+  mu_.Await(absl::Condition(&pending.done));
+  return pending.result;
+}
+
+void AuditLog::WriterLoop() {
+  while (true) {
+    std::deque<Pending*> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](AuditLog* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+            return !self->queue_.empty() || self->stopping_;
+          },
+          this));
+      if (queue_.empty()) return;  // stopping, nothing left
+      while (!queue_.empty() && batch.size() < options_.max_batch) {
+        batch.push_back(queue_.front());
+        queue_.pop_front();
+      }
+    }
+    WriteBatch(batch);
+    absl::MutexLock lock(&mu_);
+    for (Pending* p : batch) p->done = true;
+  }
+}
+
+void AuditLog::WriteBatch(std::deque<Pending*>& batch) {
+  storage::WriteSet writes;
+  std::vector<Pending*> included;
+  absl::flat_hash_set<std::string> tokens_in_batch;
+  uint64_t sequence = next_sequence_;
+  std::string mac = last_mac_;
+  for (Pending* p : batch) {
+    if (p->new_token.has_value()) {
+      const std::string& token = p->new_token->token;
+      absl::StatusOr<bool> exists = tokens_->Contains(token);
+      if (!exists.ok()) {
+        p->result = exists.status();
+        continue;
+      }
+      if (*exists || !tokens_in_batch.insert(token).second) {
+        p->result = absl::AlreadyExistsError("token already exists");
+        continue;
+      }
+    }
+    p->event.set_sequence(sequence);
+    const std::string event_bytes = SerializeDeterministic(p->event);
+    if (event_bytes.size() > kMaxAuditEventBytes) {
+      p->result = absl::InvalidArgumentError("audit event too large");
+      if (p->new_token.has_value()) tokens_in_batch.erase(p->new_token->token);
+      continue;
+    }
+    mac = key_->Compute(ChainInput(key_version_, sequence, mac, event_bytes));
+    std::string record;
+    record.push_back(static_cast<char>(kAuditRecordFormatV1));
+    util::AppendBigEndian32(key_version_, &record);
+    absl::StrAppend(&record, mac, event_bytes);
+    writes.audit_records.emplace_back(sequence, std::move(record));
+    if (p->new_token.has_value()) {
+      writes.new_tokens.emplace_back(std::move(p->new_token->token),
+                                     std::move(p->new_token->record));
+    }
+    included.push_back(p);
+    ++sequence;
+  }
+  if (included.empty()) return;
+  absl::Status committed = store_->Commit(writes);
+  if (committed.ok()) {
+    next_sequence_ = sequence;
+    last_mac_ = std::move(mac);
+    return;
+  }
+  // Fail closed: no caller learns its write succeeded, and the chain head is
+  // re-read so that whatever storage did keep stays consistent.
+  write_failures_ += included.size();
+  util::LogError(
+      absl::StrCat("AUDIT SINK FAILURE: ", included.size(),
+                   " audit record(s) not written: ", committed.ToString()));
+  for (Pending* p : included) {
+    p->result = absl::UnavailableError("audit trail unavailable");
+  }
+  if (absl::Status s = ReloadHead(); !s.ok()) {
+    util::LogError(absl::StrCat("audit head reload failed: ", s.ToString()));
+  }
+}
+
+absl::Status AuditLog::Scan(
+    uint64_t from_sequence,
+    const std::function<bool(const AuditEvent&)>& visit) const {
+  return store_->ScanAudit(
+      from_sequence, [&](uint64_t sequence, absl::string_view record) {
+        absl::StatusOr<AuditEvent> event = DecodeAuditEvent(record);
+        if (!event.ok()) return true;
+        event->set_sequence(sequence);
+        return visit(*event);
+      });
+}
+
+absl::StatusOr<ChainReport> AuditLog::Verify(
+    const std::optional<Checkpoint>& checkpoint) const {
+  ChainReport report;
+  std::string previous = kZeroMac;
+  std::string checkpoint_mac;
+  uint64_t expected = 1;
+  auto fail = [&](uint64_t sequence, absl::string_view problem) {
+    report.intact = false;
+    report.first_bad_sequence = sequence;
+    report.problem = std::string(problem);
+    return false;
+  };
+  absl::Status scanned = store_->ScanAudit(1, [&](uint64_t sequence,
+                                                  absl::string_view record) {
+    if (sequence != expected) {
+      return fail(expected,
+                  absl::StrCat("record ", expected, " is missing (next is ",
+                               sequence, ")"));
+    }
+    absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
+    if (!parsed.ok()) return fail(sequence, parsed.status().message());
+    if (parsed->key_version != key_version_) {
+      return fail(sequence, "record names an unknown audit key");
+    }
+    if (!key_->Verify(ChainInput(parsed->key_version, sequence, previous,
+                                 parsed->event_bytes),
+                      parsed->mac)) {
+      return fail(sequence, "chain MAC does not verify");
+    }
+    AuditEvent event;
+    if (!event.ParseFromArray(parsed->event_bytes.data(),
+                              static_cast<int>(parsed->event_bytes.size())) ||
+        event.sequence() != sequence) {
+      return fail(sequence, "event does not decode to its own sequence");
+    }
+    previous = std::string(parsed->mac);
+    if (checkpoint.has_value() && sequence == checkpoint->sequence) {
+      checkpoint_mac = previous;
+    }
+    report.records_checked++;
+    report.head_sequence = sequence;
+    report.head_mac = previous;
+    ++expected;
+    return true;
+  });
+  if (!scanned.ok()) return scanned;
+  if (report.intact && checkpoint.has_value() && checkpoint->sequence > 0) {
+    if (checkpoint->sequence > report.head_sequence) {
+      report.intact = false;
+      report.first_bad_sequence = report.head_sequence + 1;
+      report.problem = absl::StrCat("chain ends at ", report.head_sequence,
+                                    " before checkpoint ", checkpoint->sequence,
+                                    " (truncated)");
+    } else if (checkpoint_mac != checkpoint->mac) {
+      report.intact = false;
+      report.first_bad_sequence = checkpoint->sequence;
+      report.problem = "record differs from the checkpoint";
+    }
+  }
+  return report;
+}
+
+}  // namespace cardvault::audit

@@ -1,0 +1,153 @@
+// The tamper-evident audit trail: an append-only chain of records, each
+// carrying an HMAC-SHA256 over its content and its predecessor's MAC, under
+// an audit key that exists outside the HSM only in locked memory (it is
+// stored wrapped under the KEK). Rebuilding or editing the chain without that
+// key is detected by Verify.
+//
+// Record (column family "audit", key = sequence as 8 bytes big-endian):
+//   offset  size  field
+//   0       1     record format version, kAuditRecordFormatV1 = 0x01
+//   1       4     audit key version, uint32 big-endian
+//   5       32    chain MAC
+//   37      N     event: cardvault.v1.AuditEvent, deterministic protobuf
+//                 encoding, N <= kMaxAuditEventBytes; its `sequence` equals
+//                 the record's key
+// chain MAC = HMAC-SHA256(audit key, "cardvault/audit-record" || format
+//             version (1) || key version (4) || sequence (8, BE) ||
+//             previous record's chain MAC (32; zeros for sequence 1) || event)
+//
+// Appends are group-committed: one writer thread takes every pending event,
+// chains them in order and writes them (with any new token records) in one
+// synced RocksDB WriteBatch, so concurrent requests share one fsync.
+//
+// Thread safety: thread-safe.
+#ifndef CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_
+#define CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "cardvault/v1/audit.pb.h"
+#include "server/crypto/hmac_sha256.h"
+#include "server/storage/token_store.h"
+
+namespace cardvault::audit {
+
+using AuditEvent = ::cardvault::v1::AuditEvent;
+
+inline constexpr uint8_t kAuditRecordFormatV1 = 0x01;
+inline constexpr size_t kAuditRecordHeaderBytes = 1 + 4 + 32;
+inline constexpr size_t kMaxAuditEventBytes = 4096;
+
+// A token record to create in the same atomic write as its audit event.
+struct NewToken {
+  std::string token;
+  std::string record;
+};
+
+// A chain position exported to compare against later.
+struct Checkpoint {
+  uint64_t sequence = 0;
+  std::string mac;
+};
+
+// Result of a chain verification.
+struct ChainReport {
+  bool intact = true;
+  uint64_t first_bad_sequence = 0;  // 0 when intact
+  std::string problem;
+  uint64_t records_checked = 0;
+  uint64_t head_sequence = 0;  // last record that verified
+  std::string head_mac;
+};
+
+class AuditLog {
+ public:
+  struct Options {
+    // Most events chained into one write.
+    size_t max_batch = 1024;
+  };
+
+  // Reads the head of the chain from `store` and starts the writer thread.
+  // `store` must outlive the log.
+  static absl::StatusOr<std::unique_ptr<AuditLog>> Open(
+      const storage::AuditStore* store, const storage::TokenStore* tokens,
+      std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
+      Options options);
+
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
+  // Finishes pending appends and stops the writer.
+  ~AuditLog();
+
+  // Appends `event` (its sequence is assigned here) and, in the same atomic
+  // write, `new_token`. Returns once both are durable. ALREADY_EXISTS (and
+  // nothing written) if `new_token` names an existing token; UNAVAILABLE if
+  // the write fails, in which case the caller must fail closed.
+  absl::Status Append(AuditEvent event,
+                      std::optional<NewToken> new_token = std::nullopt) const;
+
+  // Visits every stored event from `from_sequence` on, in order, until
+  // `visit` returns false. Records that do not decode are skipped here;
+  // Verify reports them.
+  absl::Status Scan(uint64_t from_sequence,
+                    const std::function<bool(const AuditEvent&)>& visit) const;
+
+  // Verifies the whole chain: every sequence present from 1 without gaps,
+  // every MAC correct, every event decodable with its own sequence. With a
+  // `checkpoint` exported earlier, also that the chain still holds it, which
+  // detects truncation of the tail.
+  absl::StatusOr<ChainReport> Verify(
+      const std::optional<Checkpoint>& checkpoint = std::nullopt) const;
+
+  // Number of appends that failed to reach storage (for alerting).
+  uint64_t write_failures() const { return write_failures_.load(); }
+
+ private:
+  struct Pending {
+    AuditEvent event;
+    std::optional<NewToken> new_token;
+    absl::Status result;
+    bool done = false;
+  };
+
+  AuditLog(const storage::AuditStore* store, const storage::TokenStore* tokens,
+           std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
+           Options options, uint64_t next_sequence, std::string last_mac);
+  void WriterLoop();
+  void WriteBatch(std::deque<Pending*>& batch);
+  absl::Status ReloadHead();
+
+  const storage::AuditStore* const store_;
+  const storage::TokenStore* const tokens_;
+  const std::unique_ptr<crypto::HmacSha256> key_;
+  const uint32_t key_version_;
+  const Options options_;
+
+  // Chain head; only the writer thread touches these.
+  uint64_t next_sequence_;
+  std::string last_mac_;
+
+  mutable absl::Mutex mu_;
+  mutable std::deque<Pending*> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  mutable std::atomic<uint64_t> write_failures_{0};
+  std::thread writer_;
+};
+
+// Decodes a stored record's event without verifying its MAC.
+absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record);
+
+}  // namespace cardvault::audit
+
+#endif  // CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_

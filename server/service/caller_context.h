@@ -1,0 +1,18 @@
+// Builds the auth::Caller of a call from its verified TLS peer.
+#ifndef CARDVAULT_SERVER_SERVICE_CALLER_CONTEXT_H_
+#define CARDVAULT_SERVER_SERVICE_CALLER_CONTEXT_H_
+
+#include <grpcpp/server_context.h>
+
+#include "absl/status/statusor.h"
+#include "server/auth/access_policy.h"
+
+namespace cardvault::service {
+
+// Identity (see PeerIdentity), certificate serial and SHA-256 fingerprint,
+// peer address, and a request id unique within this process.
+absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context);
+
+}  // namespace cardvault::service
+
+#endif  // CARDVAULT_SERVER_SERVICE_CALLER_CONTEXT_H_

@@ -1,0 +1,56 @@
+// A storage decorator that fails on command: forwards to a real store and,
+// while failing, answers UNAVAILABLE as a full disk or dead volume would.
+#ifndef CARDVAULT_TESTS_TESTING_FAULT_INJECTING_STORE_H_
+#define CARDVAULT_TESTS_TESTING_FAULT_INJECTING_STORE_H_
+
+#include <atomic>
+
+#include "server/storage/token_store.h"
+
+namespace cardvault::testing {
+
+class FaultInjectingStore : public storage::TokenStore,
+                            public storage::AuditStore {
+ public:
+  // `tokens` and `audit` must outlive this store.
+  FaultInjectingStore(const storage::TokenStore* tokens,
+                      const storage::AuditStore* audit)
+      : tokens_(tokens), audit_(audit) {}
+
+  // While set, Commit fails (reads keep working).
+  void FailCommits(bool fail) { fail_commits_ = fail; }
+  int failed_commits() const { return failed_commits_.load(); }
+
+  absl::StatusOr<std::string> Lookup(absl::string_view token) const override {
+    return tokens_->Lookup(token);
+  }
+  absl::StatusOr<bool> Contains(absl::string_view token) const override {
+    return tokens_->Contains(token);
+  }
+  absl::Status Commit(const storage::WriteSet& writes) const override {
+    if (fail_commits_) {
+      ++failed_commits_;
+      return absl::UnavailableError("injected: storage write failed");
+    }
+    return audit_->Commit(writes);
+  }
+  absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
+  LastAuditRecord() const override {
+    return audit_->LastAuditRecord();
+  }
+  absl::Status ScanAudit(uint64_t from,
+                         const std::function<bool(uint64_t, absl::string_view)>&
+                             visit) const override {
+    return audit_->ScanAudit(from, visit);
+  }
+
+ private:
+  const storage::TokenStore* const tokens_;
+  const storage::AuditStore* const audit_;
+  std::atomic<bool> fail_commits_{false};
+  mutable std::atomic<int> failed_commits_{0};
+};
+
+}  // namespace cardvault::testing
+
+#endif  // CARDVAULT_TESTS_TESTING_FAULT_INJECTING_STORE_H_
