@@ -17,6 +17,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "client/vault_client.h"
 #include "google/protobuf/util/json_util.h"
@@ -40,6 +43,9 @@ ABSL_FLAG(std::string, token, "", "audit list: only events about this token.");
 ABSL_FLAG(std::string, since, "", "audit list: from this RFC 3339 time.");
 ABSL_FLAG(std::string, until, "", "audit list: before this RFC 3339 time.");
 ABSL_FLAG(uint32_t, max_events, 0, "audit list: at most this many events.");
+ABSL_FLAG(std::string, checkpoint, "",
+          "audit verify: a checkpoint \"SEQUENCE:MAC_HEX\" (as the server "
+          "logs it) that the chain must still hold.");
 
 namespace {
 
@@ -86,7 +92,18 @@ int Audit(const std::string& what) {
   auto client = cardvault::client::VaultClient::Create(Options("auditor"));
   if (!client.ok()) return Fail(client.status());
   if (what == "verify") {
-    auto report = (*client)->VerifyAuditChain();
+    std::optional<cardvault::v1::Checkpoint> checkpoint;
+    if (const std::string c = absl::GetFlag(FLAGS_checkpoint); !c.empty()) {
+      std::vector<std::string> parts = absl::StrSplit(c, ':');
+      uint64_t sequence = 0;
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &sequence)) {
+        return Fail(absl::InvalidArgumentError("--checkpoint is SEQUENCE:MAC"));
+      }
+      checkpoint.emplace();
+      checkpoint->set_sequence(sequence);
+      checkpoint->set_mac(absl::HexStringToBytes(parts[1]));
+    }
+    auto report = (*client)->VerifyAuditChain(checkpoint);
     if (!report.ok()) return Fail(report.status());
     std::cout << Json(*report) << "\n";
     return report->intact() ? 0 : 3;

@@ -109,12 +109,15 @@ absl::Status VaultClient::ListAuditEvents(
 }
 
 absl::StatusOr<::cardvault::v1::VerifyChainResponse>
-VaultClient::VerifyAuditChain() const {
+VaultClient::VerifyAuditChain(
+    const std::optional<::cardvault::v1::Checkpoint>& checkpoint) const {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+  ::cardvault::v1::VerifyChainRequest request;
+  if (checkpoint.has_value())
+    *request.mutable_expected_checkpoint() = *checkpoint;
   ::cardvault::v1::VerifyChainResponse response;
-  grpc::Status status = audit_stub_->VerifyChain(
-      &context, ::cardvault::v1::VerifyChainRequest(), &response);
+  grpc::Status status = audit_stub_->VerifyChain(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }

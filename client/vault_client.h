@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -61,8 +62,11 @@ class VaultClient {
       const std::function<void(const ::cardvault::v1::AuditEvent&)>& visit)
       const;
 
-  // Verifies the server's audit chain. Needs the auditor role.
-  absl::StatusOr<::cardvault::v1::VerifyChainResponse> VerifyAuditChain() const;
+  // Verifies the server's audit chain, and that it still holds `checkpoint`
+  // when given. Needs the auditor role.
+  absl::StatusOr<::cardvault::v1::VerifyChainResponse> VerifyAuditChain(
+      const std::optional<::cardvault::v1::Checkpoint>& checkpoint =
+          std::nullopt) const;
 
   grpc::Channel* channel() const { return channel_.get(); }
 

@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "hsm/pkcs11_key_wrapper.h"
@@ -68,6 +69,13 @@ std::vector<auth::RoleBinding> BindingsFrom(
   return out;
 }
 
+// Checkpoints go to the server log, where operators export them (e.g. to a
+// SIEM) so that a truncated audit trail can be proven later.
+void LogCheckpoint(const audit::Checkpoint& checkpoint) {
+  util::LogInfo(absl::StrCat("audit checkpoint: sequence=", checkpoint.sequence,
+                             " mac=", absl::BytesToHexString(checkpoint.mac)));
+}
+
 template <typename T>
 T OrDie(absl::StatusOr<T> value, absl::string_view step) {
   if (!value.ok()) {
@@ -108,10 +116,11 @@ int Run(const sigset_t& stop_signals) {
       OrDie(auth::AccessPolicy::Create(BindingsFrom(cfg.policy())), "policy");
   vault::AuditKey audit_key =
       OrDie(vault::LoadAuditKey(storage.get(), wrapper.get()), "audit key");
-  auto audit_log = OrDie(
-      audit::AuditLog::Open(storage.get(), storage.get(),
-                            std::move(audit_key.mac), audit_key.version, {}),
-      "audit trail");
+  auto audit_log =
+      OrDie(audit::AuditLog::Open(storage.get(), storage.get(),
+                                  std::move(audit_key.mac), audit_key.version,
+                                  {.on_checkpoint = LogCheckpoint}),
+            "audit trail");
   auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(),
                                           policy.get(), audit_log.get(), {}),
                      "vault");

@@ -196,6 +196,12 @@ void AuditLog::WriteBatch(std::deque<Pending*>& batch) {
   if (committed.ok()) {
     next_sequence_ = sequence;
     last_mac_ = std::move(mac);
+    const absl::Time now = absl::Now();
+    if (options_.on_checkpoint &&
+        now - last_checkpoint_ >= options_.checkpoint_interval) {
+      last_checkpoint_ = now;
+      options_.on_checkpoint(Checkpoint{next_sequence_ - 1, last_mac_});
+    }
     return;
   }
   // Fail closed: no caller learns its write succeeded, and the chain head is

@@ -37,6 +37,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "cardvault/v1/audit.pb.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
@@ -76,6 +78,11 @@ class AuditLog {
   struct Options {
     // Most events chained into one write.
     size_t max_batch = 1024;
+    // At most this often (and after the first write) the chain head is
+    // handed to `on_checkpoint`, e.g. to be logged, so that an operator can
+    // export it and later detect truncation.
+    absl::Duration checkpoint_interval = absl::Minutes(5);
+    std::function<void(const Checkpoint&)> on_checkpoint;
   };
 
   // Reads the head of the chain from `store` and starts the writer thread.
@@ -137,6 +144,7 @@ class AuditLog {
   // Chain head; only the writer thread touches these.
   uint64_t next_sequence_;
   std::string last_mac_;
+  absl::Time last_checkpoint_ = absl::InfinitePast();
 
   mutable absl::Mutex mu_;
   mutable std::deque<Pending*> queue_ ABSL_GUARDED_BY(mu_);

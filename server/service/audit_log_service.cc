@@ -12,12 +12,6 @@ std::optional<absl::Time> TimeOf(const google::protobuf::Timestamp& t,
   return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
 }
 
-auth::Caller Unidentified(const grpc::ServerContext& context) {
-  auth::Caller caller;
-  caller.peer = context.peer();
-  return caller;
-}
-
 }  // namespace
 
 grpc::Status AuditLogService::ListEvents(
@@ -27,7 +21,7 @@ grpc::Status AuditLogService::ListEvents(
   absl::StatusOr<auth::Caller> caller = CallerOf(*context);
   if (!caller.ok()) {
     return ToGrpcStatus(
-        vault_->RecordRejected(Unidentified(*context), v1::LIST_EVENTS,
+        vault_->RecordRejected(UnidentifiedCaller(*context), v1::LIST_EVENTS,
                                vault::kListEventsRpc, caller.status()));
   }
   vault::AuditFilter filter;
@@ -50,7 +44,7 @@ grpc::Status AuditLogService::VerifyChain(
   absl::StatusOr<auth::Caller> caller = CallerOf(*context);
   if (!caller.ok()) {
     return ToGrpcStatus(
-        vault_->RecordRejected(Unidentified(*context), v1::VERIFY_CHAIN,
+        vault_->RecordRejected(UnidentifiedCaller(*context), v1::VERIFY_CHAIN,
                                vault::kVerifyChainRpc, caller.status()));
   }
   std::optional<audit::Checkpoint> checkpoint;

@@ -52,4 +52,11 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context) {
   return caller;
 }
 
+auth::Caller UnidentifiedCaller(const grpc::ServerContextBase& context) {
+  auth::Caller caller;
+  caller.peer = context.peer();
+  caller.request_id = NextRequestId();
+  return caller;
+}
+
 }  // namespace cardvault::service

@@ -13,6 +13,10 @@ namespace cardvault::service {
 // peer address, and a request id unique within this process.
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context);
 
+// The caller of a call that has no usable identity (peer and request id
+// only), for the audit record of its refusal.
+auth::Caller UnidentifiedCaller(const grpc::ServerContextBase& context);
+
 }  // namespace cardvault::service
 
 #endif  // CARDVAULT_SERVER_SERVICE_CALLER_CONTEXT_H_

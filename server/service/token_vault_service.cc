@@ -21,13 +21,6 @@ bool HasUnknownFields(const google::protobuf::Message& message) {
   return !message.GetReflection()->GetUnknownFields(message).empty();
 }
 
-// A caller without a usable identity, for the audit record of its refusal.
-auth::Caller Unidentified(const grpc::ServerContext& context) {
-  auth::Caller caller;
-  caller.peer = context.peer();
-  return caller;
-}
-
 vault::Card FromProto(const ::cardvault::v1::Card& card) {
   vault::Card out;
   out.pan = crypto::SecretBytes(card.pan());
@@ -67,9 +60,10 @@ grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
                                          TokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller = CallerOf(*context);
   if (!caller.ok()) {
-    return Finish("Tokenize", nullptr,
-                  vault_->RecordRejected(Unidentified(*context), v1::TOKENIZE,
-                                         vault::kTokenizeRpc, caller.status()));
+    return Finish(
+        "Tokenize", nullptr,
+        vault_->RecordRejected(UnidentifiedCaller(*context), v1::TOKENIZE,
+                               vault::kTokenizeRpc, caller.status()));
   }
   if (HasUnknownFields(*request) || HasUnknownFields(request->card())) {
     return Finish("Tokenize", &*caller,
@@ -93,7 +87,7 @@ grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
   if (!caller.ok()) {
     return Finish(
         "Detokenize", nullptr,
-        vault_->RecordRejected(Unidentified(*context), v1::DETOKENIZE,
+        vault_->RecordRejected(UnidentifiedCaller(*context), v1::DETOKENIZE,
                                vault::kDetokenizeRpc, caller.status()));
   }
   if (HasUnknownFields(*request)) {

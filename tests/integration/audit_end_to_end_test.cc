@@ -1,0 +1,220 @@
+// The audit trail through a real cardvaultd over mutual TLS: every call is
+// recorded with the required fields, only auditors read it, reads are
+// themselves recorded, and the chain verifies across restarts and kill -9.
+#include <grpcpp/client_context.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "client/vault_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/test_cards.h"
+#include "tests/testing/test_env.h"
+
+namespace cardvault {
+namespace {
+
+using ::cardvault::testing::IsOk;
+using ::cardvault::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+class AuditEndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    env_ = testing::TestEnv::Create();
+    env_->IssueClient("two-uris",
+                      absl::StrCat(testing::TestEnv::Identity("pos"),
+                                   ",URI:", testing::TestEnv::Identity("x")));
+    log_ = env_->dir() + "/server.log";
+    StartServer();
+  }
+  void StartServer() {
+    auto server =
+        testing::ServerProcess::Start(env_->config_path(), log_, port_);
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+    port_ = server_->port();
+  }
+  std::unique_ptr<client::VaultClient> Client(absl::string_view name) {
+    client::ClientOptions o;
+    o.address = server_->address();
+    o.ca_file = env_->pki("ca.crt");
+    o.cert_file = env_->pki(absl::StrCat(name, ".crt"));
+    o.key_file = env_->pki(absl::StrCat(name, ".key"));
+    return *client::VaultClient::Create(o);
+  }
+  std::vector<v1::AuditEvent> AllEvents() {
+    std::vector<v1::AuditEvent> out;
+    EXPECT_THAT(Client("auditor")->ListAuditEvents(
+                    v1::ListEventsRequest(),
+                    [&](const v1::AuditEvent& e) { out.push_back(e); }),
+                IsOk());
+    return out;
+  }
+  static v1::Card Card(const std::string& pan) {
+    v1::Card c;
+    c.set_pan(pan);
+    return c;
+  }
+
+  std::unique_ptr<testing::TestEnv> env_;
+  std::string log_;
+  int port_ = 0;
+  std::unique_ptr<testing::ServerProcess> server_;
+};
+
+TEST_F(AuditEndToEndTest, ScriptedMixOfCallsYieldsExactlyOneRecordEach) {
+  const std::vector<std::string> pans = testing::MakePans(6, 99);
+  auto pos = Client("pos");
+  auto processor = Client("processor");
+  auto auditor = Client("auditor");
+  auto two_uris = Client("two-uris");
+  const size_t before = AllEvents().size();  // start + that read
+  int calls = 0;
+  std::vector<std::string> tokens;
+  for (const std::string& pan : pans) {  // 6 ok
+    tokens.push_back(*pos->Tokenize(Card(pan)));
+    ++calls;
+  }
+  for (const std::string& t : tokens) {  // 6 ok
+    ASSERT_THAT(processor->Detokenize(t), IsOk());
+    ++calls;
+  }
+  EXPECT_THAT(pos->Detokenize(tokens[0]),  // denied
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(auditor->Tokenize(Card(pans[0])),  // denied
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(pos->Tokenize(Card("4111111111111112")),  // invalid
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(processor->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
+              StatusIs(absl::StatusCode::kNotFound));  // unknown token
+  EXPECT_THAT(two_uris->Tokenize(Card(pans[1])),       // no single identity
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(processor->VerifyAuditChain(),  // audit read, denied
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  calls += 6;
+
+  const std::vector<v1::AuditEvent> events = AllEvents();
+  // Exactly one record per call, plus the two reads of the trail.
+  ASSERT_EQ(events.size(), before + calls + 1);
+  for (size_t i = 0; i < events.size(); ++i) {
+    const v1::AuditEvent& e = events[i];
+    SCOPED_TRACE(absl::StrCat("sequence ", e.sequence()));
+    EXPECT_EQ(e.sequence(), i + 1);
+    EXPECT_GT(e.event_time().seconds(), 0);
+    EXPECT_NE(e.event_type(), v1::EVENT_TYPE_UNSPECIFIED);
+    if (e.event_type() == v1::SERVER_START) continue;
+    EXPECT_THAT(e.rpc(), StartsWith("/cardvault.v1."));
+    EXPECT_THAT(e.peer_address(), HasSubstr("127.0.0.1"));
+    EXPECT_FALSE(e.request_id().empty());
+    if (e.status_code() !=
+        static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+      EXPECT_THAT(e.identity(), StartsWith("spiffe://cardvault.test/"));
+      EXPECT_EQ(e.certificate_serial().size(), 32u);  // 128-bit serials
+      EXPECT_EQ(e.certificate_sha256().size(), 64u);
+      EXPECT_EQ(e.certificate_serial(),
+                absl::AsciiStrToUpper(e.certificate_serial()));
+    }
+    const std::string bytes = e.SerializeAsString();
+    for (const std::string& pan : pans) {
+      ASSERT_THAT(bytes, Not(HasSubstr(pan)));
+    }
+  }
+  // Spot checks of outcomes, in call order after the first read.
+  const v1::AuditEvent& first_tokenize = events[before];
+  EXPECT_EQ(first_tokenize.event_type(), v1::TOKENIZE);
+  EXPECT_EQ(first_tokenize.identity(), testing::TestEnv::Identity("pos"));
+  EXPECT_EQ(first_tokenize.token(), tokens[0]);
+  EXPECT_EQ(first_tokenize.status_code(), 0);
+  const v1::AuditEvent& denied = events[before + 12];
+  EXPECT_EQ(denied.event_type(), v1::DETOKENIZE);
+  EXPECT_EQ(denied.status_code(),
+            static_cast<int>(absl::StatusCode::kPermissionDenied));
+  const v1::AuditEvent& unidentified = events[before + 16];
+  EXPECT_EQ(unidentified.status_code(),
+            static_cast<int>(absl::StatusCode::kUnauthenticated));
+  EXPECT_TRUE(unidentified.identity().empty());
+}
+
+TEST_F(AuditEndToEndTest, OnlyAuditorsReadTheTrail) {
+  for (const char* name : {"pos", "processor", "admin"}) {
+    SCOPED_TRACE(name);
+    auto client = Client(name);
+    EXPECT_THAT(client->ListAuditEvents(v1::ListEventsRequest(),
+                                        [](const v1::AuditEvent&) {}),
+                StatusIs(absl::StatusCode::kPermissionDenied));
+    EXPECT_THAT(client->VerifyAuditChain(),
+                StatusIs(absl::StatusCode::kPermissionDenied));
+  }
+  auto report = Client("auditor")->VerifyAuditChain();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact()) << report->problem();
+  // start, 6 denied reads, this verify
+  EXPECT_EQ(report->head().sequence(), 8u);
+  EXPECT_EQ(report->head().mac().size(), 32u);
+}
+
+TEST_F(AuditEndToEndTest, ChainSurvivesRestartAndKill9) {
+  auto pos = Client("pos");
+  ASSERT_THAT(pos->Tokenize(Card("4111111111111111")), IsOk());
+  ASSERT_EQ(WEXITSTATUS(server_->Terminate()), 0);
+  StartServer();
+  ASSERT_THAT(Client("pos")->Tokenize(Card("5555555555554444")), IsOk());
+  server_->Kill9();
+  StartServer();
+  auto report = Client("auditor")->VerifyAuditChain();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact()) << report->problem();
+  std::vector<v1::EventType> types;
+  for (const auto& e : AllEvents()) types.push_back(e.event_type());
+  EXPECT_THAT(types, ::testing::ElementsAre(v1::SERVER_START, v1::TOKENIZE,
+                                            v1::SERVER_STOP, v1::SERVER_START,
+                                            v1::TOKENIZE, v1::SERVER_START,
+                                            v1::VERIFY_CHAIN, v1::LIST_EVENTS));
+}
+
+TEST_F(AuditEndToEndTest, CliListsJsonLinesAndVerifies) {
+  const std::string token = *Client("pos")->Tokenize(Card("4111111111111111"));
+  const std::string cli =
+      absl::StrCat(CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(),
+                   "/pki --address=", server_->address());
+  const std::string out = env_->dir() + "/audit.jsonl";
+  testing::RunOrDie(
+      absl::StrCat(cli, " audit list --token=", token, " >", out));
+  const std::string lines = testing::ReadFileOrEmpty(out);
+  // The Tokenize and the read's own record, each one JSON object per line.
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 2);
+  EXPECT_THAT(lines, HasSubstr("\"event_type\":\"TOKENIZE\""));
+  EXPECT_THAT(lines, HasSubstr(absl::StrCat("\"token\":\"", token, "\"")));
+  EXPECT_THAT(lines, Not(HasSubstr("4111111111111111")));
+  testing::RunOrDie(absl::StrCat(cli, " audit verify >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("\"intact\":true"));
+}
+
+TEST_F(AuditEndToEndTest, LoggedCheckpointVerifiesAndAForgedOneDoesNot) {
+  ASSERT_THAT(Client("pos")->Tokenize(Card("4111111111111111")), IsOk());
+  // The first write after start logs "audit checkpoint: sequence=1 mac=HEX".
+  const std::string log = testing::ReadFileOrEmpty(log_);
+  const size_t at = log.find("audit checkpoint: sequence=1 mac=");
+  ASSERT_NE(at, std::string::npos);
+  const std::string mac_hex = log.substr(at + 33, 64);
+  const std::string cli =
+      absl::StrCat(CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(),
+                   "/pki --address=", server_->address());
+  EXPECT_EQ(std::system(absl::StrCat(cli, " audit verify --checkpoint=1:",
+                                     mac_hex, " >/dev/null")
+                            .c_str()),
+            0);
+  std::string forged = mac_hex;
+  forged[0] = forged[0] == '0' ? '1' : '0';
+  const int rc = std::system(
+      absl::StrCat(cli, " audit verify --checkpoint=1:", forged, " >/dev/null")
+          .c_str());
+  EXPECT_EQ(WEXITSTATUS(rc), 3);  // chain not intact against the checkpoint
+}
+
+}  // namespace
+}  // namespace cardvault
