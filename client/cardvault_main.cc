@@ -1,7 +1,7 @@
 // cardvault: command-line client.
 //
 //   echo 4111111111111111 | cardvault tokenize [--exp_month=12 --exp_year=2030]
-//   cardvault detokenize tok_...
+//   cardvault detokenize --purpose=authorization tok_...
 //   cardvault audit list [--identity=I --event_type=DETOKENIZE --token=T
 //                         --since=RFC3339 --until=RFC3339 --max_events=N]
 //   cardvault audit verify
@@ -35,6 +35,11 @@ ABSL_FLAG(std::string, key, "", "Client key (default: matches --cert).");
 ABSL_FLAG(uint32_t, exp_month, 0, "Expiry month (tokenize).");
 ABSL_FLAG(uint32_t, exp_year, 0, "Expiry year (tokenize).");
 ABSL_FLAG(std::string, name, "", "Cardholder name (tokenize).");
+ABSL_FLAG(std::string, domain, "",
+          "Token domain (tokenize; default: the caller's default domain).");
+ABSL_FLAG(std::string, purpose, "",
+          "Why the card is needed (detokenize, required): one of the "
+          "server policy's purposes, e.g. authorization, refund, chargeback.");
 ABSL_FLAG(int, deadline_ms, 5000, "Deadline of the call in milliseconds.");
 ABSL_FLAG(std::string, identity, "", "audit list: only this caller identity.");
 ABSL_FLAG(std::string, event_type, "",
@@ -146,7 +151,7 @@ int Audit(const std::string& what) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "cardvault tokenize [--exp_month=M --exp_year=Y --name=N] < pan\n"
-      "       cardvault detokenize TOKEN\n"
+      "       cardvault detokenize --purpose=P TOKEN\n"
       "       cardvault audit list [--identity= --event_type= --token= "
       "--since= --until= --max_events=]\n"
       "       cardvault audit verify");
@@ -168,7 +173,7 @@ int main(int argc, char** argv) {
     card.set_cardholder_name(absl::GetFlag(FLAGS_name));
     auto client = cardvault::client::VaultClient::Create(Options("pos"));
     if (!client.ok()) return Fail(client.status());
-    auto token = (*client)->Tokenize(card);
+    auto token = (*client)->Tokenize(card, absl::GetFlag(FLAGS_domain));
     if (!token.ok()) return Fail(token.status());
     std::cout << *token << "\n";
     return 0;
@@ -176,9 +181,12 @@ int main(int argc, char** argv) {
   if (command == "detokenize" && args.size() == 3) {
     auto client = cardvault::client::VaultClient::Create(Options("processor"));
     if (!client.ok()) return Fail(client.status());
-    auto card = (*client)->Detokenize(args[2]);
+    std::string domain;
+    auto card =
+        (*client)->Detokenize(args[2], absl::GetFlag(FLAGS_purpose), &domain);
     if (!card.ok()) return Fail(card.status());
     std::cout << "pan: " << card->pan() << "\n";
+    std::cout << "domain: " << domain << "\n";
     if (card->exp_month() != 0) {
       std::cout << "expiry: " << card->exp_month() << "/" << card->exp_year()
                 << "\n";

@@ -73,11 +73,12 @@ VaultClient::VaultClient(std::shared_ptr<grpc::Channel> channel,
       deadline_(deadline) {}
 
 absl::StatusOr<std::string> VaultClient::Tokenize(
-    const ::cardvault::v1::Card& card) const {
+    const ::cardvault::v1::Card& card, absl::string_view domain) const {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
   ::cardvault::v1::TokenizeRequest request;
   *request.mutable_card() = card;
+  request.set_domain(std::string(domain));
   ::cardvault::v1::TokenizeResponse response;
   grpc::Status status = stub_->Tokenize(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -85,14 +86,17 @@ absl::StatusOr<std::string> VaultClient::Tokenize(
 }
 
 absl::StatusOr<::cardvault::v1::Card> VaultClient::Detokenize(
-    absl::string_view token) const {
+    absl::string_view token, absl::string_view purpose,
+    std::string* domain) const {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
   ::cardvault::v1::DetokenizeRequest request;
   request.set_token(std::string(token));
+  request.set_purpose(std::string(purpose));
   ::cardvault::v1::DetokenizeResponse response;
   grpc::Status status = stub_->Detokenize(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
+  if (domain != nullptr) *domain = response.domain();
   return response.card();
 }
 

@@ -48,12 +48,16 @@ class VaultClient {
   static absl::StatusOr<std::unique_ptr<VaultClient>> Create(
       const ClientOptions& options);
 
-  // Returns the token for `card`.
-  absl::StatusOr<std::string> Tokenize(const ::cardvault::v1::Card& card) const;
+  // Returns the token for `card`, bound to `domain` (the caller's default
+  // domain when empty).
+  absl::StatusOr<std::string> Tokenize(const ::cardvault::v1::Card& card,
+                                       absl::string_view domain = "") const;
 
-  // Returns the card stored under `token`.
+  // Returns the card stored under `token`, for the declared `purpose`; its
+  // token domain goes to `domain` when given.
   absl::StatusOr<::cardvault::v1::Card> Detokenize(
-      absl::string_view token) const;
+      absl::string_view token, absl::string_view purpose,
+      std::string* domain = nullptr) const;
 
   // Streams audit events matching `request` to `visit`, oldest first.
   // Needs the auditor role.

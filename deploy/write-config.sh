@@ -1,11 +1,35 @@
 #!/usr/bin/env bash
-# Writes a cardvaultd configuration for a state directory laid out by
+# Writes a cardvaultd configuration, and its access policy beside it
+# (STATE/policy.textproto), for a state directory laid out by
 # init-softhsm.sh (STATE/softhsm) and make-pki.sh (STATE/pki).
 #   write-config.sh STATE_DIR TOKEN_LABEL LISTEN_ADDRESS OUT_FILE [TRUST_DOMAIN]
-# Keeps an existing OUT_FILE (a re-run must not change a running set-up).
+# Keeps existing files (a re-run must not change a running set-up).
 set -euo pipefail
 state=$(cd "${1:?}" && pwd); label=${2:?}; listen=${3:?}; out=${4:?}
 domain=${5:-cardvault.dev}
+policy="$state/policy.textproto"
+if [[ ! -s "$policy" ]]; then
+  cat >"$policy" <<POLICY
+# cardvault access policy (text format of cardvault.config.v1.AccessPolicy,
+# see proto/cardvault/config/v1/config.proto). Re-read on change; a bad edit
+# is refused and the previous policy stays in force. Deny by default.
+purposes: ["authorization", "refund", "chargeback"]
+bindings {
+  identity: "spiffe://$domain/pos"
+  roles: TOKENIZER
+  tokenize_domains: ["dev-merchant/pos", "dev-merchant/ecommerce"]
+}
+bindings {
+  identity: "spiffe://$domain/processor"
+  roles: DETOKENIZER
+  detokenize_domains: ["dev-merchant/pos", "dev-merchant/ecommerce"]
+  detokenize_limit { per_second: 1000 per_day: 1000000 }
+}
+bindings { identity: "spiffe://$domain/auditor" roles: AUDITOR }
+bindings { identity: "spiffe://$domain/admin" roles: ADMIN }
+POLICY
+  echo "write-config: wrote $policy"
+fi
 [[ -s "$out" ]] && { echo "write-config: keeping $out"; exit 0; }
 cat >"$out" <<CONF
 # cardvaultd configuration (text format of cardvault.config.v1.ServerConfig,
@@ -28,10 +52,7 @@ storage {
   data_dir: "$state/data"
 }
 policy {
-  bindings { identity: "spiffe://$domain/pos" roles: TOKENIZER }
-  bindings { identity: "spiffe://$domain/processor" roles: DETOKENIZER }
-  bindings { identity: "spiffe://$domain/auditor" roles: AUDITOR }
-  bindings { identity: "spiffe://$domain/admin" roles: ADMIN }
+  file: "$policy"
 }
 CONF
 echo "write-config: wrote $out"

@@ -7,7 +7,9 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -21,6 +23,7 @@
 #include "server/audit/audit_log.h"
 #include "server/auth/access_policy.h"
 #include "server/config/config_loader.h"
+#include "server/config/policy_loader.h"
 #include "server/service/audit_log_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
@@ -43,37 +46,18 @@ namespace {
 constexpr char kServiceName[] = "cardvault.v1.TokenVault";
 constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 
-std::vector<auth::RoleBinding> BindingsFrom(
-    const config::v1::AccessPolicy& policy) {
-  std::vector<auth::RoleBinding> out;
-  for (const auto& b : policy.bindings()) {
-    auth::RoleBinding binding{b.identity(), {}};
-    for (int r : b.roles()) {
-      switch (r) {
-        case config::v1::TOKENIZER:
-          binding.roles.push_back(auth::Role::kTokenizer);
-          break;
-        case config::v1::DETOKENIZER:
-          binding.roles.push_back(auth::Role::kDetokenizer);
-          break;
-        case config::v1::AUDITOR:
-          binding.roles.push_back(auth::Role::kAuditor);
-          break;
-        case config::v1::ADMIN:
-          binding.roles.push_back(auth::Role::kAdmin);
-          break;
-      }
-    }
-    out.push_back(std::move(binding));
-  }
-  return out;
-}
-
 // Checkpoints go to the server log, where operators export them (e.g. to a
 // SIEM) so that a truncated audit trail can be proven later.
 void LogCheckpoint(const audit::Checkpoint& checkpoint) {
   util::LogInfo(absl::StrCat("audit checkpoint: sequence=", checkpoint.sequence,
                              " mac=", absl::BytesToHexString(checkpoint.mac)));
+}
+
+std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
 }
 
 template <typename T>
@@ -112,8 +96,9 @@ int Run(const sigset_t& stop_signals) {
       "storage");
   auto keys = OrDie(vault::KeyRing::Load(storage.get(), wrapper.get(), {}),
                     "data keys");
-  auto policy =
-      OrDie(auth::AccessPolicy::Create(BindingsFrom(cfg.policy())), "policy");
+  const std::string policy_text = ReadFileOrEmpty(cfg.policy().file());
+  auth::PolicyHolder policy(
+      OrDie(config::ParsePolicy(policy_text, cfg.policy().file()), "policy"));
   vault::AuditKey audit_key =
       OrDie(vault::LoadAuditKey(storage.get(), wrapper.get()), "audit key");
   auto audit_log =
@@ -121,8 +106,8 @@ int Run(const sigset_t& stop_signals) {
                                   std::move(audit_key.mac), audit_key.version,
                                   {.on_checkpoint = LogCheckpoint}),
             "audit trail");
-  auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(),
-                                          policy.get(), audit_log.get(), {}),
+  auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(), &policy,
+                                          audit_log.get(), {}),
                      "vault");
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
@@ -151,6 +136,22 @@ int Run(const sigset_t& stop_signals) {
     util::LogError("cannot record server start in the audit trail");
     return 1;
   }
+  // Policy changes apply without a restart; a bad file is refused (logged
+  // and audited) and the policy in force stays.
+  config::PolicyFileWatcher policy_watcher(
+      cfg.policy().file(), policy_text,
+      absl::Seconds(cfg.policy().reload_interval_seconds()), &policy,
+      [&vault](const absl::Status& outcome) {
+        if (outcome.ok()) {
+          util::LogInfo("policy reloaded");
+        } else {
+          util::LogError(
+              absl::StrCat("policy reload refused, previous policy "
+                           "stays in force: ",
+                           outcome.ToString()));
+        }
+        (void)vault->RecordPolicyReload(outcome);
+      });
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   server->GetHealthCheckService()->SetServingStatus("cardvault.v1.AuditLog",
                                                     true);

@@ -1,6 +1,9 @@
 #include "server/auth/access_policy.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace cardvault::auth {
 namespace {
@@ -23,7 +26,29 @@ uint32_t GrantsOf(Role role) {
   return 0;
 }
 
+bool IsSegmentChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-';
+}
+
+bool IsValidPurpose(absl::string_view p) {
+  return !p.empty() && p.size() <= kMaxPurposeBytes &&
+         std::all_of(p.begin(), p.end(),
+                     [](char c) { return IsSegmentChar(c); });
+}
+
 }  // namespace
+
+bool IsValidDomain(absl::string_view domain) {
+  if (domain.empty() || domain.size() > kMaxDomainBytes) return false;
+  for (absl::string_view segment : absl::StrSplit(domain, '/')) {
+    if (segment.empty() ||
+        !std::all_of(segment.begin(), segment.end(), IsSegmentChar)) {
+      return false;
+    }
+  }
+  return true;
+}
 
 absl::string_view PermissionName(Permission permission) {
   switch (permission) {
@@ -38,33 +63,124 @@ absl::string_view PermissionName(Permission permission) {
 }
 
 absl::StatusOr<std::unique_ptr<AccessPolicy>> AccessPolicy::Create(
-    const std::vector<RoleBinding>& bindings) {
-  absl::flat_hash_map<std::string, uint32_t> grants;
-  for (const RoleBinding& b : bindings) {
+    const PolicySpec& spec) {
+  absl::flat_hash_map<std::string, Grant> grants;
+  auto bad = [](absl::string_view who, absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy binding for ", who, ": ", what));
+  };
+  for (const RoleBinding& b : spec.bindings) {
     if (b.identity.empty()) {
       return absl::InvalidArgumentError("policy binding has an empty identity");
     }
-    if (b.roles.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("policy binding for ", b.identity, " has no role"));
+    if (b.roles.empty()) return bad(b.identity, "no role");
+    Grant grant;
+    for (Role r : b.roles) grant.permissions |= GrantsOf(r);
+    for (const std::string& d : b.tokenize_domains) {
+      if (!IsValidDomain(d)) return bad(b.identity, "malformed token domain");
     }
-    uint32_t bits = 0;
-    for (Role r : b.roles) bits |= GrantsOf(r);
-    if (!grants.emplace(b.identity, bits).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("identity ", b.identity, " is bound twice"));
+    for (const std::string& d : b.detokenize_domains) {
+      if (!IsValidDomain(d)) return bad(b.identity, "malformed token domain");
+    }
+    if ((grant.permissions & Bit(Permission::kTokenize)) &&
+        b.tokenize_domains.empty()) {
+      return bad(b.identity, "a tokenizer needs tokenize_domains");
+    }
+    if ((grant.permissions & Bit(Permission::kDetokenize)) &&
+        b.detokenize_domains.empty()) {
+      return bad(b.identity, "a detokenizer needs detokenize_domains");
+    }
+    grant.tokenize_domains = b.tokenize_domains;
+    grant.detokenize_domains.insert(b.detokenize_domains.begin(),
+                                    b.detokenize_domains.end());
+    grant.detokenize_limit = b.detokenize_limit;
+    if (!grants.emplace(b.identity, std::move(grant)).second) {
+      return bad(b.identity, "identity is bound twice");
     }
   }
-  return std::unique_ptr<AccessPolicy>(new AccessPolicy(std::move(grants)));
+  if (spec.purposes.empty()) {
+    return absl::InvalidArgumentError("policy lists no Detokenize purposes");
+  }
+  absl::flat_hash_set<std::string> purposes;
+  for (const std::string& p : spec.purposes) {
+    if (!IsValidPurpose(p)) {
+      return absl::InvalidArgumentError(
+          "policy purpose must be 1-32 characters of [a-z0-9._-]");
+    }
+    purposes.insert(p);
+  }
+  return std::unique_ptr<AccessPolicy>(
+      new AccessPolicy(std::move(grants), std::move(purposes),
+                       spec.allow_common_name_identities));
 }
 
-absl::Status AccessPolicy::Check(absl::string_view identity,
+const AccessPolicy::Grant* AccessPolicy::Find(const Caller& caller) const {
+  if (caller.identity.empty()) return nullptr;
+  if (caller.identity_is_common_name && !allow_common_name_identities_) {
+    return nullptr;
+  }
+  auto it = grants_.find(caller.identity);
+  return it == grants_.end() ? nullptr : &it->second;
+}
+
+absl::Status AccessPolicy::Check(const Caller& caller,
                                  Permission permission) const {
-  auto it = grants_.find(identity);
-  if (it == grants_.end() || (it->second & Bit(permission)) == 0) {
+  const Grant* grant = Find(caller);
+  if (grant == nullptr || (grant->permissions & Bit(permission)) == 0) {
     return absl::PermissionDeniedError(
         absl::StrCat("caller may not ", PermissionName(permission)));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> AccessPolicy::TokenizeDomain(
+    const Caller& caller, absl::string_view requested) const {
+  const Grant* grant = Find(caller);
+  if (grant == nullptr || grant->tokenize_domains.empty()) {
+    return absl::PermissionDeniedError("caller may not Tokenize");
+  }
+  if (requested.empty()) return grant->tokenize_domains.front();
+  for (const std::string& d : grant->tokenize_domains) {
+    if (d == requested) return d;
+  }
+  return absl::PermissionDeniedError(
+      "caller may not tokenize into the requested domain");
+}
+
+bool AccessPolicy::MayDetokenize(const Caller& caller,
+                                 absl::string_view domain) const {
+  const Grant* grant = Find(caller);
+  return grant != nullptr && grant->detokenize_domains.contains(domain);
+}
+
+absl::Status AccessPolicy::CheckPurpose(absl::string_view purpose) const {
+  if (!purposes_.contains(purpose)) {
+    return absl::InvalidArgumentError(
+        "purpose is required and must be one of the configured purposes");
+  }
+  return absl::OkStatus();
+}
+
+RateLimit AccessPolicy::DetokenizeLimit(const Caller& caller) const {
+  const Grant* grant = Find(caller);
+  return grant == nullptr ? RateLimit{} : grant->detokenize_limit;
+}
+
+absl::Status RateLimiter::Admit(absl::string_view identity,
+                                const RateLimit& limit, absl::Time now) {
+  if (limit.per_second == 0 && limit.per_day == 0) return absl::OkStatus();
+  const int64_t second = absl::ToUnixSeconds(now);
+  const int64_t day = second / 86400;
+  absl::MutexLock lock(&mu_);
+  Window& w = windows_[identity];
+  if (w.second != second) w.second = second, w.in_second = 0;
+  if (w.day != day) w.day = day, w.in_day = 0;
+  if ((limit.per_second != 0 && w.in_second >= limit.per_second) ||
+      (limit.per_day != 0 && w.in_day >= limit.per_day)) {
+    return absl::ResourceExhaustedError("Detokenize rate limit reached");
+  }
+  ++w.in_second;
+  ++w.in_day;
   return absl::OkStatus();
 }
 

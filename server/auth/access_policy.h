@@ -1,18 +1,25 @@
-// Who may do what: client identities mapped to roles, deny by default.
+// Who may do what: client identities mapped to roles and token domains,
+// detokenization purposes and velocity limits. Deny by default.
 //
-// Thread safety: immutable after Create; thread-safe.
+// Thread safety: AccessPolicy is immutable after Create and thread-safe;
+// PolicyHolder and RateLimiter are thread-safe.
 #ifndef CARDVAULT_SERVER_AUTH_ACCESS_POLICY_H_
 #define CARDVAULT_SERVER_AUTH_ACCESS_POLICY_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace cardvault::auth {
 
@@ -23,38 +30,126 @@ enum class Permission { kTokenize, kDetokenize, kReadAudit };
 
 absl::string_view PermissionName(Permission permission);
 
+inline constexpr size_t kMaxDomainBytes = 64;
+inline constexpr size_t kMaxPurposeBytes = 32;
+
+// True for "segment(/segment)*", segments of [a-z0-9._-], at most 64 bytes.
+bool IsValidDomain(absl::string_view domain);
+
 // The authenticated caller of one request, from its verified certificate,
 // and what identifies the request in the audit trail.
 struct Caller {
-  std::string identity;            // URI SAN (SPIFFE ID) or, failing that, CN
+  std::string identity;  // URI SAN (SPIFFE ID) or CN
+  bool identity_is_common_name = false;
   std::string certificate_serial;  // uppercase hex
   std::string certificate_sha256;  // lowercase hex of the DER's SHA-256
   std::string peer;                // transport address
   std::string request_id;          // unique per server process
 };
 
+struct RateLimit {
+  uint32_t per_second = 0;  // 0 = unlimited
+  uint32_t per_day = 0;     // per UTC day; 0 = unlimited
+};
+
 struct RoleBinding {
   std::string identity;
   std::vector<Role> roles;
+  std::vector<std::string> tokenize_domains;  // first = default
+  std::vector<std::string> detokenize_domains;
+  RateLimit detokenize_limit;
+};
+
+struct PolicySpec {
+  std::vector<RoleBinding> bindings;
+  std::vector<std::string> purposes;
+  bool allow_common_name_identities = false;
 };
 
 class AccessPolicy {
  public:
-  // INVALID_ARGUMENT for an empty identity, a binding without roles, or an
-  // identity bound twice.
+  // INVALID_ARGUMENT (naming the binding) for an empty or repeated identity,
+  // a binding without roles, a tokenizer without tokenize domains, a
+  // detokenizer without detokenize domains, a malformed domain or purpose,
+  // or no purposes at all.
   static absl::StatusOr<std::unique_ptr<AccessPolicy>> Create(
-      const std::vector<RoleBinding>& bindings);
+      const PolicySpec& spec);
 
-  // OK if one of `identity`'s roles grants `permission`; otherwise
-  // PERMISSION_DENIED (also for identities the policy does not name).
-  absl::Status Check(absl::string_view identity, Permission permission) const;
+  // OK if one of the caller's roles grants `permission`; otherwise
+  // PERMISSION_DENIED (also for identities the policy does not name, and for
+  // CN identities unless the policy allows them).
+  absl::Status Check(const Caller& caller, Permission permission) const;
+
+  // The domain a Tokenize goes into: `requested` if the caller may tokenize
+  // into it, its default when `requested` is empty; else PERMISSION_DENIED.
+  absl::StatusOr<std::string> TokenizeDomain(const Caller& caller,
+                                             absl::string_view requested) const;
+
+  // Whether the caller may detokenize tokens of `domain`.
+  bool MayDetokenize(const Caller& caller, absl::string_view domain) const;
+
+  // INVALID_ARGUMENT unless `purpose` is one of the configured purposes.
+  absl::Status CheckPurpose(absl::string_view purpose) const;
+
+  // The caller's Detokenize velocity limit.
+  RateLimit DetokenizeLimit(const Caller& caller) const;
 
  private:
-  explicit AccessPolicy(absl::flat_hash_map<std::string, uint32_t> grants)
-      : grants_(std::move(grants)) {}
+  struct Grant {
+    uint32_t permissions = 0;
+    std::vector<std::string> tokenize_domains;
+    absl::flat_hash_set<std::string> detokenize_domains;
+    RateLimit detokenize_limit;
+  };
+  AccessPolicy(absl::flat_hash_map<std::string, Grant> grants,
+               absl::flat_hash_set<std::string> purposes, bool allow_cn)
+      : grants_(std::move(grants)),
+        purposes_(std::move(purposes)),
+        allow_common_name_identities_(allow_cn) {}
+  const Grant* Find(const Caller& caller) const;
 
-  // identity -> bit set of granted permissions.
-  const absl::flat_hash_map<std::string, uint32_t> grants_;
+  const absl::flat_hash_map<std::string, Grant> grants_;
+  const absl::flat_hash_set<std::string> purposes_;
+  const bool allow_common_name_identities_;
+};
+
+// The policy in force, swapped atomically when the policy file changes.
+class PolicyHolder {
+ public:
+  explicit PolicyHolder(std::shared_ptr<const AccessPolicy> initial)
+      : current_(std::move(initial)) {}
+  std::shared_ptr<const AccessPolicy> Current() const {
+    absl::MutexLock lock(&mu_);
+    return current_;
+  }
+  void Replace(std::shared_ptr<const AccessPolicy> policy) {
+    absl::MutexLock lock(&mu_);
+    current_ = std::move(policy);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const AccessPolicy> current_ ABSL_GUARDED_BY(mu_);
+};
+
+// Per-identity velocity limits: a fixed one-second window and a UTC-day
+// window. The control against an insider bulk-exporting cards.
+class RateLimiter {
+ public:
+  // Counts one call of `identity` at `now`; RESOURCE_EXHAUSTED (and not
+  // counted) when it would exceed `limit`.
+  absl::Status Admit(absl::string_view identity, const RateLimit& limit,
+                     absl::Time now);
+
+ private:
+  struct Window {
+    int64_t second = 0;
+    uint32_t in_second = 0;
+    int64_t day = 0;
+    uint32_t in_day = 0;
+  };
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Window> windows_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace cardvault::auth

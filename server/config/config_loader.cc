@@ -18,12 +18,11 @@
 namespace cardvault::config {
 namespace {
 
-using ::cardvault::config::v1::Role;
-
 constexpr uint32_t kDefaultRefreshSeconds = 60;
 constexpr uint32_t kDefaultMaxSessions = 4;
 constexpr uint32_t kDefaultMaxRequestBytes = 16 * 1024;
 constexpr uint32_t kDefaultServerThreads = 16;
+constexpr uint32_t kDefaultPolicyReloadSeconds = 2;
 constexpr size_t kMaxPinBytes = 256;
 
 class ErrorCollector : public google::protobuf::io::ErrorCollector {
@@ -82,16 +81,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "limits.max_request_bytes must be 1024 to 4194304");
   check(c.limits().max_server_threads() <= 1024,
         "limits.max_server_threads must be at most 1024");
-  for (int i = 0; i < c.policy().bindings_size(); ++i) {
-    const auto& b = c.policy().bindings(i);
-    const std::string where = absl::StrCat("policy.bindings[", i, "]");
-    check(!b.identity().empty(), absl::StrCat(where, ".identity is required"));
-    check(b.roles_size() > 0, absl::StrCat(where, ".roles is empty"));
-    for (int r : b.roles()) {
-      check(r != v1::ROLE_UNSPECIFIED && v1::Role_IsValid(r),
-            absl::StrCat(where, ".roles has an unknown role"));
-    }
-  }
+  check(!c.policy().file().empty(), "policy.file is required");
+  check(c.policy().reload_interval_seconds() <= 3600,
+        "policy.reload_interval_seconds must be at most 3600");
   if (!s.ok()) return s;
 
   // Documented defaults.
@@ -102,6 +94,10 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   auto* hsm = c.mutable_hsm();
   if (hsm->kek_label().empty()) hsm->set_kek_label("cardvault-kek");
   if (hsm->max_sessions() == 0) hsm->set_max_sessions(kDefaultMaxSessions);
+  if (c.policy().reload_interval_seconds() == 0) {
+    c.mutable_policy()->set_reload_interval_seconds(
+        kDefaultPolicyReloadSeconds);
+  }
   auto* limits = c.mutable_limits();
   if (limits->max_request_bytes() == 0) {
     limits->set_max_request_bytes(kDefaultMaxRequestBytes);

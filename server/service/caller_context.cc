@@ -34,10 +34,11 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context) {
   if (auth_context == nullptr) {
     return absl::UnauthenticatedError("no verified client certificate");
   }
-  absl::StatusOr<std::string> identity = PeerIdentity(*auth_context);
+  absl::StatusOr<PeerId> identity = PeerIdentity(*auth_context);
   if (!identity.ok()) return identity.status();
   auth::Caller caller;
-  caller.identity = *std::move(identity);
+  caller.identity = std::move(identity->identity);
+  caller.identity_is_common_name = identity->from_common_name;
   caller.peer = context.peer();
   caller.request_id = NextRequestId();
   auto pem = auth_context->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);

@@ -18,18 +18,18 @@ std::vector<std::string> Values(const grpc::AuthContext& context,
 
 }  // namespace
 
-absl::StatusOr<std::string> PeerIdentity(const grpc::AuthContext& context) {
+absl::StatusOr<PeerId> PeerIdentity(const grpc::AuthContext& context) {
   if (!context.IsPeerAuthenticated()) {
     return absl::UnauthenticatedError("no verified client certificate");
   }
   std::vector<std::string> uris = Values(context, GRPC_PEER_URI_PROPERTY_NAME);
-  if (uris.size() == 1) return uris.front();
+  if (uris.size() == 1) return PeerId{uris.front(), false};
   if (uris.size() > 1) {
     return absl::UnauthenticatedError(
         "client certificate has several URI SANs; exactly one is required");
   }
   std::vector<std::string> cns = Values(context, GRPC_X509_CN_PROPERTY_NAME);
-  if (cns.size() == 1 && !cns.front().empty()) return cns.front();
+  if (cns.size() == 1 && !cns.front().empty()) return PeerId{cns.front(), true};
   return absl::UnauthenticatedError(
       "client certificate has neither a URI SAN nor a common name");
 }

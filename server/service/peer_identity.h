@@ -10,11 +10,16 @@
 
 namespace cardvault::service {
 
+struct PeerId {
+  std::string identity;
+  bool from_common_name = false;  // the policy decides whether CNs count
+};
+
 // The URI SAN of the peer certificate when it has exactly one (SPIFFE style,
 // e.g. "spiffe://cardvault.dev/pos"); the subject CN when it has none.
 // UNAUTHENTICATED when the call has no verified certificate, has several URI
 // SANs, or neither a URI SAN nor a CN.
-absl::StatusOr<std::string> PeerIdentity(const grpc::AuthContext& context);
+absl::StatusOr<PeerId> PeerIdentity(const grpc::AuthContext& context);
 
 }  // namespace cardvault::service
 

@@ -73,10 +73,11 @@ grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
                           "request has fields this server does not accept (a "
                           "CVV is never accepted)")));
   }
-  absl::StatusOr<std::string> token =
-      vault_->Tokenize(*caller, FromProto(request->card()));
+  absl::StatusOr<vault::Tokenized> token =
+      vault_->Tokenize(*caller, FromProto(request->card()), request->domain());
   if (!token.ok()) return Finish("Tokenize", &*caller, token.status());
-  response->set_token(*std::move(token));
+  response->set_token(std::move(token->token));
+  response->set_domain(std::move(token->domain));
   return grpc::Status::OK;
 }
 
@@ -97,10 +98,11 @@ grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
                       absl::InvalidArgumentError(
                           "request has fields this server does not accept")));
   }
-  absl::StatusOr<vault::Card> card =
-      vault_->Detokenize(*caller, request->token());
-  if (!card.ok()) return Finish("Detokenize", &*caller, card.status());
-  ToProto(*card, response->mutable_card());
+  absl::StatusOr<vault::OpenedCard> opened =
+      vault_->Detokenize(*caller, request->token(), request->purpose());
+  if (!opened.ok()) return Finish("Detokenize", &*caller, opened.status());
+  ToProto(opened->card, response->mutable_card());
+  response->set_domain(std::move(opened->domain));
   return grpc::Status::OK;
 }
 

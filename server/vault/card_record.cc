@@ -12,12 +12,14 @@ namespace {
 constexpr absl::string_view kAadLabel = "cardvault/card-record";
 
 std::string AssociatedData(uint8_t format, uint32_t key_version,
-                           absl::string_view token) {
+                           absl::string_view token, absl::string_view domain) {
   std::string aad(kAadLabel);
   aad.push_back(static_cast<char>(format));
   util::AppendBigEndian32(key_version, &aad);
   aad.push_back(static_cast<char>(token.size()));
   absl::StrAppend(&aad, token);
+  aad.push_back(static_cast<char>(domain.size()));
+  absl::StrAppend(&aad, domain);
   return aad;
 }
 
@@ -63,47 +65,61 @@ absl::StatusOr<Card> DecodePlaintext(absl::string_view in) {
 absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
                                            uint32_t key_version,
                                            absl::string_view token,
+                                           absl::string_view domain,
                                            const Card& card) {
   if (token.empty() || token.size() > 255) {
     return absl::InvalidArgumentError("token length out of range");
+  }
+  if (domain.empty() || domain.size() > kMaxRecordDomainBytes) {
+    return absl::InvalidArgumentError("token domain length out of range");
   }
   absl::StatusOr<crypto::SecretBytes> plaintext = EncodePlaintext(card);
   if (!plaintext.ok()) return plaintext.status();
   absl::StatusOr<std::string> sealed =
       key.Seal(plaintext->view(),
-               AssociatedData(kCardRecordFormatV1, key_version, token));
+               AssociatedData(kCardRecordFormatV2, key_version, token, domain));
   if (!sealed.ok()) return sealed.status();
   std::string record;
-  record.reserve(kCardRecordHeaderBytes + sealed->size());
-  record.push_back(static_cast<char>(kCardRecordFormatV1));
+  record.reserve(kCardRecordHeaderBytes + domain.size() + sealed->size());
+  record.push_back(static_cast<char>(kCardRecordFormatV2));
   util::AppendBigEndian32(key_version, &record);
-  absl::StrAppend(&record, *sealed);
+  record.push_back(static_cast<char>(domain.size()));
+  absl::StrAppend(&record, domain, *sealed);
   return record;
 }
 
-absl::StatusOr<Card> OpenCardRecord(const KeyRing& keys,
-                                    absl::string_view token,
-                                    absl::string_view record) {
+absl::StatusOr<OpenedCard> OpenCardRecord(const KeyRing& keys,
+                                          absl::string_view token,
+                                          absl::string_view record) {
   if (record.size() < kCardRecordHeaderBytes + crypto::AesGcm::kOverhead ||
       record.size() > kMaxCardRecordBytes || token.size() > 255) {
     return absl::DataLossError("card record has an impossible length");
   }
   const uint8_t format = static_cast<uint8_t>(record[0]);
-  if (format != kCardRecordFormatV1) {
+  if (format != kCardRecordFormatV2) {
     return absl::DataLossError("card record has an unknown format version");
   }
   const uint32_t key_version = util::ReadBigEndian32(record.substr(1, 4));
+  const size_t domain_len = static_cast<uint8_t>(record[5]);
+  if (domain_len == 0 || domain_len > kMaxRecordDomainBytes ||
+      record.size() <
+          kCardRecordHeaderBytes + domain_len + crypto::AesGcm::kOverhead) {
+    return absl::DataLossError("card record has an impossible length");
+  }
+  const absl::string_view domain = record.substr(6, domain_len);
   absl::StatusOr<const crypto::AesGcm*> key = keys.Get(key_version);
   if (!key.ok()) {
     return absl::DataLossError("card record names an unknown data key");
   }
   absl::StatusOr<crypto::SecretBytes> plaintext =
-      (*key)->Open(record.substr(kCardRecordHeaderBytes),
-                   AssociatedData(format, key_version, token));
+      (*key)->Open(record.substr(kCardRecordHeaderBytes + domain_len),
+                   AssociatedData(format, key_version, token, domain));
   if (!plaintext.ok()) {
     return absl::DataLossError("card record failed its integrity check");
   }
-  return DecodePlaintext(plaintext->view());
+  absl::StatusOr<Card> card = DecodePlaintext(plaintext->view());
+  if (!card.ok()) return card.status();
+  return OpenedCard{*std::move(card), std::string(domain)};
 }
 
 }  // namespace cardvault::vault

@@ -1,18 +1,21 @@
 // The sealed card record stored under each token (column family "tokens").
 //
-// Record, byte by byte:
+// Record, byte by byte (format 2; format 1 of the first release had no
+// domain and is no longer read):
 //   offset  size  field
-//   0       1     record format version, kCardRecordFormatV1 = 0x01
+//   0       1     record format version, kCardRecordFormatV2 = 0x02
 //   1       4     data-key version, uint32 big-endian
-//   5       12    AES-GCM nonce (random per record)
-//   17      P     AES-256-GCM ciphertext of the plaintext below
-//   17+P    16    GCM tag
+//   5       1     token domain length D, 1..auth::kMaxDomainBytes
+//   6       D     token domain, e.g. "merchant-42/ecommerce"
+//   6+D     12    AES-GCM nonce (random per record)
+//   18+D    P     AES-256-GCM ciphertext of the plaintext below
+//   18+D+P  16    GCM tag
 //
 // Associated data (authenticated, not stored):
 //   "cardvault/card-record" || format version (1) || key version (4, BE) ||
-//   token length (1) || token
-// so a record copied under another token, relabelled with another key
-// version or format version, fails to open.
+//   token length (1) || token || domain length (1) || domain
+// so a record copied under another token, moved to another domain, or
+// relabelled with another key version or format version, fails to open.
 //
 // Plaintext (P bytes, never stored in clear):
 //   0       1     PAN length N, kMinPanDigits..kMaxPanDigits
@@ -37,24 +40,34 @@
 
 namespace cardvault::vault {
 
-inline constexpr uint8_t kCardRecordFormatV1 = 0x01;
-inline constexpr size_t kCardRecordHeaderBytes = 1 + 4;
+inline constexpr uint8_t kCardRecordFormatV2 = 0x02;
+inline constexpr size_t kMaxRecordDomainBytes = 64;
+inline constexpr size_t kCardRecordHeaderBytes = 1 + 4 + 1;  // + domain
 inline constexpr size_t kMaxCardPlaintextBytes =
     1 + kMaxPanDigits + 1 + 2 + 1 + kMaxCardholderNameBytes;
 inline constexpr size_t kMaxCardRecordBytes =
-    kCardRecordHeaderBytes + crypto::AesGcm::kOverhead + kMaxCardPlaintextBytes;
+    kCardRecordHeaderBytes + kMaxRecordDomainBytes + crypto::AesGcm::kOverhead +
+    kMaxCardPlaintextBytes;
 
-// Seals a validated `card` under `token` with `key` of `key_version`.
+// A card opened from its record, with the token domain it is bound to.
+struct OpenedCard {
+  Card card;
+  std::string domain;
+};
+
+// Seals a validated `card` under `token` in `domain` with `key` of
+// `key_version`.
 absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
                                            uint32_t key_version,
                                            absl::string_view token,
+                                           absl::string_view domain,
                                            const Card& card);
 
 // Opens the record stored under `token`. Any mismatch (format, key version,
-// token, a changed byte) gives DATA_LOSS and no card data.
-absl::StatusOr<Card> OpenCardRecord(const KeyRing& keys,
-                                    absl::string_view token,
-                                    absl::string_view record);
+// token, domain, a changed byte) gives DATA_LOSS and no card data.
+absl::StatusOr<OpenedCard> OpenCardRecord(const KeyRing& keys,
+                                          absl::string_view token,
+                                          absl::string_view record);
 
 }  // namespace cardvault::vault
 

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "server/util/log.h"
 #include "server/vault/card_record.h"
 #include "server/vault/token.h"
 
@@ -34,7 +36,7 @@ bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
 
 absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(
     const storage::TokenStore* tokens, const KeyRing* keys,
-    const auth::AccessPolicy* policy, const audit::AuditLog* audit,
+    const auth::PolicyHolder* policy, const audit::AuditLog* audit,
     Options options) {
   if (tokens == nullptr || keys == nullptr || policy == nullptr ||
       audit == nullptr) {
@@ -49,7 +51,7 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(
 }
 
 Vault::Vault(const storage::TokenStore* tokens, const KeyRing* keys,
-             const auth::AccessPolicy* policy, const audit::AuditLog* audit,
+             const auth::PolicyHolder* policy, const audit::AuditLog* audit,
              Options options)
     : tokens_(tokens),
       keys_(keys),
@@ -81,16 +83,23 @@ absl::Status Vault::Record(audit::AuditEvent event,
   return status;
 }
 
-absl::StatusOr<std::string> Vault::Tokenize(const auth::Caller& caller,
-                                            const Card& card) const {
+absl::StatusOr<Tokenized> Vault::Tokenize(const auth::Caller& caller,
+                                          const Card& card,
+                                          absl::string_view domain) const {
   audit::AuditEvent event = NewEvent(caller, v1::TOKENIZE, kTokenizeRpc);
+  const std::shared_ptr<const auth::AccessPolicy> policy = policy_->Current();
   // Authorise before looking at the data, so an unauthorised caller learns
   // nothing about validation.
-  if (absl::Status s =
-          policy_->Check(caller.identity, auth::Permission::kTokenize);
+  if (absl::Status s = policy->Check(caller, auth::Permission::kTokenize);
       !s.ok()) {
     return Record(std::move(event), s);
   }
+  if (!domain.empty() && auth::IsValidDomain(domain)) {
+    event.set_domain(std::string(domain));
+  }
+  absl::StatusOr<std::string> bound = policy->TokenizeDomain(caller, domain);
+  if (!bound.ok()) return Record(std::move(event), bound.status());
+  event.set_domain(*bound);
   if (absl::Status s = ValidateCard(card, options_.now()); !s.ok()) {
     return Record(std::move(event), s);
   }
@@ -98,7 +107,7 @@ absl::StatusOr<std::string> Vault::Tokenize(const auth::Caller& caller,
     absl::StatusOr<std::string> token = options_.generate_token();
     if (!token.ok()) return Record(std::move(event), token.status());
     absl::StatusOr<std::string> record = SealCardRecord(
-        keys_->primary(), keys_->primary_version(), *token, card);
+        keys_->primary(), keys_->primary_version(), *token, *bound, card);
     if (!record.ok()) return Record(std::move(event), record.status());
     audit::AuditEvent success = event;
     success.set_token(*token);
@@ -106,7 +115,7 @@ absl::StatusOr<std::string> Vault::Tokenize(const auth::Caller& caller,
     // The token and its audit record are one atomic, durable write.
     absl::Status written = audit_->Append(
         std::move(success), audit::NewToken{*token, *std::move(record)});
-    if (written.ok()) return token;
+    if (written.ok()) return Tokenized{*std::move(token), *std::move(bound)};
     if (!absl::IsAlreadyExists(written)) {
       return absl::UnavailableError("storage or audit trail unavailable");
     }
@@ -115,31 +124,53 @@ absl::StatusOr<std::string> Vault::Tokenize(const auth::Caller& caller,
                 absl::InternalError("could not allocate a unique token"));
 }
 
-absl::StatusOr<Card> Vault::Detokenize(const auth::Caller& caller,
-                                       absl::string_view token) const {
+absl::StatusOr<OpenedCard> Vault::Detokenize(const auth::Caller& caller,
+                                             absl::string_view token,
+                                             absl::string_view purpose) const {
   audit::AuditEvent event = NewEvent(caller, v1::DETOKENIZE, kDetokenizeRpc);
-  if (absl::Status s =
-          policy_->Check(caller.identity, auth::Permission::kDetokenize);
+  const std::shared_ptr<const auth::AccessPolicy> policy = policy_->Current();
+  if (absl::Status s = policy->Check(caller, auth::Permission::kDetokenize);
       !s.ok()) {
     return Record(std::move(event), s);
   }
+  if (absl::Status s = policy->CheckPurpose(purpose); !s.ok()) {
+    return Record(std::move(event), s);
+  }
+  event.set_purpose(std::string(purpose));
   if (!IsWellFormedToken(token)) {
     return Record(std::move(event),
                   absl::InvalidArgumentError("token is malformed"));
   }
   event.set_token(std::string(token));
+  // Every attempt counts against the limit, found or not: the control is
+  // against bulk export, including by guessing.
+  if (absl::Status s = limiter_.Admit(
+          caller.identity, policy->DetokenizeLimit(caller), options_.now());
+      !s.ok()) {
+    ++velocity_denials_;
+    util::LogWarning(absl::StrCat("ALERT velocity limit reached by ",
+                                  caller.identity, " (",
+                                  velocity_denials_.load(), " denials)"));
+    return Record(std::move(event), s);
+  }
+  const absl::Status not_found = absl::NotFoundError("token not found");
   absl::StatusOr<std::string> record = tokens_->Lookup(token);
   if (absl::IsNotFound(record.status())) {
-    return Record(std::move(event), absl::NotFoundError("token not found"));
+    return Record(std::move(event), not_found);
   }
   if (!record.ok()) return Record(std::move(event), record.status());
-  absl::StatusOr<Card> card = OpenCardRecord(*keys_, token, *record);
-  if (!card.ok()) return Record(std::move(event), card.status());
+  absl::StatusOr<OpenedCard> opened = OpenCardRecord(*keys_, token, *record);
+  if (!opened.ok()) return Record(std::move(event), opened.status());
+  event.set_domain(opened->domain);
+  if (!policy->MayDetokenize(caller, opened->domain)) {
+    // Recorded as what the caller saw; the domain in the record shows why.
+    return Record(std::move(event), not_found);
+  }
   // Fail closed: no card data leaves unless its record is durable.
   if (absl::Status s = Record(std::move(event), absl::OkStatus()); !s.ok()) {
     return s;
   }
-  return card;
+  return opened;
 }
 
 absl::Status Vault::ListAuditEvents(
@@ -148,7 +179,7 @@ absl::Status Vault::ListAuditEvents(
   audit::AuditEvent event = NewEvent(caller, v1::LIST_EVENTS, kListEventsRpc);
   event.set_token(filter.token);
   absl::Status allowed =
-      policy_->Check(caller.identity, auth::Permission::kReadAudit);
+      policy_->Current()->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
   uint32_t sent = 0;
   return audit_->Scan(1, [&](const audit::AuditEvent& e) {
@@ -163,7 +194,7 @@ absl::StatusOr<audit::ChainReport> Vault::VerifyAuditChain(
     const std::optional<audit::Checkpoint>& checkpoint) const {
   audit::AuditEvent event = NewEvent(caller, v1::VERIFY_CHAIN, kVerifyChainRpc);
   absl::Status allowed =
-      policy_->Check(caller.identity, auth::Permission::kReadAudit);
+      policy_->Current()->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
   return audit_->Verify(checkpoint);
 }
@@ -172,6 +203,15 @@ absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
                                    absl::string_view rpc,
                                    const absl::Status& status) const {
   return Record(NewEvent(caller, type, rpc), status);
+}
+
+absl::Status Vault::RecordPolicyReload(const absl::Status& outcome) const {
+  auth::Caller server;
+  server.identity = "cardvaultd";
+  audit::AuditEvent event = NewEvent(server, v1::POLICY_RELOAD, "");
+  event.set_status_code(static_cast<int32_t>(outcome.code()));
+  event.set_status_message(std::string(outcome.message()));
+  return audit_->Append(std::move(event));
 }
 
 absl::Status Vault::RecordLifecycle(EventType type) const {

@@ -10,6 +10,7 @@
 #ifndef CARDVAULT_SERVER_VAULT_VAULT_H_
 #define CARDVAULT_SERVER_VAULT_VAULT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -23,6 +24,7 @@
 #include "server/auth/access_policy.h"
 #include "server/storage/token_store.h"
 #include "server/vault/card.h"
+#include "server/vault/card_record.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/token.h"
 
@@ -44,6 +46,12 @@ struct AuditFilter {
   uint32_t max_events = 0;  // 0 = no limit
 };
 
+// A new token and the domain it was bound to.
+struct Tokenized {
+  std::string token;
+  std::string domain;
+};
+
 class Vault {
  public:
   struct Options {
@@ -59,19 +67,26 @@ class Vault {
   // All pointers must outlive the vault.
   static absl::StatusOr<std::unique_ptr<Vault>> Create(
       const storage::TokenStore* tokens, const KeyRing* keys,
-      const auth::AccessPolicy* policy, const audit::AuditLog* audit,
+      const auth::PolicyHolder* policy, const audit::AuditLog* audit,
       Options options);
 
-  // Stores `card` and returns its new token once the record and its audit
-  // event are durable. PERMISSION_DENIED, INVALID_ARGUMENT (bad card, value
-  // never echoed), UNAVAILABLE (storage or audit trail).
-  absl::StatusOr<std::string> Tokenize(const auth::Caller& caller,
-                                       const Card& card) const;
+  // Stores `card`, bound to `domain` (or the caller's default domain when
+  // empty), and returns its new token once the record and its audit event
+  // are durable. PERMISSION_DENIED (role or domain), INVALID_ARGUMENT (bad
+  // card, value never echoed), UNAVAILABLE (storage or audit trail).
+  absl::StatusOr<Tokenized> Tokenize(const auth::Caller& caller,
+                                     const Card& card,
+                                     absl::string_view domain = "") const;
 
-  // The card under `token`. PERMISSION_DENIED, INVALID_ARGUMENT (malformed
-  // token), NOT_FOUND, UNAVAILABLE, DATA_LOSS (record failed integrity).
-  absl::StatusOr<Card> Detokenize(const auth::Caller& caller,
-                                  absl::string_view token) const;
+  // The card under `token`, for a declared `purpose`. PERMISSION_DENIED
+  // (role), INVALID_ARGUMENT (malformed token, unknown purpose),
+  // RESOURCE_EXHAUSTED (velocity limit), NOT_FOUND (no such token, or one of
+  // a domain the caller may not detokenize: the two are indistinguishable so
+  // that token existence does not leak across domains), UNAVAILABLE,
+  // DATA_LOSS (record failed integrity).
+  absl::StatusOr<OpenedCard> Detokenize(const auth::Caller& caller,
+                                        absl::string_view token,
+                                        absl::string_view purpose) const;
 
   // Streams matching audit events to `visit` (stop by returning false). Needs
   // the auditor role; the read itself is recorded first.
@@ -92,12 +107,18 @@ class Vault {
                               absl::string_view rpc,
                               const absl::Status& status) const;
 
+  // Records a policy reload, applied (OK) or refused (its error).
+  absl::Status RecordPolicyReload(const absl::Status& outcome) const;
+
+  // Detokenize calls refused by a velocity limit so far (for alerting).
+  uint64_t velocity_denials() const { return velocity_denials_.load(); }
+
   // Records a server start or stop.
   absl::Status RecordLifecycle(::cardvault::v1::EventType type) const;
 
  private:
   Vault(const storage::TokenStore* tokens, const KeyRing* keys,
-        const auth::AccessPolicy* policy, const audit::AuditLog* audit,
+        const auth::PolicyHolder* policy, const audit::AuditLog* audit,
         Options options);
 
   audit::AuditEvent NewEvent(const auth::Caller& caller,
@@ -110,9 +131,11 @@ class Vault {
 
   const storage::TokenStore* const tokens_;
   const KeyRing* const keys_;
-  const auth::AccessPolicy* const policy_;
+  const auth::PolicyHolder* const policy_;
   const audit::AuditLog* const audit_;
   const Options options_;
+  mutable auth::RateLimiter limiter_;
+  mutable std::atomic<uint64_t> velocity_denials_{0};
 };
 
 }  // namespace cardvault::vault

@@ -28,6 +28,12 @@ class AuditEndToEndTest : public ::testing::Test {
     env_->IssueClient("two-uris",
                       absl::StrCat(testing::TestEnv::Identity("pos"),
                                    ",URI:", testing::TestEnv::Identity("x")));
+    env_->IssueClient("slow-processor",
+                      testing::TestEnv::Identity("slow-processor"));
+    env_->AddToPolicy(absl::StrCat(
+        "bindings { identity: \"", testing::TestEnv::Identity("slow-processor"),
+        "\" roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" "
+        "detokenize_limit { per_day: 1 } }"));
     log_ = env_->dir() + "/server.log";
     StartServer();
   }
@@ -80,22 +86,27 @@ TEST_F(AuditEndToEndTest, ScriptedMixOfCallsYieldsExactlyOneRecordEach) {
     ++calls;
   }
   for (const std::string& t : tokens) {  // 6 ok
-    ASSERT_THAT(processor->Detokenize(t), IsOk());
+    ASSERT_THAT(processor->Detokenize(t, "authorization"), IsOk());
     ++calls;
   }
-  EXPECT_THAT(pos->Detokenize(tokens[0]),  // denied
+  EXPECT_THAT(pos->Detokenize(tokens[0], "authorization"),  // denied
               StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(auditor->Tokenize(Card(pans[0])),  // denied
               StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(pos->Tokenize(Card("4111111111111112")),  // invalid
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(processor->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
-              StatusIs(absl::StatusCode::kNotFound));  // unknown token
-  EXPECT_THAT(two_uris->Tokenize(Card(pans[1])),       // no single identity
+  EXPECT_THAT(
+      processor->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", "authorization"),
+      StatusIs(absl::StatusCode::kNotFound));     // unknown token
+  EXPECT_THAT(two_uris->Tokenize(Card(pans[1])),  // no single identity
               StatusIs(absl::StatusCode::kUnauthenticated));
   EXPECT_THAT(processor->VerifyAuditChain(),  // audit read, denied
               StatusIs(absl::StatusCode::kPermissionDenied));
-  calls += 6;
+  auto slow = Client("slow-processor");
+  EXPECT_THAT(slow->Detokenize(tokens[1], "refund"), IsOk());
+  EXPECT_THAT(slow->Detokenize(tokens[1], "refund"),  // over its limit
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  calls += 8;
 
   const std::vector<v1::AuditEvent> events = AllEvents();
   // Exactly one record per call, plus the two reads of the trail.
@@ -137,6 +148,48 @@ TEST_F(AuditEndToEndTest, ScriptedMixOfCallsYieldsExactlyOneRecordEach) {
   EXPECT_EQ(unidentified.status_code(),
             static_cast<int>(absl::StatusCode::kUnauthenticated));
   EXPECT_TRUE(unidentified.identity().empty());
+  const v1::AuditEvent& over_limit = events[before + 19];
+  EXPECT_EQ(over_limit.identity(),
+            testing::TestEnv::Identity("slow-processor"));
+  EXPECT_EQ(over_limit.status_code(),
+            static_cast<int>(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(over_limit.purpose(), "refund");
+  EXPECT_EQ(over_limit.token(), tokens[1]);
+}
+
+TEST_F(AuditEndToEndTest,
+       PolicyChangeAppliesWithoutRestartAndBadFileIsRefused) {
+  env_->IssueClient("late-pos", testing::TestEnv::Identity("late-pos"));
+  auto late = Client("late-pos");
+  EXPECT_THAT(late->Tokenize(Card("4111111111111111")),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  env_->AddToPolicy(absl::StrCat(
+      "bindings { identity: \"", testing::TestEnv::Identity("late-pos"),
+      "\" roles: TOKENIZER tokenize_domains: \"dev-merchant/pos\" }"));
+  // The server re-reads the file every 2 s by default.
+  absl::Status last;
+  for (int i = 0; i < 100; ++i) {
+    last = late->Tokenize(Card("4111111111111111")).status();
+    if (last.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_THAT(last, IsOk());
+  const pid_t pid = server_->pid();
+
+  // A malformed edit is refused; the policy in force keeps serving.
+  env_->AddToPolicy("bindings { identity: ");
+  bool refused = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    for (const auto& e : AllEvents()) {
+      refused |= e.event_type() == v1::POLICY_RELOAD && e.status_code() != 0;
+    }
+  }
+  EXPECT_TRUE(refused);
+  EXPECT_THAT(late->Tokenize(Card("4111111111111111")), IsOk());
+  EXPECT_THAT(testing::ReadFileOrEmpty(log_),
+              HasSubstr("policy reload refused"));
+  EXPECT_EQ(server_->pid(), pid);  // no restart
 }
 
 TEST_F(AuditEndToEndTest, OnlyAuditorsReadTheTrail) {

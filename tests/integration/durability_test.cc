@@ -54,7 +54,7 @@ TEST(DurabilityTest, AcknowledgedTokensSurviveKill9UnderLoad) {
           *client::VaultClient::Create(Options(*env, **server, "processor"));
       absl::MutexLock lock(&mu);
       for (const auto& [token, pan] : acked) {
-        auto card = processor->Detokenize(token);
+        auto card = processor->Detokenize(token, "authorization");
         ASSERT_THAT(card, IsOk()) << token;
         ASSERT_EQ(card->pan(), pan) << token;
       }
@@ -100,7 +100,7 @@ TEST(DurabilityTest, AcknowledgedTokensSurviveKill9UnderLoad) {
       *client::VaultClient::Create(Options(*env, **server, "processor"));
   int verified = 0;
   for (const auto& [token, pan] : acked) {
-    auto card = processor->Detokenize(token);
+    auto card = processor->Detokenize(token, "authorization");
     ASSERT_THAT(card, IsOk()) << token;
     ASSERT_EQ(card->pan(), pan) << token;
     ++verified;

@@ -46,8 +46,17 @@ class EndToEndTest : public ::testing::Test {
     env_->IssueClient("two-uris",
                       absl::StrCat(testing::TestEnv::Identity("pos"),
                                    ",URI:", testing::TestEnv::Identity("x")));
-    // A CN-only identity bound in the policy proves the CN fallback.
-    env_->AddBinding("cn-tokenizer", "TOKENIZER");
+    // A CN-only identity bound in a policy that allows CN identities proves
+    // the CN fallback; "cn-only" is not bound and stays denied.
+    env_->AddToPolicy("allow_common_name_identities: true");
+    env_->IssueClient("lane-processor",
+                      testing::TestEnv::Identity("lane-processor"));
+    env_->AddToPolicy(absl::StrCat(
+        "bindings { identity: \"", testing::TestEnv::Identity("lane-processor"),
+        "\" roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" }"));
+    env_->AddToPolicy(
+        "bindings { identity: \"cn-tokenizer\" roles: TOKENIZER "
+        "tokenize_domains: \"dev-merchant/pos\" }");
     foreign_pki_ = new std::string(env_->MakeForeignPki("foreign"));
     log_path_ = new std::string(env_->dir() + "/server.log");
     server_ = testing::ServerProcess::Start(env_->config_path(), *log_path_)
@@ -131,7 +140,7 @@ TEST_F(EndToEndTest, ProcessorDetokenizesEveryCardThePosTokenized) {
     const auto& [pan, token] = tokenized[i];
     ASSERT_THAT(token, StartsWith("tok_")) << "card " << i;
     tokens.insert(token);
-    auto card = processor->Detokenize(token);
+    auto card = processor->Detokenize(token, "authorization");
     ASSERT_THAT(card, IsOk());
     const v1::Card want = CardFor(pan, i);
     EXPECT_EQ(card->pan(), want.pan());
@@ -143,31 +152,33 @@ TEST_F(EndToEndTest, ProcessorDetokenizesEveryCardThePosTokenized) {
   EXPECT_EQ(tokens.size(), tokenized.size());
 }
 
+using Code = absl::StatusCode;
+
 struct Access {
   const char* identity;
-  absl::StatusCode tokenize;
-  absl::StatusCode detokenize;
+  Code tokenize;
+  Code detokenize;
+  Code list_events;
+  Code verify_chain;
 };
 
-// Deny by default: only pos tokenizes, only processor detokenizes.
+// Deny by default: every identity x every RPC, in one table.
+constexpr Code kOk = Code::kOk;
+constexpr Code kDenied = Code::kPermissionDenied;
 constexpr Access kAccessMatrix[] = {
-    {"pos", absl::StatusCode::kOk, absl::StatusCode::kPermissionDenied},
-    {"processor", absl::StatusCode::kPermissionDenied, absl::StatusCode::kOk},
-    {"auditor", absl::StatusCode::kPermissionDenied,
-     absl::StatusCode::kPermissionDenied},
-    {"admin", absl::StatusCode::kPermissionDenied,
-     absl::StatusCode::kPermissionDenied},
-    {"stranger", absl::StatusCode::kPermissionDenied,
-     absl::StatusCode::kPermissionDenied},
-    {"cn-only", absl::StatusCode::kPermissionDenied,
-     absl::StatusCode::kPermissionDenied},
-    // No URI SAN: the CN is the identity, and this one is a tokenizer.
-    {"cn-tokenizer", absl::StatusCode::kOk,
-     absl::StatusCode::kPermissionDenied},
+    {"pos", kOk, kDenied, kDenied, kDenied},
+    {"processor", kDenied, kOk, kDenied, kDenied},
+    {"auditor", kDenied, kDenied, kOk, kOk},
+    {"admin", kDenied, kDenied, kDenied, kDenied},
+    {"stranger", kDenied, kDenied, kDenied, kDenied},
+    {"cn-only", kDenied, kDenied, kDenied, kDenied},
+    // No URI SAN: the CN is the identity (the policy allows CN identities),
+    // and this one is a tokenizer.
+    {"cn-tokenizer", kOk, kDenied, kDenied, kDenied},
     // Several URI SANs: no single identity, so nothing is served, even though
     // one of them is the pos identity.
-    {"two-uris", absl::StatusCode::kUnauthenticated,
-     absl::StatusCode::kUnauthenticated},
+    {"two-uris", Code::kUnauthenticated, Code::kUnauthenticated,
+     Code::kUnauthenticated, Code::kUnauthenticated},
 };
 
 TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
@@ -178,8 +189,35 @@ TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
     auto client = Client(a.identity);
     EXPECT_THAT(client->Tokenize(CardFor("5555555555554444", 1)),
                 StatusIs(a.tokenize));
-    EXPECT_THAT(client->Detokenize(token), StatusIs(a.detokenize));
+    EXPECT_THAT(client->Detokenize(token, "authorization"),
+                StatusIs(a.detokenize));
+    EXPECT_THAT(client->ListAuditEvents(v1::ListEventsRequest(),
+                                        [](const v1::AuditEvent&) {}),
+                StatusIs(a.list_events));
+    EXPECT_THAT(client->VerifyAuditChain(), StatusIs(a.verify_chain));
   }
+}
+
+TEST_F(EndToEndTest, ProcessorOfOneDomainCannotDetokenizeAnother) {
+  std::string domain;
+  auto pos = Client("pos");
+  const std::string web_token =
+      *pos->Tokenize(CardFor("4111111111111111", 1), "dev-merchant/ecommerce");
+  const std::string pos_token =
+      *pos->Tokenize(CardFor("5555555555554444", 1), "dev-merchant/pos");
+  auto lane_processor = Client("lane-processor");
+  EXPECT_THAT(lane_processor->Detokenize(pos_token, "authorization", &domain),
+              IsOk());
+  EXPECT_EQ(domain, "dev-merchant/pos");
+  // Indistinguishable from an unknown token.
+  EXPECT_THAT(lane_processor->Detokenize(web_token, "authorization"),
+              StatusIs(absl::StatusCode::kNotFound, "token not found"));
+  // The processor of both domains may.
+  EXPECT_THAT(Client("processor")->Detokenize(web_token, "refund", &domain),
+              IsOk());
+  EXPECT_EQ(domain, "dev-merchant/ecommerce");
+  EXPECT_THAT(pos->Tokenize(CardFor("4111111111111111", 1), "other/pos"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 TEST_F(EndToEndTest, ClientWithoutCertificateIsRefusedAtHandshake) {
@@ -202,8 +240,9 @@ TEST_F(EndToEndTest, CertificateFromAnotherCaIsRefusedAtHandshake) {
     auto client = *client::VaultClient::Create(options);
     EXPECT_THAT(client->Tokenize(CardFor("4111111111111111", 1)),
                 StatusIs(absl::StatusCode::kUnavailable));
-    EXPECT_THAT(client->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
-                StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_THAT(
+        client->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", "authorization"),
+        StatusIs(absl::StatusCode::kUnavailable));
   }
 }
 
@@ -312,12 +351,13 @@ TEST_F(EndToEndTest, CvvOrAnyUnknownFieldIsRefused) {
 
 TEST_F(EndToEndTest, DetokenizeFailsForUnknownOrMalformedToken) {
   auto processor = Client("processor");
-  EXPECT_THAT(processor->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
-              StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(
-      processor->Detokenize("4111111111111111"),
+      processor->Detokenize("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", "authorization"),
+      StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(
+      processor->Detokenize("4111111111111111", "authorization"),
       StatusIs(absl::StatusCode::kInvalidArgument, Not(HasSubstr("4111"))));
-  EXPECT_THAT(processor->Detokenize(""),
+  EXPECT_THAT(processor->Detokenize("", "authorization"),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
@@ -347,12 +387,13 @@ TEST_F(EndToEndTest, CliTokenizesFromStdinAndDetokenizes) {
   const std::string token(
       absl::StripAsciiWhitespace(testing::ReadFileOrEmpty(out)));
   ASSERT_THAT(token, StartsWith("tok_"));
-  testing::RunOrDie(absl::StrCat(cli, " detokenize ", token, " >", out));
+  testing::RunOrDie(
+      absl::StrCat(cli, " detokenize --purpose=refund ", token, " >", out));
   EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("pan: 378282246310005"));
   EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("expiry: 12/2035"));
   // With the pos identity the CLI is refused, and says why.
-  EXPECT_NE(std::system(absl::StrCat(cli, " detokenize ", token,
-                                     " --cert=", env_->pki("pos.crt"),
+  EXPECT_NE(std::system(absl::StrCat(cli, " detokenize --purpose=refund ",
+                                     token, " --cert=", env_->pki("pos.crt"),
                                      " --key=", env_->pki("pos.key"), " 2>",
                                      out, " >/dev/null")
                             .c_str()),
@@ -392,7 +433,7 @@ TEST_F(EndToEndTest, ZzNoPanOnDiskOrInServerOutputAfterRestart) {
       testing::ServerProcess::Start(env_->config_path(), *log_path_)->release();
   auto processor = Client("processor");
   for (size_t i = 0; i < tokenized.size(); i += 97) {
-    auto card = processor->Detokenize(tokenized[i].second);
+    auto card = processor->Detokenize(tokenized[i].second, "refund");
     ASSERT_THAT(card, IsOk());
     EXPECT_EQ(card->pan(), tokenized[i].first);
   }

@@ -107,10 +107,13 @@ void TestEnv::AddToConfig(absl::string_view block,
   std::ofstream(config_path(), std::ios::trunc) << config;
 }
 
-void TestEnv::AddBinding(absl::string_view identity,
-                         absl::string_view role) const {
-  AddToConfig("policy", absl::StrCat("bindings { identity: \"", identity,
-                                     "\" roles: ", role, " }"));
+void TestEnv::AddToPolicy(absl::string_view line) const {
+  const std::string policy = ReadFileOrEmpty(policy_path());
+  // Write-then-rename, as an operator's deploy tool would, so that a reload
+  // never sees half a file.
+  const std::string tmp = policy_path() + ".tmp";
+  std::ofstream(tmp, std::ios::trunc) << policy << line << "\n";
+  std::filesystem::rename(tmp, policy_path());
 }
 
 std::string TestEnv::Revoke(absl::string_view name) const {

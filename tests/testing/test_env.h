@@ -54,8 +54,10 @@ class TestEnv {
   void IssueClient(absl::string_view name, absl::string_view uri_san) const;
   // Inserts `line` at the top of the config's `block {` (e.g. "tls").
   void AddToConfig(absl::string_view block, absl::string_view line) const;
-  // Adds `bindings { identity: IDENTITY roles: ROLE }` to the policy.
-  void AddBinding(absl::string_view identity, absl::string_view role) const;
+  std::string policy_path() const { return dir_ + "/policy.textproto"; }
+  // Appends `line` (e.g. a `bindings { ... }` block) to the policy file; a
+  // running server picks it up at its next reload check.
+  void AddToPolicy(absl::string_view line) const;
   // Revokes pki/NAME.crt and writes the CA's CRL into crl/; returns crl/.
   std::string Revoke(absl::string_view name) const;
   // A complete PKI under another CA in `subdir`; returns its directory.

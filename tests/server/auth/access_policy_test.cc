@@ -8,62 +8,174 @@ namespace cardvault::auth {
 namespace {
 
 using ::cardvault::testing::IsOk;
+using ::cardvault::testing::IsOkAndHolds;
 using ::cardvault::testing::StatusIs;
+
+Caller Uri(absl::string_view name) {
+  Caller c;
+  c.identity = std::string(name);
+  return c;
+}
+
+Caller Cn(absl::string_view name) {
+  Caller c = Uri(name);
+  c.identity_is_common_name = true;
+  return c;
+}
+
+PolicySpec Spec() {
+  PolicySpec spec;
+  spec.purposes = {"authorization", "refund"};
+  spec.bindings = {
+      {"spiffe://t/pos", {Role::kTokenizer}, {"m1/pos", "m1/web"}, {}, {}},
+      {"spiffe://t/processor", {Role::kDetokenizer}, {}, {"m1/pos"}, {2, 5}},
+      {"spiffe://t/auditor", {Role::kAuditor}, {}, {}, {}},
+      {"spiffe://t/admin", {Role::kAdmin}, {}, {}, {}},
+      {"spiffe://t/both",
+       {Role::kTokenizer, Role::kDetokenizer},
+       {"m1/pos"},
+       {"m1/pos"},
+       {}},
+      {"legacy-cn", {Role::kTokenizer}, {"m1/pos"}, {}, {}},
+  };
+  return spec;
+}
 
 struct Row {
   const char* identity;
-  bool may_tokenize;
-  bool may_detokenize;
+  bool tokenize;
+  bool detokenize;
+  bool read_audit;
 };
 
 // The whole role matrix in one table; deny by default for the stranger.
 constexpr Row kMatrix[] = {
-    {"spiffe://t/pos", true, false},
-    {"spiffe://t/processor", false, true},
-    {"spiffe://t/auditor", false, false},
-    {"spiffe://t/admin", false, false},
-    {"spiffe://t/both", true, true},
-    {"spiffe://t/stranger", false, false},
-    {"", false, false},
+    {"spiffe://t/pos", true, false, false},
+    {"spiffe://t/processor", false, true, false},
+    {"spiffe://t/auditor", false, false, true},
+    {"spiffe://t/admin", false, false, false},
+    {"spiffe://t/both", true, true, false},
+    {"spiffe://t/stranger", false, false, false},
+    {"", false, false, false},
 };
 
 TEST(AccessPolicyTest, GrantsExactlyTheRightsOfEachRole) {
-  auto policy = AccessPolicy::Create({
-      {"spiffe://t/pos", {Role::kTokenizer}},
-      {"spiffe://t/processor", {Role::kDetokenizer}},
-      {"spiffe://t/auditor", {Role::kAuditor}},
-      {"spiffe://t/admin", {Role::kAdmin}},
-      {"spiffe://t/both", {Role::kTokenizer, Role::kDetokenizer}},
-  });
+  auto policy = AccessPolicy::Create(Spec());
   ASSERT_THAT(policy, IsOk());
+  auto expect = [](bool allowed) {
+    return allowed ? absl::StatusCode::kOk
+                   : absl::StatusCode::kPermissionDenied;
+  };
   for (const Row& row : kMatrix) {
     SCOPED_TRACE(row.identity);
-    auto expect = [](bool allowed) {
-      return allowed ? absl::StatusCode::kOk
-                     : absl::StatusCode::kPermissionDenied;
-    };
-    EXPECT_THAT((*policy)->Check(row.identity, Permission::kTokenize),
-                StatusIs(expect(row.may_tokenize)));
-    EXPECT_THAT((*policy)->Check(row.identity, Permission::kDetokenize),
-                StatusIs(expect(row.may_detokenize)));
+    const Caller c = Uri(row.identity);
+    EXPECT_THAT((*policy)->Check(c, Permission::kTokenize),
+                StatusIs(expect(row.tokenize)));
+    EXPECT_THAT((*policy)->Check(c, Permission::kDetokenize),
+                StatusIs(expect(row.detokenize)));
+    EXPECT_THAT((*policy)->Check(c, Permission::kReadAudit),
+                StatusIs(expect(row.read_audit)));
   }
 }
 
-TEST(AccessPolicyTest, EmptyPolicyDeniesEverything) {
-  auto policy = AccessPolicy::Create({});
-  ASSERT_THAT(policy, IsOk());
-  EXPECT_THAT((*policy)->Check("spiffe://t/pos", Permission::kTokenize),
+TEST(AccessPolicyTest, CommonNameIdentitiesOnlyWhenAllowed) {
+  auto strict = *AccessPolicy::Create(Spec());
+  EXPECT_THAT(strict->Check(Cn("legacy-cn"), Permission::kTokenize),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  // A CN equal to a URI identity never borrows its rights.
+  EXPECT_THAT(strict->Check(Cn("spiffe://t/pos"), Permission::kTokenize),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  PolicySpec lenient_spec = Spec();
+  lenient_spec.allow_common_name_identities = true;
+  auto lenient = *AccessPolicy::Create(lenient_spec);
+  EXPECT_THAT(lenient->Check(Cn("legacy-cn"), Permission::kTokenize), IsOk());
+}
+
+TEST(AccessPolicyTest, TokenizeDomainIsRequestedOrDefaultAndMustBeGranted) {
+  auto policy = *AccessPolicy::Create(Spec());
+  EXPECT_THAT(policy->TokenizeDomain(Uri("spiffe://t/pos"), ""),
+              IsOkAndHolds(std::string("m1/pos")));
+  EXPECT_THAT(policy->TokenizeDomain(Uri("spiffe://t/pos"), "m1/web"),
+              IsOkAndHolds(std::string("m1/web")));
+  EXPECT_THAT(policy->TokenizeDomain(Uri("spiffe://t/pos"), "m2/pos"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(policy->TokenizeDomain(Uri("spiffe://t/processor"), ""),
               StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
-TEST(AccessPolicyTest, RejectsDuplicateEmptyAndRolelessBindings) {
-  EXPECT_THAT(AccessPolicy::Create(
-                  {{"a", {Role::kTokenizer}}, {"a", {Role::kDetokenizer}}}),
+TEST(AccessPolicyTest, DetokenizeOnlyInGrantedDomainsForListedPurposes) {
+  auto policy = *AccessPolicy::Create(Spec());
+  EXPECT_TRUE(policy->MayDetokenize(Uri("spiffe://t/processor"), "m1/pos"));
+  EXPECT_FALSE(policy->MayDetokenize(Uri("spiffe://t/processor"), "m1/web"));
+  EXPECT_FALSE(policy->MayDetokenize(Uri("spiffe://t/pos"), "m1/pos"));
+  EXPECT_THAT(policy->CheckPurpose("refund"), IsOk());
+  EXPECT_THAT(policy->CheckPurpose("curiosity"),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(AccessPolicy::Create({{"", {Role::kTokenizer}}}),
+  EXPECT_THAT(policy->CheckPurpose(""),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(AccessPolicy::Create({{"a", {}}}),
+  EXPECT_EQ(policy->DetokenizeLimit(Uri("spiffe://t/processor")).per_second,
+            2u);
+}
+
+TEST(AccessPolicyTest, RejectsInconsistentPolicies) {
+  auto with = [](auto edit) {
+    PolicySpec spec = Spec();
+    edit(spec);
+    return AccessPolicy::Create(spec);
+  };
+  EXPECT_THAT(with([](PolicySpec& s) { s.bindings.push_back(s.bindings[0]); }),
               StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(with([](PolicySpec& s) { s.bindings[0].identity = ""; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(with([](PolicySpec& s) { s.bindings[0].roles.clear(); }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      with([](PolicySpec& s) { s.bindings[0].tokenize_domains.clear(); }),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      with([](PolicySpec& s) { s.bindings[1].detokenize_domains.clear(); }),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      with([](PolicySpec& s) { s.bindings[0].tokenize_domains = {"M1"}; }),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(with([](PolicySpec& s) { s.purposes.clear(); }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(DomainTest, AcceptsOnlyLowercaseSlashSeparatedSegments) {
+  EXPECT_TRUE(IsValidDomain("merchant-42/ecommerce"));
+  EXPECT_TRUE(IsValidDomain("a.b_c/d-e/f"));
+  EXPECT_FALSE(IsValidDomain(""));
+  EXPECT_FALSE(IsValidDomain("/a"));
+  EXPECT_FALSE(IsValidDomain("a//b"));
+  EXPECT_FALSE(IsValidDomain("Merchant"));
+  EXPECT_FALSE(IsValidDomain("a b"));
+  EXPECT_FALSE(IsValidDomain(std::string(65, 'a')));
+}
+
+TEST(RateLimiterTest, TripsAtTheConfiguredRateAndResets) {
+  RateLimiter limiter;
+  const RateLimit limit{3, 5};
+  const absl::Time t0 = absl::FromUnixSeconds(1764000000);  // a day boundary+
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(limiter.Admit("p", limit, t0), IsOk()) << i;
+  }
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Milliseconds(900)),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // Another identity has its own budget.
+  EXPECT_THAT(limiter.Admit("q", limit, t0), IsOk());
+  // The next second resets the per-second window...
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Seconds(1)), IsOk());
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Seconds(2)), IsOk());
+  // ...but not the daily one (5 used).
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Seconds(3)),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // A new UTC day resets it.
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Hours(24)), IsOk());
+  // No limit configured: never refused.
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_THAT(limiter.Admit("r", RateLimit{}, t0), IsOk());
+  }
 }
 
 }  // namespace

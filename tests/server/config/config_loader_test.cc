@@ -31,7 +31,7 @@ constexpr char kGood[] = R"pb(
     pin_env: "CARDVAULT_TEST_PIN"
   }
   storage { data_dir: "/data" }
-  policy { bindings { identity: "spiffe://t/pos" roles: TOKENIZER } }
+  policy { file: "/etc/cardvault/policy.textproto" }
 )pb";
 
 std::string With(absl::string_view from, absl::string_view to) {
@@ -46,6 +46,7 @@ TEST(ConfigLoaderTest, ParsesGoodConfigAndFillsDefaults) {
   EXPECT_EQ(config->hsm().max_sessions(), 4u);
   EXPECT_FALSE(config->hsm().create_kek_if_missing());
   EXPECT_EQ(config->limits().max_request_bytes(), 16384u);
+  EXPECT_EQ(config->policy().reload_interval_seconds(), 2u);
 }
 
 TEST(ConfigLoaderTest, UnknownKeyNamesFileLineAndKey) {
@@ -59,7 +60,7 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
   const std::pair<std::string, std::string> cases[] = {
       {With("127.0.0.1:9443", "127.0.0.1"), "listen_address"},
       {With("127.0.0.1:9443", "127.0.0.1:70000"), "listen_address"},
-      {With("roles: TOKENIZER", "roles: ROLE_UNSPECIFIED"), "roles"},
+      {With("file: \"/etc/cardvault/policy.textproto\"", ""), "policy.file"},
       {With("client_ca_file: \"/pki/ca.crt\"", ""), "client_ca_file"},
       {With("pin_env: \"CARDVAULT_TEST_PIN\"", ""), "pin_file or hsm.pin_env"},
       {With("data_dir: \"/data\"", ""), "data_dir"},
@@ -72,12 +73,6 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(field)))
         << field;
   }
-}
-
-TEST(ConfigLoaderTest, RejectsUnknownRoleName) {
-  EXPECT_THAT(
-      ParseConfig(With("roles: TOKENIZER", "roles: SUPERUSER"), "c"),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("SUPERUSER")));
 }
 
 TEST(ConfigLoaderTest, MissingFileIsNotFound) {

@@ -15,6 +15,7 @@ using ::cardvault::testing::StatusIs;
 
 constexpr char kToken[] = "tok_abcdefghijklmnopqrstuvwxya";
 constexpr char kOtherToken[] = "tok_bbcdefghijklmnopqrstuvwxya";
+constexpr char kDomain[] = "merchant-1/pos";
 
 std::unique_ptr<KeyRing> Ring(std::map<uint32_t, char> fills) {
   std::map<uint32_t, crypto::SecretBytes> keys;
@@ -35,23 +36,25 @@ Card SampleCard() {
 
 TEST(CardRecordTest, OpenReturnsTheSealedCard) {
   auto ring = Ring({{1, 'a'}});
-  auto record = SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+  auto record =
+      SealCardRecord(ring->primary(), 1, kToken, kDomain, SampleCard());
   ASSERT_THAT(record, IsOk());
-  EXPECT_EQ(static_cast<uint8_t>((*record)[0]), kCardRecordFormatV1);
+  EXPECT_EQ(static_cast<uint8_t>((*record)[0]), kCardRecordFormatV2);
   EXPECT_EQ(util::ReadBigEndian32(record->substr(1, 4)), 1u);
   EXPECT_LE(record->size(), kMaxCardRecordBytes);
-  auto card = OpenCardRecord(*ring, kToken, *record);
-  ASSERT_THAT(card, IsOk());
-  EXPECT_EQ(card->pan.view(), "5555555555554444");
-  EXPECT_EQ(card->exp_month, 7u);
-  EXPECT_EQ(card->exp_year, 2031u);
-  EXPECT_EQ(card->cardholder_name.view(), "JANE DOE");
+  auto opened = OpenCardRecord(*ring, kToken, *record);
+  ASSERT_THAT(opened, IsOk());
+  EXPECT_EQ(opened->domain, kDomain);
+  EXPECT_EQ(opened->card.pan.view(), "5555555555554444");
+  EXPECT_EQ(opened->card.exp_month, 7u);
+  EXPECT_EQ(opened->card.exp_year, 2031u);
+  EXPECT_EQ(opened->card.cardholder_name.view(), "JANE DOE");
 }
 
 TEST(CardRecordTest, RecordDoesNotContainThePan) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+      *SealCardRecord(ring->primary(), 1, kToken, kDomain, SampleCard());
   EXPECT_EQ(record.find("5555555555554444"), std::string::npos);
   EXPECT_EQ(record.find("4444"), std::string::npos);
   EXPECT_EQ(record.find("JANE"), std::string::npos);
@@ -60,7 +63,7 @@ TEST(CardRecordTest, RecordDoesNotContainThePan) {
 TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+      *SealCardRecord(ring->primary(), 1, kToken, kDomain, SampleCard());
   for (size_t i = 0; i < record.size(); ++i) {
     for (uint8_t bit : {0x01, 0x80}) {
       std::string changed = record;
@@ -75,7 +78,7 @@ TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
 TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+      *SealCardRecord(ring->primary(), 1, kToken, kDomain, SampleCard());
   for (size_t len = 0; len < record.size(); ++len) {
     EXPECT_THAT(OpenCardRecord(*ring, kToken, record.substr(0, len)),
                 StatusIs(absl::StatusCode::kDataLoss));
@@ -87,8 +90,20 @@ TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
 TEST(CardRecordTest, RecordCopiedUnderAnotherTokenFails) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), 1, kToken, SampleCard());
+      *SealCardRecord(ring->primary(), 1, kToken, kDomain, SampleCard());
   EXPECT_THAT(OpenCardRecord(*ring, kOtherToken, record),
+              StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(CardRecordTest, RecordMovedToAnotherDomainFails) {
+  auto ring = Ring({{1, 'a'}});
+  std::string record =
+      *SealCardRecord(ring->primary(), 1, kToken, kDomain, SampleCard());
+  // "merchant-1/pos" -> "merchant-2/pos": same length, header edited only.
+  std::string moved = record;
+  moved[6 + 9] = '2';
+  ASSERT_NE(moved.find("merchant-2/pos"), std::string::npos);
+  EXPECT_THAT(OpenCardRecord(*ring, kToken, moved),
               StatusIs(absl::StatusCode::kDataLoss));
 }
 
@@ -96,14 +111,16 @@ TEST(CardRecordTest, WrongKeyVersionFails) {
   auto ring = Ring({{1, 'a'}, {2, 'b'}});
   auto key1 = ring->Get(1);
   ASSERT_THAT(key1, IsOk());
-  std::string record = *SealCardRecord(**key1, 1, kToken, SampleCard());
+  std::string record =
+      *SealCardRecord(**key1, 1, kToken, kDomain, SampleCard());
   // Relabelled as version 2: a key exists but the AAD and key differ.
   std::string relabelled = record;
   relabelled[4] = 2;
   EXPECT_THAT(OpenCardRecord(*ring, kToken, relabelled),
               StatusIs(absl::StatusCode::kDataLoss));
   // Sealed with key 1's bytes but claiming version 2 from the start.
-  std::string mislabelled = *SealCardRecord(**key1, 2, kToken, SampleCard());
+  std::string mislabelled =
+      *SealCardRecord(**key1, 2, kToken, kDomain, SampleCard());
   EXPECT_THAT(OpenCardRecord(*ring, kToken, mislabelled),
               StatusIs(absl::StatusCode::kDataLoss));
   // A version the ring does not hold.
@@ -115,8 +132,8 @@ TEST(CardRecordTest, WrongKeyVersionFails) {
 }
 
 TEST(CardRecordTest, RingWithDifferentKeyMaterialFails) {
-  std::string record =
-      *SealCardRecord(Ring({{1, 'a'}})->primary(), 1, kToken, SampleCard());
+  std::string record = *SealCardRecord(Ring({{1, 'a'}})->primary(), 1, kToken,
+                                       kDomain, SampleCard());
   EXPECT_THAT(OpenCardRecord(*Ring({{1, 'z'}}), kToken, record),
               StatusIs(absl::StatusCode::kDataLoss));
 }

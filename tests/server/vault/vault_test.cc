@@ -58,10 +58,18 @@ class VaultTest : public ::testing::Test {
     std::map<uint32_t, crypto::SecretBytes> keys;
     keys.emplace(1, crypto::SecretBytes(std::string(32, 'k')));
     ring_ = *KeyRing::FromKeys(std::move(keys));
-    policy_ = *auth::AccessPolicy::Create(
-        {{kPos.identity, {auth::Role::kTokenizer}},
-         {kProcessor.identity, {auth::Role::kDetokenizer}},
-         {kAuditor.identity, {auth::Role::kAuditor}}});
+    auth::PolicySpec spec;
+    spec.purposes = {"authorization", "refund"};
+    spec.bindings = {
+        {kPos.identity, {auth::Role::kTokenizer}, {"m1/pos", "m2/pos"}, {}, {}},
+        {kProcessor.identity,
+         {auth::Role::kDetokenizer},
+         {},
+         {"m1/pos"},
+         {.per_second = 0, .per_day = 20}},
+        {kAuditor.identity, {auth::Role::kAuditor}, {}, {}, {}}};
+    policy_ =
+        std::make_unique<auth::PolicyHolder>(*auth::AccessPolicy::Create(spec));
     vault_ = *Vault::Create(store_.get(), ring_.get(), policy_.get(),
                             audit_.get(), {});
   }
@@ -102,18 +110,20 @@ class VaultTest : public ::testing::Test {
   std::unique_ptr<testing::FaultInjectingStore> store_;
   std::unique_ptr<audit::AuditLog> audit_;
   std::unique_ptr<KeyRing> ring_;
-  std::unique_ptr<auth::AccessPolicy> policy_;
+  std::unique_ptr<auth::PolicyHolder> policy_;
   std::unique_ptr<Vault> vault_;
 };
 
 TEST_F(VaultTest, DetokenizeReturnsTheTokenizedCard) {
   auto token = vault_->Tokenize(kPos, MakeCard("4111111111111111"));
   ASSERT_THAT(token, IsOk());
-  EXPECT_THAT(*token, StartsWith("tok_"));
-  auto card = vault_->Detokenize(kProcessor, *token);
-  ASSERT_THAT(card, IsOk());
-  EXPECT_EQ(card->pan.view(), "4111111111111111");
-  EXPECT_EQ(card->exp_month, 12u);
+  EXPECT_THAT(token->token, StartsWith("tok_"));
+  EXPECT_EQ(token->domain, "m1/pos");  // the caller's default
+  auto opened = vault_->Detokenize(kProcessor, token->token, "authorization");
+  ASSERT_THAT(opened, IsOk());
+  EXPECT_EQ(opened->card.pan.view(), "4111111111111111");
+  EXPECT_EQ(opened->card.exp_month, 12u);
+  EXPECT_EQ(opened->domain, "m1/pos");
 }
 
 TEST_F(VaultTest, SamePanGetsDifferentTokens) {
@@ -121,7 +131,7 @@ TEST_F(VaultTest, SamePanGetsDifferentTokens) {
   auto b = vault_->Tokenize(kPos, MakeCard("4111111111111111"));
   ASSERT_THAT(a, IsOk());
   ASSERT_THAT(b, IsOk());
-  EXPECT_NE(*a, *b);
+  EXPECT_NE(a->token, b->token);
 }
 
 TEST_F(VaultTest, TokenizeIsDeniedWithoutTokenizerRole) {
@@ -133,9 +143,10 @@ TEST_F(VaultTest, TokenizeIsDeniedWithoutTokenizerRole) {
 }
 
 TEST_F(VaultTest, DetokenizeIsDeniedWithoutDetokenizerRole) {
-  std::string token = *vault_->Tokenize(kPos, MakeCard("4111111111111111"));
+  std::string token =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
   for (const auth::Caller& c : {kPos, kAuditor, kStranger}) {
-    EXPECT_THAT(vault_->Detokenize(c, token),
+    EXPECT_THAT(vault_->Detokenize(c, token, "authorization"),
                 StatusIs(absl::StatusCode::kPermissionDenied));
   }
 }
@@ -148,40 +159,44 @@ TEST_F(VaultTest, TokenizeRejectsBadCardAndStoresNothing) {
 }
 
 TEST_F(VaultTest, DetokenizeFailsForUnknownToken) {
-  EXPECT_THAT(vault_->Detokenize(kProcessor, "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
+  EXPECT_THAT(vault_->Detokenize(kProcessor, "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                 "authorization"),
               StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(VaultTest, DetokenizeFailsForMalformedTokenWithoutEcho) {
   EXPECT_THAT(
-      vault_->Detokenize(kProcessor, "4111111111111111"),
+      vault_->Detokenize(kProcessor, "4111111111111111", "refund"),
       StatusIs(absl::StatusCode::kInvalidArgument, Not(HasSubstr("4111"))));
 }
 
 TEST_F(VaultTest, DetokenizeFailsClosedWhenTheAuditWriteFails) {
-  std::string token = *vault_->Tokenize(kPos, MakeCard("4111111111111111"));
+  std::string token =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
   store_->FailCommits(true);
-  auto card = vault_->Detokenize(kProcessor, token);
+  auto card = vault_->Detokenize(kProcessor, token, "authorization");
   EXPECT_THAT(card,
               StatusIs(absl::StatusCode::kUnavailable, Not(HasSubstr("4111"))));
   EXPECT_THAT(vault_->Tokenize(kPos, MakeCard("5555555555554444")),
               StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_GE(audit_->write_failures(), 2u);
   store_->FailCommits(false);
-  card = vault_->Detokenize(kProcessor, token);
+  card = vault_->Detokenize(kProcessor, token, "authorization");
   ASSERT_THAT(card, IsOk());
-  EXPECT_EQ(card->pan.view(), "4111111111111111");
+  EXPECT_EQ(card->card.pan.view(), "4111111111111111");
 }
 
 TEST_F(VaultTest, EveryCallIsAuditedWithItsOutcomeAndNoPan) {
   const std::string token =
-      *vault_->Tokenize(kPos, MakeCard("4111111111111111"));       // 1 ok
-  (void)vault_->Tokenize(kPos, MakeCard("4111111111111112"));      // 2 invalid
-  (void)vault_->Tokenize(kAuditor, MakeCard("4111111111111111"));  // 3 denied
-  (void)vault_->Detokenize(kProcessor, token);                     // 4 ok
-  (void)vault_->Detokenize(kPos, token);                           // 5 denied
-  (void)vault_->Detokenize(kProcessor, "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa");  // 6
-  (void)vault_->Detokenize(kProcessor, "4111111111111111");  // 7 malformed
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;  // 1 ok
+  (void)vault_->Tokenize(kPos, MakeCard("4111111111111112"));       // 2 invalid
+  (void)vault_->Tokenize(kAuditor, MakeCard("4111111111111111"));   // 3 denied
+  (void)vault_->Detokenize(kProcessor, token, "refund");            // 4 ok
+  (void)vault_->Detokenize(kPos, token, "refund");                  // 5 denied
+  (void)vault_->Detokenize(kProcessor, "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                           "refund");  // 6 unknown
+  (void)vault_->Detokenize(kProcessor, "4111111111111111",
+                           "refund");  // 7 malformed
   auto events = Events();
   ASSERT_EQ(events.size(), 7u);
   const int want[] = {0, 3, 7, 0, 7, 5, 3};  // OK, INVALID, DENIED, ... codes
@@ -219,7 +234,7 @@ TEST_F(VaultTest, OnlyAuditorsReadTheTrailAndReadsAreAudited) {
   AuditFilter only_denials;
   only_denials.event_type = v1::LIST_EVENTS;
   ASSERT_THAT(vault_->ListAuditEvents(kAuditor, only_denials,
-                                      [&](const audit::AuditEvent& e) {
+                                      [&](const audit::AuditEvent&) {
                                         ++seen;
                                         return true;
                                       }),
@@ -232,9 +247,11 @@ TEST_F(VaultTest, OnlyAuditorsReadTheTrailAndReadsAreAudited) {
 }
 
 TEST_F(VaultTest, AuditFilterSelectsByIdentityTokenTimeAndLimit) {
-  const std::string a = *vault_->Tokenize(kPos, MakeCard("4111111111111111"));
-  const std::string b = *vault_->Tokenize(kPos, MakeCard("5555555555554444"));
-  (void)vault_->Detokenize(kProcessor, a);
+  const std::string a =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
+  const std::string b =
+      vault_->Tokenize(kPos, MakeCard("5555555555554444"))->token;
+  (void)vault_->Detokenize(kProcessor, a, "authorization");
   auto count = [&](AuditFilter f) {
     int n = 0;
     EXPECT_THAT(vault_->ListAuditEvents(kAuditor, f,
@@ -274,17 +291,70 @@ TEST_F(VaultTest, TokenCollisionIsRetriedWithAFreshToken) {
   };
   auto vault = *Vault::Create(store_.get(), ring_.get(), policy_.get(),
                               audit_.get(), options);
-  EXPECT_THAT(vault->Tokenize(kPos, MakeCard("4111111111111111")),
-              IsOkAndHolds(tokens[0]));
-  EXPECT_THAT(vault->Tokenize(kPos, MakeCard("5555555555554444")),
-              IsOkAndHolds(tokens[2]));  // second attempt of this call
+  EXPECT_EQ(vault->Tokenize(kPos, MakeCard("4111111111111111"))->token,
+            tokens[0]);
+  // The second attempt of this call.
+  EXPECT_EQ(vault->Tokenize(kPos, MakeCard("5555555555554444"))->token,
+            tokens[2]);
   // Only collisions left: give up after max_token_attempts, store nothing.
   EXPECT_THAT(vault->Tokenize(kPos, MakeCard("378282246310005")),
               StatusIs(absl::StatusCode::kInternal));
-  auto card = vault->Detokenize(kProcessor, tokens[0]);
+  auto card = vault->Detokenize(kProcessor, tokens[0], "authorization");
   ASSERT_THAT(card, IsOk());
-  EXPECT_EQ(card->pan.view(), "4111111111111111");
+  EXPECT_EQ(card->card.pan.view(), "4111111111111111");
   EXPECT_EQ(TokenCount(), 2u);
+}
+
+TEST_F(VaultTest, TokenIsBoundToItsDomain) {
+  auto in_m2 = vault_->Tokenize(kPos, MakeCard("4111111111111111"), "m2/pos");
+  ASSERT_THAT(in_m2, IsOk());
+  EXPECT_EQ(in_m2->domain, "m2/pos");
+  // The processor may detokenize m1/pos only: an m2 token looks unknown.
+  auto denied = vault_->Detokenize(kProcessor, in_m2->token, "authorization");
+  EXPECT_THAT(denied, StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(denied.status().message(), "token not found");
+  // Tokenizing into a domain the caller lacks is refused.
+  EXPECT_THAT(vault_->Tokenize(kPos, MakeCard("4111111111111111"), "m3/pos"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  auto events = Events();
+  EXPECT_EQ(events[1].domain(), "m2/pos");  // the denial names the domain
+  EXPECT_EQ(events[1].status_code(),
+            static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_EQ(events[2].domain(), "m3/pos");
+}
+
+TEST_F(VaultTest, DetokenizeNeedsAListedPurposeWhichIsRecorded) {
+  const std::string token =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token, ""),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token, "marketing"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_THAT(vault_->Detokenize(kProcessor, token, "refund"), IsOk());
+  EXPECT_EQ(Events().back().purpose(), "refund");
+}
+
+TEST_F(VaultTest, VelocityLimitTripsIsAuditedAndCounted) {
+  const std::string token =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_THAT(vault_->Detokenize(kProcessor, token, "authorization"), IsOk());
+  }
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token, "authorization"),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(vault_->velocity_denials(), 1u);
+  EXPECT_EQ(Events().back().status_code(),
+            static_cast<int>(absl::StatusCode::kResourceExhausted));
+}
+
+TEST_F(VaultTest, PolicyReplacementTakesEffectAtOnce) {
+  const std::string token =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
+  auth::PolicySpec none;
+  none.purposes = {"authorization"};
+  policy_->Replace(*auth::AccessPolicy::Create(none));
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token, "authorization"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 }  // namespace

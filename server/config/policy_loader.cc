@@ -1,0 +1,133 @@
+#include "server/config/policy_loader.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "cardvault/config/v1/config.pb.h"
+
+namespace cardvault::config {
+namespace {
+
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ", message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    AddError(line, column, message);
+  }
+  std::vector<std::string> errors_;
+};
+
+absl::StatusOr<std::string> ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read policy file ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+auth::Role RoleOf(int role) {
+  switch (role) {
+    case v1::TOKENIZER:
+      return auth::Role::kTokenizer;
+    case v1::DETOKENIZER:
+      return auth::Role::kDetokenizer;
+    case v1::AUDITOR:
+      return auth::Role::kAuditor;
+    default:
+      return auth::Role::kAdmin;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
+    absl::string_view text, absl::string_view source) {
+  v1::AccessPolicy proto;
+  ErrorCollector errors;
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &proto)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ":", absl::StrJoin(errors.errors_, "; ")));
+  }
+  auth::PolicySpec spec;
+  spec.allow_common_name_identities = proto.allow_common_name_identities();
+  spec.purposes.assign(proto.purposes().begin(), proto.purposes().end());
+  for (int i = 0; i < proto.bindings_size(); ++i) {
+    const v1::RoleBinding& b = proto.bindings(i);
+    auth::RoleBinding binding;
+    binding.identity = b.identity();
+    for (int r : b.roles()) {
+      if (r == v1::ROLE_UNSPECIFIED || !v1::Role_IsValid(r)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": bindings[", i, "].roles has an unknown role"));
+      }
+      binding.roles.push_back(RoleOf(r));
+    }
+    binding.tokenize_domains.assign(b.tokenize_domains().begin(),
+                                    b.tokenize_domains().end());
+    binding.detokenize_domains.assign(b.detokenize_domains().begin(),
+                                      b.detokenize_domains().end());
+    binding.detokenize_limit = {b.detokenize_limit().per_second(),
+                                b.detokenize_limit().per_day()};
+    spec.bindings.push_back(std::move(binding));
+  }
+  absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> policy =
+      auth::AccessPolicy::Create(spec);
+  if (!policy.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": ", policy.status().message()));
+  }
+  return policy;
+}
+
+absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> LoadPolicyFile(
+    const std::string& path) {
+  absl::StatusOr<std::string> text = ReadAll(path);
+  if (!text.ok()) return text.status();
+  return ParsePolicy(*text, path);
+}
+
+PolicyFileWatcher::PolicyFileWatcher(
+    std::string path, std::string initial_text, absl::Duration interval,
+    auth::PolicyHolder* holder,
+    std::function<void(const absl::Status&)> on_reload)
+    : path_(std::move(path)),
+      interval_(interval),
+      holder_(holder),
+      on_reload_(std::move(on_reload)),
+      last_text_(std::move(initial_text)) {
+  thread_ = std::thread([this] {
+    while (!stop_.WaitForNotificationWithTimeout(interval_)) CheckNow();
+  });
+}
+
+PolicyFileWatcher::~PolicyFileWatcher() {
+  stop_.Notify();
+  thread_.join();
+}
+
+void PolicyFileWatcher::CheckNow() {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::string> text = ReadAll(path_);
+  // A missing file mid-rename is not a change; the next check sees the new
+  // content.
+  if (!text.ok() || *text == last_text_) return;
+  last_text_ = *text;
+  absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> policy =
+      ParsePolicy(*text, path_);
+  if (policy.ok()) holder_->Replace(*std::move(policy));
+  if (on_reload_) on_reload_(policy.status());
+}
+
+}  // namespace cardvault::config
