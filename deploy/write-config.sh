@@ -54,5 +54,8 @@ storage {
 policy {
   file: "$policy"
 }
+metrics {
+  file: "$state/cardvault.prom"
+}
 CONF
 echo "write-config: wrote $out"

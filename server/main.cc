@@ -6,9 +6,11 @@
 #include <grpcpp/server_builder.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -29,6 +31,7 @@
 #include "server/service/token_vault_service.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/util/log.h"
+#include "server/util/metrics_file.h"
 #include "server/util/process_hardening.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/vault.h"
@@ -138,10 +141,11 @@ int Run(const sigset_t& stop_signals) {
   }
   // Policy changes apply without a restart; a bad file is refused (logged
   // and audited) and the policy in force stays.
+  std::atomic<uint64_t> refused_policy_reloads{0};
   config::PolicyFileWatcher policy_watcher(
       cfg.policy().file(), policy_text,
       absl::Seconds(cfg.policy().reload_interval_seconds()), &policy,
-      [&vault](const absl::Status& outcome) {
+      [&vault, &refused_policy_reloads](const absl::Status& outcome) {
         if (outcome.ok()) {
           util::LogInfo("policy reloaded");
         } else {
@@ -150,8 +154,27 @@ int Run(const sigset_t& stop_signals) {
                            "stays in force: ",
                            outcome.ToString()));
         }
+        if (!outcome.ok()) ++refused_policy_reloads;
         (void)vault->RecordPolicyReload(outcome);
       });
+  std::optional<util::MetricsFile> metrics;
+  if (!cfg.metrics().file().empty()) {
+    metrics.emplace(
+        cfg.metrics().file(),
+        std::vector<util::Counter>{
+            {"cardvault_audit_write_failures_total",
+             "Audit records that could not be written (requests failed "
+             "closed).",
+             [&] { return audit_log->write_failures(); }},
+            {"cardvault_detokenize_velocity_denials_total",
+             "Detokenize calls refused by a per-identity velocity limit.",
+             [&] { return vault->velocity_denials(); }},
+            {"cardvault_policy_reload_failures_total",
+             "Policy file changes refused as invalid.",
+             [&] { return refused_policy_reloads.load(); }},
+        },
+        absl::Seconds(cfg.metrics().interval_seconds()));
+  }
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   server->GetHealthCheckService()->SetServingStatus("cardvault.v1.AuditLog",
                                                     true);

@@ -23,6 +23,7 @@ constexpr uint32_t kDefaultMaxSessions = 4;
 constexpr uint32_t kDefaultMaxRequestBytes = 16 * 1024;
 constexpr uint32_t kDefaultServerThreads = 16;
 constexpr uint32_t kDefaultPolicyReloadSeconds = 2;
+constexpr uint32_t kDefaultMetricsSeconds = 10;
 constexpr size_t kMaxPinBytes = 256;
 
 class ErrorCollector : public google::protobuf::io::ErrorCollector {
@@ -97,6 +98,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   if (c.policy().reload_interval_seconds() == 0) {
     c.mutable_policy()->set_reload_interval_seconds(
         kDefaultPolicyReloadSeconds);
+  }
+  if (c.metrics().interval_seconds() == 0) {
+    c.mutable_metrics()->set_interval_seconds(kDefaultMetricsSeconds);
   }
   auto* limits = c.mutable_limits();
   if (limits->max_request_bytes() == 0) {

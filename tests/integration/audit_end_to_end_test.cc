@@ -4,6 +4,7 @@
 #include <grpcpp/client_context.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
@@ -34,6 +35,7 @@ class AuditEndToEndTest : public ::testing::Test {
         "bindings { identity: \"", testing::TestEnv::Identity("slow-processor"),
         "\" roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" "
         "detokenize_limit { per_day: 1 } }"));
+    env_->AddToConfig("metrics", "interval_seconds: 1");
     log_ = env_->dir() + "/server.log";
     StartServer();
   }
@@ -155,6 +157,17 @@ TEST_F(AuditEndToEndTest, ScriptedMixOfCallsYieldsExactlyOneRecordEach) {
             static_cast<int>(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(over_limit.purpose(), "refund");
   EXPECT_EQ(over_limit.token(), tokens[1]);
+
+  // The counter an alert watches (Prometheus text file, rewritten each second).
+  bool counted = false;
+  for (int i = 0; i < 50 && !counted; ++i) {
+    counted = absl::StrContains(
+        testing::ReadFileOrEmpty(env_->dir() + "/cardvault.prom"),
+        "cardvault_detokenize_velocity_denials_total 1\n");
+    if (!counted) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(counted) << testing::ReadFileOrEmpty(env_->dir() +
+                                                   "/cardvault.prom");
 }
 
 TEST_F(AuditEndToEndTest,
