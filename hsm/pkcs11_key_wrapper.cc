@@ -159,8 +159,10 @@ absl::StatusOr<std::unique_ptr<Pkcs11KeyWrapper>> Pkcs11KeyWrapper::Create(
   absl::MutexLock lock(&key_creation_mu);
   absl::StatusOr<CK_OBJECT_HANDLE> kek =
       FindSecretKeyByLabel(*session, options.kek_label);
+  bool created = false;
   if (absl::IsNotFound(kek.status()) && options.create_kek_if_missing) {
     kek = GenerateKek(*session, options.kek_label);
+    created = kek.ok();
   }
   if (!kek.ok()) return kek.status();
   if (absl::Status s = CheckKekAttributes(*session, *kek, options.kek_label);
@@ -168,12 +170,15 @@ absl::StatusOr<std::unique_ptr<Pkcs11KeyWrapper>> Pkcs11KeyWrapper::Create(
     return s;
   }
   return std::unique_ptr<Pkcs11KeyWrapper>(
-      new Pkcs11KeyWrapper(pool, std::move(options), *kek));
+      new Pkcs11KeyWrapper(pool, std::move(options), *kek, created));
 }
 
 Pkcs11KeyWrapper::Pkcs11KeyWrapper(const SessionPool* pool, Options options,
-                                   CK_OBJECT_HANDLE kek)
-    : pool_(pool), options_(std::move(options)), kek_(kek) {}
+                                   CK_OBJECT_HANDLE kek, bool created_kek)
+    : pool_(pool),
+      options_(std::move(options)),
+      kek_(kek),
+      created_kek_(created_kek) {}
 
 absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   absl::StatusOr<Session> session = pool_->Acquire();

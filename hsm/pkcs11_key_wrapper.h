@@ -43,13 +43,17 @@ class Pkcs11KeyWrapper : public KeyWrapper {
       absl::string_view wrapped) const override;
   absl::string_view kek_label() const override { return options_.kek_label; }
 
+  // Whether Create generated the KEK (it was missing and creation allowed).
+  bool created_kek() const { return created_kek_; }
+
  private:
   Pkcs11KeyWrapper(const SessionPool* pool, Options options,
-                   CK_OBJECT_HANDLE kek);
+                   CK_OBJECT_HANDLE kek, bool created_kek);
 
   const SessionPool* const pool_;
   const Options options_;
   const CK_OBJECT_HANDLE kek_;
+  const bool created_kek_;
 };
 
 }  // namespace cardvault::hsm

@@ -26,6 +26,7 @@
 #include "server/auth/access_policy.h"
 #include "server/config/config_loader.h"
 #include "server/config/policy_loader.h"
+#include "server/config/text_proto.h"
 #include "server/service/audit_log_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
@@ -54,13 +55,6 @@ constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 void LogCheckpoint(const audit::Checkpoint& checkpoint) {
   util::LogInfo(absl::StrCat("audit checkpoint: sequence=", checkpoint.sequence,
                              " mac=", absl::BytesToHexString(checkpoint.mac)));
-}
-
-std::string ReadFileOrEmpty(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
 }
 
 template <typename T>
@@ -97,13 +91,17 @@ int Run(const sigset_t& stop_signals) {
   auto storage = OrDie(
       storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir()}),
       "storage");
-  auto keys = OrDie(vault::KeyRing::Load(storage.get(), wrapper.get(), {}),
-                    "data keys");
-  const std::string policy_text = ReadFileOrEmpty(cfg.policy().file());
+  bool created_data_key = false;
+  auto keys = OrDie(
+      vault::KeyRing::Load(storage.get(), wrapper.get(), {}, &created_data_key),
+      "data keys");
+  const std::string policy_text =
+      OrDie(config::ReadTextFile(cfg.policy().file(), "policy file"), "policy");
   auth::PolicyHolder policy(
       OrDie(config::ParsePolicy(policy_text, cfg.policy().file()), "policy"));
   vault::AuditKey audit_key =
       OrDie(vault::LoadAuditKey(storage.get(), wrapper.get()), "audit key");
+  const bool audit_key_created = audit_key.created;
   auto audit_log =
       OrDie(audit::AuditLog::Open(storage.get(), storage.get(),
                                   std::move(audit_key.mac), audit_key.version,
@@ -138,6 +136,29 @@ int Run(const sigset_t& stop_signals) {
   if (absl::Status s = vault->RecordLifecycle(v1::SERVER_START); !s.ok()) {
     util::LogError("cannot record server start in the audit trail");
     return 1;
+  }
+  // Keys made on this start (first start of a vault) go into the trail; the
+  // audit key itself is recorded once the trail it protects exists.
+  const std::string kek = std::string(wrapper->kek_label());
+  for (const auto& [created, detail] :
+       {std::pair{wrapper->created_kek(),
+                  absl::StrCat("created KEK \"", kek,
+                               "\" in the HSM: AES-256, sensitive, "
+                               "non-extractable")},
+        std::pair{created_data_key,
+                  absl::StrCat("created data key ", vault::DataKeyId(1),
+                               ": AES-256 generated in the HSM, stored "
+                               "wrapped under KEK \"",
+                               kek, "\"")},
+        std::pair{audit_key_created,
+                  absl::StrCat("created audit key audit-mac/00000001: 256 "
+                               "bits generated in the HSM, stored wrapped "
+                               "under KEK \"",
+                               kek, "\"")}}) {
+    if (created && !vault->RecordKeyEvent(detail).ok()) {
+      util::LogError("cannot record a key event in the audit trail");
+      return 1;
+    }
   }
   // Policy changes apply without a restart; a bad file is refused (logged
   // and audited) and the policy in force stays.

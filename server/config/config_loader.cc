@@ -1,7 +1,5 @@
 #include "server/config/config_loader.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
 #include <openssl/crypto.h>
 
 #include <cstdlib>
@@ -12,8 +10,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/config/text_proto.h"
 
 namespace cardvault::config {
 namespace {
@@ -25,20 +23,6 @@ constexpr uint32_t kDefaultServerThreads = 16;
 constexpr uint32_t kDefaultPolicyReloadSeconds = 2;
 constexpr uint32_t kDefaultMetricsSeconds = 10;
 constexpr size_t kMaxPinBytes = 256;
-
-class ErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, int column, const std::string& message) override {
-    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ", message));
-  }
-  void AddWarning(int line, int column, const std::string& message) override {
-    AddError(line, column, message);
-  }
-  const std::vector<std::string>& errors() const { return errors_; }
-
- private:
-  std::vector<std::string> errors_;
-};
 
 absl::Status Require(bool ok, absl::string_view source,
                      absl::string_view message) {
@@ -117,25 +101,17 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
 absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
                                          absl::string_view source) {
   ServerConfig config;
-  ErrorCollector errors;
-  google::protobuf::TextFormat::Parser parser;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ":", absl::StrJoin(errors.errors(), "; ")));
+  if (absl::Status s = ParseTextProto(text, source, &config); !s.ok()) {
+    return s;
   }
   if (absl::Status s = Validate(config, source); !s.ok()) return s;
   return config;
 }
 
 absl::StatusOr<ServerConfig> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return ParseConfig(buffer.str(), path);
+  absl::StatusOr<std::string> text = ReadTextFile(path, "config file");
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path);
 }
 
 absl::StatusOr<crypto::SecretBytes> ReadHsmPin(

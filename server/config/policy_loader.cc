@@ -1,39 +1,13 @@
 #include "server/config/policy_loader.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "cardvault/config/v1/config.pb.h"
+#include "server/config/text_proto.h"
 
 namespace cardvault::config {
 namespace {
-
-class ErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, int column, const std::string& message) override {
-    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ", message));
-  }
-  void AddWarning(int line, int column, const std::string& message) override {
-    AddError(line, column, message);
-  }
-  std::vector<std::string> errors_;
-};
-
-absl::StatusOr<std::string> ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read policy file ", path));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 auth::Role RoleOf(int role) {
   switch (role) {
@@ -53,12 +27,8 @@ auth::Role RoleOf(int role) {
 absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
     absl::string_view text, absl::string_view source) {
   v1::AccessPolicy proto;
-  ErrorCollector errors;
-  google::protobuf::TextFormat::Parser parser;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &proto)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ":", absl::StrJoin(errors.errors_, "; ")));
+  if (absl::Status s = ParseTextProto(text, source, &proto); !s.ok()) {
+    return s;
   }
   auth::PolicySpec spec;
   spec.allow_common_name_identities = proto.allow_common_name_identities();
@@ -93,7 +63,7 @@ absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
 
 absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> LoadPolicyFile(
     const std::string& path) {
-  absl::StatusOr<std::string> text = ReadAll(path);
+  absl::StatusOr<std::string> text = ReadTextFile(path, "policy file");
   if (!text.ok()) return text.status();
   return ParsePolicy(*text, path);
 }
@@ -119,7 +89,7 @@ PolicyFileWatcher::~PolicyFileWatcher() {
 
 void PolicyFileWatcher::CheckNow() {
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<std::string> text = ReadAll(path_);
+  absl::StatusOr<std::string> text = ReadTextFile(path_, "policy file");
   // A missing file mid-rename is not a change; the next check sees the new
   // content.
   if (!text.ok() || *text == last_text_) return;

@@ -13,21 +13,24 @@ std::string DataKeyId(uint32_t version) {
 
 absl::StatusOr<AuditKey> LoadAuditKey(const storage::KeyStore* keys,
                                       const hsm::KeyWrapper* wrapper) {
+  bool created = false;
   absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
-      LoadWrappedKeys(keys, wrapper, kAuditKeyPrefix, /*create_first=*/true);
+      LoadWrappedKeys(keys, wrapper, kAuditKeyPrefix, /*create_first=*/true,
+                      &created);
   if (!plain.ok()) return plain.status();
   auto newest = plain->rbegin();
   absl::StatusOr<std::unique_ptr<crypto::HmacSha256>> mac =
       crypto::HmacSha256::Create(std::move(newest->second));
   if (!mac.ok()) return mac.status();
-  return AuditKey{newest->first, *std::move(mac)};
+  return AuditKey{newest->first, *std::move(mac), created};
 }
 
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    Options options) {
+    Options options, bool* created_first_key) {
   absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
-      LoadWrappedKeys(keys, wrapper, kDataKeyPrefix, options.create_first_key);
+      LoadWrappedKeys(keys, wrapper, kDataKeyPrefix, options.create_first_key,
+                      created_first_key);
   if (!plain.ok()) return plain.status();
   return FromKeys(*std::move(plain));
 }

@@ -205,6 +205,14 @@ absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
   return Record(NewEvent(caller, type, rpc), status);
 }
 
+absl::Status Vault::RecordKeyEvent(absl::string_view detail) const {
+  auth::Caller server;
+  server.identity = "cardvaultd";
+  audit::AuditEvent event = NewEvent(server, v1::KEY_EVENT, "");
+  event.set_detail(std::string(detail));
+  return audit_->Append(std::move(event));
+}
+
 absl::Status Vault::RecordPolicyReload(const absl::Status& outcome) const {
   auth::Caller server;
   server.identity = "cardvaultd";

@@ -107,6 +107,10 @@ class Vault {
                               absl::string_view rpc,
                               const absl::Status& status) const;
 
+  // Records a key event (e.g. creation); `detail` names the key, never its
+  // material.
+  absl::Status RecordKeyEvent(absl::string_view detail) const;
+
   // Records a policy reload, applied (OK) or refused (its error).
   absl::Status RecordPolicyReload(const absl::Status& outcome) const;
 

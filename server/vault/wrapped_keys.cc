@@ -77,7 +77,8 @@ std::string WrappedKeyId(absl::string_view prefix, uint32_t version) {
 
 absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
     const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    absl::string_view prefix, bool create_first) {
+    absl::string_view prefix, bool create_first, bool* created) {
+  if (created != nullptr) *created = false;
   if (wrapper->kek_label().empty() ||
       wrapper->kek_label().size() > kMaxKekLabelBytes) {
     return absl::InvalidArgumentError("KEK label must be 1 to 64 bytes");
@@ -92,6 +93,7 @@ absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
         !s.ok()) {
       return s;
     }
+    if (created != nullptr) *created = true;
     records = ListPrefix(keys, prefix);
     if (!records.ok()) return records.status();
   }

@@ -39,11 +39,11 @@ std::string WrappedKeyId(absl::string_view prefix, uint32_t version);
 
 // Unwraps every key stored under `prefix`, by version. When there is none
 // and `create_first` is set, first generates version 1 in the HSM and stores
-// it wrapped. Fails if any record is malformed, was wrapped under another
-// KEK, or does not unwrap.
+// it wrapped (and sets `*created`, when given). Fails if any record is
+// malformed, was wrapped under another KEK, or does not unwrap.
 absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
     const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    absl::string_view prefix, bool create_first);
+    absl::string_view prefix, bool create_first, bool* created = nullptr);
 
 }  // namespace cardvault::vault
 

@@ -9,6 +9,7 @@
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/clients.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_cards.h"
 #include "tests/testing/test_env.h"
@@ -47,12 +48,7 @@ class AuditEndToEndTest : public ::testing::Test {
     port_ = server_->port();
   }
   std::unique_ptr<client::VaultClient> Client(absl::string_view name) {
-    client::ClientOptions o;
-    o.address = server_->address();
-    o.ca_file = env_->pki("ca.crt");
-    o.cert_file = env_->pki(absl::StrCat(name, ".crt"));
-    o.key_file = env_->pki(absl::StrCat(name, ".key"));
-    return *client::VaultClient::Create(o);
+    return testing::ClientFor(*env_, server_->address(), name);
   }
   std::vector<v1::AuditEvent> AllEvents() {
     std::vector<v1::AuditEvent> out;
@@ -119,7 +115,10 @@ TEST_F(AuditEndToEndTest, ScriptedMixOfCallsYieldsExactlyOneRecordEach) {
     EXPECT_EQ(e.sequence(), i + 1);
     EXPECT_GT(e.event_time().seconds(), 0);
     EXPECT_NE(e.event_type(), v1::EVENT_TYPE_UNSPECIFIED);
-    if (e.event_type() == v1::SERVER_START) continue;
+    if (e.event_type() == v1::SERVER_START || e.event_type() == v1::KEY_EVENT) {
+      EXPECT_EQ(e.identity(), "cardvaultd");
+      continue;
+    }
     EXPECT_THAT(e.rpc(), StartsWith("/cardvault.v1."));
     EXPECT_THAT(e.peer_address(), HasSubstr("127.0.0.1"));
     EXPECT_FALSE(e.request_id().empty());
@@ -218,8 +217,8 @@ TEST_F(AuditEndToEndTest, OnlyAuditorsReadTheTrail) {
   auto report = Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->intact()) << report->problem();
-  // start, 6 denied reads, this verify
-  EXPECT_EQ(report->head().sequence(), 8u);
+  // start, 3 key creations, 6 denied reads, this verify
+  EXPECT_EQ(report->head().sequence(), 11u);
   EXPECT_EQ(report->head().mac().size(), 32u);
 }
 
@@ -236,10 +235,19 @@ TEST_F(AuditEndToEndTest, ChainSurvivesRestartAndKill9) {
   EXPECT_TRUE(report->intact()) << report->problem();
   std::vector<v1::EventType> types;
   for (const auto& e : AllEvents()) types.push_back(e.event_type());
-  EXPECT_THAT(types, ::testing::ElementsAre(v1::SERVER_START, v1::TOKENIZE,
-                                            v1::SERVER_STOP, v1::SERVER_START,
-                                            v1::TOKENIZE, v1::SERVER_START,
-                                            v1::VERIFY_CHAIN, v1::LIST_EVENTS));
+  // Keys are created (and recorded) on the first start only.
+  EXPECT_THAT(types,
+              ::testing::ElementsAre(
+                  v1::SERVER_START, v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT,
+                  v1::TOKENIZE, v1::SERVER_STOP, v1::SERVER_START, v1::TOKENIZE,
+                  v1::SERVER_START, v1::VERIFY_CHAIN, v1::LIST_EVENTS));
+  std::vector<std::string> details;
+  for (const auto& e : AllEvents()) {
+    if (e.event_type() == v1::KEY_EVENT) details.push_back(e.detail());
+  }
+  EXPECT_THAT(details, ::testing::ElementsAre(HasSubstr("created KEK"),
+                                              HasSubstr("data key dek/"),
+                                              HasSubstr("audit key")));
 }
 
 TEST_F(AuditEndToEndTest, CliListsJsonLinesAndVerifies) {

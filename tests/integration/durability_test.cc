@@ -12,6 +12,7 @@
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/clients.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_cards.h"
 #include "tests/testing/test_env.h"
@@ -26,14 +27,8 @@ constexpr int kRounds = 3;
 
 client::ClientOptions Options(const testing::TestEnv& env,
                               const testing::ServerProcess& server,
-                              absl::string_view identity) {
-  client::ClientOptions o;
-  o.address = server.address();
-  o.ca_file = env.pki("ca.crt");
-  o.cert_file = env.pki(absl::StrCat(identity, ".crt"));
-  o.key_file = env.pki(absl::StrCat(identity, ".key"));
-  o.deadline = absl::Seconds(10);
-  return o;
+                              absl::string_view name) {
+  return testing::ClientOptionsFor(env, server.address(), name);
 }
 
 TEST(DurabilityTest, AcknowledgedTokensSurviveKill9UnderLoad) {

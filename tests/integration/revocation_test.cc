@@ -5,6 +5,7 @@
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/clients.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_env.h"
 
@@ -18,13 +19,7 @@ using ::testing::HasSubstr;
 client::ClientOptions Options(const testing::TestEnv& env,
                               const testing::ServerProcess& server,
                               absl::string_view name) {
-  client::ClientOptions o;
-  o.address = server.address();
-  o.ca_file = env.pki("ca.crt");
-  o.cert_file = env.pki(absl::StrCat(name, ".crt"));
-  o.key_file = env.pki(absl::StrCat(name, ".key"));
-  o.deadline = absl::Seconds(5);
-  return o;
+  return testing::ClientOptionsFor(env, server.address(), name);
 }
 
 v1::Card TestCard() {
