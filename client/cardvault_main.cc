@@ -111,6 +111,9 @@ int Audit(const std::string& what) {
     auto report = (*client)->VerifyAuditChain(checkpoint);
     if (!report.ok()) return Fail(report.status());
     std::cout << Json(*report) << "\n";
+    // The head in the form the server logs and --checkpoint takes.
+    std::cerr << "checkpoint to export: " << report->head().sequence() << ":"
+              << absl::BytesToHexString(report->head().mac()) << "\n";
     return report->intact() ? 0 : 3;
   }
   cardvault::v1::ListEventsRequest request;
