@@ -103,9 +103,12 @@ int Run(const sigset_t& stop_signals) {
       OrDie(vault::LoadAuditKey(storage.get(), wrapper.get()), "audit key");
   const bool audit_key_created = audit_key.created;
   auto audit_log =
-      OrDie(audit::AuditLog::Open(storage.get(), storage.get(),
-                                  std::move(audit_key.mac), audit_key.version,
-                                  {.on_checkpoint = LogCheckpoint}),
+      OrDie(audit::AuditLog::Open(
+                storage.get(), storage.get(), std::move(audit_key.mac),
+                audit_key.version,
+                {.on_checkpoint = LogCheckpoint,
+                 .retention = absl::Hours(24 * cfg.audit().retention_days()),
+                 .purge_interval = absl::Hours(24)}),
             "audit trail");
   auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(), &policy,
                                           audit_log.get(), {}),

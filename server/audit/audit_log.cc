@@ -56,6 +56,25 @@ std::string ChainInput(uint32_t key_version, uint64_t sequence,
   return input;
 }
 
+constexpr absl::string_view kAnchorLabel = "cardvault/audit-anchor";
+
+void AppendBigEndian64(uint64_t v, std::string* out) {
+  util::AppendBigEndian32(static_cast<uint32_t>(v >> 32), out);
+  util::AppendBigEndian32(static_cast<uint32_t>(v), out);
+}
+
+uint64_t ReadBigEndian64(absl::string_view in) {
+  return (uint64_t{util::ReadBigEndian32(in)} << 32) |
+         util::ReadBigEndian32(in.substr(4));
+}
+
+struct Anchor {
+  uint32_t key_version;
+  uint64_t sequence;
+  int64_t time_ms;
+  std::string mac;
+};
+
 }  // namespace
 
 absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record) {
@@ -81,6 +100,18 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       store, tokens, std::move(key), key_version, options, 1, kZeroMac));
   if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
+  if (options.purge_interval > absl::ZeroDuration()) {
+    log->purger_ = std::thread([raw = log.get()] {
+      do {
+        absl::StatusOr<uint64_t> purged = raw->Purge(absl::Now());
+        if (!purged.ok()) {
+          util::LogError(absl::StrCat("audit retention purge failed: ",
+                                      purged.status().ToString()));
+        }
+      } while (!raw->stop_purger_.WaitForNotificationWithTimeout(
+          raw->options_.purge_interval));
+    });
+  }
   return log;
 }
 
@@ -98,6 +129,8 @@ AuditLog::AuditLog(const storage::AuditStore* store,
       last_mac_(std::move(last_mac)) {}
 
 AuditLog::~AuditLog() {
+  stop_purger_.Notify();
+  if (purger_.joinable()) purger_.join();
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -230,12 +263,91 @@ absl::Status AuditLog::Scan(
       });
 }
 
+absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
+  absl::MutexLock purge_lock(&purge_mu_);
+  auto last = store_->LastAuditRecord();
+  if (!last.ok()) return last.status();
+  if (!last->has_value()) return 0;
+  const uint64_t newest = (*last)->first;
+  const int64_t cutoff_ms = absl::ToUnixMillis(now - options_.retention);
+  uint64_t through = 0;
+  int64_t through_ms = 0;
+  std::string through_mac;
+  absl::Status scan =
+      store_->ScanAudit(1, [&](uint64_t sequence, absl::string_view record) {
+        if (sequence >= newest) return false;
+        absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
+        absl::StatusOr<AuditEvent> event = DecodeAuditEvent(record);
+        if (!parsed.ok() || !event.ok()) return false;  // Verify reports it
+        const int64_t ms = event->event_time().seconds() * 1000 +
+                           event->event_time().nanos() / 1000000;
+        if (ms >= cutoff_ms) return false;
+        through = sequence;
+        through_ms = ms;
+        through_mac = std::string(parsed->mac);
+        return true;
+      });
+  if (!scan.ok()) return scan;
+  if (through == 0) return 0;
+  std::string anchor;
+  anchor.push_back(static_cast<char>(kAuditAnchorFormatV1));
+  util::AppendBigEndian32(key_version_, &anchor);
+  AppendBigEndian64(through, &anchor);
+  AppendBigEndian64(static_cast<uint64_t>(through_ms), &anchor);
+  absl::StrAppend(&anchor, through_mac);
+  absl::StrAppend(&anchor, key_->Compute(absl::StrCat(kAnchorLabel, anchor)));
+  storage::WriteSet writes;
+  writes.purge_audit_through = through;
+  writes.audit_anchor = std::move(anchor);
+  if (absl::Status s = store_->Commit(writes); !s.ok()) return s;
+  const uint64_t first_kept = through + 1;
+  AuditEvent event;
+  const int64_t now_ms = absl::ToUnixMillis(now);
+  event.mutable_event_time()->set_seconds(now_ms / 1000);
+  event.mutable_event_time()->set_nanos(
+      static_cast<int32_t>(now_ms % 1000 * 1000000));
+  event.set_event_type(v1::AUDIT_PURGE);
+  event.set_identity("cardvaultd");
+  event.set_detail(absl::StrCat("purged audit records 1..", through,
+                                " (older than the retention period); chain "
+                                "anchored, first kept ",
+                                first_kept));
+  if (absl::Status s = Append(std::move(event)); !s.ok()) return s;
+  return through;
+}
+
 absl::StatusOr<ChainReport> AuditLog::Verify(
     const std::optional<Checkpoint>& checkpoint) const {
+  absl::MutexLock purge_lock(&purge_mu_);
   ChainReport report;
   std::string previous = kZeroMac;
   std::string checkpoint_mac;
   uint64_t expected = 1;
+  absl::StatusOr<std::optional<std::string>> anchor = store_->AuditAnchor();
+  if (!anchor.ok()) return anchor.status();
+  if (anchor->has_value()) {
+    const std::string& a = **anchor;
+    if (a.size() != kAuditAnchorBytes ||
+        static_cast<uint8_t>(a[0]) != kAuditAnchorFormatV1 ||
+        !key_->Verify(absl::StrCat(kAnchorLabel, a.substr(0, 53)),
+                      a.substr(53))) {
+      report.intact = false;
+      report.first_bad_sequence = 1;
+      report.problem = "retention anchor does not verify";
+      return report;
+    }
+    const uint64_t sequence = ReadBigEndian64(a.substr(5, 8));
+    const int64_t time_ms =
+        static_cast<int64_t>(ReadBigEndian64(a.substr(13, 8)));
+    if (absl::FromUnixMillis(time_ms) > absl::Now() - options_.retention) {
+      report.intact = false;
+      report.first_bad_sequence = 1;
+      report.problem = "records were purged before the retention period ended";
+      return report;
+    }
+    expected = sequence + 1;
+    previous = a.substr(21, 32);
+  }
   auto fail = [&](uint64_t sequence, absl::string_view problem) {
     report.intact = false;
     report.first_bad_sequence = sequence;

@@ -16,6 +16,20 @@
 //             version (1) || key version (4) || sequence (8, BE) ||
 //             previous record's chain MAC (32; zeros for sequence 1) || event)
 //
+// Retention: records older than Options::retention (default 400 days, PCI
+// DSS 10.5.1) may be purged, oldest first, never the newest. The purge
+// replaces them with an anchor (key: sequence 0) so that the chain still
+// verifies from the first record kept:
+//   offset  size  field
+//   0       1     anchor format version, kAuditAnchorFormatV1 = 0x01
+//   1       4     audit key version, uint32 big-endian
+//   5       8     sequence N of the last purged record, big-endian
+//   13      8     event time of record N, Unix milliseconds, big-endian
+//   21      32    chain MAC of record N
+//   53      32    HMAC-SHA256(audit key, "cardvault/audit-anchor" || [0, 53))
+// Verify refuses an anchor whose record N is younger than the retention
+// period: records cannot be purged early, even by someone with file access.
+//
 // Appends are group-committed: one writer thread takes every pending event,
 // chains them in order and writes them (with any new token records) in one
 // synced RocksDB WriteBatch, so concurrent requests share one fsync.
@@ -37,6 +51,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.pb.h"
@@ -50,6 +65,8 @@ using AuditEvent = ::cardvault::v1::AuditEvent;
 inline constexpr uint8_t kAuditRecordFormatV1 = 0x01;
 inline constexpr size_t kAuditRecordHeaderBytes = 1 + 4 + 32;
 inline constexpr size_t kMaxAuditEventBytes = 4096;
+inline constexpr uint8_t kAuditAnchorFormatV1 = 0x01;
+inline constexpr size_t kAuditAnchorBytes = 1 + 4 + 8 + 8 + 32 + 32;
 
 // A token record to create in the same atomic write as its audit event.
 struct NewToken {
@@ -83,6 +100,11 @@ class AuditLog {
     // export it and later detect truncation.
     absl::Duration checkpoint_interval = absl::Minutes(5);
     std::function<void(const Checkpoint&)> on_checkpoint;
+    // Records are kept at least this long (PCI DSS 10.5.1 asks for 12
+    // months); Purge removes only older ones.
+    absl::Duration retention = absl::Hours(24 * 400);
+    // How often a background purge runs; zero = never (Purge by hand).
+    absl::Duration purge_interval = absl::ZeroDuration();
   };
 
   // Reads the head of the chain from `store` and starts the writer thread.
@@ -117,6 +139,11 @@ class AuditLog {
   absl::StatusOr<ChainReport> Verify(
       const std::optional<Checkpoint>& checkpoint = std::nullopt) const;
 
+  // Purges records whose event time is before `now - retention`, oldest
+  // first, keeping at least the newest record, and records the purge as an
+  // AUDIT_PURGE event. Returns how many records were purged.
+  absl::StatusOr<uint64_t> Purge(absl::Time now) const;
+
   // Number of appends that failed to reach storage (for alerting).
   uint64_t write_failures() const { return write_failures_.load(); }
 
@@ -150,7 +177,11 @@ class AuditLog {
   mutable std::deque<Pending*> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   mutable std::atomic<uint64_t> write_failures_{0};
+  // Purge and Verify read the anchor and the records as one consistent view.
+  mutable absl::Mutex purge_mu_;
   std::thread writer_;
+  absl::Notification stop_purger_;
+  std::thread purger_;
 };
 
 // Decodes a stored record's event without verifying its MAC.

@@ -22,6 +22,7 @@ constexpr uint32_t kDefaultMaxRequestBytes = 16 * 1024;
 constexpr uint32_t kDefaultServerThreads = 16;
 constexpr uint32_t kDefaultPolicyReloadSeconds = 2;
 constexpr uint32_t kDefaultMetricsSeconds = 10;
+constexpr uint32_t kDefaultAuditRetentionDays = 400;
 constexpr size_t kMaxPinBytes = 256;
 
 absl::Status Require(bool ok, absl::string_view source,
@@ -64,6 +65,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
             (c.limits().max_request_bytes() >= 1024 &&
              c.limits().max_request_bytes() <= (4u << 20)),
         "limits.max_request_bytes must be 1024 to 4194304");
+  check(c.audit().retention_days() == 0 || c.audit().retention_days() >= 365,
+        "audit.retention_days must be at least 365 (PCI DSS 10.5.1)");
   check(c.limits().max_server_threads() <= 1024,
         "limits.max_server_threads must be at most 1024");
   check(!c.policy().file().empty(), "policy.file is required");
@@ -82,6 +85,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   if (c.policy().reload_interval_seconds() == 0) {
     c.mutable_policy()->set_reload_interval_seconds(
         kDefaultPolicyReloadSeconds);
+  }
+  if (c.audit().retention_days() == 0) {
+    c.mutable_audit()->set_retention_days(kDefaultAuditRetentionDays);
   }
   if (c.metrics().interval_seconds() == 0) {
     c.mutable_metrics()->set_interval_seconds(kDefaultMetricsSeconds);

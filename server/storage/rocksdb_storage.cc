@@ -139,7 +139,23 @@ absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
   for (const auto& [sequence, record] : writes.audit_records) {
     batch.Put(audit_, SequenceKey(sequence), ToSlice(record));
   }
+  if (writes.purge_audit_through > 0) {
+    batch.DeleteRange(audit_, SequenceKey(1),
+                      SequenceKey(writes.purge_audit_through + 1));
+  }
+  if (writes.audit_anchor.has_value()) {
+    batch.Put(audit_, SequenceKey(0), ToSlice(*writes.audit_anchor));
+  }
   return FromRocksDb(db_->Write(DurableWrite(), &batch), "commit");
+}
+
+absl::StatusOr<std::optional<std::string>> RocksDbStorage::AuditAnchor() const {
+  std::string value;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), audit_, SequenceKey(0), &value);
+  if (s.IsNotFound()) return std::nullopt;
+  if (!s.ok()) return FromRocksDb(s, "get audit anchor");
+  return value;
 }
 
 absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
@@ -148,7 +164,7 @@ RocksDbStorage::LastAuditRecord() const {
       db_->NewIterator(rocksdb::ReadOptions(), audit_));
   it->SeekToLast();
   if (!it->status().ok()) return FromRocksDb(it->status(), "scan audit");
-  if (!it->Valid()) return std::nullopt;
+  if (!it->Valid() || SequenceOf(it->key()) == 0) return std::nullopt;
   return std::make_pair(SequenceOf(it->key()), it->value().ToString());
 }
 

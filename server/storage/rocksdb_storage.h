@@ -50,6 +50,7 @@ class RocksDbStorage : public TokenStore, public KeyStore, public AuditStore {
   absl::Status Commit(const WriteSet& writes) const override;
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
   LastAuditRecord() const override;
+  absl::StatusOr<std::optional<std::string>> AuditAnchor() const override;
   absl::Status ScanAudit(uint64_t from,
                          const std::function<bool(uint64_t, absl::string_view)>&
                              visit) const override;

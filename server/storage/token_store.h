@@ -38,6 +38,11 @@ struct WriteSet {
   std::vector<std::pair<std::string, std::string>> new_tokens;
   // (sequence, encoded audit record).
   std::vector<std::pair<uint64_t, std::string>> audit_records;
+  // Retention purge: delete audit records 1..purge_audit_through (0 = none)
+  // and store `audit_anchor` (sequence 0) that lets the chain be verified
+  // from the first record kept.
+  uint64_t purge_audit_through = 0;
+  std::optional<std::string> audit_anchor;
 };
 
 // The audit trail: sequence -> encoded audit record (see audit/audit_log.h).
@@ -52,6 +57,9 @@ class AuditStore {
   // The record with the highest sequence, or nullopt for an empty trail.
   virtual absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
   LastAuditRecord() const = 0;
+
+  // The anchor written by the last retention purge, or nullopt.
+  virtual absl::StatusOr<std::optional<std::string>> AuditAnchor() const = 0;
 
   // Calls `visit` for every record from sequence `from` on, in order, until
   // it returns false.

@@ -38,6 +38,9 @@ class FaultInjectingStore : public storage::TokenStore,
   LastAuditRecord() const override {
     return audit_->LastAuditRecord();
   }
+  absl::StatusOr<std::optional<std::string>> AuditAnchor() const override {
+    return audit_->AuditAnchor();
+  }
   absl::Status ScanAudit(uint64_t from,
                          const std::function<bool(uint64_t, absl::string_view)>&
                              visit) const override {

@@ -57,13 +57,13 @@ class AuditLogTest : public ::testing::Test {
     faults_.reset();
     db_.reset();
   }
-  void Reopen(char key_fill) {
+  void Reopen(char key_fill, AuditLog::Options options = {}) {
     Close();
     db_ = *storage::RocksDbStorage::Open({.data_dir = dir_});
     faults_ =
         std::make_unique<testing::FaultInjectingStore>(db_.get(), db_.get());
     auto log =
-        AuditLog::Open(faults_.get(), faults_.get(), Key(key_fill), 1, {});
+        AuditLog::Open(faults_.get(), faults_.get(), Key(key_fill), 1, options);
     ASSERT_THAT(log, IsOk());
     log_ = *std::move(log);
   }
@@ -283,6 +283,89 @@ TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
   EXPECT_FALSE(report->intact);
   EXPECT_EQ(report->first_bad_sequence, 1u);
   EXPECT_THAT(report->problem, HasSubstr("MAC"));
+}
+
+AuditEvent EventAt(absl::Time t) {
+  AuditEvent e = Event("someone");
+  e.mutable_event_time()->set_seconds(absl::ToUnixSeconds(t));
+  return e;
+}
+
+std::vector<uint64_t> Sequences(const AuditLog& log) {
+  std::vector<uint64_t> out;
+  EXPECT_THAT(log.Scan(1,
+                       [&](const AuditEvent& e) {
+                         out.push_back(e.sequence());
+                         return true;
+                       }),
+              IsOk());
+  return out;
+}
+
+TEST_F(AuditLogTest,
+       PurgeRemovesOnlyRecordsPastRetentionAndChainStillVerifies) {
+  const absl::Time now = absl::Now();
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_THAT(log_->Append(EventAt(now - absl::Hours(24 * 500))), IsOk());
+  }
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_THAT(log_->Append(EventAt(now - absl::Hours(24 * 399))), IsOk());
+  }
+  EXPECT_THAT(log_->Purge(now), IsOkAndHolds(10u));
+  EXPECT_THAT(Sequences(*log_),
+              ::testing::ElementsAre(11, 12, 13, 14, 15, 16));  // 16: purge
+  auto report = log_->Verify();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact) << report->problem;
+  EXPECT_EQ(report->records_checked, 6u);
+  // Nothing else is old enough; a second purge does nothing.
+  EXPECT_THAT(log_->Purge(now), IsOkAndHolds(0u));
+  // The chain continues, and survives a restart.
+  AppendMany(2);
+  Reopen('k');
+  EXPECT_TRUE(log_->Verify()->intact);
+}
+
+TEST_F(AuditLogTest, PurgeKeepsTheNewestRecordEvenWhenAllAreOld) {
+  const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
+  for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
+  EXPECT_THAT(log_->Purge(absl::Now()), IsOkAndHolds(3u));
+  EXPECT_THAT(Sequences(*log_), ::testing::ElementsAre(4, 5));
+  EXPECT_TRUE(log_->Verify()->intact);
+}
+
+TEST_F(AuditLogTest, ForgedAnchorIsDetected) {
+  const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
+  for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
+  ASSERT_THAT(log_->Purge(absl::Now()), IsOkAndHolds(3u));
+  Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
+    std::string anchor;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), audit, Key8(0), &anchor).ok());
+    anchor[12] ^= 1;  // claim another sequence
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), audit, Key8(0), anchor).ok());
+  });
+  auto report = log_->Verify();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_FALSE(report->intact);
+  EXPECT_THAT(report->problem, HasSubstr("anchor"));
+}
+
+TEST_F(AuditLogTest, PurgeBeforeTheRetentionPeriodIsDetected) {
+  // A vault misconfigured (or tampered) to keep records one hour...
+  AuditLog::Options one_hour;
+  one_hour.retention = absl::Hours(1);
+  Reopen('k', one_hour);
+  const absl::Time now = absl::Now();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_THAT(log_->Append(EventAt(now - absl::Hours(2))), IsOk());
+  }
+  ASSERT_THAT(log_->Purge(now), IsOkAndHolds(3u));
+  // ...is caught by a verifier holding the real retention period.
+  Reopen('k');
+  auto report = log_->Verify();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_FALSE(report->intact);
+  EXPECT_THAT(report->problem, HasSubstr("before the retention period"));
 }
 
 }  // namespace

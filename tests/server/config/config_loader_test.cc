@@ -47,6 +47,7 @@ TEST(ConfigLoaderTest, ParsesGoodConfigAndFillsDefaults) {
   EXPECT_FALSE(config->hsm().create_kek_if_missing());
   EXPECT_EQ(config->limits().max_request_bytes(), 16384u);
   EXPECT_EQ(config->policy().reload_interval_seconds(), 2u);
+  EXPECT_EQ(config->audit().retention_days(), 400u);
 }
 
 TEST(ConfigLoaderTest, UnknownKeyNamesFileLineAndKey) {
@@ -67,6 +68,7 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
       {With("token_label: \"t\"", ""), "token_label"},
       {absl::StrCat(kGood, "limits { max_request_bytes: 10 }"),
        "max_request_bytes"},
+      {absl::StrCat(kGood, "audit { retention_days: 90 }"), "retention_days"},
   };
   for (const auto& [text, field] : cases) {
     EXPECT_THAT(ParseConfig(text, "c"),
