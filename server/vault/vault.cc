@@ -73,6 +73,12 @@ audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
   return e;
 }
 
+audit::AuditEvent Vault::ServerEvent(EventType type) const {
+  auth::Caller server;
+  server.identity = "cardvaultd";
+  return NewEvent(server, type, "");
+}
+
 absl::Status Vault::Record(audit::AuditEvent event,
                            const absl::Status& status) const {
   event.set_status_code(static_cast<int32_t>(status.code()));
@@ -206,26 +212,20 @@ absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
 }
 
 absl::Status Vault::RecordKeyEvent(absl::string_view detail) const {
-  auth::Caller server;
-  server.identity = "cardvaultd";
-  audit::AuditEvent event = NewEvent(server, v1::KEY_EVENT, "");
+  audit::AuditEvent event = ServerEvent(v1::KEY_EVENT);
   event.set_detail(std::string(detail));
   return audit_->Append(std::move(event));
 }
 
 absl::Status Vault::RecordPolicyReload(const absl::Status& outcome) const {
-  auth::Caller server;
-  server.identity = "cardvaultd";
-  audit::AuditEvent event = NewEvent(server, v1::POLICY_RELOAD, "");
+  audit::AuditEvent event = ServerEvent(v1::POLICY_RELOAD);
   event.set_status_code(static_cast<int32_t>(outcome.code()));
   event.set_status_message(std::string(outcome.message()));
   return audit_->Append(std::move(event));
 }
 
 absl::Status Vault::RecordLifecycle(EventType type) const {
-  auth::Caller server;
-  server.identity = "cardvaultd";
-  return Record(NewEvent(server, type, ""), absl::OkStatus());
+  return Record(ServerEvent(type), absl::OkStatus());
 }
 
 }  // namespace cardvault::vault

@@ -128,6 +128,8 @@ class Vault {
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
                              absl::string_view rpc) const;
+  // An event of the server itself (start, stop, keys, policy).
+  audit::AuditEvent ServerEvent(::cardvault::v1::EventType type) const;
   // Records `event` with the outcome `status` and returns `status`; if the
   // record cannot be written, UNAVAILABLE.
   absl::Status Record(audit::AuditEvent event,
