@@ -74,30 +74,64 @@ VaultClient::VaultClient(std::shared_ptr<grpc::Channel> channel,
 
 absl::StatusOr<std::string> VaultClient::Tokenize(
     const ::cardvault::v1::Card& card, absl::string_view domain) const {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
   ::cardvault::v1::TokenizeRequest request;
   *request.mutable_card() = card;
   request.set_domain(std::string(domain));
-  ::cardvault::v1::TokenizeResponse response;
-  grpc::Status status = stub_->Tokenize(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response.token();
+  absl::StatusOr<::cardvault::v1::TokenizeResponse> response =
+      Tokenize(request);
+  if (!response.ok()) return response.status();
+  return response->token();
 }
 
 absl::StatusOr<::cardvault::v1::Card> VaultClient::Detokenize(
     absl::string_view token, absl::string_view purpose,
     std::string* domain) const {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
   ::cardvault::v1::DetokenizeRequest request;
   request.set_token(std::string(token));
   request.set_purpose(std::string(purpose));
-  ::cardvault::v1::DetokenizeResponse response;
-  grpc::Status status = stub_->Detokenize(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  if (domain != nullptr) *domain = response.domain();
-  return response.card();
+  absl::StatusOr<::cardvault::v1::DetokenizeResponse> response =
+      Detokenize(request);
+  if (!response.ok()) return response.status();
+  if (domain != nullptr) *domain = response->domain();
+  return response->card();
+}
+
+absl::StatusOr<::cardvault::v1::TokenizeResponse> VaultClient::Tokenize(
+    const ::cardvault::v1::TokenizeRequest& request) const {
+  return Call(&::cardvault::v1::TokenVault::Stub::Tokenize, request);
+}
+
+absl::StatusOr<::cardvault::v1::DetokenizeResponse> VaultClient::Detokenize(
+    const ::cardvault::v1::DetokenizeRequest& request) const {
+  return Call(&::cardvault::v1::TokenVault::Stub::Detokenize, request);
+}
+
+absl::StatusOr<::cardvault::v1::TokenizeBatchResponse>
+VaultClient::TokenizeBatch(
+    const ::cardvault::v1::TokenizeBatchRequest& request) const {
+  return Call(&::cardvault::v1::TokenVault::Stub::TokenizeBatch, request);
+}
+
+absl::StatusOr<::cardvault::v1::DetokenizeBatchResponse>
+VaultClient::DetokenizeBatch(
+    const ::cardvault::v1::DetokenizeBatchRequest& request) const {
+  return Call(&::cardvault::v1::TokenVault::Stub::DetokenizeBatch, request);
+}
+
+absl::StatusOr<::cardvault::v1::TokenInfo> VaultClient::GetTokenInfo(
+    absl::string_view token) const {
+  ::cardvault::v1::GetTokenInfoRequest request;
+  request.set_token(std::string(token));
+  return Call(&::cardvault::v1::TokenVault::Stub::GetTokenInfo, request);
+}
+
+absl::StatusOr<bool> VaultClient::DeleteToken(absl::string_view token) const {
+  ::cardvault::v1::DeleteTokenRequest request;
+  request.set_token(std::string(token));
+  absl::StatusOr<::cardvault::v1::DeleteTokenResponse> response =
+      Call(&::cardvault::v1::TokenVault::Stub::DeleteToken, request);
+  if (!response.ok()) return response.status();
+  return response->deleted();
 }
 
 absl::Status VaultClient::ListAuditEvents(

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.grpc.pb.h"
 #include "cardvault/v1/vault.grpc.pb.h"
@@ -59,6 +60,20 @@ class VaultClient {
       absl::string_view token, absl::string_view purpose,
       std::string* domain = nullptr) const;
 
+  // The full TokenVault API, message for message.
+  absl::StatusOr<::cardvault::v1::TokenizeResponse> Tokenize(
+      const ::cardvault::v1::TokenizeRequest& request) const;
+  absl::StatusOr<::cardvault::v1::DetokenizeResponse> Detokenize(
+      const ::cardvault::v1::DetokenizeRequest& request) const;
+  absl::StatusOr<::cardvault::v1::TokenizeBatchResponse> TokenizeBatch(
+      const ::cardvault::v1::TokenizeBatchRequest& request) const;
+  absl::StatusOr<::cardvault::v1::DetokenizeBatchResponse> DetokenizeBatch(
+      const ::cardvault::v1::DetokenizeBatchRequest& request) const;
+  absl::StatusOr<::cardvault::v1::TokenInfo> GetTokenInfo(
+      absl::string_view token) const;
+  // True if the call removed the token.
+  absl::StatusOr<bool> DeleteToken(absl::string_view token) const;
+
   // Streams audit events matching `request` to `visit`, oldest first.
   // Needs the auditor role.
   absl::Status ListAuditEvents(
@@ -76,6 +91,20 @@ class VaultClient {
 
  private:
   VaultClient(std::shared_ptr<grpc::Channel> channel, absl::Duration deadline);
+
+  // One unary TokenVault call under the client's deadline.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Call(
+      grpc::Status (::cardvault::v1::TokenVault::Stub::*method)(
+          grpc::ClientContext*, const Request&, Response*),
+      const Request& request) const {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+    Response response;
+    grpc::Status status = (stub_.get()->*method)(&context, request, &response);
+    if (!status.ok()) return FromGrpcStatus(status);
+    return response;
+  }
 
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<::cardvault::v1::TokenVault::Stub> stub_;

@@ -34,8 +34,11 @@
 #include "server/util/log.h"
 #include "server/util/metrics_file.h"
 #include "server/util/process_hardening.h"
+#include "server/vault/cvv_cache.h"
+#include "server/vault/index_entry.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/vault.h"
+#include "server/vault/wrapped_keys.h"
 
 ABSL_FLAG(std::string, config, "",
           "Path of the configuration file (required).");
@@ -88,9 +91,11 @@ int Run(const sigset_t& stop_signals) {
                 {.kek_label = cfg.hsm().kek_label(),
                  .create_kek_if_missing = cfg.hsm().create_kek_if_missing()}),
             "HSM key-encryption key");
-  auto storage = OrDie(
-      storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir()}),
-      "storage");
+  // Expired token data is dropped by compaction (see rocksdb_storage.h).
+  auto storage =
+      OrDie(storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir(),
+                                           .expiry_of = vault::StoredExpiry}),
+            "storage");
   bool created_data_key = false;
   auto keys = OrDie(
       vault::KeyRing::Load(storage.get(), wrapper.get(), {}, &created_data_key),
@@ -99,9 +104,23 @@ int Run(const sigset_t& stop_signals) {
       OrDie(config::ReadTextFile(cfg.policy().file(), "policy file"), "policy");
   auth::PolicyHolder policy(
       OrDie(config::ParsePolicy(policy_text, cfg.policy().file()), "policy"));
-  vault::AuditKey audit_key =
-      OrDie(vault::LoadAuditKey(storage.get(), wrapper.get()), "audit key");
+  vault::MacKey audit_key = OrDie(
+      vault::LoadMacKey(storage.get(), wrapper.get(), vault::kAuditKeyPrefix),
+      "audit key");
   const bool audit_key_created = audit_key.created;
+  vault::MacKey index_key =
+      OrDie(vault::LoadMacKey(storage.get(), wrapper.get(),
+                              vault::kPanIndexKeyPrefix),
+            "PAN index key");
+  vault::MacKey fingerprint_key =
+      OrDie(vault::LoadMacKey(storage.get(), wrapper.get(),
+                              vault::kFingerprintKeyPrefix),
+            "fingerprint key");
+  auto cvv_cache =
+      OrDie(vault::CvvCache::Create(
+                {.ttl = absl::Seconds(cfg.tokens().cvv_ttl_seconds()),
+                 .max_entries = cfg.tokens().max_cvv_entries()}),
+            "CVV cache");
   auto audit_log =
       OrDie(audit::AuditLog::Open(
                 storage.get(), storage.get(), std::move(audit_key.mac),
@@ -110,9 +129,20 @@ int Run(const sigset_t& stop_signals) {
                  .retention = absl::Hours(24 * cfg.audit().retention_days()),
                  .purge_interval = absl::Hours(24)}),
             "audit trail");
-  auto vault = OrDie(vault::Vault::Create(storage.get(), keys.get(), &policy,
-                                          audit_log.get(), {}),
-                     "vault");
+  vault::Vault::Options vault_options;
+  vault_options.idempotency_window =
+      absl::Seconds(cfg.tokens().idempotency_window_seconds());
+  vault_options.max_batch_items = cfg.tokens().max_batch_items();
+  auto vault =
+      OrDie(vault::Vault::Create({.records = storage.get(),
+                                  .keys = keys.get(),
+                                  .index_key = index_key.mac.get(),
+                                  .fingerprint_key = fingerprint_key.mac.get(),
+                                  .cvv_cache = cvv_cache.get(),
+                                  .policy = &policy,
+                                  .audit = audit_log.get()},
+                                 std::move(vault_options)),
+            "vault");
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
@@ -157,6 +187,16 @@ int Run(const sigset_t& stop_signals) {
                   absl::StrCat("created audit key audit-mac/00000001: 256 "
                                "bits generated in the HSM, stored wrapped "
                                "under KEK \"",
+                               kek, "\"")},
+        std::pair{index_key.created,
+                  absl::StrCat("created PAN index key pan-index/00000001: "
+                               "256 bits generated in the HSM, stored "
+                               "wrapped under KEK \"",
+                               kek, "\"")},
+        std::pair{fingerprint_key.created,
+                  absl::StrCat("created fingerprint key "
+                               "fingerprint/00000001: 256 bits generated in "
+                               "the HSM, stored wrapped under KEK \"",
                                kek, "\"")}}) {
     if (created && !vault->RecordKeyEvent(detail).ok()) {
       util::LogError("cannot record a key event in the audit trail");

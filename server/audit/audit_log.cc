@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "server/util/big_endian.h"
 #include "server/util/log.h"
@@ -50,23 +50,12 @@ std::string ChainInput(uint32_t key_version, uint64_t sequence,
   std::string input(kMacLabel);
   input.push_back(static_cast<char>(kAuditRecordFormatV1));
   util::AppendBigEndian32(key_version, &input);
-  util::AppendBigEndian32(static_cast<uint32_t>(sequence >> 32), &input);
-  util::AppendBigEndian32(static_cast<uint32_t>(sequence), &input);
+  util::AppendBigEndian64(sequence, &input);
   absl::StrAppend(&input, previous_mac, event_bytes);
   return input;
 }
 
 constexpr absl::string_view kAnchorLabel = "cardvault/audit-anchor";
-
-void AppendBigEndian64(uint64_t v, std::string* out) {
-  util::AppendBigEndian32(static_cast<uint32_t>(v >> 32), out);
-  util::AppendBigEndian32(static_cast<uint32_t>(v), out);
-}
-
-uint64_t ReadBigEndian64(absl::string_view in) {
-  return (uint64_t{util::ReadBigEndian32(in)} << 32) |
-         util::ReadBigEndian32(in.substr(4));
-}
 
 struct Anchor {
   uint32_t key_version;
@@ -89,15 +78,15 @@ absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record) {
 }
 
 absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
-    const storage::AuditStore* store, const storage::TokenStore* tokens,
+    const storage::AuditStore* store, const storage::RecordStore* records,
     std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
     Options options) {
-  if (store == nullptr || tokens == nullptr || key == nullptr ||
+  if (store == nullptr || records == nullptr || key == nullptr ||
       options.max_batch == 0) {
     return absl::InvalidArgumentError("bad audit log arguments");
   }
   std::unique_ptr<AuditLog> log(new AuditLog(
-      store, tokens, std::move(key), key_version, options, 1, kZeroMac));
+      store, records, std::move(key), key_version, options, 1, kZeroMac));
   if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
   if (options.purge_interval > absl::ZeroDuration()) {
@@ -116,12 +105,12 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
 }
 
 AuditLog::AuditLog(const storage::AuditStore* store,
-                   const storage::TokenStore* tokens,
+                   const storage::RecordStore* records,
                    std::unique_ptr<crypto::HmacSha256> key,
                    uint32_t key_version, Options options,
                    uint64_t next_sequence, std::string last_mac)
     : store_(store),
-      tokens_(tokens),
+      records_(records),
       key_(std::move(key)),
       key_version_(key_version),
       options_(options),
@@ -153,19 +142,29 @@ absl::Status AuditLog::ReloadHead() {
   return absl::OkStatus();
 }
 
-absl::Status AuditLog::Append(AuditEvent event,
-                              std::optional<NewToken> new_token) const {
-  Pending pending{std::move(event), std::move(new_token), absl::OkStatus(),
-                  false};
+absl::Status AuditLog::Append(AuditEvent event, Mutation mutation,
+                              int* failed_condition) const {
+  std::vector<Entry> entries(1);
+  entries[0].event = std::move(event);
+  entries[0].mutation = std::move(mutation);
+  AppendAll(entries);
+  if (failed_condition != nullptr) {
+    *failed_condition = entries[0].failed_condition;
+  }
+  return entries[0].result;
+}
+
+void AuditLog::AppendAll(std::vector<Entry>& entries) const {
+  if (entries.empty()) return;
+  Pending pending{&entries, false};
   absl::MutexLock lock(&mu_);
   queue_.push_back(&pending);
   mu_.Await(absl::Condition(&pending.done));
-  return pending.result;
 }
 
 void AuditLog::WriterLoop() {
   while (true) {
-    std::deque<Pending*> batch;
+    std::vector<Pending*> batch;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -174,7 +173,10 @@ void AuditLog::WriterLoop() {
           },
           this));
       if (queue_.empty()) return;  // stopping, nothing left
-      while (!queue_.empty() && batch.size() < options_.max_batch) {
+      // A caller's entries are never split across writes.
+      size_t events = 0;
+      while (!queue_.empty() && events < options_.max_batch) {
+        events += queue_.front()->entries->size();
         batch.push_back(queue_.front());
         queue_.pop_front();
       }
@@ -185,44 +187,70 @@ void AuditLog::WriterLoop() {
   }
 }
 
-void AuditLog::WriteBatch(std::deque<Pending*>& batch) {
+void AuditLog::WriteBatch(std::vector<Pending*>& batch) {
   storage::WriteSet writes;
-  std::vector<Pending*> included;
-  absl::flat_hash_set<std::string> tokens_in_batch;
+  std::vector<Entry*> included;
+  // Values this write sets, keyed by table byte + key: later conditions in
+  // the same write see them.
+  absl::flat_hash_map<std::string, std::optional<std::string>> overlay;
+  auto overlay_key = [](storage::Table table, absl::string_view key) {
+    std::string k(1, static_cast<char>(table));
+    absl::StrAppend(&k, key);
+    return k;
+  };
+  // Whether `c` holds, or the read error that prevents knowing.
+  auto holds = [&](const Mutation::Condition& c) -> absl::StatusOr<bool> {
+    auto it = overlay.find(overlay_key(c.table, c.key));
+    std::optional<std::string> current;
+    if (it != overlay.end()) {
+      current = it->second;
+    } else {
+      absl::StatusOr<std::string> stored = records_->Get(c.table, c.key);
+      if (stored.ok()) {
+        current = *std::move(stored);
+      } else if (!absl::IsNotFound(stored.status())) {
+        return stored.status();
+      }
+    }
+    return current == c.expected;
+  };
   uint64_t sequence = next_sequence_;
   std::string mac = last_mac_;
   for (Pending* p : batch) {
-    if (p->new_token.has_value()) {
-      const std::string& token = p->new_token->token;
-      absl::StatusOr<bool> exists = tokens_->Contains(token);
-      if (!exists.ok()) {
-        p->result = exists.status();
+    for (Entry& e : *p->entries) {
+      e.result = absl::OkStatus();
+      e.failed_condition = -1;
+      const std::vector<Mutation::Condition>& conditions =
+          e.mutation.conditions;
+      for (size_t i = 0; i < conditions.size() && e.result.ok(); ++i) {
+        absl::StatusOr<bool> ok = holds(conditions[i]);
+        if (!ok.ok()) {
+          e.result = absl::UnavailableError("storage unavailable");
+        } else if (!*ok) {
+          e.result = absl::AbortedError("a write condition did not hold");
+          e.failed_condition = static_cast<int>(i);
+        }
+      }
+      if (!e.result.ok()) continue;
+      e.event.set_sequence(sequence);
+      const std::string event_bytes = SerializeDeterministic(e.event);
+      if (event_bytes.size() > kMaxAuditEventBytes) {
+        e.result = absl::InvalidArgumentError("audit event too large");
         continue;
       }
-      if (*exists || !tokens_in_batch.insert(token).second) {
-        p->result = absl::AlreadyExistsError("token already exists");
-        continue;
+      mac = key_->Compute(ChainInput(key_version_, sequence, mac, event_bytes));
+      std::string record;
+      record.push_back(static_cast<char>(kAuditRecordFormatV1));
+      util::AppendBigEndian32(key_version_, &record);
+      absl::StrAppend(&record, mac, event_bytes);
+      writes.audit_records.emplace_back(sequence, std::move(record));
+      for (storage::RecordWrite& w : e.mutation.writes) {
+        overlay[overlay_key(w.table, w.key)] = w.value;
+        writes.records.push_back(std::move(w));
       }
+      included.push_back(&e);
+      ++sequence;
     }
-    p->event.set_sequence(sequence);
-    const std::string event_bytes = SerializeDeterministic(p->event);
-    if (event_bytes.size() > kMaxAuditEventBytes) {
-      p->result = absl::InvalidArgumentError("audit event too large");
-      if (p->new_token.has_value()) tokens_in_batch.erase(p->new_token->token);
-      continue;
-    }
-    mac = key_->Compute(ChainInput(key_version_, sequence, mac, event_bytes));
-    std::string record;
-    record.push_back(static_cast<char>(kAuditRecordFormatV1));
-    util::AppendBigEndian32(key_version_, &record);
-    absl::StrAppend(&record, mac, event_bytes);
-    writes.audit_records.emplace_back(sequence, std::move(record));
-    if (p->new_token.has_value()) {
-      writes.new_tokens.emplace_back(std::move(p->new_token->token),
-                                     std::move(p->new_token->record));
-    }
-    included.push_back(p);
-    ++sequence;
   }
   if (included.empty()) return;
   absl::Status committed = store_->Commit(writes);
@@ -243,8 +271,8 @@ void AuditLog::WriteBatch(std::deque<Pending*>& batch) {
   util::LogError(
       absl::StrCat("AUDIT SINK FAILURE: ", included.size(),
                    " audit record(s) not written: ", committed.ToString()));
-  for (Pending* p : included) {
-    p->result = absl::UnavailableError("audit trail unavailable");
+  for (Entry* e : included) {
+    e->result = absl::UnavailableError("audit trail unavailable");
   }
   if (absl::Status s = ReloadHead(); !s.ok()) {
     util::LogError(absl::StrCat("audit head reload failed: ", s.ToString()));
@@ -292,8 +320,8 @@ absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
   std::string anchor;
   anchor.push_back(static_cast<char>(kAuditAnchorFormatV1));
   util::AppendBigEndian32(key_version_, &anchor);
-  AppendBigEndian64(through, &anchor);
-  AppendBigEndian64(static_cast<uint64_t>(through_ms), &anchor);
+  util::AppendBigEndian64(through, &anchor);
+  util::AppendBigEndian64(static_cast<uint64_t>(through_ms), &anchor);
   absl::StrAppend(&anchor, through_mac);
   absl::StrAppend(&anchor, key_->Compute(absl::StrCat(kAnchorLabel, anchor)));
   storage::WriteSet writes;
@@ -336,9 +364,9 @@ absl::StatusOr<ChainReport> AuditLog::Verify(
       report.problem = "retention anchor does not verify";
       return report;
     }
-    const uint64_t sequence = ReadBigEndian64(a.substr(5, 8));
+    const uint64_t sequence = util::ReadBigEndian64(a.substr(5, 8));
     const int64_t time_ms =
-        static_cast<int64_t>(ReadBigEndian64(a.substr(13, 8)));
+        static_cast<int64_t>(util::ReadBigEndian64(a.substr(13, 8)));
     if (absl::FromUnixMillis(time_ms) > absl::Now() - options_.retention) {
       report.intact = false;
       report.first_bad_sequence = 1;

@@ -47,6 +47,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -68,10 +69,28 @@ inline constexpr size_t kMaxAuditEventBytes = 4096;
 inline constexpr uint8_t kAuditAnchorFormatV1 = 0x01;
 inline constexpr size_t kAuditAnchorBytes = 1 + 4 + 8 + 8 + 32 + 32;
 
-// A token record to create in the same atomic write as its audit event.
-struct NewToken {
-  std::string token;
-  std::string record;
+// Token data changed in the same atomic write as an audit event, provided
+// every condition holds at the moment of the write (compare-and-set, checked
+// by the single writer thread, so concurrent callers cannot both win).
+struct Mutation {
+  struct Condition {
+    storage::Table table = storage::Table::kTokens;
+    std::string key;
+    // The value the key must hold; nullopt: the key must be absent.
+    std::optional<std::string> expected;
+  };
+  std::vector<Condition> conditions;
+  std::vector<storage::RecordWrite> writes;
+};
+
+// One event to append with its mutation, and what became of it.
+struct Entry {
+  AuditEvent event;
+  Mutation mutation;
+  // Outputs: OK once durable; ABORTED (nothing written) when condition
+  // `failed_condition` did not hold; UNAVAILABLE when the write failed.
+  absl::Status result;
+  int failed_condition = -1;
 };
 
 // A chain position exported to compare against later.
@@ -110,7 +129,7 @@ class AuditLog {
   // Reads the head of the chain from `store` and starts the writer thread.
   // `store` must outlive the log.
   static absl::StatusOr<std::unique_ptr<AuditLog>> Open(
-      const storage::AuditStore* store, const storage::TokenStore* tokens,
+      const storage::AuditStore* store, const storage::RecordStore* records,
       std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
       Options options);
 
@@ -120,11 +139,16 @@ class AuditLog {
   ~AuditLog();
 
   // Appends `event` (its sequence is assigned here) and, in the same atomic
-  // write, `new_token`. Returns once both are durable. ALREADY_EXISTS (and
-  // nothing written) if `new_token` names an existing token; UNAVAILABLE if
-  // the write fails, in which case the caller must fail closed.
-  absl::Status Append(AuditEvent event,
-                      std::optional<NewToken> new_token = std::nullopt) const;
+  // write, `mutation`. Returns once both are durable. ABORTED (and nothing
+  // written) if a condition of `mutation` does not hold, its index in
+  // `*failed_condition` when given; UNAVAILABLE if the write fails, in which
+  // case the caller must fail closed.
+  absl::Status Append(AuditEvent event, Mutation mutation = {},
+                      int* failed_condition = nullptr) const;
+
+  // Appends every entry in one atomic, durable write (entries whose
+  // conditions fail are left out) and sets each entry's result.
+  void AppendAll(std::vector<Entry>& entries) const;
 
   // Visits every stored event from `from_sequence` on, in order, until
   // `visit` returns false. Records that do not decode are skipped here;
@@ -149,21 +173,20 @@ class AuditLog {
 
  private:
   struct Pending {
-    AuditEvent event;
-    std::optional<NewToken> new_token;
-    absl::Status result;
+    std::vector<Entry>* entries;
     bool done = false;
   };
 
-  AuditLog(const storage::AuditStore* store, const storage::TokenStore* tokens,
+  AuditLog(const storage::AuditStore* store,
+           const storage::RecordStore* records,
            std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
            Options options, uint64_t next_sequence, std::string last_mac);
   void WriterLoop();
-  void WriteBatch(std::deque<Pending*>& batch);
+  void WriteBatch(std::vector<Pending*>& batch);
   absl::Status ReloadHead();
 
   const storage::AuditStore* const store_;
-  const storage::TokenStore* const tokens_;
+  const storage::RecordStore* const records_;
   const std::unique_ptr<crypto::HmacSha256> key_;
   const uint32_t key_version_;
   const Options options_;

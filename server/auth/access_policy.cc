@@ -10,16 +10,17 @@ namespace {
 
 uint32_t Bit(Permission p) { return 1u << static_cast<int>(p); }
 
-// The least privilege of each role: auditors read the trail but touch no card
-// data; admins touch neither.
+// The least privilege of each role: auditors read the trail and card
+// metadata but never a PAN; admins touch no card data at all.
 uint32_t GrantsOf(Role role) {
   switch (role) {
     case Role::kTokenizer:
-      return Bit(Permission::kTokenize);
+      return Bit(Permission::kTokenize) | Bit(Permission::kReadTokenInfo) |
+             Bit(Permission::kDeleteToken);
     case Role::kDetokenizer:
       return Bit(Permission::kDetokenize);
     case Role::kAuditor:
-      return Bit(Permission::kReadAudit);
+      return Bit(Permission::kReadAudit) | Bit(Permission::kReadTokenInfo);
     case Role::kAdmin:
       return 0;
   }
@@ -58,6 +59,10 @@ absl::string_view PermissionName(Permission permission) {
       return "Detokenize";
     case Permission::kReadAudit:
       return "read the audit trail";
+    case Permission::kReadTokenInfo:
+      return "GetTokenInfo";
+    case Permission::kDeleteToken:
+      return "DeleteToken";
   }
   return "unknown";
 }
@@ -98,6 +103,24 @@ absl::StatusOr<std::unique_ptr<AccessPolicy>> AccessPolicy::Create(
       return bad(b.identity, "identity is bound twice");
     }
   }
+  absl::flat_hash_map<std::string, DomainSettings> domains;
+  for (const DomainSettings& d : spec.domains) {
+    if (!IsValidDomain(d.name)) {
+      return absl::InvalidArgumentError("policy domains: malformed name");
+    }
+    if (d.bin_digits != 6 && d.bin_digits != 8) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "policy domain ", d.name, ": bin_digits must be 6 or 8"));
+    }
+    if (d.max_ttl < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("policy domain ", d.name, ": negative max_ttl"));
+    }
+    if (!domains.emplace(d.name, d).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("policy domain ", d.name, " is configured twice"));
+    }
+  }
   if (spec.purposes.empty()) {
     return absl::InvalidArgumentError("policy lists no Detokenize purposes");
   }
@@ -110,8 +133,8 @@ absl::StatusOr<std::unique_ptr<AccessPolicy>> AccessPolicy::Create(
     purposes.insert(p);
   }
   return std::unique_ptr<AccessPolicy>(
-      new AccessPolicy(std::move(grants), std::move(purposes),
-                       spec.allow_common_name_identities));
+      new AccessPolicy(std::move(grants), std::move(domains),
+                       std::move(purposes), spec.allow_common_name_identities));
 }
 
 const AccessPolicy::Grant* AccessPolicy::Find(const Caller& caller) const {
@@ -151,6 +174,36 @@ bool AccessPolicy::MayDetokenize(const Caller& caller,
                                  absl::string_view domain) const {
   const Grant* grant = Find(caller);
   return grant != nullptr && grant->detokenize_domains.contains(domain);
+}
+
+bool AccessPolicy::InTokenizeDomains(const Grant& grant,
+                                     absl::string_view domain) const {
+  return std::find(grant.tokenize_domains.begin(), grant.tokenize_domains.end(),
+                   domain) != grant.tokenize_domains.end();
+}
+
+bool AccessPolicy::MayReadTokenInfo(const Caller& caller,
+                                    absl::string_view domain) const {
+  const Grant* grant = Find(caller);
+  if (grant == nullptr ||
+      (grant->permissions & Bit(Permission::kReadTokenInfo)) == 0) {
+    return false;
+  }
+  return (grant->permissions & Bit(Permission::kReadAudit)) != 0 ||
+         InTokenizeDomains(*grant, domain);
+}
+
+bool AccessPolicy::MayDeleteToken(const Caller& caller,
+                                  absl::string_view domain) const {
+  const Grant* grant = Find(caller);
+  return grant != nullptr &&
+         (grant->permissions & Bit(Permission::kDeleteToken)) != 0 &&
+         InTokenizeDomains(*grant, domain);
+}
+
+const DomainSettings& AccessPolicy::SettingsOf(absl::string_view domain) const {
+  auto it = domains_.find(domain);
+  return it == domains_.end() ? default_settings_ : it->second;
 }
 
 absl::Status AccessPolicy::CheckPurpose(absl::string_view purpose) const {

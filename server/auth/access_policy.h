@@ -26,7 +26,13 @@ namespace cardvault::auth {
 enum class Role { kTokenizer, kDetokenizer, kAuditor, kAdmin };
 
 // One right per kind of access.
-enum class Permission { kTokenize, kDetokenize, kReadAudit };
+enum class Permission {
+  kTokenize,
+  kDetokenize,
+  kReadAudit,
+  kReadTokenInfo,  // card metadata (never the PAN) by token
+  kDeleteToken,
+};
 
 absl::string_view PermissionName(Permission permission);
 
@@ -60,8 +66,22 @@ struct RoleBinding {
   RateLimit detokenize_limit;
 };
 
+// How tokens of one domain are made and kept.
+struct DomainSettings {
+  std::string name;
+  // Every Tokenize into the domain is deterministic (same PAN, same token).
+  bool deterministic = false;
+  // Longest time to live a token may have; zero = unlimited. Tokens asked
+  // for without a TTL get this one.
+  absl::Duration max_ttl = absl::ZeroDuration();
+  // Leading PAN digits a BIN_LAST_FOUR token and GetTokenInfo keep: 6, or 8
+  // (for PANs of 16 or more digits, as PCI DSS 3.4.1 allows).
+  uint32_t bin_digits = 6;
+};
+
 struct PolicySpec {
   std::vector<RoleBinding> bindings;
+  std::vector<DomainSettings> domains;
   std::vector<std::string> purposes;
   bool allow_common_name_identities = false;
 };
@@ -88,6 +108,16 @@ class AccessPolicy {
   // Whether the caller may detokenize tokens of `domain`.
   bool MayDetokenize(const Caller& caller, absl::string_view domain) const;
 
+  // Whether the caller may read metadata of, or delete, tokens of `domain`:
+  // a tokenizer for its own tokenize domains; for reading, an auditor for
+  // every domain.
+  bool MayReadTokenInfo(const Caller& caller, absl::string_view domain) const;
+  bool MayDeleteToken(const Caller& caller, absl::string_view domain) const;
+
+  // The settings of `domain` (defaults for a domain the policy does not
+  // configure).
+  const DomainSettings& SettingsOf(absl::string_view domain) const;
+
   // INVALID_ARGUMENT unless `purpose` is one of the configured purposes.
   absl::Status CheckPurpose(absl::string_view purpose) const;
 
@@ -102,13 +132,18 @@ class AccessPolicy {
     RateLimit detokenize_limit;
   };
   AccessPolicy(absl::flat_hash_map<std::string, Grant> grants,
+               absl::flat_hash_map<std::string, DomainSettings> domains,
                absl::flat_hash_set<std::string> purposes, bool allow_cn)
       : grants_(std::move(grants)),
+        domains_(std::move(domains)),
         purposes_(std::move(purposes)),
         allow_common_name_identities_(allow_cn) {}
   const Grant* Find(const Caller& caller) const;
+  bool InTokenizeDomains(const Grant& grant, absl::string_view domain) const;
 
   const absl::flat_hash_map<std::string, Grant> grants_;
+  const absl::flat_hash_map<std::string, DomainSettings> domains_;
+  const DomainSettings default_settings_;
   const absl::flat_hash_set<std::string> purposes_;
   const bool allow_common_name_identities_;
 };

@@ -18,11 +18,15 @@ namespace {
 
 constexpr uint32_t kDefaultRefreshSeconds = 60;
 constexpr uint32_t kDefaultMaxSessions = 4;
-constexpr uint32_t kDefaultMaxRequestBytes = 16 * 1024;
+constexpr uint32_t kDefaultMaxRequestBytes = 512 * 1024;
 constexpr uint32_t kDefaultServerThreads = 16;
 constexpr uint32_t kDefaultPolicyReloadSeconds = 2;
 constexpr uint32_t kDefaultMetricsSeconds = 10;
 constexpr uint32_t kDefaultAuditRetentionDays = 400;
+constexpr uint32_t kDefaultCvvTtlSeconds = 15 * 60;
+constexpr uint32_t kDefaultMaxCvvEntries = 100000;
+constexpr uint32_t kDefaultIdempotencyWindowSeconds = 24 * 3600;
+constexpr uint32_t kDefaultMaxBatchItems = 1000;
 constexpr size_t kMaxPinBytes = 256;
 
 absl::Status Require(bool ok, absl::string_view source,
@@ -67,6 +71,10 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "limits.max_request_bytes must be 1024 to 4194304");
   check(c.audit().retention_days() == 0 || c.audit().retention_days() >= 365,
         "audit.retention_days must be at least 365 (PCI DSS 10.5.1)");
+  check(c.tokens().cvv_ttl_seconds() <= 3600,
+        "tokens.cvv_ttl_seconds must be at most 3600");
+  check(c.tokens().max_batch_items() <= 10000,
+        "tokens.max_batch_items must be at most 10000");
   check(c.limits().max_server_threads() <= 1024,
         "limits.max_server_threads must be at most 1024");
   check(!c.policy().file().empty(), "policy.file is required");
@@ -91,6 +99,19 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   }
   if (c.metrics().interval_seconds() == 0) {
     c.mutable_metrics()->set_interval_seconds(kDefaultMetricsSeconds);
+  }
+  auto* tokens = c.mutable_tokens();
+  if (tokens->cvv_ttl_seconds() == 0) {
+    tokens->set_cvv_ttl_seconds(kDefaultCvvTtlSeconds);
+  }
+  if (tokens->max_cvv_entries() == 0) {
+    tokens->set_max_cvv_entries(kDefaultMaxCvvEntries);
+  }
+  if (tokens->idempotency_window_seconds() == 0) {
+    tokens->set_idempotency_window_seconds(kDefaultIdempotencyWindowSeconds);
+  }
+  if (tokens->max_batch_items() == 0) {
+    tokens->set_max_batch_items(kDefaultMaxBatchItems);
   }
   auto* limits = c.mutable_limits();
   if (limits->max_request_bytes() == 0) {

@@ -52,6 +52,14 @@ absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
                                 b.detokenize_limit().per_day()};
     spec.bindings.push_back(std::move(binding));
   }
+  for (const v1::TokenDomain& d : proto.domains()) {
+    auth::DomainSettings settings;
+    settings.name = d.name();
+    settings.deterministic = d.deterministic();
+    settings.max_ttl = absl::Seconds(d.max_ttl_seconds());
+    settings.bin_digits = d.bin_digits() == 0 ? 6 : d.bin_digits();
+    spec.domains.push_back(std::move(settings));
+  }
   absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> policy =
       auth::AccessPolicy::Create(spec);
   if (!policy.ok()) {

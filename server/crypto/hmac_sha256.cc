@@ -4,6 +4,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <cstring>
+
 namespace cardvault::crypto {
 
 absl::StatusOr<std::unique_ptr<HmacSha256>> HmacSha256::Create(
@@ -21,6 +23,19 @@ std::string HmacSha256::Compute(absl::string_view data) const {
        reinterpret_cast<const unsigned char*>(data.data()), data.size(),
        reinterpret_cast<unsigned char*>(mac.data()), &len);
   return mac;
+}
+
+std::string HmacSha256::ComputeSecret(
+    std::initializer_list<absl::string_view> parts) const {
+  size_t total = 0;
+  for (absl::string_view p : parts) total += p.size();
+  SecretBytes input(total);
+  size_t at = 0;
+  for (absl::string_view p : parts) {
+    if (!p.empty()) std::memcpy(input.data() + at, p.data(), p.size());
+    at += p.size();
+  }
+  return Compute(input.view());
 }
 
 bool HmacSha256::Verify(absl::string_view data, absl::string_view mac) const {

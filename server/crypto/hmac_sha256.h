@@ -5,6 +5,7 @@
 #define CARDVAULT_SERVER_CRYPTO_HMAC_SHA256_H_
 
 #include <cstddef>
+#include <initializer_list>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,11 @@ class HmacSha256 {
 
   // The 32-byte MAC of `data`.
   std::string Compute(absl::string_view data) const;
+
+  // The MAC of the concatenation of `parts`, assembled in a buffer that is
+  // wiped afterwards (for inputs holding card data).
+  std::string ComputeSecret(
+      std::initializer_list<absl::string_view> parts) const;
 
   // Constant-time comparison of `mac` with the MAC of `data`.
   bool Verify(absl::string_view data, absl::string_view mac) const;

@@ -1,6 +1,8 @@
 #include "server/service/token_vault_service.h"
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/service/caller_context.h"
@@ -10,31 +12,119 @@
 namespace cardvault::service {
 namespace {
 
-using ::cardvault::v1::DetokenizeRequest;
-using ::cardvault::v1::DetokenizeResponse;
-using ::cardvault::v1::TokenizeRequest;
-using ::cardvault::v1::TokenizeResponse;
+namespace pb = ::cardvault::v1;
 
-// Fields this server does not know (e.g. a CVV sent by a newer client) are
-// refused rather than silently dropped: nothing is accepted that is not kept.
+// Fields this server does not know (e.g. sent by a newer client) are refused
+// rather than silently dropped: nothing is accepted that is not understood.
 bool HasUnknownFields(const google::protobuf::Message& message) {
   return !message.GetReflection()->GetUnknownFields(message).empty();
 }
 
-vault::Card FromProto(const ::cardvault::v1::Card& card) {
-  vault::Card out;
-  out.pan = crypto::SecretBytes(card.pan());
-  out.exp_month = card.exp_month();
-  out.exp_year = card.exp_year();
-  out.cardholder_name = crypto::SecretBytes(card.cardholder_name());
+bool HasUnknownFields(const pb::TokenizeRequest& r) {
+  return HasUnknownFields(static_cast<const google::protobuf::Message&>(r)) ||
+         HasUnknownFields(r.card()) || HasUnknownFields(r.ttl());
+}
+
+absl::Status UnknownFieldsError(absl::string_view where) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, " has fields this server does not accept"));
+}
+
+vault::TokenFormat FormatFromProto(pb::TokenFormat format) {
+  switch (format) {
+    case pb::TOKEN_FORMAT_UNSPECIFIED:
+    case pb::RANDOM:
+      return vault::TokenFormat::kRandom;
+    case pb::LAST_FOUR:
+      return vault::TokenFormat::kLastFour;
+    case pb::BIN_LAST_FOUR:
+      return vault::TokenFormat::kBinLastFour;
+    default:
+      return static_cast<vault::TokenFormat>(0);  // refused by the vault
+  }
+}
+
+pb::TokenFormat FormatToProto(vault::TokenFormat format) {
+  switch (format) {
+    case vault::TokenFormat::kRandom:
+      return pb::RANDOM;
+    case vault::TokenFormat::kLastFour:
+      return pb::LAST_FOUR;
+    case vault::TokenFormat::kBinLastFour:
+      return pb::BIN_LAST_FOUR;
+  }
+  return pb::TOKEN_FORMAT_UNSPECIFIED;
+}
+
+pb::CardBrand BrandToProto(vault::CardBrand brand) {
+  switch (brand) {
+    case vault::CardBrand::kVisa:
+      return pb::VISA;
+    case vault::CardBrand::kMastercard:
+      return pb::MASTERCARD;
+    case vault::CardBrand::kAmex:
+      return pb::AMEX;
+    case vault::CardBrand::kDiscover:
+      return pb::DISCOVER;
+    case vault::CardBrand::kJcb:
+      return pb::JCB;
+    case vault::CardBrand::kDinersClub:
+      return pb::DINERS_CLUB;
+    case vault::CardBrand::kUnionPay:
+      return pb::UNIONPAY;
+    case vault::CardBrand::kMaestro:
+      return pb::MAESTRO;
+    case vault::CardBrand::kUnknown:
+      return pb::CARD_BRAND_UNKNOWN;
+  }
+  return pb::CARD_BRAND_UNKNOWN;
+}
+
+void SetTime(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t ms = absl::ToUnixMillis(t);
+  out->set_seconds(ms / 1000);
+  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
+}
+
+vault::TokenizeRequest FromProto(const pb::TokenizeRequest& r) {
+  vault::TokenizeRequest out;
+  out.card.pan = crypto::SecretBytes(r.card().pan());
+  out.card.exp_month = r.card().exp_month();
+  out.card.exp_year = r.card().exp_year();
+  out.card.cardholder_name = crypto::SecretBytes(r.card().cardholder_name());
+  out.domain = r.domain();
+  out.format = FormatFromProto(r.format());
+  out.deterministic = r.deterministic();
+  out.ttl =
+      absl::Seconds(r.ttl().seconds()) + absl::Nanoseconds(r.ttl().nanos());
+  out.idempotency_key = r.idempotency_key();
+  out.cvv = crypto::SecretBytes(r.cvv());
   return out;
 }
 
-void ToProto(const vault::Card& card, ::cardvault::v1::Card* out) {
-  out->set_pan(std::string(card.pan.view()));
-  out->set_exp_month(card.exp_month);
-  out->set_exp_year(card.exp_year);
-  out->set_cardholder_name(std::string(card.cardholder_name.view()));
+void ToProto(const vault::Tokenized& t, pb::TokenizeResponse* out) {
+  out->set_token(t.token);
+  out->set_domain(t.domain);
+  out->set_created(t.created);
+  if (t.expires != absl::InfiniteFuture()) {
+    SetTime(t.expires, out->mutable_expire_time());
+  }
+}
+
+void ToProto(const vault::Detokenized& d, pb::DetokenizeResponse* out) {
+  pb::Card* card = out->mutable_card();
+  card->set_pan(std::string(d.card.pan.view()));
+  card->set_exp_month(d.card.exp_month);
+  card->set_exp_year(d.card.exp_year);
+  card->set_cardholder_name(std::string(d.card.cardholder_name.view()));
+  out->set_domain(d.domain);
+  if (d.cvv.has_value()) out->set_cvv(std::string(d.cvv->view()));
+}
+
+void ToProto(const absl::Status& status, pb::ItemStatus* out) {
+  const grpc::Status g = ToGrpcStatus(status);
+  out->set_code(static_cast<int32_t>(g.error_code()));
+  out->set_message(g.error_message());
 }
 
 // Logs what an operator needs (RPC, caller, code) and never the request.
@@ -53,56 +143,145 @@ grpc::Status Finish(absl::string_view rpc, const auth::Caller* caller,
   return ToGrpcStatus(status);
 }
 
+// The verified caller of a call whose request holds only known fields;
+// otherwise the refusal, recorded in the audit trail.
+absl::StatusOr<auth::Caller> Identify(const vault::Vault& vault,
+                                      const grpc::ServerContext& context,
+                                      pb::EventType type, absl::string_view rpc,
+                                      bool has_unknown_fields) {
+  absl::StatusOr<auth::Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    return vault.RecordRejected(UnidentifiedCaller(context), type, rpc,
+                                caller.status());
+  }
+  if (has_unknown_fields) {
+    return vault.RecordRejected(*caller, type, rpc,
+                                UnknownFieldsError("request"));
+  }
+  return caller;
+}
+
 }  // namespace
 
 grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
-                                         const TokenizeRequest* request,
-                                         TokenizeResponse* response) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok()) {
-    return Finish(
-        "Tokenize", nullptr,
-        vault_->RecordRejected(UnidentifiedCaller(*context), v1::TOKENIZE,
-                               vault::kTokenizeRpc, caller.status()));
-  }
-  if (HasUnknownFields(*request) || HasUnknownFields(request->card())) {
-    return Finish("Tokenize", &*caller,
-                  vault_->RecordRejected(
-                      *caller, v1::TOKENIZE, vault::kTokenizeRpc,
-                      absl::InvalidArgumentError(
-                          "request has fields this server does not accept (a "
-                          "CVV is never accepted)")));
-  }
+                                         const pb::TokenizeRequest* request,
+                                         pb::TokenizeResponse* response) {
+  absl::StatusOr<auth::Caller> caller =
+      Identify(*vault_, *context, pb::TOKENIZE, vault::kTokenizeRpc,
+               HasUnknownFields(*request));
+  if (!caller.ok()) return Finish("Tokenize", nullptr, caller.status());
   absl::StatusOr<vault::Tokenized> token =
-      vault_->Tokenize(*caller, FromProto(request->card()), request->domain());
+      vault_->Tokenize(*caller, FromProto(*request));
   if (!token.ok()) return Finish("Tokenize", &*caller, token.status());
-  response->set_token(std::move(token->token));
-  response->set_domain(std::move(token->domain));
+  ToProto(*token, response);
   return grpc::Status::OK;
 }
 
 grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
-                                           const DetokenizeRequest* request,
-                                           DetokenizeResponse* response) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok()) {
-    return Finish(
-        "Detokenize", nullptr,
-        vault_->RecordRejected(UnidentifiedCaller(*context), v1::DETOKENIZE,
-                               vault::kDetokenizeRpc, caller.status()));
-  }
-  if (HasUnknownFields(*request)) {
-    return Finish("Detokenize", &*caller,
-                  vault_->RecordRejected(
-                      *caller, v1::DETOKENIZE, vault::kDetokenizeRpc,
-                      absl::InvalidArgumentError(
-                          "request has fields this server does not accept")));
-  }
-  absl::StatusOr<vault::OpenedCard> opened =
+                                           const pb::DetokenizeRequest* request,
+                                           pb::DetokenizeResponse* response) {
+  absl::StatusOr<auth::Caller> caller =
+      Identify(*vault_, *context, pb::DETOKENIZE, vault::kDetokenizeRpc,
+               HasUnknownFields(*request));
+  if (!caller.ok()) return Finish("Detokenize", nullptr, caller.status());
+  absl::StatusOr<vault::Detokenized> card =
       vault_->Detokenize(*caller, request->token(), request->purpose());
-  if (!opened.ok()) return Finish("Detokenize", &*caller, opened.status());
-  ToProto(opened->card, response->mutable_card());
-  response->set_domain(std::move(opened->domain));
+  if (!card.ok()) return Finish("Detokenize", &*caller, card.status());
+  ToProto(*card, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status TokenVaultService::TokenizeBatch(
+    grpc::ServerContext* context, const pb::TokenizeBatchRequest* request,
+    pb::TokenizeBatchResponse* response) {
+  bool unknown = HasUnknownFields(*request);
+  for (const pb::TokenizeRequest& r : request->requests()) {
+    unknown = unknown || HasUnknownFields(r);
+  }
+  absl::StatusOr<auth::Caller> caller = Identify(
+      *vault_, *context, pb::TOKENIZE, vault::kTokenizeBatchRpc, unknown);
+  if (!caller.ok()) return Finish("TokenizeBatch", nullptr, caller.status());
+  std::vector<vault::TokenizeRequest> requests;
+  requests.reserve(request->requests_size());
+  for (const pb::TokenizeRequest& r : request->requests()) {
+    requests.push_back(FromProto(r));
+  }
+  auto results = vault_->TokenizeBatch(*caller, std::move(requests));
+  if (!results.ok()) {
+    return Finish("TokenizeBatch", &*caller, results.status());
+  }
+  for (const absl::StatusOr<vault::Tokenized>& r : *results) {
+    pb::TokenizeBatchResponse::Result* out = response->add_results();
+    ToProto(r.status(), out->mutable_status());
+    if (r.ok()) ToProto(*r, out->mutable_response());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status TokenVaultService::DetokenizeBatch(
+    grpc::ServerContext* context, const pb::DetokenizeBatchRequest* request,
+    pb::DetokenizeBatchResponse* response) {
+  bool unknown = HasUnknownFields(*request);
+  for (const pb::DetokenizeRequest& r : request->requests()) {
+    unknown = unknown || HasUnknownFields(r);
+  }
+  absl::StatusOr<auth::Caller> caller = Identify(
+      *vault_, *context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc, unknown);
+  if (!caller.ok()) return Finish("DetokenizeBatch", nullptr, caller.status());
+  std::vector<vault::DetokenizeRequest> requests;
+  requests.reserve(request->requests_size());
+  for (const pb::DetokenizeRequest& r : request->requests()) {
+    requests.push_back({r.token(), r.purpose()});
+  }
+  auto results = vault_->DetokenizeBatch(*caller, requests);
+  if (!results.ok()) {
+    return Finish("DetokenizeBatch", &*caller, results.status());
+  }
+  for (const absl::StatusOr<vault::Detokenized>& r : *results) {
+    pb::DetokenizeBatchResponse::Result* out = response->add_results();
+    ToProto(r.status(), out->mutable_status());
+    if (r.ok()) ToProto(*r, out->mutable_response());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status TokenVaultService::GetTokenInfo(
+    grpc::ServerContext* context, const pb::GetTokenInfoRequest* request,
+    pb::TokenInfo* response) {
+  absl::StatusOr<auth::Caller> caller =
+      Identify(*vault_, *context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
+               HasUnknownFields(*request));
+  if (!caller.ok()) return Finish("GetTokenInfo", nullptr, caller.status());
+  absl::StatusOr<vault::TokenInfo> info =
+      vault_->GetTokenInfo(*caller, request->token());
+  if (!info.ok()) return Finish("GetTokenInfo", &*caller, info.status());
+  response->set_token(info->token);
+  response->set_brand(BrandToProto(info->brand));
+  response->set_bin(info->bin);
+  response->set_last_four(info->last_four);
+  response->set_exp_month(info->exp_month);
+  response->set_exp_year(info->exp_year);
+  response->set_format(FormatToProto(info->format));
+  response->set_domain(info->domain);
+  SetTime(info->created, response->mutable_create_time());
+  if (info->expires != absl::InfiniteFuture()) {
+    SetTime(info->expires, response->mutable_expire_time());
+  }
+  response->set_fingerprint(info->fingerprint);
+  response->set_deterministic(info->deterministic);
+  return grpc::Status::OK;
+}
+
+grpc::Status TokenVaultService::DeleteToken(
+    grpc::ServerContext* context, const pb::DeleteTokenRequest* request,
+    pb::DeleteTokenResponse* response) {
+  absl::StatusOr<auth::Caller> caller =
+      Identify(*vault_, *context, pb::DELETE_TOKEN, vault::kDeleteTokenRpc,
+               HasUnknownFields(*request));
+  if (!caller.ok()) return Finish("DeleteToken", nullptr, caller.status());
+  absl::StatusOr<bool> deleted = vault_->DeleteToken(*caller, request->token());
+  if (!deleted.ok()) return Finish("DeleteToken", &*caller, deleted.status());
+  response->set_deleted(*deleted);
   return grpc::Status::OK;
 }
 

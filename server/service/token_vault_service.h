@@ -24,6 +24,25 @@ class TokenVaultService final : public ::cardvault::v1::TokenVault::Service {
       const ::cardvault::v1::DetokenizeRequest* request,
       ::cardvault::v1::DetokenizeResponse* response) override;
 
+  grpc::Status TokenizeBatch(
+      grpc::ServerContext* context,
+      const ::cardvault::v1::TokenizeBatchRequest* request,
+      ::cardvault::v1::TokenizeBatchResponse* response) override;
+
+  grpc::Status DetokenizeBatch(
+      grpc::ServerContext* context,
+      const ::cardvault::v1::DetokenizeBatchRequest* request,
+      ::cardvault::v1::DetokenizeBatchResponse* response) override;
+
+  grpc::Status GetTokenInfo(grpc::ServerContext* context,
+                            const ::cardvault::v1::GetTokenInfoRequest* request,
+                            ::cardvault::v1::TokenInfo* response) override;
+
+  grpc::Status DeleteToken(
+      grpc::ServerContext* context,
+      const ::cardvault::v1::DeleteTokenRequest* request,
+      ::cardvault::v1::DeleteTokenResponse* response) override;
+
  private:
   const vault::Vault* const vault_;
 };

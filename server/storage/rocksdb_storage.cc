@@ -5,6 +5,7 @@
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "rocksdb/compaction_filter.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
@@ -14,7 +15,9 @@
 namespace cardvault::storage {
 namespace {
 
-constexpr char kTokensCf[] = "tokens";
+// Token-data column families, in Table order.
+constexpr const char* kTableCfs[kNumTables] = {"tokens", "pan_index",
+                                               "idempotency"};
 constexpr char kKeysCf[] = "keys";
 constexpr char kAuditCf[] = "audit";
 
@@ -46,6 +49,30 @@ rocksdb::WriteOptions DurableWrite() {
 
 }  // namespace
 
+// Drops values whose expiry time has passed. One instance per table, shared
+// by RocksDB's compaction threads: stateless apart from its const options.
+class RocksDbStorage::ExpiryFilter : public rocksdb::CompactionFilter {
+ public:
+  ExpiryFilter(Table table, const Options& options)
+      : table_(table), expiry_of_(options.expiry_of), now_(options.now) {}
+
+  bool Filter(int /*level*/, const rocksdb::Slice& /*key*/,
+              const rocksdb::Slice& existing_value, std::string* /*new_value*/,
+              bool* /*value_changed*/) const override {
+    const absl::Time expires = expiry_of_(
+        table_,
+        absl::string_view(existing_value.data(), existing_value.size()));
+    return expires <= now_();
+  }
+
+  const char* Name() const override { return "cardvault.ExpiryFilter"; }
+
+ private:
+  const Table table_;
+  const std::function<absl::Time(Table, absl::string_view)> expiry_of_;
+  const std::function<absl::Time()> now_;
+};
+
 absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
     const Options& options) {
   if (options.data_dir.empty()) {
@@ -73,12 +100,22 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
   rocksdb::ColumnFamilyOptions cf_options;
   cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
 
+  std::vector<std::unique_ptr<ExpiryFilter>> filters;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
-      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
-      {kTokensCf, cf_options},
-      {kKeysCf, rocksdb::ColumnFamilyOptions()},
-      {kAuditCf, rocksdb::ColumnFamilyOptions()},
-  };
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()}};
+  for (int t = 0; t < kNumTables; ++t) {
+    rocksdb::ColumnFamilyOptions table_options = cf_options;
+    if (options.expiry_of) {
+      filters.push_back(
+          std::make_unique<ExpiryFilter>(static_cast<Table>(t), options));
+      table_options.compaction_filter = filters.back().get();
+      table_options.periodic_compaction_seconds = static_cast<uint64_t>(
+          absl::ToInt64Seconds(options.periodic_compaction));
+    }
+    descriptors.emplace_back(kTableCfs[t], table_options);
+  }
+  descriptors.emplace_back(kKeysCf, rocksdb::ColumnFamilyOptions());
+  descriptors.emplace_back(kAuditCf, rocksdb::ColumnFamilyOptions());
   std::vector<rocksdb::ColumnFamilyHandle*> raw_handles;
   rocksdb::DB* raw_db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(db_options, options.data_dir,
@@ -87,17 +124,25 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
   std::unique_ptr<rocksdb::DB> db(raw_db);
   std::vector<CfHandle> handles;
   for (rocksdb::ColumnFamilyHandle* h : raw_handles) handles.emplace_back(h);
-  return std::unique_ptr<RocksDbStorage>(
-      new RocksDbStorage(std::move(db), std::move(handles)));
+  return std::unique_ptr<RocksDbStorage>(new RocksDbStorage(
+      std::move(filters), std::move(db), std::move(handles)));
 }
 
-RocksDbStorage::RocksDbStorage(std::unique_ptr<rocksdb::DB> db,
-                               std::vector<CfHandle> handles)
-    : db_(std::move(db)),
+RocksDbStorage::RocksDbStorage(
+    std::vector<std::unique_ptr<ExpiryFilter>> filters,
+    std::unique_ptr<rocksdb::DB> db, std::vector<CfHandle> handles)
+    : filters_(std::move(filters)),
+      db_(std::move(db)),
       handles_(std::move(handles)),
-      tokens_(handles_[1].get()),
-      keys_(handles_[2].get()),
-      audit_(handles_[3].get()) {}
+      tables_{handles_[1].get(), handles_[2].get(), handles_[3].get()},
+      keys_(handles_[1 + kNumTables].get()),
+      audit_(handles_[2 + kNumTables].get()) {}
+
+RocksDbStorage::~RocksDbStorage() = default;
+
+rocksdb::ColumnFamilyHandle* RocksDbStorage::HandleOf(Table table) const {
+  return tables_[static_cast<size_t>(table)];
+}
 
 absl::Status RocksDbStorage::InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
                                             absl::string_view key,
@@ -112,29 +157,24 @@ absl::Status RocksDbStorage::InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
                      "put");
 }
 
-absl::StatusOr<std::string> RocksDbStorage::Lookup(
-    absl::string_view token) const {
+absl::StatusOr<std::string> RocksDbStorage::Get(Table table,
+                                                absl::string_view key) const {
   std::string value;
   rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), tokens_, ToSlice(token), &value);
-  if (s.IsNotFound()) return absl::NotFoundError("no such token");
+      db_->Get(rocksdb::ReadOptions(), HandleOf(table), ToSlice(key), &value);
+  if (s.IsNotFound()) return absl::NotFoundError("no such key");
   if (!s.ok()) return FromRocksDb(s, "get");
   return value;
 }
 
-absl::StatusOr<bool> RocksDbStorage::Contains(absl::string_view token) const {
-  std::string value;
-  rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), tokens_, ToSlice(token), &value);
-  if (s.IsNotFound()) return false;
-  if (!s.ok()) return FromRocksDb(s, "get");
-  return true;
-}
-
 absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
   rocksdb::WriteBatch batch;
-  for (const auto& [token, record] : writes.new_tokens) {
-    batch.Put(tokens_, ToSlice(token), ToSlice(record));
+  for (const RecordWrite& w : writes.records) {
+    if (w.value.has_value()) {
+      batch.Put(HandleOf(w.table), ToSlice(w.key), ToSlice(*w.value));
+    } else {
+      batch.Delete(HandleOf(w.table), ToSlice(w.key));
+    }
   }
   for (const auto& [sequence, record] : writes.audit_records) {
     batch.Put(audit_, SequenceKey(sequence), ToSlice(record));
@@ -205,6 +245,19 @@ absl::Status RocksDbStorage::Flush() const {
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
   for (const CfHandle& h : handles_) cfs.push_back(h.get());
   return FromRocksDb(db_->Flush(f, cfs), "flush");
+}
+
+absl::Status RocksDbStorage::CompactTokenData() const {
+  if (absl::Status s = Flush(); !s.ok()) return s;
+  rocksdb::CompactRangeOptions c;
+  // Rewrite the last level too, so the filter sees every value and
+  // tombstones meet the values they delete.
+  c.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  for (rocksdb::ColumnFamilyHandle* cf : tables_) {
+    rocksdb::Status s = db_->CompactRange(c, cf, nullptr, nullptr);
+    if (!s.ok()) return FromRocksDb(s, "compact");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace cardvault::storage

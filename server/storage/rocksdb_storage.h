@@ -1,35 +1,53 @@
-// RocksDB implementation of TokenStore and KeyStore.
+// RocksDB implementation of RecordStore, KeyStore and AuditStore.
 //
 // Column families:
-//   "tokens"  token -> sealed card record (see vault/card_record.h)
-//   "keys"    key id -> wrapped key record (see vault/wrapped_keys.h)
-//   "audit"   8-byte big-endian sequence -> audit record (audit/audit_log.h)
+//   "tokens"       token -> sealed card record (see vault/card_record.h)
+//   "pan_index"    keyed HMAC -> index entry (see vault/index_entry.h)
+//   "idempotency"  keyed HMAC -> first result (see vault/index_entry.h)
+//   "keys"         key id -> wrapped key record (see vault/wrapped_keys.h)
+//   "audit"        8-byte big-endian sequence -> audit record
+//                  (audit/audit_log.h)
 // The default column family is unused. Every write is synced (WAL fsync)
 // before it returns; concurrent writers share one fsync (group commit).
+//
+// Expired values of the first three are dropped by a compaction filter, and
+// periodic compaction makes every file pass through it at least once a day,
+// so expired card records do not stay on disk.
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_STORAGE_ROCKSDB_STORAGE_H_
 #define CARDVAULT_SERVER_STORAGE_ROCKSDB_STORAGE_H_
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "rocksdb/db.h"
 #include "server/storage/token_store.h"
 
 namespace cardvault::storage {
 
-class RocksDbStorage : public TokenStore, public KeyStore, public AuditStore {
+class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
  public:
   struct Options {
     // Directory of the database; created if missing.
     std::string data_dir;
     // Block cache for SST blocks, in bytes. Default 64 MiB.
     size_t block_cache_bytes = 64 << 20;
+    // When a value of a token-data table expires (InfiniteFuture = never).
+    // Unset: nothing expires. Called from compaction threads.
+    std::function<absl::Time(Table, absl::string_view value)> expiry_of;
+    // Clock the compaction filter compares expiry times with.
+    std::function<absl::Time()> now = [] { return absl::Now(); };
+    // Every token-data file is recompacted (and so filtered) at least this
+    // often. Default one day.
+    absl::Duration periodic_compaction = absl::Hours(24);
   };
 
   static absl::StatusOr<std::unique_ptr<RocksDbStorage>> Open(
@@ -37,10 +55,10 @@ class RocksDbStorage : public TokenStore, public KeyStore, public AuditStore {
 
   RocksDbStorage(const RocksDbStorage&) = delete;
   RocksDbStorage& operator=(const RocksDbStorage&) = delete;
-  ~RocksDbStorage() override = default;
+  ~RocksDbStorage() override;
 
-  absl::StatusOr<std::string> Lookup(absl::string_view token) const override;
-  absl::StatusOr<bool> Contains(absl::string_view token) const override;
+  absl::StatusOr<std::string> Get(Table table,
+                                  absl::string_view key) const override;
 
   absl::Status InsertKey(absl::string_view key_id,
                          absl::string_view record) const override;
@@ -58,22 +76,31 @@ class RocksDbStorage : public TokenStore, public KeyStore, public AuditStore {
   // Flushes memtables to SST files (used by tests that inspect files).
   absl::Status Flush() const;
 
+  // Flushes and compacts the token-data tables down to the last level, so
+  // that deleted and expired values are physically gone from live files.
+  absl::Status CompactTokenData() const;
+
  private:
   // Insert-if-absent (keys) is a read then a write; a lock stripe per key
   // hash makes it atomic without serialising unrelated inserts.
   static constexpr size_t kLockStripes = 64;
 
   using CfHandle = std::unique_ptr<rocksdb::ColumnFamilyHandle>;
-  RocksDbStorage(std::unique_ptr<rocksdb::DB> db,
+  class ExpiryFilter;
+  RocksDbStorage(std::vector<std::unique_ptr<ExpiryFilter>> filters,
+                 std::unique_ptr<rocksdb::DB> db,
                  std::vector<CfHandle> handles);
+  rocksdb::ColumnFamilyHandle* HandleOf(Table table) const;
   absl::Status InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
                               absl::string_view key,
                               absl::string_view value) const;
 
+  // Outlive the database, which calls them from compaction threads.
+  std::vector<std::unique_ptr<ExpiryFilter>> filters_;
   // Declared before the handles so that the handles are released first.
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<CfHandle> handles_;
-  rocksdb::ColumnFamilyHandle* tokens_;
+  std::array<rocksdb::ColumnFamilyHandle*, kNumTables> tables_;
   rocksdb::ColumnFamilyHandle* keys_;
   rocksdb::ColumnFamilyHandle* audit_;
   mutable std::array<absl::Mutex, kLockStripes> stripes_;

@@ -1,5 +1,6 @@
 // Storage interfaces the vault depends on. They hold opaque bytes only:
-// sealed records and wrapped keys, never anything in clear.
+// sealed records, keyed-hash index entries and wrapped keys, never anything
+// in clear.
 //
 // Thread safety: implementations are thread-safe.
 #ifndef CARDVAULT_SERVER_STORAGE_TOKEN_STORE_H_
@@ -18,24 +19,38 @@
 
 namespace cardvault::storage {
 
-// Token -> sealed card record.
-class TokenStore {
+// The tables of token data (formats in vault/card_record.h and
+// vault/index_entry.h). Every value may carry an expiry time that
+// compaction honours (see RocksDbStorage::Options::expiry_of).
+enum class Table : uint8_t {
+  kTokens = 0,       // token -> sealed card record
+  kPanIndex = 1,     // keyed HMAC of (domain, format, PAN) -> index entry
+  kIdempotency = 2,  // keyed HMAC of (identity, key) -> first result
+};
+inline constexpr int kNumTables = 3;
+
+// Point reads of token data.
+class RecordStore {
  public:
-  virtual ~TokenStore() = default;
+  virtual ~RecordStore() = default;
 
-  // The record under `token`, NOT_FOUND if none.
-  virtual absl::StatusOr<std::string> Lookup(absl::string_view token) const = 0;
-
-  // Whether a record exists under `token`.
-  virtual absl::StatusOr<bool> Contains(absl::string_view token) const = 0;
+  // The value under `key` in `table`; NOT_FOUND if none.
+  virtual absl::StatusOr<std::string> Get(Table table,
+                                          absl::string_view key) const = 0;
 };
 
-// One atomic, durable write: new token records and the audit records that
-// describe them (PCI DSS 10.2: the record of a Tokenize is never separate
-// from the token it created).
+// A put (value set) or a delete (value empty) of one key.
+struct RecordWrite {
+  Table table = Table::kTokens;
+  std::string key;
+  std::optional<std::string> value;
+};
+
+// One atomic, durable write: token data and the audit records that describe
+// it (PCI DSS 10.2: the record of a Tokenize is never separate from the
+// token it created).
 struct WriteSet {
-  // (token, sealed record); the writer guarantees each token is new.
-  std::vector<std::pair<std::string, std::string>> new_tokens;
+  std::vector<RecordWrite> records;
   // (sequence, encoded audit record).
   std::vector<std::pair<uint64_t, std::string>> audit_records;
   // Retention purge: delete audit records 1..purge_audit_through (0 = none)

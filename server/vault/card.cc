@@ -95,7 +95,47 @@ absl::Status ValidateName(absl::string_view name) {
   return absl::OkStatus();
 }
 
+// The first `n` digits of `pan` as a number (`pan` has at least 12).
+int Prefix(absl::string_view pan, size_t n) {
+  int v = 0;
+  for (size_t i = 0; i < n; ++i) v = v * 10 + (pan[i] - '0');
+  return v;
+}
+
 }  // namespace
+
+CardBrand BrandOf(absl::string_view pan) {
+  if (pan.size() < kMinPanDigits) return CardBrand::kUnknown;
+  const int p2 = Prefix(pan, 2), p3 = Prefix(pan, 3), p4 = Prefix(pan, 4),
+            p6 = Prefix(pan, 6);
+  if (pan[0] == '4') return CardBrand::kVisa;
+  if ((p2 >= 51 && p2 <= 55) || (p4 >= 2221 && p4 <= 2720)) {
+    return CardBrand::kMastercard;
+  }
+  if (p2 == 34 || p2 == 37) return CardBrand::kAmex;
+  if (p4 == 6011 || (p3 >= 644 && p3 <= 649) || p2 == 65 ||
+      (p6 >= 622126 && p6 <= 622925)) {
+    return p2 == 62 ? CardBrand::kUnionPay : CardBrand::kDiscover;
+  }
+  if (p4 >= 3528 && p4 <= 3589) return CardBrand::kJcb;
+  if ((p3 >= 300 && p3 <= 305) || p2 == 36 || p2 == 38 || p2 == 39) {
+    return CardBrand::kDinersClub;
+  }
+  if (p2 == 62) return CardBrand::kUnionPay;
+  if (p2 == 50 || (p2 >= 56 && p2 <= 58) || p2 == 67 || p4 == 6304) {
+    return CardBrand::kMaestro;
+  }
+  return CardBrand::kUnknown;
+}
+
+absl::Status ValidateCvv(absl::string_view cvv) {
+  bool digits = true;
+  for (char c : cvv) digits = digits && IsAsciiDigit(c);
+  if (!digits || cvv.size() < kMinCvvDigits || cvv.size() > kMaxCvvDigits) {
+    return absl::InvalidArgumentError("cvv must be 3 or 4 ASCII digits");
+  }
+  return absl::OkStatus();
+}
 
 bool PassesLuhn(absl::string_view digits) {
   int sum = 0;

@@ -34,8 +34,30 @@ struct Card {
   }
 };
 
+enum class CardBrand {
+  kUnknown,
+  kVisa,
+  kMastercard,
+  kAmex,
+  kDiscover,
+  kJcb,
+  kDinersClub,
+  kUnionPay,
+  kMaestro,
+};
+
+// The brand a PAN's leading digits (issuer identification number ranges)
+// belong to; kUnknown when no range matches.
+CardBrand BrandOf(absl::string_view pan);
+
 // True if `digits` (ASCII digits only) passes the Luhn check.
 bool PassesLuhn(absl::string_view digits);
+
+inline constexpr size_t kMinCvvDigits = 3;
+inline constexpr size_t kMaxCvvDigits = 4;
+
+// INVALID_ARGUMENT unless `cvv` is 3 or 4 ASCII digits (value never echoed).
+absl::Status ValidateCvv(absl::string_view cvv);
 
 // Checks `card` at time `now`. Errors are INVALID_ARGUMENT with a message that
 // names the field and the rule, never the value. Rules:

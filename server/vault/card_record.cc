@@ -11,16 +11,17 @@ namespace {
 
 constexpr absl::string_view kAadLabel = "cardvault/card-record";
 
-std::string AssociatedData(uint8_t format, uint32_t key_version,
-                           absl::string_view token, absl::string_view domain) {
+std::string AssociatedData(absl::string_view header, absl::string_view token) {
   std::string aad(kAadLabel);
-  aad.push_back(static_cast<char>(format));
-  util::AppendBigEndian32(key_version, &aad);
+  absl::StrAppend(&aad, header);
   aad.push_back(static_cast<char>(token.size()));
   absl::StrAppend(&aad, token);
-  aad.push_back(static_cast<char>(domain.size()));
-  absl::StrAppend(&aad, domain);
   return aad;
+}
+
+bool IsKnownFormat(uint8_t f) {
+  return f >= static_cast<uint8_t>(TokenFormat::kRandom) &&
+         f <= static_cast<uint8_t>(TokenFormat::kBinLastFour);
 }
 
 absl::StatusOr<crypto::SecretBytes> EncodePlaintext(const Card& card) {
@@ -63,63 +64,92 @@ absl::StatusOr<Card> DecodePlaintext(absl::string_view in) {
 }  // namespace
 
 absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
-                                           uint32_t key_version,
+                                           const RecordHeader& header,
                                            absl::string_view token,
-                                           absl::string_view domain,
                                            const Card& card) {
   if (token.empty() || token.size() > 255) {
     return absl::InvalidArgumentError("token length out of range");
   }
+  const std::string& domain = header.domain;
   if (domain.empty() || domain.size() > kMaxRecordDomainBytes) {
     return absl::InvalidArgumentError("token domain length out of range");
   }
+  if (header.created < absl::UnixEpoch() || header.expires <= header.created) {
+    return absl::InvalidArgumentError("record times out of range");
+  }
   absl::StatusOr<crypto::SecretBytes> plaintext = EncodePlaintext(card);
   if (!plaintext.ok()) return plaintext.status();
-  absl::StatusOr<std::string> sealed =
-      key.Seal(plaintext->view(),
-               AssociatedData(kCardRecordFormatV2, key_version, token, domain));
-  if (!sealed.ok()) return sealed.status();
   std::string record;
-  record.reserve(kCardRecordHeaderBytes + domain.size() + sealed->size());
-  record.push_back(static_cast<char>(kCardRecordFormatV2));
-  util::AppendBigEndian32(key_version, &record);
+  record.reserve(kCardRecordHeaderBytes + domain.size() +
+                 crypto::AesGcm::kOverhead + plaintext->size());
+  record.push_back(static_cast<char>(kCardRecordFormatV3));
+  util::AppendBigEndian32(header.key_version, &record);
+  record.push_back(static_cast<char>(header.format));
+  record.push_back(
+      static_cast<char>(header.deterministic ? kRecordFlagDeterministic : 0));
+  util::AppendUnixMillis(header.created, &record);
+  util::AppendUnixMillis(header.expires, &record);
   record.push_back(static_cast<char>(domain.size()));
-  absl::StrAppend(&record, domain, *sealed);
+  absl::StrAppend(&record, domain);
+  absl::StatusOr<std::string> sealed =
+      key.Seal(plaintext->view(), AssociatedData(record, token));
+  if (!sealed.ok()) return sealed.status();
+  absl::StrAppend(&record, *sealed);
   return record;
+}
+
+absl::StatusOr<RecordHeader> ParseRecordHeader(absl::string_view record) {
+  const absl::Status bad = absl::DataLossError("card record is malformed");
+  if (record.size() < kCardRecordHeaderBytes + crypto::AesGcm::kOverhead ||
+      record.size() > kMaxCardRecordBytes) {
+    return bad;
+  }
+  if (static_cast<uint8_t>(record[0]) != kCardRecordFormatV3) {
+    return absl::DataLossError("card record has an unknown format version");
+  }
+  const uint8_t format = static_cast<uint8_t>(record[5]);
+  const uint8_t flags = static_cast<uint8_t>(record[6]);
+  const size_t domain_len = static_cast<uint8_t>(record[23]);
+  if (!IsKnownFormat(format) || (flags & ~kRecordFlagDeterministic) != 0 ||
+      domain_len == 0 || domain_len > kMaxRecordDomainBytes ||
+      record.size() <
+          kCardRecordHeaderBytes + domain_len + crypto::AesGcm::kOverhead) {
+    return bad;
+  }
+  RecordHeader header;
+  header.key_version = util::ReadBigEndian32(record.substr(1, 4));
+  header.format = static_cast<TokenFormat>(format);
+  header.deterministic = (flags & kRecordFlagDeterministic) != 0;
+  header.created = util::ReadUnixMillis(record.substr(7, 8), absl::UnixEpoch());
+  header.expires =
+      util::ReadUnixMillis(record.substr(15, 8), absl::InfiniteFuture());
+  header.domain =
+      std::string(record.substr(kCardRecordHeaderBytes, domain_len));
+  return header;
 }
 
 absl::StatusOr<OpenedCard> OpenCardRecord(const KeyRing& keys,
                                           absl::string_view token,
                                           absl::string_view record) {
-  if (record.size() < kCardRecordHeaderBytes + crypto::AesGcm::kOverhead ||
-      record.size() > kMaxCardRecordBytes || token.size() > 255) {
+  if (token.size() > 255) {
     return absl::DataLossError("card record has an impossible length");
   }
-  const uint8_t format = static_cast<uint8_t>(record[0]);
-  if (format != kCardRecordFormatV2) {
-    return absl::DataLossError("card record has an unknown format version");
-  }
-  const uint32_t key_version = util::ReadBigEndian32(record.substr(1, 4));
-  const size_t domain_len = static_cast<uint8_t>(record[5]);
-  if (domain_len == 0 || domain_len > kMaxRecordDomainBytes ||
-      record.size() <
-          kCardRecordHeaderBytes + domain_len + crypto::AesGcm::kOverhead) {
-    return absl::DataLossError("card record has an impossible length");
-  }
-  const absl::string_view domain = record.substr(6, domain_len);
-  absl::StatusOr<const crypto::AesGcm*> key = keys.Get(key_version);
+  absl::StatusOr<RecordHeader> header = ParseRecordHeader(record);
+  if (!header.ok()) return header.status();
+  const size_t header_len = kCardRecordHeaderBytes + header->domain.size();
+  absl::StatusOr<const crypto::AesGcm*> key = keys.Get(header->key_version);
   if (!key.ok()) {
     return absl::DataLossError("card record names an unknown data key");
   }
   absl::StatusOr<crypto::SecretBytes> plaintext =
-      (*key)->Open(record.substr(kCardRecordHeaderBytes + domain_len),
-                   AssociatedData(format, key_version, token, domain));
+      (*key)->Open(record.substr(header_len),
+                   AssociatedData(record.substr(0, header_len), token));
   if (!plaintext.ok()) {
     return absl::DataLossError("card record failed its integrity check");
   }
   absl::StatusOr<Card> card = DecodePlaintext(plaintext->view());
   if (!card.ok()) return card.status();
-  return OpenedCard{*std::move(card), std::string(domain)};
+  return OpenedCard{*std::move(card), *std::move(header)};
 }
 
 }  // namespace cardvault::vault

@@ -11,18 +11,18 @@ std::string DataKeyId(uint32_t version) {
   return WrappedKeyId(kDataKeyPrefix, version);
 }
 
-absl::StatusOr<AuditKey> LoadAuditKey(const storage::KeyStore* keys,
-                                      const hsm::KeyWrapper* wrapper) {
+absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
+                                  const hsm::KeyWrapper* wrapper,
+                                  absl::string_view prefix) {
   bool created = false;
   absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
-      LoadWrappedKeys(keys, wrapper, kAuditKeyPrefix, /*create_first=*/true,
-                      &created);
+      LoadWrappedKeys(keys, wrapper, prefix, /*create_first=*/true, &created);
   if (!plain.ok()) return plain.status();
   auto newest = plain->rbegin();
   absl::StatusOr<std::unique_ptr<crypto::HmacSha256>> mac =
       crypto::HmacSha256::Create(std::move(newest->second));
   if (!mac.ok()) return mac.status();
-  return AuditKey{newest->first, *std::move(mac), created};
+  return MacKey{newest->first, *std::move(mac), created};
 }
 
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(

@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "server/crypto/random.h"
+#include "server/vault/card.h"
 
 namespace cardvault::vault {
 namespace {
@@ -40,7 +41,56 @@ absl::StatusOr<std::string> GenerateToken() {
   return token;
 }
 
+size_t KeptBinDigits(size_t pan_length, size_t bin_digits) {
+  return bin_digits == 8 && pan_length >= 16 ? 8 : 6;
+}
+
+absl::StatusOr<std::string> GenerateNumericToken(TokenFormat format,
+                                                 absl::string_view pan,
+                                                 size_t bin_digits) {
+  if (pan.size() < kMinPanDigits || pan.size() > kMaxPanDigits ||
+      (format != TokenFormat::kLastFour &&
+       format != TokenFormat::kBinLastFour)) {
+    return absl::InvalidArgumentError("no numeric token for this input");
+  }
+  const size_t lead = format == TokenFormat::kBinLastFour
+                          ? KeptBinDigits(pan.size(), bin_digits)
+                          : 0;
+  const size_t free_end = pan.size() - kKeptLastDigits;
+  std::string token(pan);
+  for (int draw = 0; draw < kMaxLuhnDraws; ++draw) {
+    // Bytes >= 250 are rejected so that each digit is uniform.
+    std::array<uint8_t, 32> bytes;
+    size_t used = bytes.size();
+    for (size_t i = lead; i < free_end; ++i) {
+      uint8_t b;
+      do {
+        if (used == bytes.size()) {
+          if (absl::Status s = crypto::FillRandom(absl::MakeSpan(bytes));
+              !s.ok()) {
+            return s;
+          }
+          used = 0;
+        }
+        b = bytes[used++];
+      } while (b >= 250);
+      token[i] = static_cast<char>('0' + b % 10);
+    }
+    if (!PassesLuhn(token) && token != pan) return token;
+  }
+  return absl::InternalError("could not draw a Luhn-failing token");
+}
+
 bool IsWellFormedToken(absl::string_view token) {
+  if (!token.empty() && token[0] >= '0' && token[0] <= '9') {
+    if (token.size() < kMinPanDigits || token.size() > kMaxPanDigits) {
+      return false;
+    }
+    for (char c : token) {
+      if (c < '0' || c > '9') return false;
+    }
+    return !PassesLuhn(token);
+  }
   if (token.size() != kTokenLength || !absl::StartsWith(token, kTokenPrefix)) {
     return false;
   }

@@ -1,10 +1,15 @@
 #include "server/vault/vault.h"
 
+#include <openssl/crypto.h>
+
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/util/big_endian.h"
 #include "server/util/log.h"
 #include "server/vault/card_record.h"
+#include "server/vault/index_entry.h"
 #include "server/vault/token.h"
 
 namespace cardvault::vault {
@@ -32,32 +37,42 @@ bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
          (f.token.empty() || e.token() == f.token);
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(
-    const storage::TokenStore* tokens, const KeyRing* keys,
-    const auth::PolicyHolder* policy, const audit::AuditLog* audit,
-    Options options) {
-  if (tokens == nullptr || keys == nullptr || policy == nullptr ||
-      audit == nullptr) {
-    return absl::InvalidArgumentError("vault dependencies must not be null");
-  }
-  if (options.max_token_attempts < 1 || !options.now ||
-      !options.generate_token) {
-    return absl::InvalidArgumentError("bad vault options");
-  }
-  return std::unique_ptr<Vault>(
-      new Vault(tokens, keys, policy, audit, std::move(options)));
+void SetOutcome(const absl::Status& status, audit::AuditEvent* event) {
+  event->set_status_code(static_cast<int32_t>(status.code()));
+  event->set_status_message(std::string(status.message()));
 }
 
-Vault::Vault(const storage::TokenStore* tokens, const KeyRing* keys,
-             const auth::PolicyHolder* policy, const audit::AuditLog* audit,
-             Options options)
-    : tokens_(tokens),
-      keys_(keys),
-      policy_(policy),
-      audit_(audit),
-      options_(std::move(options)) {}
+absl::string_view TokenFormatName(TokenFormat format) {
+  switch (format) {
+    case TokenFormat::kRandom:
+      return "random";
+    case TokenFormat::kLastFour:
+      return "last_four";
+    case TokenFormat::kBinLastFour:
+      return "bin_last_four";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
+                                                     Options options) {
+  if (deps.records == nullptr || deps.keys == nullptr ||
+      deps.index_key == nullptr || deps.fingerprint_key == nullptr ||
+      deps.cvv_cache == nullptr || deps.policy == nullptr ||
+      deps.audit == nullptr) {
+    return absl::InvalidArgumentError("vault dependencies must not be null");
+  }
+  if (options.max_token_attempts < 1 ||
+      options.max_numeric_token_attempts < 1 || !options.now ||
+      !options.generate_token || !options.generate_numeric_token ||
+      options.idempotency_window <= absl::ZeroDuration() ||
+      options.max_batch_items == 0) {
+    return absl::InvalidArgumentError("bad vault options");
+  }
+  return std::unique_ptr<Vault>(new Vault(deps, std::move(options)));
+}
 
 audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
                                   absl::string_view rpc) const {
@@ -81,102 +96,564 @@ audit::AuditEvent Vault::ServerEvent(EventType type) const {
 
 absl::Status Vault::Record(audit::AuditEvent event,
                            const absl::Status& status) const {
-  event.set_status_code(static_cast<int32_t>(status.code()));
-  event.set_status_message(std::string(status.message()));
-  if (absl::Status s = audit_->Append(std::move(event)); !s.ok()) {
+  SetOutcome(status, &event);
+  if (absl::Status s = deps_.audit->Append(std::move(event)); !s.ok()) {
     return absl::UnavailableError("audit trail unavailable");
   }
   return status;
 }
 
+// One Tokenize item on its way through one or more planning rounds.
+struct Vault::TokenizeWork {
+  TokenizeRequest* request = nullptr;
+  audit::AuditEvent event;
+  absl::Time now;
+  std::string domain;
+  bool deterministic = false;
+  uint32_t bin_digits = 6;
+  absl::Time expires = absl::InfiniteFuture();
+  std::string index_key;        // deterministic only
+  std::string idempotency_key;  // keyed; with an idempotency key only
+  std::string request_digest;
+  int tokens_drawn = 0;
+  // What this round's audit entry records: a refusal, or an answer.
+  std::optional<absl::Status> refusal;
+  std::optional<Tokenized> answer;
+  // Set once the entry is durable (or cannot be).
+  std::optional<absl::StatusOr<Tokenized>> result;
+};
+
 absl::StatusOr<Tokenized> Vault::Tokenize(const auth::Caller& caller,
-                                          const Card& card,
-                                          absl::string_view domain) const {
-  audit::AuditEvent event = NewEvent(caller, v1::TOKENIZE, kTokenizeRpc);
-  const std::shared_ptr<const auth::AccessPolicy> policy = policy_->Current();
-  // Authorise before looking at the data, so an unauthorised caller learns
-  // nothing about validation.
-  if (absl::Status s = policy->Check(caller, auth::Permission::kTokenize);
-      !s.ok()) {
-    return Record(std::move(event), s);
-  }
-  if (!domain.empty() && auth::IsValidDomain(domain)) {
-    event.set_domain(std::string(domain));
-  }
-  absl::StatusOr<std::string> bound = policy->TokenizeDomain(caller, domain);
-  if (!bound.ok()) return Record(std::move(event), bound.status());
-  event.set_domain(*bound);
-  if (absl::Status s = ValidateCard(card, options_.now()); !s.ok()) {
-    return Record(std::move(event), s);
-  }
-  for (int attempt = 0; attempt < options_.max_token_attempts; ++attempt) {
-    absl::StatusOr<std::string> token = options_.generate_token();
-    if (!token.ok()) return Record(std::move(event), token.status());
-    absl::StatusOr<std::string> record = SealCardRecord(
-        keys_->primary(), keys_->primary_version(), *token, *bound, card);
-    if (!record.ok()) return Record(std::move(event), record.status());
-    audit::AuditEvent success = event;
-    success.set_token(*token);
-    success.set_status_code(0);
-    // The token and its audit record are one atomic, durable write.
-    absl::Status written = audit_->Append(
-        std::move(success), audit::NewToken{*token, *std::move(record)});
-    if (written.ok()) return Tokenized{*std::move(token), *std::move(bound)};
-    if (!absl::IsAlreadyExists(written)) {
-      return absl::UnavailableError("storage or audit trail unavailable");
-    }
-  }
-  return Record(std::move(event),
-                absl::InternalError("could not allocate a unique token"));
+                                          TokenizeRequest request) const {
+  std::vector<TokenizeRequest> one;
+  one.push_back(std::move(request));
+  return std::move(TokenizeAll(caller, one, kTokenizeRpc)[0]);
 }
 
-absl::StatusOr<OpenedCard> Vault::Detokenize(const auth::Caller& caller,
-                                             absl::string_view token,
-                                             absl::string_view purpose) const {
-  audit::AuditEvent event = NewEvent(caller, v1::DETOKENIZE, kDetokenizeRpc);
-  const std::shared_ptr<const auth::AccessPolicy> policy = policy_->Current();
-  if (absl::Status s = policy->Check(caller, auth::Permission::kDetokenize);
-      !s.ok()) {
-    return Record(std::move(event), s);
+absl::StatusOr<Tokenized> Vault::Tokenize(const auth::Caller& caller, Card card,
+                                          absl::string_view domain) const {
+  TokenizeRequest request;
+  request.card = std::move(card);
+  request.domain = std::string(domain);
+  return Tokenize(caller, std::move(request));
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Tokenized>>> Vault::TokenizeBatch(
+    const auth::Caller& caller, std::vector<TokenizeRequest> requests) const {
+  if (requests.empty() || requests.size() > options_.max_batch_items) {
+    return Record(
+        NewEvent(caller, v1::TOKENIZE, kTokenizeBatchRpc),
+        absl::InvalidArgumentError(absl::StrCat(
+            "a batch holds 1 to ", options_.max_batch_items, " requests")));
   }
-  if (absl::Status s = policy->CheckPurpose(purpose); !s.ok()) {
-    return Record(std::move(event), s);
+  return TokenizeAll(caller, requests, kTokenizeBatchRpc);
+}
+
+void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
+                                 const auth::Caller& caller,
+                                 TokenizeWork& w) const {
+  const TokenizeRequest& r = *w.request;
+  if (!r.domain.empty() && auth::IsValidDomain(r.domain)) {
+    w.event.set_domain(r.domain);
   }
-  event.set_purpose(std::string(purpose));
-  if (!IsWellFormedToken(token)) {
-    return Record(std::move(event),
-                  absl::InvalidArgumentError("token is malformed"));
+  absl::StatusOr<std::string> bound = policy.TokenizeDomain(caller, r.domain);
+  if (!bound.ok()) {
+    w.refusal = bound.status();
+    return;
   }
-  event.set_token(std::string(token));
+  w.domain = *std::move(bound);
+  w.event.set_domain(w.domain);
+  const auth::DomainSettings& settings = policy.SettingsOf(w.domain);
+  w.bin_digits = settings.bin_digits;
+  w.deterministic = r.deterministic || settings.deterministic;
+  absl::Status valid = ValidateCard(r.card, w.now);
+  if (valid.ok() && !r.cvv.empty()) valid = ValidateCvv(r.cvv.view());
+  if (valid.ok() && (r.format < TokenFormat::kRandom ||
+                     r.format > TokenFormat::kBinLastFour)) {
+    valid = absl::InvalidArgumentError("format is not a known token format");
+  }
+  if (valid.ok() && r.ttl != absl::ZeroDuration() && r.ttl < absl::Seconds(1)) {
+    valid = absl::InvalidArgumentError("ttl must be at least one second");
+  }
+  if (valid.ok() && settings.max_ttl > absl::ZeroDuration() &&
+      r.ttl > settings.max_ttl) {
+    valid = absl::InvalidArgumentError(
+        "ttl exceeds the maximum of the token domain");
+  }
+  if (valid.ok() && r.idempotency_key.size() > kMaxIdempotencyKeyBytes) {
+    valid =
+        absl::InvalidArgumentError("idempotency_key must be at most 128 bytes");
+  }
+  if (!valid.ok()) {
+    w.refusal = valid;
+    return;
+  }
+  const absl::Duration ttl =
+      r.ttl > absl::ZeroDuration() ? r.ttl : settings.max_ttl;
+  if (ttl > absl::ZeroDuration()) {
+    w.expires = absl::FromUnixMillis(absl::ToUnixMillis(w.now + ttl));
+  }
+  w.event.set_detail(absl::StrCat(
+      "format=", TokenFormatName(r.format),
+      w.deterministic ? " deterministic" : "",
+      ttl > absl::ZeroDuration() ? absl::StrCat(" ttl=", FormatDuration(ttl))
+                                 : "",
+      r.cvv.empty() ? "" : " cvv-held-in-memory"));
+  const absl::string_view pan = r.card.pan.view();
+  if (w.deterministic) {
+    w.index_key = PanIndexKey(*deps_.index_key, w.domain, r.format, pan);
+  }
+  if (!r.idempotency_key.empty()) {
+    w.idempotency_key =
+        IdempotencyKey(*deps_.index_key, caller.identity, r.idempotency_key);
+    std::string fixed(1, static_cast<char>(r.format));
+    fixed.push_back(w.deterministic ? 1 : 0);
+    util::AppendBigEndian64(
+        static_cast<uint64_t>(absl::ToInt64Milliseconds(ttl)), &fixed);
+    fixed.push_back(static_cast<char>(r.card.exp_month));
+    util::AppendBigEndian16(static_cast<uint16_t>(r.card.exp_year), &fixed);
+    const std::string domain_len(1, static_cast<char>(w.domain.size()));
+    const std::string pan_len(1, static_cast<char>(pan.size()));
+    w.request_digest = deps_.index_key->ComputeSecret(
+        {"cardvault/idempotency-request", domain_len, w.domain, fixed, pan_len,
+         pan, r.card.cardholder_name.view()});
+  }
+}
+
+audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
+  audit::Entry entry;
+  w.answer.reset();
+  auto refuse = [&](absl::Status status) {
+    w.refusal = std::move(status);
+    entry.event = w.event;
+    SetOutcome(*w.refusal, &entry.event);
+    return std::move(entry);
+  };
+  if (w.refusal.has_value()) return refuse(*w.refusal);
+  if (last_round) {
+    return refuse(absl::AbortedError("conflicting concurrent requests; retry"));
+  }
+  const TokenizeRequest& r = *w.request;
+  const storage::RecordStore& records = *deps_.records;
+  auto answer = [&](Tokenized t, absl::string_view note) {
+    entry.event = w.event;
+    entry.event.set_token(t.token);
+    if (!note.empty()) {
+      entry.event.set_detail(absl::StrCat(w.event.detail(), " ", note));
+    }
+    SetOutcome(absl::OkStatus(), &entry.event);
+    w.answer = std::move(t);
+  };
+  // An idempotent retry returns the first result as it was.
+  std::optional<std::string> idempotency_seen;
+  if (!w.idempotency_key.empty()) {
+    absl::StatusOr<std::string> v =
+        records.Get(storage::Table::kIdempotency, w.idempotency_key);
+    if (!v.ok() && !absl::IsNotFound(v.status())) {
+      return refuse(absl::UnavailableError("storage unavailable"));
+    }
+    if (v.ok()) {
+      absl::StatusOr<IdempotencyEntry> first = DecodeIdempotencyEntry(*v);
+      if (first.ok() && first->expires > w.now) {
+        if (first->request_digest.size() != w.request_digest.size() ||
+            CRYPTO_memcmp(first->request_digest.data(), w.request_digest.data(),
+                          w.request_digest.size()) != 0) {
+          return refuse(absl::InvalidArgumentError(
+              "idempotency_key was already used for a different request"));
+        }
+        absl::Time expires = absl::InfiniteFuture();
+        if (absl::StatusOr<std::string> rec =
+                records.Get(storage::Table::kTokens, first->token);
+            rec.ok()) {
+          if (auto h = ParseRecordHeader(*rec); h.ok()) expires = h->expires;
+        }
+        answer(Tokenized{first->token, first->domain, false, expires},
+               "idempotent-replay");
+        return entry;
+      }
+      idempotency_seen = *std::move(v);
+    }
+  }
+  auto remember_idempotency = [&](const Tokenized& t) {
+    if (w.idempotency_key.empty()) return;
+    entry.mutation.conditions.push_back(
+        {storage::Table::kIdempotency, w.idempotency_key, idempotency_seen});
+    entry.mutation.writes.push_back(
+        {storage::Table::kIdempotency, w.idempotency_key,
+         EncodeIdempotencyEntry({w.request_digest, t.domain, t.token,
+                                 w.now + options_.idempotency_window})});
+  };
+  // A deterministic request returns the live token of this PAN, if any.
+  std::optional<std::string> index_seen;
+  if (w.deterministic) {
+    absl::StatusOr<std::string> v =
+        records.Get(storage::Table::kPanIndex, w.index_key);
+    if (!v.ok() && !absl::IsNotFound(v.status())) {
+      return refuse(absl::UnavailableError("storage unavailable"));
+    }
+    if (v.ok()) {
+      absl::StatusOr<IndexEntry> existing = DecodeIndexEntry(*v);
+      if (existing.ok() && existing->expires > w.now) {
+        // Re-checked at write time, so that a concurrent delete wins.
+        entry.mutation.conditions.push_back(
+            {storage::Table::kPanIndex, w.index_key, *v});
+        Tokenized t{existing->token, w.domain, false, existing->expires};
+        remember_idempotency(t);
+        answer(std::move(t), "existing-token");
+        return entry;
+      }
+      index_seen = *std::move(v);  // expired: replaced below
+    }
+  }
+  // A new token: drawn until one is free, within the format's bound.
+  const bool numeric = r.format != TokenFormat::kRandom;
+  const int max_draws = numeric ? options_.max_numeric_token_attempts
+                                : options_.max_token_attempts;
+  std::string token;
+  while (true) {
+    if (w.tokens_drawn >= max_draws) {
+      return refuse(
+          numeric ? absl::ResourceExhaustedError(
+                        "no free token of this format for this "
+                        "card; use another format")
+                  : absl::InternalError("could not allocate a unique token"));
+    }
+    ++w.tokens_drawn;
+    absl::StatusOr<std::string> drawn =
+        numeric ? options_.generate_numeric_token(r.format, r.card.pan.view(),
+                                                  w.bin_digits)
+                : options_.generate_token();
+    if (!drawn.ok()) return refuse(drawn.status());
+    absl::StatusOr<std::string> taken =
+        records.Get(storage::Table::kTokens, *drawn);
+    if (absl::IsNotFound(taken.status())) {
+      token = *std::move(drawn);
+      break;
+    }
+    if (!taken.ok())
+      return refuse(absl::UnavailableError("storage unavailable"));
+  }
+  RecordHeader header;
+  header.key_version = deps_.keys->primary_version();
+  header.format = r.format;
+  header.deterministic = w.deterministic;
+  header.created = absl::FromUnixMillis(absl::ToUnixMillis(w.now));
+  header.expires = w.expires;
+  header.domain = w.domain;
+  absl::StatusOr<std::string> record =
+      SealCardRecord(deps_.keys->primary(), header, token, r.card);
+  if (!record.ok()) return refuse(record.status());
+  // Condition 0: the token is still free when the write is made.
+  entry.mutation.conditions.push_back(
+      {storage::Table::kTokens, token, std::nullopt});
+  entry.mutation.writes.push_back(
+      {storage::Table::kTokens, token, *std::move(record)});
+  if (w.deterministic) {
+    entry.mutation.conditions.push_back(
+        {storage::Table::kPanIndex, w.index_key, index_seen});
+    entry.mutation.writes.push_back({storage::Table::kPanIndex, w.index_key,
+                                     EncodeIndexEntry({token, w.expires})});
+  }
+  Tokenized t{token, w.domain, true, w.expires};
+  remember_idempotency(t);
+  answer(std::move(t), "");
+  return entry;
+}
+
+std::vector<absl::StatusOr<Tokenized>> Vault::TokenizeAll(
+    const auth::Caller& caller, std::vector<TokenizeRequest>& requests,
+    absl::string_view rpc) const {
+  const absl::Time now = options_.now();
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  // Authorise before looking at the data, so an unauthorised caller learns
+  // nothing about validation.
+  const absl::Status allowed =
+      policy->Check(caller, auth::Permission::kTokenize);
+  std::vector<TokenizeWork> work(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    TokenizeWork& w = work[i];
+    w.request = &requests[i];
+    w.now = now;
+    w.event = NewEvent(caller, v1::TOKENIZE, rpc);
+    if (!allowed.ok()) {
+      w.refusal = allowed;
+    } else {
+      CheckTokenizeRequest(*policy, caller, w);
+    }
+  }
+  // Every item is planned and written in one write; only items whose write
+  // condition lost a race (token drawn twice, index or idempotency entry
+  // written concurrently) are planned again.
+  const int rounds = std::max(options_.max_token_attempts,
+                              options_.max_numeric_token_attempts) +
+                     3;
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<audit::Entry> entries;
+    std::vector<TokenizeWork*> planned;
+    for (TokenizeWork& w : work) {
+      if (w.result.has_value()) continue;
+      entries.push_back(PlanTokenize(w, round == rounds - 1));
+      planned.push_back(&w);
+    }
+    if (planned.empty()) break;
+    deps_.audit->AppendAll(entries);
+    for (size_t i = 0; i < planned.size(); ++i) {
+      TokenizeWork& w = *planned[i];
+      const absl::Status& written = entries[i].result;
+      if (absl::IsAborted(written)) continue;  // plan again
+      if (!written.ok()) {
+        w.result = absl::UnavailableError("storage or audit trail unavailable");
+      } else if (w.refusal.has_value()) {
+        w.result = *w.refusal;
+      } else {
+        if (!w.request->cvv.empty()) {
+          if (absl::Status s =
+                  deps_.cvv_cache->Put(w.answer->token, w.request->cvv, now);
+              !s.ok()) {
+            util::LogWarning(absl::StrCat("CVV not held: ", s.message()));
+          }
+        }
+        w.result = *std::move(w.answer);
+      }
+    }
+  }
+  std::vector<absl::StatusOr<Tokenized>> results;
+  results.reserve(work.size());
+  for (TokenizeWork& w : work) results.push_back(*std::move(w.result));
+  return results;
+}
+
+absl::StatusOr<OpenedCard> Vault::OpenRecord(absl::string_view token,
+                                             std::string* record_out) const {
+  absl::StatusOr<std::string> record =
+      deps_.records->Get(storage::Table::kTokens, token);
+  if (absl::IsNotFound(record.status())) {
+    return absl::NotFoundError("token not found");
+  }
+  if (!record.ok()) return absl::UnavailableError("storage unavailable");
+  absl::StatusOr<OpenedCard> opened =
+      OpenCardRecord(*deps_.keys, token, *record);
+  if (!opened.ok()) return opened.status();
+  if (record_out != nullptr) *record_out = *std::move(record);
+  return opened;
+}
+
+// One Detokenize item: its audit event and what it found.
+struct Vault::DetokenizeWork {
+  audit::AuditEvent event;
+  std::optional<absl::Status> refusal;
+  std::optional<OpenedCard> opened;
+};
+
+absl::StatusOr<Detokenized> Vault::Detokenize(const auth::Caller& caller,
+                                              absl::string_view token,
+                                              absl::string_view purpose) const {
+  std::vector<DetokenizeRequest> one = {
+      {std::string(token), std::string(purpose)}};
+  return std::move(DetokenizeAll(caller, one, kDetokenizeRpc)[0]);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
+    const auth::Caller& caller,
+    const std::vector<DetokenizeRequest>& requests) const {
+  if (requests.empty() || requests.size() > options_.max_batch_items) {
+    return Record(
+        NewEvent(caller, v1::DETOKENIZE, kDetokenizeBatchRpc),
+        absl::InvalidArgumentError(absl::StrCat(
+            "a batch holds 1 to ", options_.max_batch_items, " requests")));
+  }
+  return DetokenizeAll(caller, requests, kDetokenizeBatchRpc);
+}
+
+absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
+    const auth::AccessPolicy& policy, const auth::Caller& caller,
+    const DetokenizeRequest& r, absl::Time now,
+    audit::AuditEvent* event) const {
+  if (absl::Status s = policy.CheckPurpose(r.purpose); !s.ok()) return s;
+  event->set_purpose(r.purpose);
+  if (!IsWellFormedToken(r.token)) {
+    return absl::InvalidArgumentError("token is malformed");
+  }
+  event->set_token(r.token);
   // Every attempt counts against the limit, found or not: the control is
   // against bulk export, including by guessing.
-  if (absl::Status s = limiter_.Admit(
-          caller.identity, policy->DetokenizeLimit(caller), options_.now());
+  if (absl::Status s =
+          limiter_.Admit(caller.identity, policy.DetokenizeLimit(caller), now);
       !s.ok()) {
     ++velocity_denials_;
     util::LogWarning(absl::StrCat("ALERT velocity limit reached by ",
                                   caller.identity, " (",
                                   velocity_denials_.load(), " denials)"));
-    return Record(std::move(event), s);
+    return s;
   }
-  const absl::Status not_found = absl::NotFoundError("token not found");
-  absl::StatusOr<std::string> record = tokens_->Lookup(token);
-  if (absl::IsNotFound(record.status())) {
-    return Record(std::move(event), not_found);
+  absl::StatusOr<OpenedCard> opened = OpenRecord(r.token);
+  if (!opened.ok()) return opened.status();
+  event->set_domain(opened->header.domain);
+  if (opened->header.expires <= now ||
+      !policy.MayDetokenize(caller, opened->header.domain)) {
+    // Recorded as what the caller saw; the domain shows why.
+    return absl::NotFoundError("token not found");
   }
-  if (!record.ok()) return Record(std::move(event), record.status());
-  absl::StatusOr<OpenedCard> opened = OpenCardRecord(*keys_, token, *record);
-  if (!opened.ok()) return Record(std::move(event), opened.status());
-  event.set_domain(opened->domain);
-  if (!policy->MayDetokenize(caller, opened->domain)) {
-    // Recorded as what the caller saw; the domain in the record shows why.
-    return Record(std::move(event), not_found);
+  return opened;
+}
+
+std::vector<absl::StatusOr<Detokenized>> Vault::DetokenizeAll(
+    const auth::Caller& caller, const std::vector<DetokenizeRequest>& requests,
+    absl::string_view rpc) const {
+  const absl::Time now = options_.now();
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  const absl::Status allowed =
+      policy->Check(caller, auth::Permission::kDetokenize);
+  std::vector<DetokenizeWork> work(requests.size());
+  std::vector<audit::Entry> entries(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    DetokenizeWork& w = work[i];
+    const DetokenizeRequest& r = requests[i];
+    w.event = NewEvent(caller, v1::DETOKENIZE, rpc);
+    absl::StatusOr<OpenedCard> opened =
+        allowed.ok() ? FindForDetokenize(*policy, caller, r, now, &w.event)
+                     : allowed;
+    if (opened.ok()) {
+      w.opened = *std::move(opened);
+    } else {
+      w.refusal = opened.status();
+    }
+    entries[i].event = w.event;
+    SetOutcome(w.refusal.value_or(absl::OkStatus()), &entries[i].event);
   }
   // Fail closed: no card data leaves unless its record is durable.
+  deps_.audit->AppendAll(entries);
+  std::vector<absl::StatusOr<Detokenized>> results;
+  results.reserve(work.size());
+  for (size_t i = 0; i < work.size(); ++i) {
+    DetokenizeWork& w = work[i];
+    if (!entries[i].result.ok()) {
+      results.push_back(absl::UnavailableError("audit trail unavailable"));
+    } else if (w.refusal.has_value()) {
+      results.push_back(*w.refusal);
+    } else {
+      Detokenized out{std::move(w.opened->card),
+                      std::move(w.opened->header.domain),
+                      deps_.cvv_cache->Take(requests[i].token, now)};
+      results.push_back(std::move(out));
+    }
+  }
+  return results;
+}
+
+absl::StatusOr<TokenInfo> Vault::GetTokenInfo(const auth::Caller& caller,
+                                              absl::string_view token) const {
+  audit::AuditEvent event = NewEvent(caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  if (absl::Status s = policy->Check(caller, auth::Permission::kReadTokenInfo);
+      !s.ok()) {
+    return Record(std::move(event), s);
+  }
+  if (!IsWellFormedToken(token)) {
+    return Record(std::move(event),
+                  absl::InvalidArgumentError("token is malformed"));
+  }
+  event.set_token(std::string(token));
+  absl::StatusOr<OpenedCard> opened = OpenRecord(token);
+  if (!opened.ok()) return Record(std::move(event), opened.status());
+  const RecordHeader& h = opened->header;
+  event.set_domain(h.domain);
+  if (h.expires <= options_.now() ||
+      !policy->MayReadTokenInfo(caller, h.domain)) {
+    return Record(std::move(event), absl::NotFoundError("token not found"));
+  }
+  const absl::string_view pan = opened->card.pan.view();
+  TokenInfo info;
+  info.token = std::string(token);
+  info.brand = BrandOf(pan);
+  info.bin = std::string(pan.substr(
+      0, KeptBinDigits(pan.size(), policy->SettingsOf(h.domain).bin_digits)));
+  info.last_four = std::string(pan.substr(pan.size() - kKeptLastDigits));
+  info.exp_month = opened->card.exp_month;
+  info.exp_year = opened->card.exp_year;
+  info.format = h.format;
+  info.domain = h.domain;
+  info.created = h.created;
+  info.expires = h.expires;
+  info.fingerprint = Fingerprint(*deps_.fingerprint_key, h.domain, pan);
+  info.deterministic = h.deterministic;
   if (absl::Status s = Record(std::move(event), absl::OkStatus()); !s.ok()) {
     return s;
   }
-  return opened;
+  return info;
+}
+
+absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
+                                        absl::string_view token) const {
+  audit::AuditEvent event = NewEvent(caller, v1::DELETE_TOKEN, kDeleteTokenRpc);
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  if (absl::Status s = policy->Check(caller, auth::Permission::kDeleteToken);
+      !s.ok()) {
+    return Record(std::move(event), s);
+  }
+  if (!IsWellFormedToken(token)) {
+    return Record(std::move(event),
+                  absl::InvalidArgumentError("token is malformed"));
+  }
+  event.set_token(std::string(token));
+  // A concurrent change of the record or its index entry makes the write
+  // condition fail; the delete is then planned again on fresh reads.
+  for (int attempt = 0; attempt < options_.max_token_attempts; ++attempt) {
+    std::string record;
+    absl::StatusOr<OpenedCard> opened = OpenRecord(token, &record);
+    if (absl::IsNotFound(opened.status())) {
+      event.set_detail("nothing to delete");
+      if (absl::Status s = Record(event, absl::OkStatus()); !s.ok()) return s;
+      return false;
+    }
+    if (!opened.ok()) return Record(std::move(event), opened.status());
+    const RecordHeader& h = opened->header;
+    event.set_domain(h.domain);
+    if (!policy->MayDeleteToken(caller, h.domain)) {
+      // Same answer as for an absent token: existence does not leak.
+      event.set_detail("nothing of the caller's to delete");
+      if (absl::Status s = Record(event, absl::OkStatus()); !s.ok()) return s;
+      return false;
+    }
+    audit::Mutation mutation;
+    mutation.conditions.push_back(
+        {storage::Table::kTokens, std::string(token), record});
+    mutation.writes.push_back(
+        {storage::Table::kTokens, std::string(token), std::nullopt});
+    if (h.deterministic) {
+      const std::string key = PanIndexKey(*deps_.index_key, h.domain, h.format,
+                                          opened->card.pan.view());
+      absl::StatusOr<std::string> v =
+          deps_.records->Get(storage::Table::kPanIndex, key);
+      if (!v.ok() && !absl::IsNotFound(v.status())) {
+        return Record(std::move(event),
+                      absl::UnavailableError("storage unavailable"));
+      }
+      absl::StatusOr<IndexEntry> entry =
+          v.ok() ? DecodeIndexEntry(*v) : absl::NotFoundError("");
+      if (entry.ok() && entry->token == token) {
+        mutation.conditions.push_back({storage::Table::kPanIndex, key, *v});
+        mutation.writes.push_back(
+            {storage::Table::kPanIndex, key, std::nullopt});
+      }
+    }
+    audit::AuditEvent done = event;
+    done.set_detail("deleted record and index entries");
+    SetOutcome(absl::OkStatus(), &done);
+    absl::Status written = deps_.audit->Append(std::move(done), mutation);
+    if (absl::IsAborted(written)) continue;
+    if (!written.ok()) {
+      return absl::UnavailableError("storage or audit trail unavailable");
+    }
+    deps_.cvv_cache->Erase(token);
+    return true;
+  }
+  return Record(std::move(event),
+                absl::AbortedError("conflicting concurrent requests; retry"));
 }
 
 absl::Status Vault::ListAuditEvents(
@@ -185,10 +662,10 @@ absl::Status Vault::ListAuditEvents(
   audit::AuditEvent event = NewEvent(caller, v1::LIST_EVENTS, kListEventsRpc);
   event.set_token(filter.token);
   absl::Status allowed =
-      policy_->Current()->Check(caller, auth::Permission::kReadAudit);
+      deps_.policy->Current()->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
   uint32_t sent = 0;
-  return audit_->Scan(1, [&](const audit::AuditEvent& e) {
+  return deps_.audit->Scan(1, [&](const audit::AuditEvent& e) {
     if (!Matches(filter, e)) return true;
     if (!visit(e)) return false;
     return filter.max_events == 0 || ++sent < filter.max_events;
@@ -200,9 +677,9 @@ absl::StatusOr<audit::ChainReport> Vault::VerifyAuditChain(
     const std::optional<audit::Checkpoint>& checkpoint) const {
   audit::AuditEvent event = NewEvent(caller, v1::VERIFY_CHAIN, kVerifyChainRpc);
   absl::Status allowed =
-      policy_->Current()->Check(caller, auth::Permission::kReadAudit);
+      deps_.policy->Current()->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
-  return audit_->Verify(checkpoint);
+  return deps_.audit->Verify(checkpoint);
 }
 
 absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
@@ -214,14 +691,14 @@ absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
 absl::Status Vault::RecordKeyEvent(absl::string_view detail) const {
   audit::AuditEvent event = ServerEvent(v1::KEY_EVENT);
   event.set_detail(std::string(detail));
-  return audit_->Append(std::move(event));
+  return deps_.audit->Append(std::move(event));
 }
 
 absl::Status Vault::RecordPolicyReload(const absl::Status& outcome) const {
   audit::AuditEvent event = ServerEvent(v1::POLICY_RELOAD);
   event.set_status_code(static_cast<int32_t>(outcome.code()));
   event.set_status_message(std::string(outcome.message()));
-  return audit_->Append(std::move(event));
+  return deps_.audit->Append(std::move(event));
 }
 
 absl::Status Vault::RecordLifecycle(EventType type) const {

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -25,6 +26,7 @@
 #include "server/storage/token_store.h"
 #include "server/vault/card.h"
 #include "server/vault/card_record.h"
+#include "server/vault/cvv_cache.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/token.h"
 
@@ -32,6 +34,14 @@ namespace cardvault::vault {
 
 inline constexpr char kTokenizeRpc[] = "/cardvault.v1.TokenVault/Tokenize";
 inline constexpr char kDetokenizeRpc[] = "/cardvault.v1.TokenVault/Detokenize";
+inline constexpr char kTokenizeBatchRpc[] =
+    "/cardvault.v1.TokenVault/TokenizeBatch";
+inline constexpr char kDetokenizeBatchRpc[] =
+    "/cardvault.v1.TokenVault/DetokenizeBatch";
+inline constexpr char kGetTokenInfoRpc[] =
+    "/cardvault.v1.TokenVault/GetTokenInfo";
+inline constexpr char kDeleteTokenRpc[] =
+    "/cardvault.v1.TokenVault/DeleteToken";
 inline constexpr char kListEventsRpc[] = "/cardvault.v1.AuditLog/ListEvents";
 inline constexpr char kVerifyChainRpc[] = "/cardvault.v1.AuditLog/VerifyChain";
 
@@ -46,10 +56,57 @@ struct AuditFilter {
   uint32_t max_events = 0;  // 0 = no limit
 };
 
-// A new token and the domain it was bound to.
+// One card to tokenize and how. Move-only (holds card data).
+struct TokenizeRequest {
+  Card card;
+  // Empty: the caller's default domain.
+  std::string domain;
+  TokenFormat format = TokenFormat::kRandom;
+  // Return the token already held for this PAN, domain and format.
+  bool deterministic = false;
+  // Zero: no TTL (or the domain's maximum).
+  absl::Duration ttl = absl::ZeroDuration();
+  // Empty: none.
+  std::string idempotency_key;
+  // Empty: none. Never stored (see cvv_cache.h).
+  crypto::SecretBytes cvv;
+};
+
+// A token and what it is bound to.
 struct Tokenized {
   std::string token;
   std::string domain;
+  // False when an existing token was returned (deterministic or replay).
+  bool created = true;
+  absl::Time expires = absl::InfiniteFuture();
+};
+
+struct DetokenizeRequest {
+  std::string token;
+  std::string purpose;
+};
+
+// A card returned by Detokenize, with its domain and any CVV held for it.
+struct Detokenized {
+  Card card;
+  std::string domain;
+  std::optional<crypto::SecretBytes> cvv;
+};
+
+// What a token stands for, without the PAN.
+struct TokenInfo {
+  std::string token;
+  CardBrand brand = CardBrand::kUnknown;
+  std::string bin;
+  std::string last_four;
+  uint32_t exp_month = 0;
+  uint32_t exp_year = 0;
+  TokenFormat format = TokenFormat::kRandom;
+  std::string domain;
+  absl::Time created;
+  absl::Time expires = absl::InfiniteFuture();
+  std::string fingerprint;
+  bool deterministic = false;
 };
 
 class Vault {
@@ -57,36 +114,85 @@ class Vault {
   struct Options {
     // Clock for expiry checks and audit timestamps.
     std::function<absl::Time()> now = [] { return absl::Now(); };
-    // Fresh tokens tried before giving up on collisions. With 128 random bits
-    // a second attempt is already never expected.
+    // Fresh random tokens tried before giving up on collisions. With 128
+    // random bits a second attempt is already never expected.
     int max_token_attempts = 3;
-    // Source of new tokens (replaced only by tests of collision handling).
+    // Numeric tokens drawn before RESOURCE_EXHAUSTED: the bound on retries
+    // when a (BIN, last four) space is crowded. With k of n tokens taken,
+    // a Tokenize fails with probability (k/n)^16.
+    int max_numeric_token_attempts = 16;
+    // Sources of new tokens (replaced only by tests of collision handling).
     std::function<absl::StatusOr<std::string>()> generate_token = GenerateToken;
+    std::function<absl::StatusOr<std::string>(TokenFormat, absl::string_view,
+                                              size_t)>
+        generate_numeric_token = GenerateNumericToken;
+    // How long an idempotency key is remembered. Default 24 hours.
+    absl::Duration idempotency_window = absl::Hours(24);
+    // Most items in one TokenizeBatch or DetokenizeBatch. Default 1,000.
+    size_t max_batch_items = 1000;
   };
 
-  // All pointers must outlive the vault.
-  static absl::StatusOr<std::unique_ptr<Vault>> Create(
-      const storage::TokenStore* tokens, const KeyRing* keys,
-      const auth::PolicyHolder* policy, const audit::AuditLog* audit,
-      Options options);
+  // What the vault works with; all must outlive it.
+  struct Dependencies {
+    const storage::RecordStore* records = nullptr;
+    const KeyRing* keys = nullptr;
+    // HMAC keys of the PAN index (and idempotency keys) and fingerprints.
+    const crypto::HmacSha256* index_key = nullptr;
+    const crypto::HmacSha256* fingerprint_key = nullptr;
+    const CvvCache* cvv_cache = nullptr;
+    const auth::PolicyHolder* policy = nullptr;
+    const audit::AuditLog* audit = nullptr;
+  };
 
-  // Stores `card`, bound to `domain` (or the caller's default domain when
-  // empty), and returns its new token once the record and its audit event
-  // are durable. PERMISSION_DENIED (role or domain), INVALID_ARGUMENT (bad
-  // card, value never echoed), UNAVAILABLE (storage or audit trail).
+  static absl::StatusOr<std::unique_ptr<Vault>> Create(Dependencies deps,
+                                                       Options options);
+
+  // Stores the request's card, bound to its domain (or the caller's default
+  // domain when empty), and returns its token once the record and its audit
+  // event are durable; for a deterministic request or an idempotent retry,
+  // the existing token. PERMISSION_DENIED (role or domain),
+  // INVALID_ARGUMENT (bad card, CVV, TTL or reused idempotency key; values
+  // never echoed), RESOURCE_EXHAUSTED (no free numeric token), UNAVAILABLE
+  // (storage or audit trail).
   absl::StatusOr<Tokenized> Tokenize(const auth::Caller& caller,
-                                     const Card& card,
+                                     TokenizeRequest request) const;
+  // A random, non-deterministic token for `card` in `domain`.
+  absl::StatusOr<Tokenized> Tokenize(const auth::Caller& caller, Card card,
                                      absl::string_view domain = "") const;
 
-  // The card under `token`, for a declared `purpose`. PERMISSION_DENIED
+  // Tokenizes every request, one result each in order, with one durable
+  // write for the batch (more only when a write condition conflicts).
+  // INVALID_ARGUMENT for an empty batch or one over max_batch_items.
+  absl::StatusOr<std::vector<absl::StatusOr<Tokenized>>> TokenizeBatch(
+      const auth::Caller& caller, std::vector<TokenizeRequest> requests) const;
+
+  // The card under `token`, for a declared `purpose`, with the CVV given
+  // at Tokenize if it is still held (then never again). PERMISSION_DENIED
   // (role), INVALID_ARGUMENT (malformed token, unknown purpose),
-  // RESOURCE_EXHAUSTED (velocity limit), NOT_FOUND (no such token, or one of
-  // a domain the caller may not detokenize: the two are indistinguishable so
-  // that token existence does not leak across domains), UNAVAILABLE,
-  // DATA_LOSS (record failed integrity).
-  absl::StatusOr<OpenedCard> Detokenize(const auth::Caller& caller,
-                                        absl::string_view token,
-                                        absl::string_view purpose) const;
+  // RESOURCE_EXHAUSTED (velocity limit), NOT_FOUND (no such token, expired,
+  // deleted, or one of a domain the caller may not detokenize: the cases are
+  // indistinguishable so that token existence does not leak across
+  // domains), UNAVAILABLE, DATA_LOSS (record failed integrity).
+  absl::StatusOr<Detokenized> Detokenize(const auth::Caller& caller,
+                                         absl::string_view token,
+                                         absl::string_view purpose) const;
+
+  // Detokenizes every request with one durable write of their audit
+  // records; results as for TokenizeBatch.
+  absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> DetokenizeBatch(
+      const auth::Caller& caller,
+      const std::vector<DetokenizeRequest>& requests) const;
+
+  // What `token` stands for, never the PAN. PERMISSION_DENIED (role),
+  // INVALID_ARGUMENT (malformed), NOT_FOUND as for Detokenize.
+  absl::StatusOr<TokenInfo> GetTokenInfo(const auth::Caller& caller,
+                                         absl::string_view token) const;
+
+  // Removes `token`'s record, its PAN index entry and any CVV held, in one
+  // write with its audit record. True if this call removed it; false (OK)
+  // when there is nothing of the caller's to remove.
+  absl::StatusOr<bool> DeleteToken(const auth::Caller& caller,
+                                   absl::string_view token) const;
 
   // Streams matching audit events to `visit` (stop by returning false). Needs
   // the auditor role; the read itself is recorded first.
@@ -120,10 +226,14 @@ class Vault {
   // Records a server start or stop.
   absl::Status RecordLifecycle(::cardvault::v1::EventType type) const;
 
+  size_t max_batch_items() const { return options_.max_batch_items; }
+
  private:
-  Vault(const storage::TokenStore* tokens, const KeyRing* keys,
-        const auth::PolicyHolder* policy, const audit::AuditLog* audit,
-        Options options);
+  struct TokenizeWork;
+  struct DetokenizeWork;
+
+  Vault(Dependencies deps, Options options)
+      : deps_(deps), options_(std::move(options)) {}
 
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
@@ -135,10 +245,32 @@ class Vault {
   absl::Status Record(audit::AuditEvent event,
                       const absl::Status& status) const;
 
-  const storage::TokenStore* const tokens_;
-  const KeyRing* const keys_;
-  const auth::PolicyHolder* const policy_;
-  const audit::AuditLog* const audit_;
+  // The shared path of Tokenize and TokenizeBatch.
+  std::vector<absl::StatusOr<Tokenized>> TokenizeAll(
+      const auth::Caller& caller, std::vector<TokenizeRequest>& requests,
+      absl::string_view rpc) const;
+  // Validates `w`'s request (first round) and plans its next audit entry.
+  void CheckTokenizeRequest(const auth::AccessPolicy& policy,
+                            const auth::Caller& caller, TokenizeWork& w) const;
+  audit::Entry PlanTokenize(TokenizeWork& w, bool last_round) const;
+  // The shared path of Detokenize and DetokenizeBatch.
+  std::vector<absl::StatusOr<Detokenized>> DetokenizeAll(
+      const auth::Caller& caller,
+      const std::vector<DetokenizeRequest>& requests,
+      absl::string_view rpc) const;
+  // Checks one Detokenize item (purpose, token, velocity, domain) and opens
+  // its record, filling in `event`.
+  absl::StatusOr<OpenedCard> FindForDetokenize(const auth::AccessPolicy& policy,
+                                               const auth::Caller& caller,
+                                               const DetokenizeRequest& r,
+                                               absl::Time now,
+                                               audit::AuditEvent* event) const;
+  // Reads and opens the record of a well-formed `token` (the caller checks
+  // its expiry): NOT_FOUND, UNAVAILABLE or DATA_LOSS otherwise.
+  absl::StatusOr<OpenedCard> OpenRecord(absl::string_view token,
+                                        std::string* record = nullptr) const;
+
+  const Dependencies deps_;
   const Options options_;
   mutable auth::RateLimiter limiter_;
   mutable std::atomic<uint64_t> velocity_denials_{0};

@@ -1,7 +1,8 @@
 // Keys stored only wrapped under the HSM's KEK, in the "keys" column family.
 //
-// Key id: a purpose prefix ("dek/" data keys, "audit-mac/" audit chain key)
-// followed by 8 lowercase hex digits of the version.
+// Key id: a purpose prefix ("dek/" data keys, "audit-mac/" audit chain key,
+// "pan-index/" deterministic-token and idempotency index key, "fingerprint/"
+// card fingerprint key) followed by 8 lowercase hex digits of the version.
 //
 // Wrapped-key record, byte by byte:
 //   offset  size  field
@@ -33,6 +34,8 @@ inline constexpr size_t kMaxWrappedKeyBytes = 512;
 
 inline constexpr absl::string_view kDataKeyPrefix = "dek/";
 inline constexpr absl::string_view kAuditKeyPrefix = "audit-mac/";
+inline constexpr absl::string_view kPanIndexKeyPrefix = "pan-index/";
+inline constexpr absl::string_view kFingerprintKeyPrefix = "fingerprint/";
 
 // "<prefix><8 hex digits>".
 std::string WrappedKeyId(absl::string_view prefix, uint32_t version);

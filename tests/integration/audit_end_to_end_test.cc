@@ -236,8 +236,8 @@ TEST_F(AuditEndToEndTest, OnlyAuditorsReadTheTrail) {
   auto report = Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->intact()) << report->problem();
-  // start, 3 key creations, 6 denied reads, this verify
-  EXPECT_EQ(report->head().sequence(), 11u);
+  // start, 5 key creations, 6 denied reads, this verify
+  EXPECT_EQ(report->head().sequence(), 13u);
   EXPECT_EQ(report->head().mac().size(), 32u);
 }
 
@@ -258,15 +258,17 @@ TEST_F(AuditEndToEndTest, ChainSurvivesRestartAndKill9) {
   EXPECT_THAT(types,
               ::testing::ElementsAre(
                   v1::SERVER_START, v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT,
-                  v1::TOKENIZE, v1::SERVER_STOP, v1::SERVER_START, v1::TOKENIZE,
-                  v1::SERVER_START, v1::VERIFY_CHAIN, v1::LIST_EVENTS));
+                  v1::KEY_EVENT, v1::KEY_EVENT, v1::TOKENIZE, v1::SERVER_STOP,
+                  v1::SERVER_START, v1::TOKENIZE, v1::SERVER_START,
+                  v1::VERIFY_CHAIN, v1::LIST_EVENTS));
   std::vector<std::string> details;
   for (const auto& e : AllEvents()) {
     if (e.event_type() == v1::KEY_EVENT) details.push_back(e.detail());
   }
-  EXPECT_THAT(details, ::testing::ElementsAre(HasSubstr("created KEK"),
-                                              HasSubstr("data key dek/"),
-                                              HasSubstr("audit key")));
+  EXPECT_THAT(details, ::testing::ElementsAre(
+                           HasSubstr("created KEK"), HasSubstr("data key dek/"),
+                           HasSubstr("audit key"), HasSubstr("PAN index key"),
+                           HasSubstr("fingerprint key")));
 }
 
 TEST_F(AuditEndToEndTest, CliListsJsonLinesAndVerifies) {

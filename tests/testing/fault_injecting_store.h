@@ -9,29 +9,29 @@
 
 namespace cardvault::testing {
 
-class FaultInjectingStore : public storage::TokenStore,
+class FaultInjectingStore : public storage::RecordStore,
                             public storage::AuditStore {
  public:
-  // `tokens` and `audit` must outlive this store.
-  FaultInjectingStore(const storage::TokenStore* tokens,
+  // `records` and `audit` must outlive this store.
+  FaultInjectingStore(const storage::RecordStore* records,
                       const storage::AuditStore* audit)
-      : tokens_(tokens), audit_(audit) {}
+      : records_(records), audit_(audit) {}
 
   // While set, Commit fails (reads keep working).
   void FailCommits(bool fail) { fail_commits_ = fail; }
   int failed_commits() const { return failed_commits_.load(); }
+  int commits() const { return commits_.load(); }
 
-  absl::StatusOr<std::string> Lookup(absl::string_view token) const override {
-    return tokens_->Lookup(token);
-  }
-  absl::StatusOr<bool> Contains(absl::string_view token) const override {
-    return tokens_->Contains(token);
+  absl::StatusOr<std::string> Get(storage::Table table,
+                                  absl::string_view key) const override {
+    return records_->Get(table, key);
   }
   absl::Status Commit(const storage::WriteSet& writes) const override {
     if (fail_commits_) {
       ++failed_commits_;
       return absl::UnavailableError("injected: storage write failed");
     }
+    ++commits_;
     return audit_->Commit(writes);
   }
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
@@ -48,10 +48,11 @@ class FaultInjectingStore : public storage::TokenStore,
   }
 
  private:
-  const storage::TokenStore* const tokens_;
+  const storage::RecordStore* const records_;
   const storage::AuditStore* const audit_;
   std::atomic<bool> fail_commits_{false};
   mutable std::atomic<int> failed_commits_{0};
+  mutable std::atomic<int> commits_{0};
 };
 
 }  // namespace cardvault::testing

@@ -78,7 +78,8 @@ class AuditLogTest : public ::testing::Test {
                                        rocksdb::ColumnFamilyHandle*)>& edit) {
     Close();
     std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-    for (const char* name : {"default", "tokens", "keys", "audit"}) {
+    for (const char* name :
+         {"default", "tokens", "pan_index", "idempotency", "keys", "audit"}) {
       cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -86,7 +87,7 @@ class AuditLogTest : public ::testing::Test {
     ASSERT_TRUE(
         rocksdb::DB::Open(rocksdb::DBOptions(), dir_, cfs, &handles, &raw)
             .ok());
-    edit(raw, handles[3]);
+    edit(raw, handles[5]);
     for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
     delete raw;
     Reopen('k');
@@ -140,22 +141,80 @@ TEST_F(AuditLogTest, ChainContinuesAcrossRestart) {
   EXPECT_EQ(report->head_sequence, 10u);
 }
 
+Mutation NewToken(std::string token, std::string record) {
+  Mutation m;
+  m.conditions.push_back({storage::Table::kTokens, token, std::nullopt});
+  m.writes.push_back(
+      {storage::Table::kTokens, std::move(token), std::move(record)});
+  return m;
+}
+
 TEST_F(AuditLogTest, TokenIsWrittenOnlyWithItsAuditRecord) {
-  ASSERT_THAT(log_->Append(Event("pos", "tok_1"), NewToken{"tok_1", "rec-1"}),
+  ASSERT_THAT(log_->Append(Event("pos", "tok_1"), NewToken("tok_1", "rec-1")),
               IsOk());
-  EXPECT_THAT(db_->Lookup("tok_1"), IsOkAndHolds(std::string("rec-1")));
-  // A second write of the same token is refused and leaves no audit record.
-  EXPECT_THAT(log_->Append(Event("pos", "tok_1"), NewToken{"tok_1", "rec-2"}),
-              StatusIs(absl::StatusCode::kAlreadyExists));
-  EXPECT_THAT(db_->Lookup("tok_1"), IsOkAndHolds(std::string("rec-1")));
+  EXPECT_THAT(db_->Get(storage::Table::kTokens, "tok_1"),
+              IsOkAndHolds(std::string("rec-1")));
+  // A second write of the same token fails its condition and leaves no
+  // audit record.
+  int failed = -1;
+  EXPECT_THAT(
+      log_->Append(Event("pos", "tok_1"), NewToken("tok_1", "rec-2"), &failed),
+      StatusIs(absl::StatusCode::kAborted));
+  EXPECT_EQ(failed, 0);
+  EXPECT_THAT(db_->Get(storage::Table::kTokens, "tok_1"),
+              IsOkAndHolds(std::string("rec-1")));
   EXPECT_EQ(log_->Verify()->records_checked, 1u);
   // With storage failing, neither the token nor its record appear.
   faults_->FailCommits(true);
-  EXPECT_THAT(log_->Append(Event("pos", "tok_2"), NewToken{"tok_2", "rec"}),
+  EXPECT_THAT(log_->Append(Event("pos", "tok_2"), NewToken("tok_2", "rec")),
               StatusIs(absl::StatusCode::kUnavailable));
   faults_->FailCommits(false);
-  EXPECT_THAT(db_->Lookup("tok_2"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(db_->Get(storage::Table::kTokens, "tok_2"),
+              StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(log_->Verify()->records_checked, 1u);
+}
+
+TEST_F(AuditLogTest, ConditionsSeeEarlierEntriesOfTheSameWrite) {
+  // Two entries claiming one index key in one write: the first wins, the
+  // second's condition fails against the first's (not yet durable) value.
+  std::vector<Entry> entries(2);
+  for (int i = 0; i < 2; ++i) {
+    entries[i].event = Event("pos", absl::StrCat("tok_", i));
+    entries[i].mutation.conditions.push_back(
+        {storage::Table::kPanIndex, "same-pan", std::nullopt});
+    entries[i].mutation.writes.push_back(
+        {storage::Table::kPanIndex, "same-pan", absl::StrCat("tok_", i)});
+  }
+  const int commits_before = faults_->commits();
+  log_->AppendAll(entries);
+  EXPECT_THAT(entries[0].result, IsOk());
+  EXPECT_THAT(entries[1].result, StatusIs(absl::StatusCode::kAborted));
+  EXPECT_EQ(entries[1].failed_condition, 0);
+  EXPECT_EQ(faults_->commits() - commits_before, 1);
+  EXPECT_THAT(db_->Get(storage::Table::kPanIndex, "same-pan"),
+              IsOkAndHolds(std::string("tok_0")));
+  // A condition on the value now stored holds.
+  Mutation replace;
+  replace.conditions.push_back(
+      {storage::Table::kPanIndex, "same-pan", std::string("tok_0")});
+  replace.writes.push_back(
+      {storage::Table::kPanIndex, "same-pan", std::nullopt});
+  EXPECT_THAT(log_->Append(Event("pos", "tok_0"), replace), IsOk());
+  EXPECT_THAT(db_->Get(storage::Table::kPanIndex, "same-pan"),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(AuditLogTest, AppendAllIsOneWriteForManyEntries) {
+  std::vector<Entry> entries(500);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    entries[i].event = Event("pos", absl::StrCat("tok_", i));
+    entries[i].mutation = NewToken(absl::StrCat("tok_", i), "rec");
+  }
+  const int commits_before = faults_->commits();
+  log_->AppendAll(entries);
+  for (const Entry& e : entries) EXPECT_THAT(e.result, IsOk());
+  EXPECT_EQ(faults_->commits() - commits_before, 1);
+  EXPECT_EQ(log_->Verify()->records_checked, 500u);
 }
 
 TEST_F(AuditLogTest, FailedWritesFailClosedCountAndRecover) {

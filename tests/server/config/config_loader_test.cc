@@ -45,7 +45,10 @@ TEST(ConfigLoaderTest, ParsesGoodConfigAndFillsDefaults) {
   EXPECT_EQ(config->hsm().kek_label(), "cardvault-kek");
   EXPECT_EQ(config->hsm().max_sessions(), 4u);
   EXPECT_FALSE(config->hsm().create_kek_if_missing());
-  EXPECT_EQ(config->limits().max_request_bytes(), 16384u);
+  EXPECT_EQ(config->limits().max_request_bytes(), 524288u);
+  EXPECT_EQ(config->tokens().cvv_ttl_seconds(), 900u);
+  EXPECT_EQ(config->tokens().idempotency_window_seconds(), 86400u);
+  EXPECT_EQ(config->tokens().max_batch_items(), 1000u);
   EXPECT_EQ(config->policy().reload_interval_seconds(), 2u);
   EXPECT_EQ(config->audit().retention_days(), 400u);
 }

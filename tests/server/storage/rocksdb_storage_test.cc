@@ -1,8 +1,12 @@
 #include "server/storage/rocksdb_storage.h"
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
@@ -15,6 +19,8 @@ using ::cardvault::testing::IsOk;
 using ::cardvault::testing::IsOkAndHolds;
 using ::cardvault::testing::StatusIs;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
 
@@ -35,18 +41,88 @@ class RocksDbStorageTest : public ::testing::Test {
 
 WriteSet TokenAndAudit(std::string token, std::string record, uint64_t seq) {
   WriteSet w;
-  w.new_tokens.emplace_back(std::move(token), std::move(record));
+  w.records.push_back({Table::kTokens, std::move(token), std::move(record)});
   w.audit_records.emplace_back(seq, "audit-" + std::to_string(seq));
   return w;
 }
 
-TEST_F(RocksDbStorageTest, LookupReturnsCommittedRecord) {
+TEST_F(RocksDbStorageTest, GetReturnsCommittedRecord) {
   auto db = Open();
   ASSERT_THAT(db->Commit(TokenAndAudit("tok_a", "record-a", 1)), IsOk());
-  EXPECT_THAT(db->Lookup("tok_a"), IsOkAndHolds(std::string("record-a")));
-  EXPECT_THAT(db->Contains("tok_a"), IsOkAndHolds(true));
-  EXPECT_THAT(db->Lookup("tok_b"), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(db->Contains("tok_b"), IsOkAndHolds(false));
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_a"),
+              IsOkAndHolds(std::string("record-a")));
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_b"),
+              StatusIs(absl::StatusCode::kNotFound));
+  // Tables are separate key spaces.
+  EXPECT_THAT(db->Get(Table::kPanIndex, "tok_a"),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RocksDbStorageTest, CommitDeletesAndPutsAtomically) {
+  auto db = Open();
+  ASSERT_THAT(db->Commit(TokenAndAudit("tok_a", "record-a", 1)), IsOk());
+  WriteSet w;
+  w.records.push_back({Table::kTokens, "tok_a", std::nullopt});
+  w.records.push_back({Table::kPanIndex, "idx", "tok_b"});
+  w.records.push_back({Table::kIdempotency, "key", "first"});
+  ASSERT_THAT(db->Commit(w), IsOk());
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_a"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(db->Get(Table::kPanIndex, "idx"),
+              IsOkAndHolds(std::string("tok_b")));
+  EXPECT_THAT(db->Get(Table::kIdempotency, "key"),
+              IsOkAndHolds(std::string("first")));
+}
+
+// Reads every file under `dir` into one string.
+std::string AllFileBytes(const std::filesystem::path& dir) {
+  std::string all;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    all.append(std::istreambuf_iterator<char>(in), {});
+  }
+  return all;
+}
+
+TEST_F(RocksDbStorageTest, CompactionDropsExpiredAndDeletedValues) {
+  // Values "exp:<ms>" expire at <ms>; anything else never.
+  absl::Time now = absl::FromUnixSeconds(1000);
+  RocksDbStorage::Options options{.data_dir = dir_.string()};
+  options.expiry_of = [](Table, absl::string_view value) {
+    if (!absl::ConsumePrefix(&value, "exp:")) return absl::InfiniteFuture();
+    int64_t ms = 0;
+    return absl::SimpleAtoi(value, &ms) ? absl::FromUnixMillis(ms)
+                                        : absl::InfiniteFuture();
+  };
+  options.now = [&now] { return now; };
+  auto db = *RocksDbStorage::Open(options);
+  WriteSet w;
+  w.records.push_back({Table::kTokens, "tok_expiring", "exp:1500000"});
+  w.records.push_back({Table::kTokens, "tok_deleted", "DELETED-RECORD"});
+  w.records.push_back({Table::kTokens, "tok_kept", "KEPT-RECORD"});
+  w.records.push_back({Table::kPanIndex, "idx_expiring", "exp:1500000"});
+  ASSERT_THAT(db->Commit(w), IsOk());
+  ASSERT_THAT(db->Flush(), IsOk());
+  WriteSet d;
+  d.records.push_back({Table::kTokens, "tok_deleted", std::nullopt});
+  ASSERT_THAT(db->Commit(d), IsOk());
+  // Not yet expired: compaction keeps it.
+  ASSERT_THAT(db->CompactTokenData(), IsOk());
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_expiring"), IsOk());
+  now = absl::FromUnixSeconds(1500);
+  ASSERT_THAT(db->CompactTokenData(), IsOk());
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_expiring"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(db->Get(Table::kPanIndex, "idx_expiring"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_kept"),
+              IsOkAndHolds(std::string("KEPT-RECORD")));
+  db.reset();
+  const std::string files = AllFileBytes(dir_);
+  EXPECT_THAT(files, HasSubstr("KEPT-RECORD"));
+  EXPECT_THAT(files, Not(HasSubstr("DELETED-RECORD")));
+  EXPECT_THAT(files, Not(HasSubstr("exp:1500000")));
 }
 
 TEST_F(RocksDbStorageTest, AuditRecordsScanInSequenceOrder) {
@@ -93,8 +169,8 @@ TEST_F(RocksDbStorageTest, TokensAndKeysLiveInSeparateColumnFamilies) {
   ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(),
                                               dir_.string(), &families)
                   .ok());
-  EXPECT_THAT(families,
-              UnorderedElementsAre("default", "tokens", "keys", "audit"));
+  EXPECT_THAT(families, UnorderedElementsAre("default", "tokens", "pan_index",
+                                             "idempotency", "keys", "audit"));
 }
 
 TEST_F(RocksDbStorageTest, DataSurvivesReopen) {
@@ -104,7 +180,8 @@ TEST_F(RocksDbStorageTest, DataSurvivesReopen) {
     ASSERT_THAT(db->InsertKey("dek/1", "k1"), IsOk());
   }
   auto db = Open();
-  EXPECT_THAT(db->Lookup("tok_a"), IsOkAndHolds(std::string("record-a")));
+  EXPECT_THAT(db->Get(Table::kTokens, "tok_a"),
+              IsOkAndHolds(std::string("record-a")));
   EXPECT_THAT(db->ListKeys(), IsOkAndHolds(ElementsAre(Pair("dek/1", "k1"))));
 }
 

@@ -1,6 +1,5 @@
 #include "server/vault/vault.h"
 
-#include <filesystem>
 #include <map>
 
 #include "absl/container/flat_hash_map.h"
@@ -8,8 +7,7 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/storage/rocksdb_storage.h"
-#include "tests/testing/fault_injecting_store.h"
+#include "tests/server/vault/vault_fixture.h"
 #include "tests/testing/status_matchers.h"
 
 namespace cardvault::vault {
@@ -21,98 +19,6 @@ using ::cardvault::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
-
-auth::Caller MakeCaller(absl::string_view name) {
-  auth::Caller c;
-  c.identity = absl::StrCat("spiffe://t/", name);
-  c.certificate_serial = "0A1B";
-  c.certificate_sha256 = std::string(64, 'f');
-  c.peer = "ipv4:127.0.0.1:1234";
-  c.request_id = absl::StrCat("req-", name);
-  return c;
-}
-const auth::Caller kPos = MakeCaller("pos");
-const auth::Caller kProcessor = MakeCaller("processor");
-const auth::Caller kAuditor = MakeCaller("auditor");
-const auth::Caller kStranger = MakeCaller("stranger");
-
-// A vault over a real RocksDB and audit chain, with storage faults on
-// command.
-class VaultTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ =
-        (std::filesystem::temp_directory_path() /
-         absl::StrCat(
-             "cardvault-vault-", getpid(), "-",
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-            .string();
-    std::filesystem::remove_all(dir_);
-    db_ = *storage::RocksDbStorage::Open({.data_dir = dir_});
-    store_ =
-        std::make_unique<testing::FaultInjectingStore>(db_.get(), db_.get());
-    audit_ = *audit::AuditLog::Open(
-        store_.get(), store_.get(),
-        *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'a'))),
-        1, {});
-    std::map<uint32_t, crypto::SecretBytes> keys;
-    keys.emplace(1, crypto::SecretBytes(std::string(32, 'k')));
-    ring_ = *KeyRing::FromKeys(std::move(keys));
-    auth::PolicySpec spec;
-    spec.purposes = {"authorization", "refund"};
-    spec.bindings = {
-        {kPos.identity, {auth::Role::kTokenizer}, {"m1/pos", "m2/pos"}, {}, {}},
-        {kProcessor.identity,
-         {auth::Role::kDetokenizer},
-         {},
-         {"m1/pos"},
-         {.per_second = 0, .per_day = 20}},
-        {kAuditor.identity, {auth::Role::kAuditor}, {}, {}, {}}};
-    policy_ =
-        std::make_unique<auth::PolicyHolder>(*auth::AccessPolicy::Create(spec));
-    vault_ = *Vault::Create(store_.get(), ring_.get(), policy_.get(),
-                            audit_.get(), {});
-  }
-  void TearDown() override {
-    vault_.reset();
-    audit_.reset();
-    store_.reset();
-    db_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  static Card MakeCard(absl::string_view pan) {
-    Card c;
-    c.pan = crypto::SecretBytes(pan);
-    c.exp_month = 12;
-    c.exp_year = 2039;
-    return c;
-  }
-  std::vector<audit::AuditEvent> Events() {
-    std::vector<audit::AuditEvent> out;
-    EXPECT_THAT(audit_->Scan(1,
-                             [&](const audit::AuditEvent& e) {
-                               out.push_back(e);
-                               return true;
-                             }),
-                IsOk());
-    return out;
-  }
-  size_t TokenCount() {
-    size_t n = 0;
-    for (const auto& e : Events())
-      n += !e.token().empty() && e.event_type() == v1::TOKENIZE;
-    return n;
-  }
-
-  std::string dir_;
-  std::unique_ptr<storage::RocksDbStorage> db_;
-  std::unique_ptr<testing::FaultInjectingStore> store_;
-  std::unique_ptr<audit::AuditLog> audit_;
-  std::unique_ptr<KeyRing> ring_;
-  std::unique_ptr<auth::PolicyHolder> policy_;
-  std::unique_ptr<Vault> vault_;
-};
 
 TEST_F(VaultTest, DetokenizeReturnsTheTokenizedCard) {
   auto token = vault_->Tokenize(kPos, MakeCard("4111111111111111"));
@@ -289,8 +195,7 @@ TEST_F(VaultTest, TokenCollisionIsRetriedWithAFreshToken) {
   options.generate_token = [&]() -> absl::StatusOr<std::string> {
     return tokens[std::min(next++, tokens.size() - 1)];
   };
-  auto vault = *Vault::Create(store_.get(), ring_.get(), policy_.get(),
-                              audit_.get(), options);
+  auto vault = *Vault::Create(Deps(), options);
   EXPECT_EQ(vault->Tokenize(kPos, MakeCard("4111111111111111"))->token,
             tokens[0]);
   // The second attempt of this call.
