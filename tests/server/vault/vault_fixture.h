@@ -59,7 +59,7 @@ class VaultTest : public ::testing::Test {
     std::map<uint32_t, crypto::SecretBytes> keys;
     keys.emplace(1, crypto::SecretBytes(std::string(32, 'k')));
     ring_ = *KeyRing::FromKeys(std::move(keys));
-    auth::PolicySpec spec;
+    auth::PolicySpec& spec = spec_;
     spec.purposes = {"authorization", "refund"};
     spec.bindings = {
         {kPos.identity, {auth::Role::kTokenizer}, {"m1/pos", "m2/pos"}, {}, {}},
@@ -71,6 +71,7 @@ class VaultTest : public ::testing::Test {
         {kAuditor.identity, {auth::Role::kAuditor}, {}, {}, {}}};
     policy_ =
         std::make_unique<auth::PolicyHolder>(*auth::AccessPolicy::Create(spec));
+
     index_key_ =
         *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'i')));
     fingerprint_key_ =
@@ -96,6 +97,12 @@ class VaultTest : public ::testing::Test {
       return now_;
     };
     vault_ = *Vault::Create(Deps(), std::move(options));
+  }
+  // Puts `spec_` (as edited by the test) in force.
+  void ApplyPolicy() { policy_->Replace(*auth::AccessPolicy::Create(spec_)); }
+  absl::Time Now() {
+    absl::MutexLock lock(&clock_mu_);
+    return now_;
   }
   void Advance(absl::Duration d) {
     absl::MutexLock lock(&clock_mu_);
@@ -150,6 +157,7 @@ class VaultTest : public ::testing::Test {
   std::unique_ptr<crypto::HmacSha256> index_key_;
   std::unique_ptr<crypto::HmacSha256> fingerprint_key_;
   std::unique_ptr<CvvCache> cvv_cache_;
+  auth::PolicySpec spec_;
   std::unique_ptr<auth::PolicyHolder> policy_;
   std::unique_ptr<Vault> vault_;
   absl::Mutex clock_mu_;

@@ -1,0 +1,469 @@
+// Token formats, deterministic tokens, fingerprints, metadata, batches,
+// TTL and deletion, idempotency and CVVs, on a real RocksDB and audit chain.
+#include <atomic>
+#include <filesystem>
+#include <latch>
+#include <set>
+#include <thread>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/vault/vault.h"
+#include "tests/server/vault/vault_fixture.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/test_cards.h"
+#include "tests/testing/test_env.h"
+
+namespace cardvault::vault {
+namespace {
+
+using ::cardvault::testing::IsOk;
+using ::cardvault::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+class TokenLifecycleTest : public VaultTest {
+ protected:
+  static TokenizeRequest Request(absl::string_view pan,
+                                 TokenFormat format = TokenFormat::kRandom) {
+    TokenizeRequest r;
+    r.card = MakeCard(pan);
+    r.format = format;
+    return r;
+  }
+  // All bytes of every file under the data directory.
+  std::string DataFiles() const {
+    std::string all;
+    for (const auto& [path, bytes] : testing::ReadTree(dir_)) {
+      absl::StrAppend(&all, bytes);
+    }
+    return all;
+  }
+  // The same without RocksDB's own diagnostics (LOG*, OPTIONS*): they never
+  // hold values, but are full of numbers a 3-4 digit search would hit.
+  std::string DataFilesWithoutDiagnostics() const {
+    std::string all;
+    for (const auto& [path, bytes] : testing::ReadTree(dir_)) {
+      const std::string name = std::filesystem::path(path).filename();
+      if (absl::StartsWith(name, "LOG") || absl::StartsWith(name, "OPTIONS")) {
+        continue;
+      }
+      absl::StrAppend(&all, bytes);
+    }
+    return all;
+  }
+};
+
+// Invariant: numeric tokens look like the PAN where the format says so, and
+// nowhere else can they pass for a card.
+TEST_F(TokenLifecycleTest, NumericFormatPropertiesOver100000TokensEach) {
+  constexpr int kTokens = 100000;
+  constexpr int kBatch = 1000;
+  const std::vector<std::string> pans = testing::MakePans(kTokens, 42);
+  spec_.domains = {{.name = "m1/pos", .bin_digits = 8}};
+  ApplyPolicy();
+  for (TokenFormat format : {TokenFormat::kRandom, TokenFormat::kLastFour,
+                             TokenFormat::kBinLastFour}) {
+    SCOPED_TRACE(static_cast<int>(format));
+    absl::flat_hash_set<std::string> seen;
+    for (int start = 0; start < kTokens; start += kBatch) {
+      std::vector<TokenizeRequest> batch;
+      for (int i = start; i < start + kBatch; ++i) {
+        batch.push_back(Request(pans[i], format));
+      }
+      auto results = vault_->TokenizeBatch(kPos, std::move(batch));
+      ASSERT_THAT(results, IsOk());
+      for (int i = 0; i < kBatch; ++i) {
+        const absl::StatusOr<Tokenized>& r = (*results)[i];
+        ASSERT_THAT(r, IsOk());
+        const std::string& pan = pans[start + i];
+        const std::string& token = r->token;
+        ASSERT_TRUE(seen.insert(token).second) << "duplicate token";
+        ASSERT_NE(token, pan);
+        ASSERT_TRUE(IsWellFormedToken(token)) << token;
+        if (format == TokenFormat::kRandom) {
+          ASSERT_THAT(token, StartsWith("tok_"));
+          ASSERT_EQ(token.size(), kTokenLength);
+          continue;
+        }
+        ASSERT_EQ(token.size(), pan.size());
+        ASSERT_FALSE(PassesLuhn(token)) << "numeric token passes Luhn";
+        ASSERT_EQ(token.substr(token.size() - 4), pan.substr(pan.size() - 4));
+        if (format == TokenFormat::kBinLastFour) {
+          const size_t bin = pan.size() >= 16 ? 8 : 6;
+          ASSERT_EQ(token.substr(0, bin), pan.substr(0, bin));
+        }
+      }
+    }
+    EXPECT_EQ(seen.size(), static_cast<size_t>(kTokens));
+  }
+}
+
+TEST_F(TokenLifecycleTest, CrowdedNumericSpaceGivesUpAfterTheRetryBound) {
+  // A 12-digit PAN keeping BIN and last four has 2 free digits: 100
+  // fillings, 10 of which pass Luhn, so at most 90 tokens exist.
+  constexpr int kDraws = 16;
+  std::atomic<int> draws{0};
+  Vault::Options options;
+  options.max_numeric_token_attempts = kDraws;
+  options.generate_numeric_token = [&](TokenFormat f, absl::string_view pan,
+                                       size_t bin) {
+    ++draws;
+    return GenerateNumericToken(f, pan, bin);
+  };
+  Reopen(options);
+  const std::string pan = "501800000009";  // Maestro, 12 digits
+  ASSERT_TRUE(PassesLuhn(pan));
+  std::set<std::string> tokens;
+  int exhausted = 0;
+  for (int i = 0; i < 150; ++i) {
+    draws = 0;
+    auto t = vault_->Tokenize(kPos, Request(pan, TokenFormat::kBinLastFour));
+    if (t.ok()) {
+      EXPECT_TRUE(tokens.insert(t->token).second);
+      EXPECT_EQ(t->token.substr(0, 6), "501800");
+      EXPECT_EQ(t->token.substr(8), "0009");
+      EXPECT_LE(draws.load(), kDraws);
+    } else {
+      EXPECT_THAT(t, StatusIs(absl::StatusCode::kResourceExhausted));
+      EXPECT_THAT(t.status().message(), Not(HasSubstr(pan)));
+      EXPECT_EQ(draws.load(), kDraws);  // the bound, and no more
+      ++exhausted;
+    }
+  }
+  EXPECT_LE(tokens.size(), 90u);
+  EXPECT_GE(tokens.size(), 60u);  // P(a draw finds a free slot) stays high
+  EXPECT_EQ(tokens.size() + exhausted, 150u);
+}
+
+TEST_F(TokenLifecycleTest,
+       ConcurrentDeterministicTokenizeOfOnePanGivesOneToken) {
+  constexpr int kThreads = 16;
+  std::vector<std::string> tokens(kThreads);
+  std::vector<int> created(kThreads);
+  std::latch start(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      TokenizeRequest r = Request("4111111111111111");
+      r.deterministic = true;
+      start.arrive_and_wait();  // all at once
+      auto t = vault_->Tokenize(kPos, std::move(r));
+      ASSERT_THAT(t, IsOk());
+      tokens[i] = t->token;
+      created[i] = t->created;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(std::set<std::string>(tokens.begin(), tokens.end()).size(), 1u);
+  EXPECT_EQ(std::count(created.begin(), created.end(), 1), 1);
+  // Another domain: another token, and an unrelated fingerprint.
+  TokenizeRequest other = Request("4111111111111111");
+  other.deterministic = true;
+  other.domain = "m2/pos";
+  auto in_m2 = vault_->Tokenize(kPos, std::move(other));
+  ASSERT_THAT(in_m2, IsOk());
+  EXPECT_NE(in_m2->token, tokens[0]);
+  auto info1 = vault_->GetTokenInfo(kPos, tokens[0]);
+  auto info2 = vault_->GetTokenInfo(kPos, in_m2->token);
+  ASSERT_THAT(info1, IsOk());
+  ASSERT_THAT(info2, IsOk());
+  EXPECT_NE(info1->fingerprint, info2->fingerprint);
+  // Same PAN, same domain, not deterministic: a new token, same fingerprint.
+  auto random = vault_->Tokenize(kPos, Request("4111111111111111"));
+  ASSERT_THAT(random, IsOk());
+  EXPECT_NE(random->token, tokens[0]);
+  EXPECT_EQ(vault_->GetTokenInfo(kPos, random->token)->fingerprint,
+            info1->fingerprint);
+}
+
+TEST_F(TokenLifecycleTest, DomainCanForceDeterministicTokens) {
+  spec_.domains = {{.name = "m1/pos", .deterministic = true}};
+  ApplyPolicy();
+  auto a = vault_->Tokenize(kPos, MakeCard("5555555555554444"));
+  auto b = vault_->Tokenize(kPos, MakeCard("5555555555554444"));
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(a->token, b->token);
+  EXPECT_TRUE(a->created);
+  EXPECT_FALSE(b->created);
+  EXPECT_TRUE(vault_->GetTokenInfo(kPos, a->token)->deterministic);
+  // The index holds a keyed HMAC, never the PAN or a plain hash of it.
+  EXPECT_THAT(DataFiles(), Not(HasSubstr("5555555555554444")));
+}
+
+TEST_F(TokenLifecycleTest, TokenInfoCarriesMetadataButNeverThePan) {
+  spec_.domains = {{.name = "m2/pos", .bin_digits = 8}};
+  ApplyPolicy();
+  TokenizeRequest r = Request("5555555555554444", TokenFormat::kLastFour);
+  r.ttl = absl::Hours(1);
+  auto t = vault_->Tokenize(kPos, std::move(r));
+  ASSERT_THAT(t, IsOk());
+  auto info = vault_->GetTokenInfo(kAuditor, t->token);
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->brand, CardBrand::kMastercard);
+  EXPECT_EQ(info->bin, "555555");
+  EXPECT_EQ(info->last_four, "4444");
+  EXPECT_EQ(info->exp_month, 12u);
+  EXPECT_EQ(info->exp_year, 2039u);
+  EXPECT_EQ(info->format, TokenFormat::kLastFour);
+  EXPECT_EQ(info->domain, "m1/pos");
+  EXPECT_EQ(info->expires - info->created, absl::Hours(1));
+  EXPECT_THAT(info->fingerprint, StartsWith("fp_"));
+  EXPECT_EQ(info->fingerprint.size(), 3u + 32u);
+  // 8-digit BINs where the domain asks for them.
+  TokenizeRequest r2 = Request("5555555555554444", TokenFormat::kBinLastFour);
+  r2.domain = "m2/pos";
+  auto t2 = vault_->Tokenize(kPos, std::move(r2));
+  ASSERT_THAT(t2, IsOk());
+  EXPECT_EQ(vault_->GetTokenInfo(kPos, t2->token)->bin, "55555555");
+  EXPECT_EQ(t2->token.substr(0, 8), "55555555");
+  // Detokenizers do not get metadata; neither does a stranger.
+  EXPECT_THAT(vault_->GetTokenInfo(kProcessor, t->token),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(vault_->GetTokenInfo(kStranger, t->token),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+}
+
+TEST_F(TokenLifecycleTest, BatchKeepsPerItemResultsInOrderInOneWrite) {
+  std::vector<TokenizeRequest> batch;
+  batch.push_back(Request("4111111111111111"));
+  batch.push_back(Request("4111111111111112"));  // fails Luhn
+  batch.push_back(Request("378282246310005", TokenFormat::kLastFour));
+  TokenizeRequest foreign = Request("5555555555554444");
+  foreign.domain = "m3/pos";  // not the caller's
+  batch.push_back(std::move(foreign));
+  TokenizeRequest bad_cvv = Request("6011111111111117");
+  bad_cvv.cvv = crypto::SecretBytes(absl::string_view("12"));
+  batch.push_back(std::move(bad_cvv));
+  batch.push_back(Request("3530111333300000", TokenFormat::kBinLastFour));
+  const int commits = store_->commits();
+  auto results = vault_->TokenizeBatch(kPos, std::move(batch));
+  ASSERT_THAT(results, IsOk());
+  EXPECT_EQ(store_->commits() - commits, 1);
+  ASSERT_EQ(results->size(), 6u);
+  EXPECT_THAT((*results)[0], IsOk());
+  EXPECT_THAT((*results)[1], StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT((*results)[2], IsOk());
+  EXPECT_THAT((*results)[3], StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT((*results)[4], StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT((*results)[5], IsOk());
+  EXPECT_EQ((*results)[2]->token.size(), 15u);
+  // Every item is audited, refusals included.
+  size_t tokenize_events = 0;
+  for (const auto& e : Events()) {
+    tokenize_events +=
+        e.event_type() == v1::TOKENIZE && e.rpc() == kTokenizeBatchRpc;
+  }
+  EXPECT_EQ(tokenize_events, 6u);
+  // Detokenize them back in one batch, with a malformed and an unknown token.
+  std::vector<DetokenizeRequest> back = {
+      {(*results)[5]->token, "authorization"},
+      {"not-a-token", "authorization"},
+      {(*results)[0]->token, "authorization"},
+      {"tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", "authorization"}};
+  auto cards = vault_->DetokenizeBatch(kProcessor, back);
+  ASSERT_THAT(cards, IsOk());
+  ASSERT_EQ(cards->size(), 4u);
+  EXPECT_EQ((*cards)[0]->card.pan.view(), "3530111333300000");
+  EXPECT_THAT((*cards)[1], StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ((*cards)[2]->card.pan.view(), "4111111111111111");
+  EXPECT_THAT((*cards)[3], StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(TokenLifecycleTest, BatchSizeIsBounded) {
+  EXPECT_THAT(vault_->TokenizeBatch(kPos, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  Vault::Options options;
+  options.max_batch_items = 3;
+  Reopen(options);
+  std::vector<TokenizeRequest> four;
+  for (int i = 0; i < 4; ++i) four.push_back(Request("4111111111111111"));
+  EXPECT_THAT(vault_->TokenizeBatch(kPos, std::move(four)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      vault_->DetokenizeBatch(kProcessor, std::vector<DetokenizeRequest>(4)),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TokenLifecycleTest, ExpiredAndDeletedTokensAreGoneAfterCompaction) {
+  TokenizeRequest short_lived = Request("4111111111111111");
+  short_lived.ttl = absl::Minutes(5);
+  short_lived.deterministic = true;
+  auto expiring = vault_->Tokenize(kPos, std::move(short_lived));
+  auto deleted = vault_->Tokenize(kPos, Request("5555555555554444"));
+  auto kept = vault_->Tokenize(kPos, Request("378282246310005"));
+  ASSERT_THAT(expiring, IsOk());
+  ASSERT_THAT(deleted, IsOk());
+  ASSERT_THAT(kept, IsOk());
+  EXPECT_EQ(expiring->expires, Now() + absl::Minutes(5));
+  auto record_of = [&](const std::string& token) {
+    return *db_->Get(storage::Table::kTokens, token);
+  };
+  // The sealed bytes after the clear header: what must not stay on disk.
+  const std::string expiring_record = record_of(expiring->token).substr(40);
+  const std::string deleted_record = record_of(deleted->token).substr(40);
+  const std::string kept_record = record_of(kept->token).substr(40);
+  ASSERT_THAT(db_->Flush(), IsOk());
+
+  EXPECT_THAT(vault_->DeleteToken(kPos, deleted->token),
+              ::cardvault::testing::IsOkAndHolds(true));
+  // Idempotent: a second delete finds nothing and says so.
+  EXPECT_THAT(vault_->DeleteToken(kPos, deleted->token),
+              ::cardvault::testing::IsOkAndHolds(false));
+  EXPECT_THAT(vault_->Detokenize(kProcessor, deleted->token, "refund"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(vault_->GetTokenInfo(kPos, deleted->token),
+              StatusIs(absl::StatusCode::kNotFound));
+
+  Advance(absl::Minutes(5));
+  EXPECT_THAT(vault_->Detokenize(kProcessor, expiring->token, "refund"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(vault_->GetTokenInfo(kPos, expiring->token),
+              StatusIs(absl::StatusCode::kNotFound));
+  // A deterministic Tokenize of the expired PAN makes a new token.
+  TokenizeRequest again = Request("4111111111111111");
+  again.deterministic = true;
+  auto renewed = vault_->Tokenize(kPos, std::move(again));
+  ASSERT_THAT(renewed, IsOk());
+  EXPECT_NE(renewed->token, expiring->token);
+  EXPECT_TRUE(renewed->created);
+
+  ASSERT_THAT(db_->CompactTokenData(), IsOk());
+  EXPECT_THAT(db_->Get(storage::Table::kTokens, expiring->token),
+              StatusIs(absl::StatusCode::kNotFound));
+  // Close the database so that nothing is held only in memory, then read
+  // the raw files (SST, WAL, MANIFEST, LOG).
+  vault_.reset();
+  audit_.reset();
+  store_.reset();
+  db_.reset();
+  const std::string files = DataFiles();
+  EXPECT_THAT(files, HasSubstr(kept_record));  // the scan can find records
+  EXPECT_THAT(files, Not(HasSubstr(expiring_record)));
+  EXPECT_THAT(files, Not(HasSubstr(deleted_record)));
+}
+
+TEST_F(TokenLifecycleTest, TtlIsBoundedByTheDomainMaximum) {
+  spec_.domains = {{.name = "m1/pos", .max_ttl = absl::Hours(24)}};
+  ApplyPolicy();
+  auto defaulted = vault_->Tokenize(kPos, MakeCard("4111111111111111"));
+  ASSERT_THAT(defaulted, IsOk());
+  EXPECT_EQ(defaulted->expires, Now() + absl::Hours(24));
+  TokenizeRequest too_long = Request("4111111111111111");
+  too_long.ttl = absl::Hours(25);
+  EXPECT_THAT(vault_->Tokenize(kPos, std::move(too_long)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  TokenizeRequest negative = Request("4111111111111111");
+  negative.ttl = -absl::Seconds(1);
+  EXPECT_THAT(vault_->Tokenize(kPos, std::move(negative)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TokenLifecycleTest, OnlyTheOwningTokenizerDeletes) {
+  auto t = vault_->Tokenize(kPos, MakeCard("4111111111111111"), "m1/pos");
+  ASSERT_THAT(t, IsOk());
+  EXPECT_THAT(vault_->DeleteToken(kProcessor, t->token),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(vault_->DeleteToken(kAuditor, t->token),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  // A tokenizer of other domains learns nothing and deletes nothing.
+  spec_.bindings.push_back(
+      {"spiffe://t/other", {auth::Role::kTokenizer}, {"m9/pos"}, {}, {}});
+  ApplyPolicy();
+  auth::Caller other = MakeCaller("other");
+  EXPECT_THAT(vault_->DeleteToken(other, t->token),
+              ::cardvault::testing::IsOkAndHolds(false));
+  EXPECT_THAT(vault_->GetTokenInfo(other, t->token),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(vault_->Detokenize(kProcessor, t->token, "refund"), IsOk());
+  size_t delete_events = 0;
+  for (const auto& e : Events()) {
+    delete_events += e.event_type() == v1::DELETE_TOKEN;
+  }
+  EXPECT_EQ(delete_events, 3u);
+}
+
+TEST_F(TokenLifecycleTest, IdempotentRetryReturnsTheFirstResult) {
+  auto make = [](absl::string_view pan, absl::string_view key) {
+    TokenizeRequest r = Request(pan);
+    r.idempotency_key = std::string(key);
+    return r;
+  };
+  auto first = vault_->Tokenize(kPos, make("4111111111111111", "order-1"));
+  ASSERT_THAT(first, IsOk());
+  EXPECT_TRUE(first->created);
+  auto retry = vault_->Tokenize(kPos, make("4111111111111111", "order-1"));
+  ASSERT_THAT(retry, IsOk());
+  EXPECT_EQ(retry->token, first->token);
+  EXPECT_FALSE(retry->created);
+  EXPECT_EQ(TokenCount(), 2u);  // two events, one token record
+  EXPECT_THAT(vault_->Tokenize(kPos, make("5555555555554444", "order-1")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Keys are per identity: another tokenizer's "order-1" is its own.
+  spec_.bindings.push_back(
+      {"spiffe://t/web", {auth::Role::kTokenizer}, {"m1/pos"}, {}, {}});
+  ApplyPolicy();
+  auto web =
+      vault_->Tokenize(MakeCaller("web"), make("4111111111111111", "order-1"));
+  ASSERT_THAT(web, IsOk());
+  EXPECT_NE(web->token, first->token);
+  // After the window the key may be used again.
+  Advance(absl::Hours(25));
+  auto later = vault_->Tokenize(kPos, make("5555555555554444", "order-1"));
+  ASSERT_THAT(later, IsOk());
+  EXPECT_TRUE(later->created);
+}
+
+TEST_F(TokenLifecycleTest, ConcurrentIdempotentRetriesCreateOneToken) {
+  constexpr int kThreads = 8;
+  std::vector<std::string> tokens(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      TokenizeRequest r = Request("4111111111111111");
+      r.idempotency_key = "checkout-7";
+      auto t = vault_->Tokenize(kPos, std::move(r));
+      ASSERT_THAT(t, IsOk());
+      tokens[i] = t->token;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(std::set<std::string>(tokens.begin(), tokens.end()).size(), 1u);
+}
+
+TEST_F(TokenLifecycleTest, CvvIsReturnedOnceAndNeverStored) {
+  TokenizeRequest r = Request("4111111111111111");
+  r.cvv = crypto::SecretBytes(absl::string_view("7391"));
+  auto t = vault_->Tokenize(kPos, std::move(r));
+  ASSERT_THAT(t, IsOk());
+  auto first = vault_->Detokenize(kProcessor, t->token, "authorization");
+  ASSERT_THAT(first, IsOk());
+  ASSERT_TRUE(first->cvv.has_value());
+  EXPECT_EQ(first->cvv->view(), "7391");
+  auto second = vault_->Detokenize(kProcessor, t->token, "authorization");
+  ASSERT_THAT(second, IsOk());
+  EXPECT_FALSE(second->cvv.has_value());
+  // Neither the CVV nor the request that carried it is on disk.
+  ASSERT_THAT(db_->Flush(), IsOk());
+  EXPECT_THAT(DataFilesWithoutDiagnostics(), Not(HasSubstr("7391")));
+}
+
+TEST_F(TokenLifecycleTest, CvvIsDroppedAfterItsTtl) {
+  TokenizeRequest r = Request("4111111111111111");
+  r.cvv = crypto::SecretBytes(absl::string_view("123"));
+  auto t = vault_->Tokenize(kPos, std::move(r));
+  ASSERT_THAT(t, IsOk());
+  Advance(absl::Minutes(15));
+  auto card = vault_->Detokenize(kProcessor, t->token, "authorization");
+  ASSERT_THAT(card, IsOk());
+  EXPECT_FALSE(card->cvv.has_value());
+  EXPECT_EQ(cvv_cache_->size(), 0u);
+}
+
+}  // namespace
+}  // namespace cardvault::vault
