@@ -46,17 +46,19 @@ struct Row {
   bool tokenize;
   bool detokenize;
   bool read_audit;
+  bool token_info;
+  bool delete_token;
 };
 
 // The whole role matrix in one table; deny by default for the stranger.
 constexpr Row kMatrix[] = {
-    {"spiffe://t/pos", true, false, false},
-    {"spiffe://t/processor", false, true, false},
-    {"spiffe://t/auditor", false, false, true},
-    {"spiffe://t/admin", false, false, false},
-    {"spiffe://t/both", true, true, false},
-    {"spiffe://t/stranger", false, false, false},
-    {"", false, false, false},
+    {"spiffe://t/pos", true, false, false, true, true},
+    {"spiffe://t/processor", false, true, false, false, false},
+    {"spiffe://t/auditor", false, false, true, true, false},
+    {"spiffe://t/admin", false, false, false, false, false},
+    {"spiffe://t/both", true, true, false, true, true},
+    {"spiffe://t/stranger", false, false, false, false, false},
+    {"", false, false, false, false, false},
 };
 
 TEST(AccessPolicyTest, GrantsExactlyTheRightsOfEachRole) {
@@ -75,7 +77,26 @@ TEST(AccessPolicyTest, GrantsExactlyTheRightsOfEachRole) {
                 StatusIs(expect(row.detokenize)));
     EXPECT_THAT((*policy)->Check(c, Permission::kReadAudit),
                 StatusIs(expect(row.read_audit)));
+    EXPECT_THAT((*policy)->Check(c, Permission::kReadTokenInfo),
+                StatusIs(expect(row.token_info)));
+    EXPECT_THAT((*policy)->Check(c, Permission::kDeleteToken),
+                StatusIs(expect(row.delete_token)));
   }
+}
+
+TEST(AccessPolicyTest, TokenMetadataAndDeletionFollowTokenizeDomains) {
+  auto policy = *AccessPolicy::Create(Spec());
+  const Caller pos = Uri("spiffe://t/pos");
+  const Caller auditor = Uri("spiffe://t/auditor");
+  const Caller processor = Uri("spiffe://t/processor");
+  EXPECT_TRUE(policy->MayReadTokenInfo(pos, "m1/web"));
+  EXPECT_FALSE(policy->MayReadTokenInfo(pos, "m2/pos"));
+  EXPECT_TRUE(policy->MayReadTokenInfo(auditor, "m2/pos"));  // every domain
+  EXPECT_FALSE(policy->MayReadTokenInfo(processor, "m1/pos"));
+  EXPECT_TRUE(policy->MayDeleteToken(pos, "m1/pos"));
+  EXPECT_FALSE(policy->MayDeleteToken(pos, "m2/pos"));
+  EXPECT_FALSE(policy->MayDeleteToken(auditor, "m1/pos"));
+  EXPECT_FALSE(policy->MayDeleteToken(processor, "m1/pos"));
 }
 
 TEST(AccessPolicyTest, CommonNameIdentitiesOnlyWhenAllowed) {

@@ -48,6 +48,37 @@ TEST(PolicyLoaderTest, ParsesAGoodPolicy) {
             100u);
 }
 
+TEST(PolicyLoaderTest, ParsesDomainSettingsWithDefaults) {
+  auto policy = ParsePolicy(absl::StrCat(kPolicy, R"pb(
+                              domains {
+                                name: "m1/pos"
+                                deterministic: true
+                                max_ttl_seconds: 3600
+                                bin_digits: 8
+                              }
+                            )pb"),
+                            "p");
+  ASSERT_THAT(policy, IsOk());
+  const auth::DomainSettings& m1 = (*policy)->SettingsOf("m1/pos");
+  EXPECT_TRUE(m1.deterministic);
+  EXPECT_EQ(m1.max_ttl, absl::Hours(1));
+  EXPECT_EQ(m1.bin_digits, 8u);
+  const auth::DomainSettings& other = (*policy)->SettingsOf("m2/pos");
+  EXPECT_FALSE(other.deterministic);
+  EXPECT_EQ(other.max_ttl, absl::ZeroDuration());
+  EXPECT_EQ(other.bin_digits, 6u);
+  EXPECT_THAT(
+      ParsePolicy(
+          absl::StrCat(kPolicy, "domains { name: \"m1/pos\" bin_digits: 7 }"),
+          "p"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bin_digits")));
+  EXPECT_THAT(ParsePolicy(absl::StrCat(kPolicy,
+                                       "domains { name: \"m1/pos\" } "
+                                       "domains { name: \"m1/pos\" }"),
+                          "p"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
+}
+
 TEST(PolicyLoaderTest, RejectsSyntaxErrorsUnknownKeysAndBadBindings) {
   EXPECT_THAT(
       ParsePolicy("bindings {", "p.textproto"),

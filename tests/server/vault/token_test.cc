@@ -40,7 +40,6 @@ TEST(TokenTest, CannotPassForAPan) {
 TEST(TokenTest, RejectsMalformedTokens) {
   std::string good = *GenerateToken();
   EXPECT_FALSE(IsWellFormedToken(""));
-  EXPECT_FALSE(IsWellFormedToken("4111111111111111"));
   EXPECT_FALSE(IsWellFormedToken(good.substr(0, good.size() - 1)));
   EXPECT_FALSE(IsWellFormedToken(good + "a"));
   std::string upper = good;
@@ -52,6 +51,53 @@ TEST(TokenTest, RejectsMalformedTokens) {
   std::string noncanonical = good;
   noncanonical.back() = 'b';  // low bits set
   EXPECT_FALSE(IsWellFormedToken(noncanonical));
+}
+
+TEST(TokenTest, NumericTokensKeepTheirDigitsAndFailLuhn) {
+  const std::string pan = "4111111111111111";
+  for (int i = 0; i < 2000; ++i) {
+    std::string last4 =
+        *GenerateNumericToken(TokenFormat::kLastFour, pan, /*bin_digits=*/6);
+    ASSERT_EQ(last4.size(), pan.size());
+    ASSERT_EQ(last4.substr(12), "1111");
+    ASSERT_FALSE(PassesLuhn(last4));
+    ASSERT_TRUE(IsWellFormedToken(last4));
+    std::string bin8 =
+        *GenerateNumericToken(TokenFormat::kBinLastFour, pan, /*bin_digits=*/8);
+    ASSERT_EQ(bin8.substr(0, 8), "41111111");
+    ASSERT_EQ(bin8.substr(12), "1111");
+    ASSERT_FALSE(PassesLuhn(bin8));
+  }
+}
+
+TEST(TokenTest, EveryFreeDigitVaries) {
+  // Each free position must take all ten digits; a fixed or biased position
+  // would show up here.
+  const std::string pan = "378282246310005";  // 15 digits: BIN 6 even if 8
+  std::vector<std::set<char>> seen(pan.size());
+  for (int i = 0; i < 2000; ++i) {
+    std::string t = *GenerateNumericToken(TokenFormat::kBinLastFour, pan, 8);
+    for (size_t p = 0; p < t.size(); ++p) seen[p].insert(t[p]);
+  }
+  for (size_t p = 0; p < pan.size(); ++p) {
+    const bool kept = p < 6 || p >= pan.size() - 4;
+    EXPECT_EQ(seen[p].size(), kept ? 1u : 10u) << "position " << p;
+  }
+}
+
+TEST(TokenTest, EightDigitBinsOnlyForLongPans) {
+  EXPECT_EQ(KeptBinDigits(16, 8), 8u);
+  EXPECT_EQ(KeptBinDigits(19, 8), 8u);
+  EXPECT_EQ(KeptBinDigits(15, 8), 6u);
+  EXPECT_EQ(KeptBinDigits(19, 6), 6u);
+}
+
+TEST(TokenTest, NumericWellFormednessRequiresALuhnFailure) {
+  EXPECT_FALSE(IsWellFormedToken("4111111111111111"));  // passes Luhn
+  EXPECT_TRUE(IsWellFormedToken("4111111111111112"));
+  EXPECT_FALSE(IsWellFormedToken("41111111112"));           // 11 digits
+  EXPECT_FALSE(IsWellFormedToken("41111111111111111112"));  // 20 digits
+  EXPECT_FALSE(IsWellFormedToken("411111111111111a"));
 }
 
 }  // namespace
