@@ -1,15 +1,19 @@
 // cardvault: command-line client.
 //
 //   echo 4111111111111111 | cardvault tokenize [--exp_month=12 --exp_year=2030]
+//       [--format=last_four --deterministic --ttl=24h --idempotency_key=K]
+//   printf '4111111111111111\n737\n' | cardvault tokenize --cvv_from_stdin
 //   cardvault detokenize --purpose=authorization tok_...
+//   cardvault info tok_...
+//   cardvault delete tok_...
 //   cardvault audit list [--identity=I --event_type=DETOKENIZE --token=T
 //                         --since=RFC3339 --until=RFC3339 --max_events=N]
 //   cardvault audit verify
 //
-// The PAN is read from stdin, never from argv (argv is visible to every user
-// in /proc). Certificate flags default to the dev PKI: pos for tokenize,
-// processor for detokenize, auditor for audit. Audit events are printed as
-// JSON lines, ready for a SIEM.
+// The PAN (and a CVV) is read from stdin, never from argv (argv is visible to
+// every user in /proc). Certificate flags default to the dev PKI: pos for
+// tokenize, info and delete, processor for detokenize, auditor for audit. Audit
+// events are printed as JSON lines, ready for a SIEM.
 #include <iostream>
 #include <string>
 
@@ -37,6 +41,18 @@ ABSL_FLAG(uint32_t, exp_year, 0, "Expiry year (tokenize).");
 ABSL_FLAG(std::string, name, "", "Cardholder name (tokenize).");
 ABSL_FLAG(std::string, domain, "",
           "Token domain (tokenize; default: the caller's default domain).");
+ABSL_FLAG(std::string, format, "random",
+          "Token format (tokenize): random, last_four or bin_last_four.");
+ABSL_FLAG(bool, deterministic, false,
+          "Return the existing token of this PAN in the domain (tokenize).");
+ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
+          "Token lifetime, e.g. 24h (tokenize; default none or the domain's "
+          "maximum).");
+ABSL_FLAG(std::string, idempotency_key, "",
+          "A retry with the same key returns the first result (tokenize).");
+ABSL_FLAG(bool, cvv_from_stdin, false,
+          "Read a CVV from the second line of stdin (tokenize); it is held "
+          "in server memory only and returned by the first detokenize.");
 ABSL_FLAG(std::string, purpose, "",
           "Why the card is needed (detokenize, required): one of the "
           "server policy's purposes, e.g. authorization, refund, chargeback.");
@@ -91,6 +107,51 @@ absl::Status SetTime(const std::string& rfc3339,
   }
   out->set_seconds(absl::ToUnixSeconds(t));
   return absl::OkStatus();
+}
+
+absl::StatusOr<cardvault::v1::TokenFormat> ParseFormat(
+    const std::string& name) {
+  if (name == "random") return cardvault::v1::RANDOM;
+  if (name == "last_four") return cardvault::v1::LAST_FOUR;
+  if (name == "bin_last_four") return cardvault::v1::BIN_LAST_FOUR;
+  return absl::InvalidArgumentError(
+      "--format must be random, last_four or bin_last_four");
+}
+
+// Reads one line of stdin without its line ending; the server judges the
+// rest.
+std::string ReadLine() {
+  std::string line;
+  std::getline(std::cin, line);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+int Tokenize() {
+  cardvault::v1::TokenizeRequest request;
+  cardvault::v1::Card& card = *request.mutable_card();
+  card.set_pan(ReadLine());
+  if (absl::GetFlag(FLAGS_cvv_from_stdin)) request.set_cvv(ReadLine());
+  card.set_exp_month(absl::GetFlag(FLAGS_exp_month));
+  card.set_exp_year(absl::GetFlag(FLAGS_exp_year));
+  card.set_cardholder_name(absl::GetFlag(FLAGS_name));
+  request.set_domain(absl::GetFlag(FLAGS_domain));
+  auto format = ParseFormat(absl::GetFlag(FLAGS_format));
+  if (!format.ok()) return Fail(format.status());
+  request.set_format(*format);
+  request.set_deterministic(absl::GetFlag(FLAGS_deterministic));
+  const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
+  if (ttl != absl::ZeroDuration()) {
+    request.mutable_ttl()->set_seconds(absl::ToInt64Seconds(ttl));
+  }
+  request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  auto client = cardvault::client::VaultClient::Create(Options("pos"));
+  if (!client.ok()) return Fail(client.status());
+  auto response = (*client)->Tokenize(request);
+  if (!response.ok()) return Fail(response.status());
+  std::cout << response->token() << "\n";
+  if (!response->created()) std::cerr << "cardvault: existing token\n";
+  return 0;
 }
 
 int Audit(const std::string& what) {
@@ -153,8 +214,11 @@ int Audit(const std::string& what) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "cardvault tokenize [--exp_month=M --exp_year=Y --name=N] < pan\n"
+      "cardvault tokenize [--exp_month=M --exp_year=Y --name=N --format=F "
+      "--deterministic --ttl=D --idempotency_key=K --cvv_from_stdin] < pan\n"
       "       cardvault detokenize --purpose=P TOKEN\n"
+      "       cardvault info TOKEN\n"
+      "       cardvault delete TOKEN\n"
       "       cardvault audit list [--identity= --event_type= --token= "
       "--since= --until= --max_events=]\n"
       "       cardvault audit verify");
@@ -164,39 +228,43 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = args[1];
-  if (command == "tokenize" && args.size() == 2) {
-    std::string pan;
-    std::getline(std::cin, pan);
-    cardvault::v1::Card card;
-    // Only the line ending is removed; the server judges everything else.
-    if (!pan.empty() && pan.back() == '\r') pan.pop_back();
-    card.set_pan(pan);
-    card.set_exp_month(absl::GetFlag(FLAGS_exp_month));
-    card.set_exp_year(absl::GetFlag(FLAGS_exp_year));
-    card.set_cardholder_name(absl::GetFlag(FLAGS_name));
-    auto client = cardvault::client::VaultClient::Create(Options("pos"));
-    if (!client.ok()) return Fail(client.status());
-    auto token = (*client)->Tokenize(card, absl::GetFlag(FLAGS_domain));
-    if (!token.ok()) return Fail(token.status());
-    std::cout << *token << "\n";
-    return 0;
-  }
+  if (command == "tokenize" && args.size() == 2) return Tokenize();
   if (command == "detokenize" && args.size() == 3) {
     auto client = cardvault::client::VaultClient::Create(Options("processor"));
     if (!client.ok()) return Fail(client.status());
-    std::string domain;
-    auto card =
-        (*client)->Detokenize(args[2], absl::GetFlag(FLAGS_purpose), &domain);
-    if (!card.ok()) return Fail(card.status());
-    std::cout << "pan: " << card->pan() << "\n";
-    std::cout << "domain: " << domain << "\n";
-    if (card->exp_month() != 0) {
-      std::cout << "expiry: " << card->exp_month() << "/" << card->exp_year()
+    cardvault::v1::DetokenizeRequest request;
+    request.set_token(args[2]);
+    request.set_purpose(absl::GetFlag(FLAGS_purpose));
+    auto response = (*client)->Detokenize(request);
+    if (!response.ok()) return Fail(response.status());
+    const cardvault::v1::Card& card = response->card();
+    std::cout << "pan: " << card.pan() << "\n";
+    std::cout << "domain: " << response->domain() << "\n";
+    if (card.exp_month() != 0) {
+      std::cout << "expiry: " << card.exp_month() << "/" << card.exp_year()
                 << "\n";
     }
-    if (!card->cardholder_name().empty()) {
-      std::cout << "name: " << card->cardholder_name() << "\n";
+    if (!card.cardholder_name().empty()) {
+      std::cout << "name: " << card.cardholder_name() << "\n";
     }
+    if (!response->cvv().empty())
+      std::cout << "cvv: " << response->cvv() << "\n";
+    return 0;
+  }
+  if (command == "info" && args.size() == 3) {
+    auto client = cardvault::client::VaultClient::Create(Options("pos"));
+    if (!client.ok()) return Fail(client.status());
+    auto info = (*client)->GetTokenInfo(args[2]);
+    if (!info.ok()) return Fail(info.status());
+    std::cout << Json(*info) << "\n";
+    return 0;
+  }
+  if (command == "delete" && args.size() == 3) {
+    auto client = cardvault::client::VaultClient::Create(Options("pos"));
+    if (!client.ok()) return Fail(client.status());
+    auto deleted = (*client)->DeleteToken(args[2]);
+    if (!deleted.ok()) return Fail(deleted.status());
+    std::cout << (*deleted ? "deleted" : "nothing to delete") << "\n";
     return 0;
   }
   if (command == "audit" && args.size() == 3 &&

@@ -109,8 +109,13 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
       filters.push_back(
           std::make_unique<ExpiryFilter>(static_cast<Table>(t), options));
       table_options.compaction_filter = filters.back().get();
-      table_options.periodic_compaction_seconds = static_cast<uint64_t>(
+      // Every file passes the filter at least once a period, and files with
+      // deletions cascade down a level a period, where tombstones meet the
+      // values they delete (both need max_open_files = -1, the default).
+      const auto period = static_cast<uint64_t>(
           absl::ToInt64Seconds(options.periodic_compaction));
+      table_options.periodic_compaction_seconds = period;
+      table_options.ttl = period;
     }
     descriptors.emplace_back(kTableCfs[t], table_options);
   }

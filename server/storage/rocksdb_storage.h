@@ -10,9 +10,11 @@
 // The default column family is unused. Every write is synced (WAL fsync)
 // before it returns; concurrent writers share one fsync (group commit).
 //
-// Expired values of the first three are dropped by a compaction filter, and
+// Expired values of the first three are dropped by a compaction filter;
 // periodic compaction makes every file pass through it at least once a day,
-// so expired card records do not stay on disk.
+// and TTL compaction moves files with deletions down a level a day, so
+// expired and deleted card records leave the disk within days without an
+// operator (CompactTokenData does it at once).
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_STORAGE_ROCKSDB_STORAGE_H_

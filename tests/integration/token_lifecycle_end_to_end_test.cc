@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -323,6 +324,38 @@ TEST_F(TokenLifecycleEndToEndTest, CvvNeverReachesAFileAndIsReturnedOnce) {
     EXPECT_EQ(card->card().pan(), pans[i]);
     EXPECT_THAT(card->cvv(), IsEmpty());
   }
+}
+
+TEST_F(TokenLifecycleEndToEndTest, CliCoversFormatsCvvInfoAndDelete) {
+  const std::string cli =
+      absl::StrCat(CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(),
+                   "/pki --address=", server_->address());
+  const std::string out = env_->dir() + "/cli.out";
+  testing::RunOrDie(absl::StrCat(
+      "printf '4111111111111111\\n7391\\n' | ", cli,
+      " tokenize --format=bin_last_four --ttl=1h --cvv_from_stdin >", out));
+  const std::string token(
+      absl::StripAsciiWhitespace(testing::ReadFileOrEmpty(out)));
+  ASSERT_EQ(token.size(), 16u);
+  EXPECT_EQ(token.substr(0, 6), "411111");
+  EXPECT_EQ(token.substr(12), "1111");
+  testing::RunOrDie(absl::StrCat(cli, " info ", token, " >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out),
+              HasSubstr("\"format\":\"BIN_LAST_FOUR\""));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("expire_time"));
+  testing::RunOrDie(absl::StrCat(cli, " detokenize --purpose=authorization ",
+                                 token, " >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("cvv: 7391"));
+  testing::RunOrDie(absl::StrCat(cli, " detokenize --purpose=authorization ",
+                                 token, " >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), Not(HasSubstr("cvv")));
+  testing::RunOrDie(absl::StrCat(cli, " delete ", token, " >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("deleted"));
+  EXPECT_NE(std::system(absl::StrCat(cli, " detokenize --purpose=refund ",
+                                     token, " 2>", out, " >/dev/null")
+                            .c_str()),
+            0);
+  EXPECT_THAT(testing::ReadFileOrEmpty(out), HasSubstr("NOT_FOUND"));
 }
 
 }  // namespace
