@@ -127,6 +127,30 @@ void ToProto(const absl::Status& status, pb::ItemStatus* out) {
   out->set_message(g.error_message());
 }
 
+// True if a batch or any of its requests has fields this server does not
+// know: the whole batch is refused.
+template <typename Batch>
+bool BatchHasUnknownFields(const Batch& batch) {
+  if (HasUnknownFields(static_cast<const google::protobuf::Message&>(batch))) {
+    return true;
+  }
+  for (const auto& r : batch.requests()) {
+    if (HasUnknownFields(r)) return true;
+  }
+  return false;
+}
+
+// One result per item, in order: its status and, when OK, its response.
+template <typename Item, typename Response>
+void AddResults(const std::vector<absl::StatusOr<Item>>& results,
+                Response* response) {
+  for (const absl::StatusOr<Item>& r : results) {
+    auto* out = response->add_results();
+    ToProto(r.status(), out->mutable_status());
+    if (r.ok()) ToProto(*r, out->mutable_response());
+  }
+}
+
 // Logs what an operator needs (RPC, caller, code) and never the request.
 grpc::Status Finish(absl::string_view rpc, const auth::Caller* caller,
                     const absl::Status& status) {
@@ -194,12 +218,9 @@ grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
 grpc::Status TokenVaultService::TokenizeBatch(
     grpc::ServerContext* context, const pb::TokenizeBatchRequest* request,
     pb::TokenizeBatchResponse* response) {
-  bool unknown = HasUnknownFields(*request);
-  for (const pb::TokenizeRequest& r : request->requests()) {
-    unknown = unknown || HasUnknownFields(r);
-  }
-  absl::StatusOr<auth::Caller> caller = Identify(
-      *vault_, *context, pb::TOKENIZE, vault::kTokenizeBatchRpc, unknown);
+  absl::StatusOr<auth::Caller> caller =
+      Identify(*vault_, *context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
+               BatchHasUnknownFields(*request));
   if (!caller.ok()) return Finish("TokenizeBatch", nullptr, caller.status());
   std::vector<vault::TokenizeRequest> requests;
   requests.reserve(request->requests_size());
@@ -210,23 +231,16 @@ grpc::Status TokenVaultService::TokenizeBatch(
   if (!results.ok()) {
     return Finish("TokenizeBatch", &*caller, results.status());
   }
-  for (const absl::StatusOr<vault::Tokenized>& r : *results) {
-    pb::TokenizeBatchResponse::Result* out = response->add_results();
-    ToProto(r.status(), out->mutable_status());
-    if (r.ok()) ToProto(*r, out->mutable_response());
-  }
+  AddResults(*results, response);
   return grpc::Status::OK;
 }
 
 grpc::Status TokenVaultService::DetokenizeBatch(
     grpc::ServerContext* context, const pb::DetokenizeBatchRequest* request,
     pb::DetokenizeBatchResponse* response) {
-  bool unknown = HasUnknownFields(*request);
-  for (const pb::DetokenizeRequest& r : request->requests()) {
-    unknown = unknown || HasUnknownFields(r);
-  }
-  absl::StatusOr<auth::Caller> caller = Identify(
-      *vault_, *context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc, unknown);
+  absl::StatusOr<auth::Caller> caller =
+      Identify(*vault_, *context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
+               BatchHasUnknownFields(*request));
   if (!caller.ok()) return Finish("DetokenizeBatch", nullptr, caller.status());
   std::vector<vault::DetokenizeRequest> requests;
   requests.reserve(request->requests_size());
@@ -237,11 +251,7 @@ grpc::Status TokenVaultService::DetokenizeBatch(
   if (!results.ok()) {
     return Finish("DetokenizeBatch", &*caller, results.status());
   }
-  for (const absl::StatusOr<vault::Detokenized>& r : *results) {
-    pb::DetokenizeBatchResponse::Result* out = response->add_results();
-    ToProto(r.status(), out->mutable_status());
-    if (r.ok()) ToProto(*r, out->mutable_response());
-  }
+  AddResults(*results, response);
   return grpc::Status::OK;
 }
 

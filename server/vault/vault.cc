@@ -543,20 +543,31 @@ std::vector<absl::StatusOr<Detokenized>> Vault::DetokenizeAll(
   return results;
 }
 
+absl::Status Vault::CheckTokenCall(const auth::AccessPolicy& policy,
+                                   const auth::Caller& caller,
+                                   auth::Permission permission,
+                                   absl::string_view token,
+                                   audit::AuditEvent* event) const {
+  // Authorise before looking at the token, so an unauthorised caller
+  // learns nothing about it.
+  if (absl::Status s = policy.Check(caller, permission); !s.ok()) return s;
+  if (!IsWellFormedToken(token)) {
+    return absl::InvalidArgumentError("token is malformed");
+  }
+  event->set_token(std::string(token));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TokenInfo> Vault::GetTokenInfo(const auth::Caller& caller,
                                               absl::string_view token) const {
   audit::AuditEvent event = NewEvent(caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
-  if (absl::Status s = policy->Check(caller, auth::Permission::kReadTokenInfo);
+  if (absl::Status s = CheckTokenCall(
+          *policy, caller, auth::Permission::kReadTokenInfo, token, &event);
       !s.ok()) {
     return Record(std::move(event), s);
   }
-  if (!IsWellFormedToken(token)) {
-    return Record(std::move(event),
-                  absl::InvalidArgumentError("token is malformed"));
-  }
-  event.set_token(std::string(token));
   absl::StatusOr<OpenedCard> opened = OpenRecord(token);
   if (!opened.ok()) return Record(std::move(event), opened.status());
   const RecordHeader& h = opened->header;
@@ -591,15 +602,11 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
   audit::AuditEvent event = NewEvent(caller, v1::DELETE_TOKEN, kDeleteTokenRpc);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
-  if (absl::Status s = policy->Check(caller, auth::Permission::kDeleteToken);
+  if (absl::Status s = CheckTokenCall(
+          *policy, caller, auth::Permission::kDeleteToken, token, &event);
       !s.ok()) {
     return Record(std::move(event), s);
   }
-  if (!IsWellFormedToken(token)) {
-    return Record(std::move(event),
-                  absl::InvalidArgumentError("token is malformed"));
-  }
-  event.set_token(std::string(token));
   // A concurrent change of the record or its index entry makes the write
   // condition fail; the delete is then planned again on fresh reads.
   for (int attempt = 0; attempt < options_.max_token_attempts; ++attempt) {

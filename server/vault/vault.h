@@ -245,6 +245,13 @@ class Vault {
   absl::Status Record(audit::AuditEvent event,
                       const absl::Status& status) const;
 
+  // The checks every call about one token makes first: the caller's
+  // `permission`, then the token's form (recorded in `event`).
+  absl::Status CheckTokenCall(const auth::AccessPolicy& policy,
+                              const auth::Caller& caller,
+                              auth::Permission permission,
+                              absl::string_view token,
+                              audit::AuditEvent* event) const;
   // The shared path of Tokenize and TokenizeBatch.
   std::vector<absl::StatusOr<Tokenized>> TokenizeAll(
       const auth::Caller& caller, std::vector<TokenizeRequest>& requests,
