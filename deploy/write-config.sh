@@ -27,6 +27,10 @@ bindings {
 }
 bindings { identity: "spiffe://$domain/auditor" roles: AUDITOR }
 bindings { identity: "spiffe://$domain/admin" roles: ADMIN }
+# Per-domain token settings (defaults: not deterministic, no TTL cap, 6-digit
+# BIN), for example:
+# domains { name: "dev-merchant/ecommerce" deterministic: true
+#           max_ttl_seconds: 31536000 bin_digits: 8 }
 POLICY
   echo "write-config: wrote $policy"
 fi
