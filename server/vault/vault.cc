@@ -172,8 +172,10 @@ void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
                      r.format > TokenFormat::kBinLastFour)) {
     valid = absl::InvalidArgumentError("format is not a known token format");
   }
-  if (valid.ok() && r.ttl != absl::ZeroDuration() && r.ttl < absl::Seconds(1)) {
-    valid = absl::InvalidArgumentError("ttl must be at least one second");
+  if (valid.ok() && r.ttl != absl::ZeroDuration() &&
+      (r.ttl < absl::Seconds(1) || r.ttl > kMaxTokenTtl)) {
+    valid = absl::InvalidArgumentError(
+        "ttl must be between one second and 50 years");
   }
   if (valid.ok() && settings.max_ttl > absl::ZeroDuration() &&
       r.ttl > settings.max_ttl) {

@@ -45,6 +45,9 @@ inline constexpr char kDeleteTokenRpc[] =
 inline constexpr char kListEventsRpc[] = "/cardvault.v1.AuditLog/ListEvents";
 inline constexpr char kVerifyChainRpc[] = "/cardvault.v1.AuditLog/VerifyChain";
 
+// Longest TTL a token may be given (no card outlives its expiry year bound).
+inline constexpr absl::Duration kMaxTokenTtl = absl::Hours(24 * 366 * 50);
+
 // Which audit events an auditor asks for; empty fields match everything.
 struct AuditFilter {
   std::optional<absl::Time> start_time;  // inclusive

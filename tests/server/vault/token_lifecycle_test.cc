@@ -362,6 +362,22 @@ TEST_F(TokenLifecycleTest, TtlIsBoundedByTheDomainMaximum) {
   negative.ttl = -absl::Seconds(1);
   EXPECT_THAT(vault_->Tokenize(kPos, std::move(negative)),
               StatusIs(absl::StatusCode::kInvalidArgument));
+  TokenizeRequest sub_second = Request("4111111111111111");
+  sub_second.ttl = absl::Milliseconds(999);
+  EXPECT_THAT(vault_->Tokenize(kPos, std::move(sub_second)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TokenLifecycleTest, TtlWithoutADomainCapIsStillBounded) {
+  TokenizeRequest century = Request("4111111111111111");
+  century.ttl = absl::Hours(24 * 365 * 100);
+  EXPECT_THAT(vault_->Tokenize(kPos, std::move(century)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  TokenizeRequest decade = Request("4111111111111111");
+  decade.ttl = absl::Hours(24 * 365 * 10);
+  auto t = vault_->Tokenize(kPos, std::move(decade));
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->expires, Now() + absl::Hours(24 * 365 * 10));
 }
 
 TEST_F(TokenLifecycleTest, OnlyTheOwningTokenizerDeletes) {
