@@ -214,6 +214,8 @@ void AuditLog::WriteBatch(std::vector<Pending*>& batch) {
     }
     return current == c.expected;
   };
+  // One counter update per key per write, however many records.
+  absl::flat_hash_map<std::string, uint64_t> uses;
   uint64_t sequence = next_sequence_;
   std::string mac = last_mac_;
   for (Pending* p : batch) {
@@ -248,11 +250,13 @@ void AuditLog::WriteBatch(std::vector<Pending*>& batch) {
         overlay[overlay_key(w.table, w.key)] = w.value;
         writes.records.push_back(std::move(w));
       }
+      for (const auto& [key_id, n] : e.mutation.key_uses) uses[key_id] += n;
       included.push_back(&e);
       ++sequence;
     }
   }
   if (included.empty()) return;
+  writes.key_uses.assign(uses.begin(), uses.end());
   absl::Status committed = store_->Commit(writes);
   if (committed.ok()) {
     next_sequence_ = sequence;

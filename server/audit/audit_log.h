@@ -81,6 +81,8 @@ struct Mutation {
   };
   std::vector<Condition> conditions;
   std::vector<storage::RecordWrite> writes;
+  // (key id, n): encryptions this mutation's records took under that key.
+  std::vector<std::pair<std::string, uint64_t>> key_uses;
 };
 
 // One event to append with its mutation, and what became of it.

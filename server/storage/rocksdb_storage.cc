@@ -6,7 +6,9 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "rocksdb/compaction_filter.h"
+#include "rocksdb/convenience.h"
 #include "rocksdb/filter_policy.h"
+#include "rocksdb/merge_operator.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
@@ -19,6 +21,7 @@ namespace {
 constexpr const char* kTableCfs[kNumTables] = {"tokens", "pan_index",
                                                "idempotency"};
 constexpr char kKeysCf[] = "keys";
+constexpr char kKeyUsageCf[] = "key_usage";
 constexpr char kAuditCf[] = "audit";
 
 std::string SequenceKey(uint64_t sequence) {
@@ -120,6 +123,13 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
     descriptors.emplace_back(kTableCfs[t], table_options);
   }
   descriptors.emplace_back(kKeysCf, rocksdb::ColumnFamilyOptions());
+  // Use counts are summed by RocksDB, so concurrent writes never lose one.
+  rocksdb::ColumnFamilyOptions usage_options;
+  rocksdb::ConfigOptions config;
+  rocksdb::Status merge = rocksdb::MergeOperator::CreateFromString(
+      config, "uint64add", &usage_options.merge_operator);
+  if (!merge.ok()) return FromRocksDb(merge, "uint64add merge operator");
+  descriptors.emplace_back(kKeyUsageCf, usage_options);
   descriptors.emplace_back(kAuditCf, rocksdb::ColumnFamilyOptions());
   std::vector<rocksdb::ColumnFamilyHandle*> raw_handles;
   rocksdb::DB* raw_db = nullptr;
@@ -141,7 +151,8 @@ RocksDbStorage::RocksDbStorage(
       handles_(std::move(handles)),
       tables_{handles_[1].get(), handles_[2].get(), handles_[3].get()},
       keys_(handles_[1 + kNumTables].get()),
-      audit_(handles_[2 + kNumTables].get()) {}
+      key_usage_(handles_[2 + kNumTables].get()),
+      audit_(handles_[3 + kNumTables].get()) {}
 
 RocksDbStorage::~RocksDbStorage() = default;
 
@@ -172,6 +183,24 @@ absl::StatusOr<std::string> RocksDbStorage::Get(Table table,
   return value;
 }
 
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+RocksDbStorage::Scan(Table table, absl::string_view start_after,
+                     size_t limit) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), HandleOf(table)));
+  it->Seek(ToSlice(start_after));
+  if (it->Valid() && !start_after.empty() &&
+      it->key() == ToSlice(start_after)) {
+    it->Next();
+  }
+  for (; it->Valid() && out.size() < limit; it->Next()) {
+    out.emplace_back(it->key().ToString(), it->value().ToString());
+  }
+  if (!it->status().ok()) return FromRocksDb(it->status(), "scan");
+  return out;
+}
+
 absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
   rocksdb::WriteBatch batch;
   for (const RecordWrite& w : writes.records) {
@@ -180,6 +209,11 @@ absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
     } else {
       batch.Delete(HandleOf(w.table), ToSlice(w.key));
     }
+  }
+  for (const auto& [key_id, uses] : writes.key_uses) {
+    std::string delta(8, '\0');
+    for (int i = 0; i < 8; ++i) delta[i] = static_cast<char>(uses >> (8 * i));
+    batch.Merge(key_usage_, ToSlice(key_id), delta);
   }
   for (const auto& [sequence, record] : writes.audit_records) {
     batch.Put(audit_, SequenceKey(sequence), ToSlice(record));
@@ -241,6 +275,38 @@ RocksDbStorage::ListKeys() const {
     out.emplace_back(it->key().ToString(), it->value().ToString());
   }
   if (!it->status().ok()) return FromRocksDb(it->status(), "scan keys");
+  return out;
+}
+
+absl::Status RocksDbStorage::ReplaceKey(absl::string_view key_id,
+                                        absl::string_view expected,
+                                        absl::string_view record) const {
+  absl::MutexLock lock(&stripes_[absl::HashOf(key_id) % kLockStripes]);
+  std::string current;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), keys_, ToSlice(key_id), &current);
+  if (!s.ok() && !s.IsNotFound()) return FromRocksDb(s, "get");
+  if (s.IsNotFound() || current != expected) {
+    return absl::FailedPreconditionError("key record changed");
+  }
+  return FromRocksDb(
+      db_->Put(DurableWrite(), keys_, ToSlice(key_id), ToSlice(record)), "put");
+}
+
+absl::StatusOr<std::map<std::string, uint64_t>> RocksDbStorage::KeyUses()
+    const {
+  std::map<std::string, uint64_t> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), key_usage_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    uint64_t uses = 0;
+    const rocksdb::Slice v = it->value();
+    for (size_t i = 0; i < v.size() && i < 8; ++i) {
+      uses |= uint64_t{static_cast<uint8_t>(v[i])} << (8 * i);
+    }
+    out.emplace(it->key().ToString(), uses);
+  }
+  if (!it->status().ok()) return FromRocksDb(it->status(), "scan key uses");
   return out;
 }
 

@@ -5,6 +5,8 @@
 //   "pan_index"    keyed HMAC -> index entry (see vault/index_entry.h)
 //   "idempotency"  keyed HMAC -> first result (see vault/index_entry.h)
 //   "keys"         key id -> wrapped key record (see vault/wrapped_keys.h)
+//   "key_usage"    key id -> encryptions so far, uint64 little-endian,
+//                  summed by RocksDB's uint64add merge operator
 //   "audit"        8-byte big-endian sequence -> audit record
 //                  (audit/audit_log.h)
 // The default column family is unused. Every write is synced (WAL fsync)
@@ -62,11 +64,16 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
 
   absl::StatusOr<std::string> Get(Table table,
                                   absl::string_view key) const override;
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(
+      Table table, absl::string_view start_after, size_t limit) const override;
 
   absl::Status InsertKey(absl::string_view key_id,
                          absl::string_view record) const override;
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListKeys()
       const override;
+  absl::Status ReplaceKey(absl::string_view key_id, absl::string_view expected,
+                          absl::string_view record) const override;
+  absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const override;
 
   absl::Status Commit(const WriteSet& writes) const override;
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
@@ -105,6 +112,7 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   std::vector<CfHandle> handles_;
   std::array<rocksdb::ColumnFamilyHandle*, kNumTables> tables_;
   rocksdb::ColumnFamilyHandle* keys_;
+  rocksdb::ColumnFamilyHandle* key_usage_;
   rocksdb::ColumnFamilyHandle* audit_;
   mutable std::array<absl::Mutex, kLockStripes> stripes_;
 };

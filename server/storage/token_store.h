@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -37,6 +38,12 @@ class RecordStore {
   // The value under `key` in `table`; NOT_FOUND if none.
   virtual absl::StatusOr<std::string> Get(Table table,
                                           absl::string_view key) const = 0;
+
+  // Up to `limit` (key, value) pairs of `table` with keys after
+  // `start_after` ("" = from the first), in key order. For background jobs
+  // that walk a table in chunks.
+  virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(
+      Table table, absl::string_view start_after, size_t limit) const = 0;
 };
 
 // A put (value set) or a delete (value empty) of one key.
@@ -51,6 +58,8 @@ struct RecordWrite {
 // token it created).
 struct WriteSet {
   std::vector<RecordWrite> records;
+  // (key id, n): n more encryptions under that key (durable use counts).
+  std::vector<std::pair<std::string, uint64_t>> key_uses;
   // (sequence, encoded audit record).
   std::vector<std::pair<uint64_t, std::string>> audit_records;
   // Retention purge: delete audit records 1..purge_audit_through (0 = none)
@@ -96,6 +105,16 @@ class KeyStore {
   // Every (key id, record) pair, in key id order.
   virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
   ListKeys() const = 0;
+
+  // Replaces the record under `key_id` durably if it is still `expected`
+  // (FAILED_PRECONDITION otherwise): a destroyed key's tombstone, a key
+  // rewrapped under a new KEK.
+  virtual absl::Status ReplaceKey(absl::string_view key_id,
+                                  absl::string_view expected,
+                                  absl::string_view record) const = 0;
+
+  // Encryptions counted under each key id so far (WriteSet::key_uses).
+  virtual absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const = 0;
 };
 
 }  // namespace cardvault::storage

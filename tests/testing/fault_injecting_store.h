@@ -26,6 +26,11 @@ class FaultInjectingStore : public storage::RecordStore,
                                   absl::string_view key) const override {
     return records_->Get(table, key);
   }
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(
+      storage::Table table, absl::string_view start_after,
+      size_t limit) const override {
+    return records_->Scan(table, start_after, limit);
+  }
   absl::Status Commit(const storage::WriteSet& writes) const override {
     if (fail_commits_) {
       ++failed_commits_;

@@ -9,7 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rocksdb/convenience.h"
 #include "rocksdb/db.h"
+#include "rocksdb/merge_operator.h"
 #include "server/storage/rocksdb_storage.h"
 #include "tests/testing/fault_injecting_store.h"
 #include "tests/testing/status_matchers.h"
@@ -78,16 +80,20 @@ class AuditLogTest : public ::testing::Test {
                                        rocksdb::ColumnFamilyHandle*)>& edit) {
     Close();
     std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-    for (const char* name :
-         {"default", "tokens", "pan_index", "idempotency", "keys", "audit"}) {
+    for (const char* name : {"default", "tokens", "pan_index", "idempotency",
+                             "keys", "key_usage", "audit"}) {
       cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
+    rocksdb::ConfigOptions config;
+    ASSERT_TRUE(rocksdb::MergeOperator::CreateFromString(
+                    config, "uint64add", &cfs[5].options.merge_operator)
+                    .ok());
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw = nullptr;
     ASSERT_TRUE(
         rocksdb::DB::Open(rocksdb::DBOptions(), dir_, cfs, &handles, &raw)
             .ok());
-    edit(raw, handles[5]);
+    edit(raw, handles[6]);
     for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
     delete raw;
     Reopen('k');

@@ -58,6 +58,53 @@ TEST_F(RocksDbStorageTest, GetReturnsCommittedRecord) {
               StatusIs(absl::StatusCode::kNotFound));
 }
 
+TEST_F(RocksDbStorageTest, ScanWalksATableInChunks) {
+  auto db = Open();
+  WriteSet w;
+  for (const char* t : {"tok_c", "tok_a", "tok_b", "tok_d"}) {
+    w.records.push_back({Table::kTokens, t, std::string("r") + t});
+  }
+  w.records.push_back({Table::kPanIndex, "idx", "other table"});
+  ASSERT_THAT(db->Commit(w), IsOk());
+  auto first = db->Scan(Table::kTokens, "", 3);
+  ASSERT_THAT(first, IsOk());
+  EXPECT_THAT(*first,
+              ElementsAre(Pair("tok_a", "rtok_a"), Pair("tok_b", "rtok_b"),
+                          Pair("tok_c", "rtok_c")));
+  EXPECT_THAT(db->Scan(Table::kTokens, "tok_c", 3),
+              IsOkAndHolds(ElementsAre(Pair("tok_d", "rtok_d"))));
+  EXPECT_THAT(db->Scan(Table::kTokens, "tok_d", 3),
+              IsOkAndHolds(::testing::IsEmpty()));
+}
+
+TEST_F(RocksDbStorageTest, KeyUsesAreSummedAcrossWritesAndReopen) {
+  {
+    auto db = Open();
+    for (int i = 0; i < 3; ++i) {
+      WriteSet w;
+      w.key_uses.push_back({"dek/00000001", 1000});
+      w.key_uses.push_back({"dek/00000002", 1});
+      ASSERT_THAT(db->Commit(w), IsOk());
+    }
+  }
+  auto db = Open();
+  EXPECT_THAT(db->KeyUses(),
+              IsOkAndHolds(ElementsAre(Pair("dek/00000001", 3000u),
+                                       Pair("dek/00000002", 3u))));
+}
+
+TEST_F(RocksDbStorageTest, ReplaceKeyOnlyFromTheExpectedRecord) {
+  auto db = Open();
+  ASSERT_THAT(db->InsertKey("dek/1", "wrapped"), IsOk());
+  EXPECT_THAT(db->ReplaceKey("dek/1", "other", "tombstone"),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(db->ReplaceKey("dek/9", "", "tombstone"),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_THAT(db->ReplaceKey("dek/1", "wrapped", "tombstone"), IsOk());
+  EXPECT_THAT(db->ListKeys(),
+              IsOkAndHolds(ElementsAre(Pair("dek/1", "tombstone"))));
+}
+
 TEST_F(RocksDbStorageTest, CommitDeletesAndPutsAtomically) {
   auto db = Open();
   ASSERT_THAT(db->Commit(TokenAndAudit("tok_a", "record-a", 1)), IsOk());
@@ -170,7 +217,8 @@ TEST_F(RocksDbStorageTest, TokensAndKeysLiveInSeparateColumnFamilies) {
                                               dir_.string(), &families)
                   .ok());
   EXPECT_THAT(families, UnorderedElementsAre("default", "tokens", "pan_index",
-                                             "idempotency", "keys", "audit"));
+                                             "idempotency", "keys", "key_usage",
+                                             "audit"));
 }
 
 TEST_F(RocksDbStorageTest, DataSurvivesReopen) {
