@@ -137,7 +137,8 @@ absl::StatusOr<OpenedCard> OpenCardRecord(const KeyRing& keys,
   absl::StatusOr<RecordHeader> header = ParseRecordHeader(record);
   if (!header.ok()) return header.status();
   const size_t header_len = kCardRecordHeaderBytes + header->domain.size();
-  absl::StatusOr<const crypto::AesGcm*> key = keys.Get(header->key_version);
+  absl::StatusOr<std::shared_ptr<const crypto::AesGcm>> key =
+      keys.Get(header->key_version);
   if (!key.ok()) {
     return absl::DataLossError("card record names an unknown data key");
   }

@@ -1,5 +1,6 @@
 #include "server/vault/key_ring.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +12,20 @@ std::string DataKeyId(uint32_t version) {
   return WrappedKeyId(kDataKeyPrefix, version);
 }
 
+absl::string_view KeyStateName(KeyState state) {
+  switch (state) {
+    case KeyState::kActive:
+      return "active";
+    case KeyState::kDecryptOnly:
+      return "decrypt-only";
+    case KeyState::kRetired:
+      return "retired";
+    case KeyState::kDestroyed:
+      return "destroyed";
+  }
+  return "unknown";
+}
+
 absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
                                   const hsm::KeyWrapper* wrapper,
                                   absl::string_view prefix) {
@@ -18,6 +33,10 @@ absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
   absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
       LoadWrappedKeys(keys, wrapper, prefix, /*create_first=*/true, &created);
   if (!plain.ok()) return plain.status();
+  if (plain->empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no live key under ", prefix));
+  }
   auto newest = plain->rbegin();
   absl::StatusOr<std::unique_ptr<crypto::HmacSha256>> mac =
       crypto::HmacSha256::Create(std::move(newest->second));
@@ -28,11 +47,48 @@ absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
     Options options, bool* created_first_key) {
-  absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
-      LoadWrappedKeys(keys, wrapper, kDataKeyPrefix, options.create_first_key,
-                      created_first_key);
-  if (!plain.ok()) return plain.status();
-  return FromKeys(*std::move(plain));
+  if (created_first_key != nullptr) *created_first_key = false;
+  if (options.max_encryptions_per_key == 0 ||
+      options.max_encryptions_per_key > kMaxGcmEncryptionsPerKey ||
+      options.cryptoperiod <= absl::ZeroDuration() || !options.now) {
+    return absl::InvalidArgumentError("bad key ring options");
+  }
+  absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
+      LoadStoredKeys(keys, wrapper, kDataKeyPrefix);
+  if (!stored.ok()) return stored.status();
+  if (stored->empty() && options.create_first_key) {
+    const absl::Time now = options.now();
+    absl::StatusOr<StoredKey> first = CreateStoredKey(
+        keys, wrapper, kDataKeyPrefix, 1, now, now + options.cryptoperiod);
+    if (!first.ok()) return first.status();
+    stored->emplace(1, *std::move(first));
+    if (created_first_key != nullptr) *created_first_key = true;
+  }
+  absl::StatusOr<std::map<std::string, uint64_t>> uses = keys->KeyUses();
+  if (!uses.ok()) return uses.status();
+  std::map<uint32_t, Entry> ring;
+  for (auto& [version, s] : *stored) {
+    Entry e;
+    e.created = s.created;
+    e.cryptoperiod_end = s.cryptoperiod_end;
+    e.destroyed = s.destroyed;
+    e.record = std::move(s.record);
+    auto use = uses->find(DataKeyId(version));
+    if (use != uses->end()) e.encryptions = use->second;
+    if (!s.destroyed) {
+      absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
+          crypto::AesGcm::Create(std::move(s.key));
+      if (!aead.ok()) return aead.status();
+      e.key = *std::move(aead);
+    }
+    ring.emplace(version, std::move(e));
+  }
+  if (std::none_of(ring.begin(), ring.end(),
+                   [](const auto& e) { return !e.second.destroyed; })) {
+    return absl::FailedPreconditionError("no data-encryption key available");
+  }
+  return std::unique_ptr<KeyRing>(
+      new KeyRing(keys, wrapper, std::move(options), std::move(ring)));
 }
 
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::FromKeys(
@@ -40,26 +96,213 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::FromKeys(
   if (keys.empty()) {
     return absl::FailedPreconditionError("no data-encryption key available");
   }
-  std::map<uint32_t, std::unique_ptr<crypto::AesGcm>> ring;
+  std::map<uint32_t, Entry> ring;
   for (auto& [version, key] : keys) {
     absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
         crypto::AesGcm::Create(std::move(key));
     if (!aead.ok()) return aead.status();
-    ring.emplace(version, *std::move(aead));
+    ring[version].key = *std::move(aead);
   }
-  return std::unique_ptr<KeyRing>(new KeyRing(std::move(ring)));
+  return std::unique_ptr<KeyRing>(
+      new KeyRing(nullptr, nullptr, Options(), std::move(ring)));
 }
 
-KeyRing::KeyRing(std::map<uint32_t, std::unique_ptr<crypto::AesGcm>> keys)
-    : keys_(std::move(keys)), primary_version_(keys_.rbegin()->first) {}
+KeyRing::KeyRing(const storage::KeyStore* store, const hsm::KeyWrapper* wrapper,
+                 Options options, std::map<uint32_t, Entry> keys)
+    : store_(store),
+      wrapper_(wrapper),
+      options_(std::move(options)),
+      keys_(std::move(keys)) {
+  absl::MutexLock lock(&mu_);
+  // The primary is the newest live key.
+  for (auto it = keys_.rbegin(); it != keys_.rend(); ++it) {
+    if (!it->second.destroyed) {
+      primary_ = it->first;
+      break;
+    }
+  }
+}
 
-absl::StatusOr<const crypto::AesGcm*> KeyRing::Get(uint32_t version) const {
+KeyRing::Lease::Lease(Lease&& other) noexcept
+    : ring_(other.ring_),
+      version_(other.version_),
+      key_(std::move(other.key_)) {
+  other.ring_ = nullptr;
+}
+
+KeyRing::Lease::~Lease() {
+  if (ring_ != nullptr) ring_->Release(version_);
+}
+
+absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary() const {
+  absl::MutexLock lock(&mu_);
+  Entry& e = keys_.at(primary_);
+  if (e.encryptions >= kMaxGcmEncryptionsPerKey) {
+    return absl::UnavailableError(
+        "data key reached its encryption limit and no new key is available");
+  }
+  ++e.encryptions;
+  ++e.leases;
+  return Lease(this, primary_, e.key);
+}
+
+void KeyRing::Release(uint32_t version) const {
+  absl::MutexLock lock(&mu_);
+  --keys_.at(version).leases;
+}
+
+void KeyRing::AwaitNoLeases(uint32_t version) const {
+  absl::MutexLock lock(&mu_);
   auto it = keys_.find(version);
-  if (it == keys_.end()) {
+  if (it == keys_.end()) return;
+  const int* leases = &it->second.leases;
+  mu_.Await(absl::Condition(
+      +[](const int* n) { return *n == 0; }, leases));
+}
+
+uint32_t KeyRing::primary_version() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return primary_;
+}
+
+absl::StatusOr<std::shared_ptr<const crypto::AesGcm>> KeyRing::Get(
+    uint32_t version) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = keys_.find(version);
+  if (it == keys_.end() || it->second.key == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("no data key of version ", version));
   }
-  return it->second.get();
+  return it->second.key;
+}
+
+bool KeyRing::PrimaryDue() const {
+  const absl::Time now = options_.now();
+  absl::ReaderMutexLock lock(&mu_);
+  const Entry& e = keys_.at(primary_);
+  return e.encryptions >= options_.max_encryptions_per_key ||
+         now >= e.cryptoperiod_end;
+}
+
+absl::StatusOr<uint32_t> KeyRing::Rotate() const {
+  absl::MutexLock rotating(&rotate_mu_);
+  return RotateLocked();
+}
+
+absl::StatusOr<std::optional<uint32_t>> KeyRing::RotateIfDue() const {
+  absl::MutexLock rotating(&rotate_mu_);
+  if (!PrimaryDue()) return std::nullopt;
+  absl::StatusOr<uint32_t> version = RotateLocked();
+  if (!version.ok()) return version.status();
+  return *version;
+}
+
+absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
+  if (store_ == nullptr || wrapper_ == nullptr) {
+    return absl::FailedPreconditionError("this key ring cannot rotate");
+  }
+  uint32_t next;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    next = keys_.rbegin()->first + 1;
+  }
+  const absl::Time now = options_.now();
+  absl::StatusOr<StoredKey> stored = CreateStoredKey(
+      store_, wrapper_, kDataKeyPrefix, next, now, now + options_.cryptoperiod);
+  if (!stored.ok()) return stored.status();
+  absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
+      crypto::AesGcm::Create(std::move(stored->key));
+  if (!aead.ok()) return aead.status();
+  Entry e;
+  e.key = *std::move(aead);
+  e.created = stored->created;
+  e.cryptoperiod_end = stored->cryptoperiod_end;
+  e.record = std::move(stored->record);
+  absl::MutexLock lock(&mu_);
+  keys_.emplace(next, std::move(e));
+  primary_ = next;
+  return next;
+}
+
+void KeyRing::RecordPass(const std::map<uint32_t, uint64_t>& records) const {
+  absl::MutexLock lock(&mu_);
+  for (auto& [version, e] : keys_) {
+    if (e.destroyed) continue;
+    auto it = records.find(version);
+    e.records = it == records.end() ? 0 : static_cast<int64_t>(it->second);
+  }
+}
+
+KeyState KeyRing::StateOf(uint32_t version, const Entry& e) const {
+  if (e.destroyed) return KeyState::kDestroyed;
+  if (version == primary_) return KeyState::kActive;
+  return e.records == 0 ? KeyState::kRetired : KeyState::kDecryptOnly;
+}
+
+absl::Status KeyRing::Destroy(uint32_t version) const {
+  if (store_ == nullptr) {
+    return absl::FailedPreconditionError("this key ring cannot destroy keys");
+  }
+  std::string record;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = keys_.find(version);
+    if (it == keys_.end() ||
+        StateOf(version, it->second) != KeyState::kRetired ||
+        it->second.leases > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("data key ", DataKeyId(version),
+                       " is not retired (records may still use it)"));
+    }
+    record = it->second.record;
+  }
+  const std::string tombstone = DestroyedKeyRecord(version, options_.now());
+  if (absl::Status s =
+          store_->ReplaceKey(DataKeyId(version), record, tombstone);
+      !s.ok()) {
+    return s;
+  }
+  absl::MutexLock lock(&mu_);
+  Entry& e = keys_.at(version);
+  e.key.reset();  // the last owner wipes the key (SecretBytes)
+  e.destroyed = true;
+  e.record = tombstone;
+  return absl::OkStatus();
+}
+
+std::vector<KeyInfo> KeyRing::Inventory() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<KeyInfo> out;
+  for (const auto& [version, e] : keys_) {
+    KeyInfo info;
+    info.id = DataKeyId(version);
+    info.version = version;
+    info.purpose = "card data";
+    info.algorithm = "AES-256-GCM";
+    info.state = StateOf(version, e);
+    info.created = e.created;
+    info.cryptoperiod_end = e.cryptoperiod_end;
+    info.encryptions = e.encryptions;
+    info.records = e.records;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::vector<uint32_t> KeyRing::DecryptOnlyVersions() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<uint32_t> out;
+  for (const auto& [version, e] : keys_) {
+    if (!e.destroyed && version != primary_) out.push_back(version);
+  }
+  return out;
+}
+
+size_t KeyRing::size() const {
+  absl::ReaderMutexLock lock(&mu_);
+  size_t n = 0;
+  for (const auto& [version, e] : keys_) n += !e.destroyed;
+  return n;
 }
 
 }  // namespace cardvault::vault

@@ -1,24 +1,53 @@
-// Data-encryption keys (DEKs) by version, held unwrapped only in locked,
-// non-dumpable memory, and stored only wrapped under the HSM's KEK (format in
-// wrapped_keys.h, key ids "dek/<8 hex digits>").
+// The data-key hierarchy and the data keys' lifecycle.
 //
-// Thread safety: thread-safe; immutable after Load.
+//   KEK (AES-256, in the HSM: sensitive, non-extractable; label in config)
+//    |-- wraps data keys "dek/<version>" (AES-256-GCM): seal card records
+//    |-- wraps "audit-mac/<version>" (HMAC-SHA256): chains the audit trail
+//    |-- wraps "pan-index/<version>" (HMAC-SHA256): deterministic-token and
+//    |   idempotency lookups
+//    `-- wraps "fingerprint/<version>" (HMAC-SHA256): card fingerprints
+// Every key below the KEK is generated in the HSM, stored only wrapped
+// (wrapped_keys.h) and unwrapped into locked, non-dumpable memory.
+//
+// Data keys by state:
+//   active        the primary: the one key new records are sealed with
+//   decrypt-only  an earlier primary: opens the records still sealed with it
+//   retired       decrypt-only, and the last re-encryption pass found no
+//                 record under it: may be destroyed
+//   destroyed     its wrapped copy erased (a tombstone stays for the
+//                 inventory); nothing sealed under it can be opened
+// A new data key becomes primary on demand (Rotate), and is due once the
+// primary reaches its encryption limit (at most 2^32 under random 96-bit GCM
+// nonces, NIST SP 800-38D) or the end of its cryptoperiod. Encryptions are
+// counted durably in the same write as the records (KeyStore::KeyUses).
+//
+// Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_VAULT_KEY_RING_H_
 #define CARDVAULT_SERVER_VAULT_KEY_RING_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "hsm/key_wrapper.h"
 #include "server/crypto/aes_gcm.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
 
 namespace cardvault::vault {
+
+// Most encryptions under one key with random 96-bit nonces.
+inline constexpr uint64_t kMaxGcmEncryptionsPerKey = uint64_t{1} << 32;
 
 // Key id under which the wrapped DEK of `version` is stored.
 std::string DataKeyId(uint32_t version);
@@ -35,41 +64,138 @@ absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
                                   const hsm::KeyWrapper* wrapper,
                                   absl::string_view prefix);
 
+enum class KeyState { kActive, kDecryptOnly, kRetired, kDestroyed };
+absl::string_view KeyStateName(KeyState state);
+
+// One line of the key inventory; never key material.
+struct KeyInfo {
+  std::string id;
+  uint32_t version = 0;
+  std::string purpose;    // "card data"
+  std::string algorithm;  // "AES-256-GCM"
+  KeyState state = KeyState::kActive;
+  absl::Time created = absl::InfinitePast();  // unknown for early keys
+  absl::Time cryptoperiod_end = absl::InfiniteFuture();
+  uint64_t encryptions = 0;
+  // Records under the key at the last re-encryption pass (-1: not counted).
+  int64_t records = -1;
+};
+
 class KeyRing {
  public:
   struct Options {
     // Generate DEK version 1 (in the HSM, stored wrapped) when the store has
     // no data key yet, i.e. on the first start of a new vault.
     bool create_first_key = true;
+    // The primary is due for rotation after this many encryptions. Default
+    // and maximum 2^32.
+    uint64_t max_encryptions_per_key = kMaxGcmEncryptionsPerKey;
+    // ...or this long after its creation. Default 365 days.
+    absl::Duration cryptoperiod = absl::Hours(24 * 365);
+    std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
   // Reads every wrapped DEK from `keys`, unwraps each through `wrapper`.
   // Fails (and the server must not start) if any key cannot be unwrapped.
+  // `keys` and `wrapper` must outlive the ring.
   static absl::StatusOr<std::unique_ptr<KeyRing>> Load(
       const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
       Options options, bool* created_first_key = nullptr);
 
-  // Builds a ring from keys already in memory (for tests of record sealing).
+  // A fixed ring of keys already in memory (for tests of record sealing);
+  // Rotate and Destroy fail with FAILED_PRECONDITION.
   static absl::StatusOr<std::unique_ptr<KeyRing>> FromKeys(
       std::map<uint32_t, crypto::SecretBytes> keys);
 
   KeyRing(const KeyRing&) = delete;
   KeyRing& operator=(const KeyRing&) = delete;
 
-  // The key new records are sealed with: the highest version.
-  uint32_t primary_version() const { return primary_version_; }
-  const crypto::AesGcm& primary() const { return *keys_.at(primary_version_); }
+  // The primary key, taken for one encryption: the use is counted, and the
+  // key cannot be destroyed while the lease lives (hold it until the sealed
+  // record is written or abandoned). Move-only.
+  class Lease {
+   public:
+    Lease(Lease&& other) noexcept;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease();
+    uint32_t version() const { return version_; }
+    const crypto::AesGcm& key() const { return *key_; }
 
-  // The key of `version`; NOT_FOUND if the ring has none.
-  absl::StatusOr<const crypto::AesGcm*> Get(uint32_t version) const;
+   private:
+    friend class KeyRing;
+    Lease(const KeyRing* ring, uint32_t version,
+          std::shared_ptr<const crypto::AesGcm> key)
+        : ring_(ring), version_(version), key_(std::move(key)) {}
+    const KeyRing* ring_;
+    uint32_t version_;
+    std::shared_ptr<const crypto::AesGcm> key_;
+  };
+  // UNAVAILABLE if the primary has reached the hard limit of 2^32
+  // encryptions (a rotation is overdue: the HSM could not make a new key).
+  absl::StatusOr<Lease> LeasePrimary() const;
 
-  size_t size() const { return keys_.size(); }
+  uint32_t primary_version() const;
+
+  // The key of `version`; NOT_FOUND if the ring has none (or destroyed).
+  absl::StatusOr<std::shared_ptr<const crypto::AesGcm>> Get(
+      uint32_t version) const;
+
+  // Whether the primary has reached its encryption limit or cryptoperiod.
+  bool PrimaryDue() const;
+
+  // Generates a new data key in the HSM, stores it wrapped and makes it the
+  // primary; the previous one becomes decrypt-only. Returns its version.
+  absl::StatusOr<uint32_t> Rotate() const;
+
+  // Rotate() if the primary is due; nullopt if it is not (so that many
+  // callers noticing the same due key rotate it once).
+  absl::StatusOr<std::optional<uint32_t>> RotateIfDue() const;
+
+  // Blocks until no lease of `version` is outstanding.
+  void AwaitNoLeases(uint32_t version) const;
+
+  // Records the result of a full re-encryption pass (record count per
+  // version); decrypt-only keys with none become retired.
+  void RecordPass(const std::map<uint32_t, uint64_t>& records) const;
+
+  // Destroys a retired key: its wrapped copy is replaced by a tombstone and
+  // its material wiped from memory. FAILED_PRECONDITION unless retired.
+  absl::Status Destroy(uint32_t version) const;
+
+  // Every data key, oldest first.
+  std::vector<KeyInfo> Inventory() const;
+
+  // Versions a record may still be sealed under, other than the primary.
+  std::vector<uint32_t> DecryptOnlyVersions() const;
+
+  size_t size() const;
 
  private:
-  explicit KeyRing(std::map<uint32_t, std::unique_ptr<crypto::AesGcm>> keys);
+  struct Entry {
+    std::shared_ptr<const crypto::AesGcm> key;  // null once destroyed
+    absl::Time created = absl::InfinitePast();
+    absl::Time cryptoperiod_end = absl::InfiniteFuture();
+    uint64_t encryptions = 0;
+    int leases = 0;
+    int64_t records = -1;
+    bool destroyed = false;
+    std::string record;  // as stored, for compare-and-set replacement
+  };
+  KeyRing(const storage::KeyStore* store, const hsm::KeyWrapper* wrapper,
+          Options options, std::map<uint32_t, Entry> keys);
+  void Release(uint32_t version) const;
+  absl::StatusOr<uint32_t> RotateLocked() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(rotate_mu_);
+  KeyState StateOf(uint32_t version, const Entry& e) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
-  const std::map<uint32_t, std::unique_ptr<crypto::AesGcm>> keys_;
-  const uint32_t primary_version_;
+  const storage::KeyStore* const store_;  // null for FromKeys
+  const hsm::KeyWrapper* const wrapper_;  // null for FromKeys
+  const Options options_;
+  mutable absl::Mutex rotate_mu_;  // one rotation at a time
+  mutable absl::Mutex mu_;
+  mutable std::map<uint32_t, Entry> keys_ ABSL_GUARDED_BY(mu_);
+  mutable uint32_t primary_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace cardvault::vault

@@ -116,6 +116,8 @@ struct Vault::TokenizeWork {
   std::string idempotency_key;  // keyed; with an idempotency key only
   std::string request_digest;
   int tokens_drawn = 0;
+  // The data key of this round's new record, if any.
+  std::optional<KeyRing::Lease> lease;
   // What this round's audit entry records: a refusal, or an answer.
   std::optional<absl::Status> refusal;
   std::optional<Tokenized> answer;
@@ -225,6 +227,7 @@ void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
 audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
   audit::Entry entry;
   w.answer.reset();
+  w.lease.reset();
   auto refuse = [&](absl::Status status) {
     w.refusal = std::move(status);
     entry.event = w.event;
@@ -307,6 +310,8 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
       index_seen = *std::move(v);  // expired: replaced below
     }
   }
+  // The primary data key is replaced once it has sealed its share.
+  if (deps_.keys->PrimaryDue()) RotateDueDataKey();
   // A new token: drawn until one is free, within the format's bound.
   const bool numeric = r.format != TokenFormat::kRandom;
   const int max_draws = numeric ? options_.max_numeric_token_attempts
@@ -335,21 +340,27 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
     if (!taken.ok())
       return refuse(absl::UnavailableError("storage unavailable"));
   }
+  // Held until the record is written or abandoned: the key cannot be
+  // destroyed under this write.
+  absl::StatusOr<KeyRing::Lease> lease = deps_.keys->LeasePrimary();
+  if (!lease.ok()) return refuse(lease.status());
+  w.lease.emplace(*std::move(lease));
   RecordHeader header;
-  header.key_version = deps_.keys->primary_version();
+  header.key_version = w.lease->version();
   header.format = r.format;
   header.deterministic = w.deterministic;
   header.created = absl::FromUnixMillis(absl::ToUnixMillis(w.now));
   header.expires = w.expires;
   header.domain = w.domain;
   absl::StatusOr<std::string> record =
-      SealCardRecord(deps_.keys->primary(), header, token, r.card);
+      SealCardRecord(w.lease->key(), header, token, r.card);
   if (!record.ok()) return refuse(record.status());
   // Condition 0: the token is still free when the write is made.
   entry.mutation.conditions.push_back(
       {storage::Table::kTokens, token, std::nullopt});
   entry.mutation.writes.push_back(
       {storage::Table::kTokens, token, *std::move(record)});
+  entry.mutation.key_uses.push_back({DataKeyId(header.key_version), 1});
   if (w.deterministic) {
     entry.mutation.conditions.push_back(
         {storage::Table::kPanIndex, w.index_key, index_seen});
@@ -663,6 +674,22 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
   }
   return Record(std::move(event),
                 absl::AbortedError("conflicting concurrent requests; retry"));
+}
+
+void Vault::RotateDueDataKey() const {
+  const uint32_t old = deps_.keys->primary_version();
+  absl::StatusOr<std::optional<uint32_t>> rotated = deps_.keys->RotateIfDue();
+  if (!rotated.ok()) {
+    // Sealing goes on under the old key up to the hard limit; alert.
+    util::LogError(absl::StrCat("ALERT data key rotation failed: ",
+                                rotated.status().ToString()));
+    return;
+  }
+  if (!rotated->has_value()) return;  // another call rotated it
+  (void)RecordKeyEvent(absl::StrCat(
+      "rotated data keys: ", DataKeyId(**rotated),
+      " generated in the HSM and made primary (", DataKeyId(old),
+      " reached its encryption limit or cryptoperiod; now decrypt-only)"));
 }
 
 absl::Status Vault::ListAuditEvents(

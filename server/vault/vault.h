@@ -255,6 +255,8 @@ class Vault {
                               auth::Permission permission,
                               absl::string_view token,
                               audit::AuditEvent* event) const;
+  // Rotates the primary data key if it is due, and records it.
+  void RotateDueDataKey() const;
   // The shared path of Tokenize and TokenizeBatch.
   std::vector<absl::StatusOr<Tokenized>> TokenizeAll(
       const auth::Caller& caller, std::vector<TokenizeRequest>& requests,

@@ -11,21 +11,30 @@
 namespace cardvault::vault {
 namespace {
 
-constexpr size_t kHeaderBytes = 7;
+constexpr size_t kV1HeaderBytes = 7;
+constexpr size_t kV2HeaderBytes = 23;
+constexpr size_t kDestroyedBytes = 13;
 
-std::string Encode(uint32_t version, absl::string_view kek_label,
+std::string Encode(uint32_t version, absl::Time created,
+                   absl::Time cryptoperiod_end, absl::string_view kek_label,
                    absl::string_view wrapped) {
   std::string out;
-  out.push_back(static_cast<char>(kWrappedKeyFormatV1));
+  out.push_back(static_cast<char>(kWrappedKeyFormatV2));
   util::AppendBigEndian32(version, &out);
   out.push_back(static_cast<char>(kWrapMechanismAesKeyWrapPad));
+  util::AppendUnixMillis(created, &out);
+  util::AppendUnixMillis(cryptoperiod_end, &out);
   out.push_back(static_cast<char>(kek_label.size()));
   absl::StrAppend(&out, kek_label, wrapped);
   return out;
 }
 
 struct WrappedKey {
-  uint32_t version;
+  uint32_t version = 0;
+  absl::Time created = absl::InfinitePast();
+  absl::Time cryptoperiod_end = absl::InfiniteFuture();
+  bool destroyed = false;
+  absl::Time destroyed_at = absl::InfinitePast();
   absl::string_view kek_label;
   absl::string_view wrapped;
 };
@@ -34,26 +43,39 @@ absl::StatusOr<WrappedKey> Decode(absl::string_view prefix,
                                   absl::string_view id,
                                   absl::string_view record) {
   const std::string where = absl::StrCat("wrapped key ", id);
-  if (record.size() < kHeaderBytes ||
-      static_cast<uint8_t>(record[0]) != kWrappedKeyFormatV1) {
+  const uint8_t format = record.empty() ? 0 : static_cast<uint8_t>(record[0]);
+  WrappedKey k;
+  size_t header = 0;
+  if (format == kDestroyedKeyFormat && record.size() == kDestroyedBytes) {
+    k.destroyed = true;
+    k.destroyed_at =
+        util::ReadUnixMillis(record.substr(5, 8), absl::InfinitePast());
+  } else if (format == kWrappedKeyFormatV1 && record.size() > kV1HeaderBytes) {
+    header = kV1HeaderBytes;
+  } else if (format == kWrappedKeyFormatV2 && record.size() > kV2HeaderBytes) {
+    header = kV2HeaderBytes;
+    k.created = util::ReadUnixMillis(record.substr(6, 8), absl::InfinitePast());
+    k.cryptoperiod_end =
+        util::ReadUnixMillis(record.substr(14, 8), absl::InfiniteFuture());
+  } else {
     return absl::DataLossError(absl::StrCat(where, ": unknown format"));
   }
-  WrappedKey k;
   k.version = util::ReadBigEndian32(record.substr(1, 4));
   if (WrappedKeyId(prefix, k.version) != id) {
     return absl::DataLossError(absl::StrCat(where, ": version mismatch"));
   }
+  if (k.destroyed) return k;
   if (static_cast<uint8_t>(record[5]) != kWrapMechanismAesKeyWrapPad) {
     return absl::DataLossError(absl::StrCat(where, ": unknown mechanism"));
   }
-  const size_t label_len = static_cast<uint8_t>(record[6]);
+  const size_t label_len = static_cast<uint8_t>(record[header - 1]);
   if (label_len == 0 || label_len > kMaxKekLabelBytes ||
-      record.size() <= kHeaderBytes + label_len ||
-      record.size() - kHeaderBytes - label_len > kMaxWrappedKeyBytes) {
+      record.size() <= header + label_len ||
+      record.size() - header - label_len > kMaxWrappedKeyBytes) {
     return absl::DataLossError(absl::StrCat(where, ": bad lengths"));
   }
-  k.kek_label = record.substr(kHeaderBytes, label_len);
-  k.wrapped = record.substr(kHeaderBytes + label_len);
+  k.kek_label = record.substr(header, label_len);
+  k.wrapped = record.substr(header + label_len);
   return k;
 }
 
@@ -69,51 +91,113 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListPrefix(
   return out;
 }
 
+absl::Status CheckKekLabel(const hsm::KeyWrapper* wrapper) {
+  if (wrapper->kek_label().empty() ||
+      wrapper->kek_label().size() > kMaxKekLabelBytes) {
+    return absl::InvalidArgumentError("KEK label must be 1 to 64 bytes");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string WrappedKeyId(absl::string_view prefix, uint32_t version) {
   return absl::StrFormat("%s%08x", prefix, version);
 }
 
+std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at) {
+  std::string out(1, static_cast<char>(kDestroyedKeyFormat));
+  util::AppendBigEndian32(version, &out);
+  util::AppendUnixMillis(destroyed_at, &out);
+  return out;
+}
+
+absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
+    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
+    absl::string_view prefix) {
+  if (absl::Status s = CheckKekLabel(wrapper); !s.ok()) return s;
+  auto records = ListPrefix(keys, prefix);
+  if (!records.ok()) return records.status();
+  std::map<uint32_t, StoredKey> out;
+  for (auto& [id, record] : *records) {
+    absl::StatusOr<WrappedKey> k = Decode(prefix, id, record);
+    if (!k.ok()) return k.status();
+    StoredKey stored;
+    stored.version = k->version;
+    stored.created = k->created;
+    stored.cryptoperiod_end = k->cryptoperiod_end;
+    stored.destroyed = k->destroyed;
+    stored.destroyed_at = k->destroyed_at;
+    if (!k->destroyed) {
+      if (k->kek_label != wrapper->kek_label()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "key ", id, " is wrapped under KEK \"", k->kek_label,
+            "\", not the configured \"", wrapper->kek_label(), "\""));
+      }
+      absl::StatusOr<crypto::SecretBytes> key =
+          wrapper->UnwrapDataKey(k->wrapped);
+      if (!key.ok()) {
+        return absl::Status(key.status().code(),
+                            absl::StrCat("cannot unwrap key ", id, ": ",
+                                         key.status().message()));
+      }
+      stored.key = *std::move(key);
+    }
+    stored.record = std::move(record);
+    out.emplace(stored.version, std::move(stored));
+  }
+  return out;
+}
+
+absl::StatusOr<StoredKey> CreateStoredKey(const storage::KeyStore* keys,
+                                          const hsm::KeyWrapper* wrapper,
+                                          absl::string_view prefix,
+                                          uint32_t version, absl::Time created,
+                                          absl::Time cryptoperiod_end) {
+  if (absl::Status s = CheckKekLabel(wrapper); !s.ok()) return s;
+  absl::StatusOr<std::string> wrapped = wrapper->GenerateWrappedDataKey();
+  if (!wrapped.ok()) return wrapped.status();
+  // Stored with millisecond times, so what is returned equals a reload.
+  created = absl::FromUnixMillis(absl::ToUnixMillis(created));
+  if (cryptoperiod_end != absl::InfiniteFuture()) {
+    cryptoperiod_end =
+        absl::FromUnixMillis(absl::ToUnixMillis(cryptoperiod_end));
+  }
+  std::string record = Encode(version, created, cryptoperiod_end,
+                              wrapper->kek_label(), *wrapped);
+  // Unwrapped before it is stored: a key the HSM cannot unwrap is never kept.
+  absl::StatusOr<crypto::SecretBytes> key = wrapper->UnwrapDataKey(*wrapped);
+  if (!key.ok()) return key.status();
+  if (absl::Status s = keys->InsertKey(WrappedKeyId(prefix, version), record);
+      !s.ok()) {
+    return s;
+  }
+  StoredKey stored;
+  stored.version = version;
+  stored.created = created;
+  stored.cryptoperiod_end = cryptoperiod_end;
+  stored.record = std::move(record);
+  stored.key = *std::move(key);
+  return stored;
+}
+
 absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
     const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
     absl::string_view prefix, bool create_first, bool* created) {
   if (created != nullptr) *created = false;
-  if (wrapper->kek_label().empty() ||
-      wrapper->kek_label().size() > kMaxKekLabelBytes) {
-    return absl::InvalidArgumentError("KEK label must be 1 to 64 bytes");
-  }
-  auto records = ListPrefix(keys, prefix);
-  if (!records.ok()) return records.status();
-  if (records->empty() && create_first) {
-    absl::StatusOr<std::string> wrapped = wrapper->GenerateWrappedDataKey();
-    if (!wrapped.ok()) return wrapped.status();
-    if (absl::Status s = keys->InsertKey(
-            WrappedKeyId(prefix, 1), Encode(1, wrapper->kek_label(), *wrapped));
-        !s.ok()) {
-      return s;
-    }
+  absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
+      LoadStoredKeys(keys, wrapper, prefix);
+  if (!stored.ok()) return stored.status();
+  if (stored->empty() && create_first) {
+    absl::StatusOr<StoredKey> first = CreateStoredKey(
+        keys, wrapper, prefix, 1, absl::Now(), absl::InfiniteFuture());
+    if (!first.ok()) return first.status();
     if (created != nullptr) *created = true;
-    records = ListPrefix(keys, prefix);
-    if (!records.ok()) return records.status();
+    stored->emplace(1, *std::move(first));
   }
   std::map<uint32_t, crypto::SecretBytes> plain;
-  for (const auto& [id, record] : *records) {
-    absl::StatusOr<WrappedKey> k = Decode(prefix, id, record);
-    if (!k.ok()) return k.status();
-    if (k->kek_label != wrapper->kek_label()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "key ", id, " is wrapped under KEK \"", k->kek_label,
-          "\", not the configured \"", wrapper->kek_label(), "\""));
-    }
-    absl::StatusOr<crypto::SecretBytes> key =
-        wrapper->UnwrapDataKey(k->wrapped);
-    if (!key.ok()) {
-      return absl::Status(
-          key.status().code(),
-          absl::StrCat("cannot unwrap key ", id, ": ", key.status().message()));
-    }
-    plain.emplace(k->version, *std::move(key));
+  for (auto& [version, key] : *stored) {
+    if (!key.destroyed) plain.emplace(version, std::move(key.key));
   }
   return plain;
 }

@@ -4,14 +4,22 @@
 // "pan-index/" deterministic-token and idempotency index key, "fingerprint/"
 // card fingerprint key) followed by 8 lowercase hex digits of the version.
 //
-// Wrapped-key record, byte by byte:
+// Wrapped-key record, byte by byte (format 2; format 1, still read, had no
+// times: created reads as unknown, no cryptoperiod end):
 //   offset  size  field
-//   0       1     record format version, kWrappedKeyFormatV1 = 0x01
+//   0       1     record format version, kWrappedKeyFormatV2 = 0x02
 //   1       4     key version, uint32 big-endian (equals the key id's)
 //   5       1     wrap mechanism, 0x01 = CKM_AES_KEY_WRAP_PAD (RFC 5649)
-//   6       1     KEK label length K, 1..kMaxKekLabelBytes
-//   7       K     KEK label (CKA_LABEL of the wrapping key)
-//   7+K     W     wrapped key, W = rest of record, 1..kMaxWrappedKeyBytes
+//   6       8     created, Unix milliseconds, uint64 big-endian
+//   14      8     cryptoperiod end, Unix milliseconds; 0 = none
+//   22      1     KEK label length K, 1..kMaxKekLabelBytes
+//   23      K     KEK label (CKA_LABEL of the wrapping key)
+//   23+K    W     wrapped key, W = rest of record, 1..kMaxWrappedKeyBytes
+//
+// Destroyed-key record (replaces the wrapped key; nothing left to unwrap):
+//   0       1     kDestroyedKeyFormat = 0x7f
+//   1       4     key version, uint32 big-endian
+//   5       8     destroyed, Unix milliseconds, uint64 big-endian
 #ifndef CARDVAULT_SERVER_VAULT_WRAPPED_KEYS_H_
 #define CARDVAULT_SERVER_VAULT_WRAPPED_KEYS_H_
 
@@ -21,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "hsm/key_wrapper.h"
 #include "server/crypto/secret_bytes.h"
 #include "server/storage/token_store.h"
@@ -28,6 +37,8 @@
 namespace cardvault::vault {
 
 inline constexpr uint8_t kWrappedKeyFormatV1 = 0x01;
+inline constexpr uint8_t kWrappedKeyFormatV2 = 0x02;
+inline constexpr uint8_t kDestroyedKeyFormat = 0x7f;
 inline constexpr uint8_t kWrapMechanismAesKeyWrapPad = 0x01;
 inline constexpr size_t kMaxKekLabelBytes = 64;
 inline constexpr size_t kMaxWrappedKeyBytes = 512;
@@ -39,6 +50,36 @@ inline constexpr absl::string_view kFingerprintKeyPrefix = "fingerprint/";
 
 // "<prefix><8 hex digits>".
 std::string WrappedKeyId(absl::string_view prefix, uint32_t version);
+
+// A key as stored: unwrapped (unless destroyed), with its times and the
+// exact record (for compare-and-set replacement).
+struct StoredKey {
+  uint32_t version = 0;
+  absl::Time created = absl::InfinitePast();  // unknown for format 1
+  absl::Time cryptoperiod_end = absl::InfiniteFuture();
+  bool destroyed = false;
+  absl::Time destroyed_at = absl::InfinitePast();
+  std::string record;
+  crypto::SecretBytes key;  // empty when destroyed
+};
+
+// Every key stored under `prefix`, by version, unwrapped through `wrapper`.
+// Fails if any live record is malformed, was wrapped under another KEK, or
+// does not unwrap.
+absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
+    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
+    absl::string_view prefix);
+
+// Generates key `version` in the HSM and stores it wrapped under `prefix`
+// with its times; returns what was stored (key unwrapped).
+absl::StatusOr<StoredKey> CreateStoredKey(const storage::KeyStore* keys,
+                                          const hsm::KeyWrapper* wrapper,
+                                          absl::string_view prefix,
+                                          uint32_t version, absl::Time created,
+                                          absl::Time cryptoperiod_end);
+
+// The record that replaces a destroyed key's wrapped copy.
+std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at);
 
 // Unwraps every key stored under `prefix`, by version. When there is none
 // and `create_first` is set, first generates version 1 in the HSM and stores

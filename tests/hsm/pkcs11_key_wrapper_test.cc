@@ -212,7 +212,8 @@ TEST_F(Pkcs11KeyWrapperTest, KeyRingStoresOnlyWrappedKeysAndReloadsThem) {
     EXPECT_EQ((*keys)[0].first, vault::DataKeyId(1));
     first_key_record = (*keys)[0].second;
     // The stored record holds the KEK label and the 40-byte wrapped key.
-    EXPECT_EQ(first_key_record.size(), 7 + std::string("kek-ring").size() + 40);
+    EXPECT_EQ(first_key_record.size(),
+              23 + std::string("kek-ring").size() + 40);
   }
   auto db = *storage::RocksDbStorage::Open({.data_dir = dir});
   auto again = vault::KeyRing::Load(db.get(), wrapper.get(), {});

@@ -48,7 +48,7 @@ Card SampleCard() {
 TEST(CardRecordTest, OpenReturnsTheSealedCard) {
   auto ring = Ring({{1, 'a'}});
   auto record =
-      SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   ASSERT_THAT(record, IsOk());
   EXPECT_EQ(static_cast<uint8_t>((*record)[0]), kCardRecordFormatV3);
   EXPECT_EQ(util::ReadBigEndian32(record->substr(1, 4)), 1u);
@@ -69,7 +69,7 @@ TEST(CardRecordTest, OpenReturnsTheSealedCard) {
 TEST(CardRecordTest, RecordDoesNotContainThePan) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   EXPECT_EQ(record.find("5555555555554444"), std::string::npos);
   EXPECT_EQ(record.find("4444"), std::string::npos);
   EXPECT_EQ(record.find("JANE"), std::string::npos);
@@ -78,7 +78,7 @@ TEST(CardRecordTest, RecordDoesNotContainThePan) {
 TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   for (size_t i = 0; i < record.size(); ++i) {
     for (uint8_t bit : {0x01, 0x80}) {
       std::string changed = record;
@@ -93,7 +93,7 @@ TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
 TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   for (size_t len = 0; len < record.size(); ++len) {
     EXPECT_THAT(OpenCardRecord(*ring, kToken, record.substr(0, len)),
                 StatusIs(absl::StatusCode::kDataLoss));
@@ -105,7 +105,7 @@ TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
 TEST(CardRecordTest, RecordCopiedUnderAnotherTokenFails) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   EXPECT_THAT(OpenCardRecord(*ring, kOtherToken, record),
               StatusIs(absl::StatusCode::kDataLoss));
 }
@@ -113,7 +113,7 @@ TEST(CardRecordTest, RecordCopiedUnderAnotherTokenFails) {
 TEST(CardRecordTest, RecordMovedToAnotherDomainFails) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   // "merchant-1/pos" -> "merchant-2/pos": same length, header edited only.
   std::string moved = record;
   moved[24 + 9] = '2';
@@ -128,7 +128,7 @@ TEST(CardRecordTest, HeaderIsReadableWithoutKeysAndNeverExpiresByDefault) {
   forever.expires = absl::InfiniteFuture();
   forever.deterministic = false;
   std::string record =
-      *SealCardRecord(ring->primary(), forever, kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), forever, kToken, SampleCard());
   auto header = ParseRecordHeader(record);
   ASSERT_THAT(header, IsOk());
   EXPECT_EQ(header->expires, absl::InfiniteFuture());
@@ -140,7 +140,7 @@ TEST(CardRecordTest, HeaderIsReadableWithoutKeysAndNeverExpiresByDefault) {
 TEST(CardRecordTest, ExtendedExpiryFailsToOpen) {
   auto ring = Ring({{1, 'a'}});
   std::string record =
-      *SealCardRecord(ring->primary(), Header(1), kToken, SampleCard());
+      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
   // "Never expires" written over the expiry: the header is authenticated.
   std::string extended = record;
   for (int i = 15; i < 23; ++i) extended[i] = 0;
@@ -153,7 +153,7 @@ TEST(CardRecordTest, ExpiryNotAfterCreationIsRefused) {
   auto ring = Ring({{1, 'a'}});
   RecordHeader h = Header(1);
   h.expires = h.created;
-  EXPECT_THAT(SealCardRecord(ring->primary(), h, kToken, SampleCard()),
+  EXPECT_THAT(SealCardRecord(ring->LeasePrimary()->key(), h, kToken, SampleCard()),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
@@ -181,7 +181,7 @@ TEST(CardRecordTest, WrongKeyVersionFails) {
 }
 
 TEST(CardRecordTest, RingWithDifferentKeyMaterialFails) {
-  std::string record = *SealCardRecord(Ring({{1, 'a'}})->primary(), Header(1),
+  std::string record = *SealCardRecord(Ring({{1, 'a'}})->LeasePrimary()->key(), Header(1),
                                        kToken, SampleCard());
   EXPECT_THAT(OpenCardRecord(*Ring({{1, 'z'}}), kToken, record),
               StatusIs(absl::StatusCode::kDataLoss));
