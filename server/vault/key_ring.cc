@@ -134,14 +134,15 @@ KeyRing::Lease::~Lease() {
   if (ring_ != nullptr) ring_->Release(version_);
 }
 
-absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary() const {
+absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary(
+    uint64_t encryptions) const {
   absl::MutexLock lock(&mu_);
   Entry& e = keys_.at(primary_);
-  if (e.encryptions >= kMaxGcmEncryptionsPerKey) {
+  if (e.encryptions + encryptions > kMaxGcmEncryptionsPerKey) {
     return absl::UnavailableError(
         "data key reached its encryption limit and no new key is available");
   }
-  ++e.encryptions;
+  e.encryptions += encryptions;
   ++e.leases;
   return Lease(this, primary_, e.key);
 }

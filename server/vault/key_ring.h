@@ -130,9 +130,10 @@ class KeyRing {
     uint32_t version_;
     std::shared_ptr<const crypto::AesGcm> key_;
   };
-  // UNAVAILABLE if the primary has reached the hard limit of 2^32
-  // encryptions (a rotation is overdue: the HSM could not make a new key).
-  absl::StatusOr<Lease> LeasePrimary() const;
+  // The primary for `encryptions` encryptions. UNAVAILABLE if that would
+  // pass the hard limit of 2^32 (a rotation is overdue: the HSM could not
+  // make a new key).
+  absl::StatusOr<Lease> LeasePrimary(uint64_t encryptions = 1) const;
 
   uint32_t primary_version() const;
 

@@ -226,6 +226,13 @@ class Vault {
   // Detokenize calls refused by a velocity limit so far (for alerting).
   uint64_t velocity_denials() const { return velocity_denials_.load(); }
 
+  // Makes a new data key primary now (on demand) and records it.
+  absl::StatusOr<uint32_t> RotateDataKey() const;
+
+  // Destroys a retired data key (the last re-encryption pass found no record
+  // under it) and records it. FAILED_PRECONDITION for any other key.
+  absl::Status DestroyDataKey(uint32_t version) const;
+
   // Records a server start or stop.
   absl::Status RecordLifecycle(::cardvault::v1::EventType type) const;
 
