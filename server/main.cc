@@ -37,6 +37,7 @@
 #include "server/vault/cvv_cache.h"
 #include "server/vault/index_entry.h"
 #include "server/vault/key_ring.h"
+#include "server/vault/reencryptor.h"
 #include "server/vault/vault.h"
 #include "server/vault/wrapped_keys.h"
 
@@ -97,9 +98,12 @@ int Run(const sigset_t& stop_signals) {
                                            .expiry_of = vault::StoredExpiry}),
             "storage");
   bool created_data_key = false;
-  auto keys = OrDie(
-      vault::KeyRing::Load(storage.get(), wrapper.get(), {}, &created_data_key),
-      "data keys");
+  vault::KeyRing::Options key_options;
+  key_options.max_encryptions_per_key = cfg.keys().max_encryptions_per_key();
+  key_options.cryptoperiod = absl::Hours(24 * cfg.keys().cryptoperiod_days());
+  auto keys = OrDie(vault::KeyRing::Load(storage.get(), wrapper.get(),
+                                         key_options, &created_data_key),
+                    "data keys");
   const std::string policy_text =
       OrDie(config::ReadTextFile(cfg.policy().file(), "policy file"), "policy");
   auth::PolicyHolder policy(
@@ -143,6 +147,13 @@ int Run(const sigset_t& stop_signals) {
                                   .audit = audit_log.get()},
                                  std::move(vault_options)),
             "vault");
+  // Moves records off decrypt-only data keys, at start and then hourly.
+  auto reencryptor = OrDie(
+      vault::Reencryptor::Create(
+          storage.get(), keys.get(), audit_log.get(),
+          {.chunk_records = cfg.keys().reencrypt_chunk_records(),
+           .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds())}),
+      "re-encryption job");
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
@@ -236,6 +247,19 @@ int Run(const sigset_t& stop_signals) {
             {"cardvault_policy_reload_failures_total",
              "Policy file changes refused as invalid.",
              [&] { return refused_policy_reloads.load(); }},
+            {"cardvault_reencrypted_records_total",
+             "Card records moved from decrypt-only data keys to the primary.",
+             [&] { return reencryptor->reencrypted_total(); }},
+            {"cardvault_reencrypt_passes_total",
+             "Re-encryption passes completed since start.",
+             [&] { return reencryptor->passes(); }},
+            {"cardvault_records_under_old_keys",
+             "Card records still under decrypt-only data keys at the end of "
+             "the last re-encryption pass.",
+             [&] { return reencryptor->pending(); }, /*gauge=*/true},
+            {"cardvault_data_key_version", "Version of the primary data key.",
+             [&] { return uint64_t{keys->primary_version()}; },
+             /*gauge=*/true},
         },
         absl::Seconds(cfg.metrics().interval_seconds()));
   }

@@ -27,6 +27,10 @@ constexpr uint32_t kDefaultCvvTtlSeconds = 15 * 60;
 constexpr uint32_t kDefaultMaxCvvEntries = 100000;
 constexpr uint32_t kDefaultIdempotencyWindowSeconds = 24 * 3600;
 constexpr uint32_t kDefaultMaxBatchItems = 1000;
+constexpr uint64_t kMaxEncryptionsPerKey = uint64_t{1} << 32;
+constexpr uint32_t kDefaultCryptoperiodDays = 365;
+constexpr uint32_t kDefaultReencryptSeconds = 3600;
+constexpr uint32_t kDefaultReencryptChunk = 512;
 constexpr size_t kMaxPinBytes = 256;
 
 absl::Status Require(bool ok, absl::string_view source,
@@ -71,6 +75,10 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "limits.max_request_bytes must be 1024 to 4194304");
   check(c.audit().retention_days() == 0 || c.audit().retention_days() >= 365,
         "audit.retention_days must be at least 365 (PCI DSS 10.5.1)");
+  check(c.keys().max_encryptions_per_key() <= kMaxEncryptionsPerKey,
+        "keys.max_encryptions_per_key must be at most 2^32");
+  check(c.keys().reencrypt_chunk_records() <= 10000,
+        "keys.reencrypt_chunk_records must be at most 10000");
   check(c.tokens().cvv_ttl_seconds() <= 3600,
         "tokens.cvv_ttl_seconds must be at most 3600");
   check(c.tokens().max_batch_items() <= 10000,
@@ -99,6 +107,19 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   }
   if (c.metrics().interval_seconds() == 0) {
     c.mutable_metrics()->set_interval_seconds(kDefaultMetricsSeconds);
+  }
+  auto* keys = c.mutable_keys();
+  if (keys->max_encryptions_per_key() == 0) {
+    keys->set_max_encryptions_per_key(kMaxEncryptionsPerKey);
+  }
+  if (keys->cryptoperiod_days() == 0) {
+    keys->set_cryptoperiod_days(kDefaultCryptoperiodDays);
+  }
+  if (keys->reencrypt_interval_seconds() == 0) {
+    keys->set_reencrypt_interval_seconds(kDefaultReencryptSeconds);
+  }
+  if (keys->reencrypt_chunk_records() == 0) {
+    keys->set_reencrypt_chunk_records(kDefaultReencryptChunk);
   }
   auto* tokens = c.mutable_tokens();
   if (tokens->cvv_ttl_seconds() == 0) {

@@ -29,7 +29,8 @@ absl::Status MetricsFile::WriteNow() const {
   std::string text;
   for (const Counter& c : counters_) {
     absl::StrAppend(&text, "# HELP ", c.name, " ", c.help, "\n# TYPE ", c.name,
-                    " counter\n", c.name, " ", c.read(), "\n");
+                    c.gauge ? " gauge\n" : " counter\n", c.name, " ", c.read(),
+                    "\n");
   }
   const std::string tmp = path_ + ".tmp";
   {

@@ -23,6 +23,8 @@ struct Counter {
   std::string name;  // e.g. "cardvault_audit_write_failures_total"
   std::string help;
   std::function<uint64_t()> read;
+  // A value that goes down as well as up (Prometheus "gauge").
+  bool gauge = false;
 };
 
 class MetricsFile {

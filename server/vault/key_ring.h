@@ -20,6 +20,9 @@
 // primary reaches its encryption limit (at most 2^32 under random 96-bit GCM
 // nonces, NIST SP 800-38D) or the end of its cryptoperiod. Encryptions are
 // counted durably in the same write as the records (KeyStore::KeyUses).
+// The configured limit makes new traffic rotate; re-encryption may take the
+// primary past it (it must, to gather every record under one key), never
+// past the hard bound of 2^32.
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_VAULT_KEY_RING_H_

@@ -30,7 +30,10 @@ absl::StatusOr<std::unique_ptr<Reencryptor>> Reencryptor::Create(
   if (options.interval > absl::ZeroDuration()) {
     job->thread_ = std::thread([raw = job.get()] {
       do {
-        if (raw->keys_->DecryptOnlyVersions().empty()) continue;
+        if (raw->keys_->DecryptOnlyVersions().empty()) {
+          ++raw->passes_;  // nothing can be under an old key
+          continue;
+        }
         absl::StatusOr<PassResult> pass = raw->RunPass();
         if (!pass.ok()) {
           util::LogError(absl::StrCat("re-encryption pass failed: ",
@@ -58,6 +61,10 @@ absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass() const {
   PassResult result;
   std::string cursor;
   while (true) {
+    // A stopping server leaves the rest to the next pass.
+    if (stop_.HasBeenNotified()) {
+      return absl::CancelledError("re-encryption pass stopped");
+    }
     absl::Status chunk_status;
     std::vector<std::pair<std::string, std::string>> chunk;
     for (int attempt = 0; attempt < kMaxChunkAttempts; ++attempt) {
@@ -88,6 +95,7 @@ absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass() const {
     if (v != primary) pending += n;
   }
   pending_ = pending;
+  ++passes_;
   return result;
 }
 

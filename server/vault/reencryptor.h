@@ -62,6 +62,9 @@ class Reencryptor {
   // at the end of the last pass (for the metrics file).
   uint64_t reencrypted_total() const { return reencrypted_total_.load(); }
   uint64_t pending() const { return pending_.load(); }
+  // Full passes completed by this process (pending() is meaningful once
+  // this is at least 1).
+  uint64_t passes() const { return passes_.load(); }
 
  private:
   Reencryptor(const storage::RecordStore* records, const KeyRing* keys,
@@ -80,6 +83,7 @@ class Reencryptor {
   mutable absl::Mutex pass_mu_;
   mutable std::atomic<uint64_t> reencrypted_total_{0};
   mutable std::atomic<uint64_t> pending_{0};
+  mutable std::atomic<uint64_t> passes_{0};
   absl::Notification stop_;
   std::thread thread_;
 };

@@ -680,10 +680,10 @@ absl::StatusOr<uint32_t> Vault::RotateDataKey() const {
   const uint32_t old = deps_.keys->primary_version();
   absl::StatusOr<uint32_t> rotated = deps_.keys->Rotate();
   if (!rotated.ok()) return rotated.status();
-  if (absl::Status s = RecordKeyEvent(absl::StrCat(
-          "rotated data keys on demand: ", DataKeyId(*rotated),
-          " generated in the HSM and made primary (", DataKeyId(old),
-          " now decrypt-only)"));
+  if (absl::Status s = RecordKeyEvent(
+          absl::StrCat("rotated data keys on demand: ", DataKeyId(*rotated),
+                       " generated in the HSM and made primary (",
+                       DataKeyId(old), " now decrypt-only)"));
       !s.ok()) {
     return s;
   }
@@ -692,9 +692,9 @@ absl::StatusOr<uint32_t> Vault::RotateDataKey() const {
 
 absl::Status Vault::DestroyDataKey(uint32_t version) const {
   if (absl::Status s = deps_.keys->Destroy(version); !s.ok()) return s;
-  return RecordKeyEvent(absl::StrCat(
-      "destroyed data key ", DataKeyId(version),
-      ": no record used it; its wrapped copy is erased"));
+  return RecordKeyEvent(
+      absl::StrCat("destroyed data key ", DataKeyId(version),
+                   ": no record used it; its wrapped copy is erased"));
 }
 
 void Vault::RotateDueDataKey() const {
