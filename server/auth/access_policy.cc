@@ -10,8 +10,9 @@ namespace {
 
 uint32_t Bit(Permission p) { return 1u << static_cast<int>(p); }
 
-// The least privilege of each role: auditors read the trail and card
-// metadata but never a PAN; admins touch no card data at all.
+// The least privilege of each role: auditors read the trail, card metadata
+// and the key inventory but never a PAN; admins manage keys and touch no
+// card data at all.
 uint32_t GrantsOf(Role role) {
   switch (role) {
     case Role::kTokenizer:
@@ -20,9 +21,11 @@ uint32_t GrantsOf(Role role) {
     case Role::kDetokenizer:
       return Bit(Permission::kDetokenize);
     case Role::kAuditor:
-      return Bit(Permission::kReadAudit) | Bit(Permission::kReadTokenInfo);
+      return Bit(Permission::kReadAudit) | Bit(Permission::kReadTokenInfo) |
+             Bit(Permission::kReadKeyInventory);
     case Role::kAdmin:
-      return 0;
+      return Bit(Permission::kReadKeyInventory) |
+             Bit(Permission::kAdministerKeys);
   }
   return 0;
 }
@@ -63,6 +66,10 @@ absl::string_view PermissionName(Permission permission) {
       return "GetTokenInfo";
     case Permission::kDeleteToken:
       return "DeleteToken";
+    case Permission::kReadKeyInventory:
+      return "read the key inventory";
+    case Permission::kAdministerKeys:
+      return "administer keys";
   }
   return "unknown";
 }

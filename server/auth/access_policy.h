@@ -32,6 +32,8 @@ enum class Permission {
   kReadAudit,
   kReadTokenInfo,  // card metadata (never the PAN) by token
   kDeleteToken,
+  kReadKeyInventory,  // key states and use, never key material
+  kAdministerKeys,    // rotate, propose and approve key operations
 };
 
 absl::string_view PermissionName(Permission permission);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/util/big_endian.h"
 #include "server/util/log.h"
+#include "server/vault/audit_event.h"
 #include "server/vault/card_record.h"
 #include "server/vault/index_entry.h"
 #include "server/vault/token.h"
@@ -16,12 +17,6 @@ namespace cardvault::vault {
 namespace {
 
 using ::cardvault::v1::EventType;
-
-void SetTime(absl::Time t, google::protobuf::Timestamp* out) {
-  const int64_t ms = absl::ToUnixMillis(t);
-  out->set_seconds(ms / 1000);
-  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
-}
 
 absl::Time TimeOf(const google::protobuf::Timestamp& t) {
   return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
@@ -35,11 +30,6 @@ bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
          (f.event_type == v1::EVENT_TYPE_UNSPECIFIED ||
           e.event_type() == f.event_type) &&
          (f.token.empty() || e.token() == f.token);
-}
-
-void SetOutcome(const absl::Status& status, audit::AuditEvent* event) {
-  event->set_status_code(static_cast<int32_t>(status.code()));
-  event->set_status_message(std::string(status.message()));
 }
 
 absl::string_view TokenFormatName(TokenFormat format) {
@@ -76,16 +66,7 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
 
 audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
                                   absl::string_view rpc) const {
-  audit::AuditEvent e;
-  SetTime(options_.now(), e.mutable_event_time());
-  e.set_event_type(type);
-  e.set_rpc(std::string(rpc));
-  e.set_identity(caller.identity);
-  e.set_certificate_serial(caller.certificate_serial);
-  e.set_certificate_sha256(caller.certificate_sha256);
-  e.set_peer_address(caller.peer);
-  e.set_request_id(caller.request_id);
-  return e;
+  return CallerEvent(caller, type, rpc, options_.now());
 }
 
 audit::AuditEvent Vault::ServerEvent(EventType type) const {

@@ -1,0 +1,33 @@
+#include "server/vault/audit_event.h"
+
+#include <string>
+
+namespace cardvault::vault {
+
+void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t ms = absl::ToUnixMillis(t);
+  out->set_seconds(ms / 1000);
+  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
+}
+
+audit::AuditEvent CallerEvent(const auth::Caller& caller,
+                              ::cardvault::v1::EventType type,
+                              absl::string_view rpc, absl::Time now) {
+  audit::AuditEvent e;
+  SetTimestamp(now, e.mutable_event_time());
+  e.set_event_type(type);
+  e.set_rpc(std::string(rpc));
+  e.set_identity(caller.identity);
+  e.set_certificate_serial(caller.certificate_serial);
+  e.set_certificate_sha256(caller.certificate_sha256);
+  e.set_peer_address(caller.peer);
+  e.set_request_id(caller.request_id);
+  return e;
+}
+
+void SetOutcome(const absl::Status& status, audit::AuditEvent* event) {
+  event->set_status_code(static_cast<int32_t>(status.code()));
+  event->set_status_message(std::string(status.message()));
+}
+
+}  // namespace cardvault::vault

@@ -1,0 +1,248 @@
+#include "server/vault/key_admin.h"
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/crypto/random.h"
+#include "server/vault/audit_event.h"
+
+namespace cardvault::vault {
+
+absl::string_view OperationKindName(OperationKind kind) {
+  switch (kind) {
+    case OperationKind::kDestroyDataKey:
+      return "destroy data key";
+    case OperationKind::kReencryptAll:
+      return "re-encrypt all records";
+  }
+  return "unknown";
+}
+
+namespace {
+
+std::string Describe(const Operation& op) {
+  return absl::StrCat("operation ", op.id, " (", OperationKindName(op.kind),
+                      op.kind == OperationKind::kDestroyDataKey
+                          ? absl::StrCat(" ", DataKeyId(op.key_version))
+                          : "",
+                      "): ", op.approvers.size(), " of ", op.required_approvals,
+                      " approvals");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KeyAdmin>> KeyAdmin::Create(Dependencies deps,
+                                                           Options options) {
+  if (deps.keys == nullptr || deps.reencryptor == nullptr ||
+      deps.vault == nullptr || deps.policy == nullptr ||
+      deps.audit == nullptr) {
+    return absl::InvalidArgumentError("key admin dependencies must be set");
+  }
+  if (options.required_approvals < 2 ||
+      options.proposal_ttl <= absl::ZeroDuration() || !options.now) {
+    return absl::InvalidArgumentError(
+        "dual control needs at least 2 approvals and a positive TTL");
+  }
+  return std::unique_ptr<KeyAdmin>(
+      new KeyAdmin(std::move(deps), std::move(options)));
+}
+
+absl::Status KeyAdmin::Record(const auth::Caller& caller, absl::string_view rpc,
+                              absl::string_view detail,
+                              const absl::Status& status) const {
+  audit::AuditEvent event =
+      CallerEvent(caller, v1::KEY_ADMIN, rpc, options_.now());
+  event.set_detail(std::string(detail));
+  SetOutcome(status, &event);
+  if (!deps_.audit->Append(std::move(event)).ok()) {
+    return absl::UnavailableError("audit trail unavailable");
+  }
+  return status;
+}
+
+absl::StatusOr<std::vector<KeyInfo>> KeyAdmin::ListKeys(
+    const auth::Caller& caller) const {
+  if (absl::Status s = Record(caller, kListKeysRpc, "key inventory",
+                              deps_.policy->Current()->Check(
+                                  caller, auth::Permission::kReadKeyInventory));
+      !s.ok()) {
+    return s;
+  }
+  std::vector<KeyInfo> keys = deps_.other_keys;
+  for (KeyInfo& k : deps_.keys->Inventory()) keys.push_back(std::move(k));
+  return keys;
+}
+
+absl::StatusOr<uint32_t> KeyAdmin::RotateDataKey(
+    const auth::Caller& caller) const {
+  absl::Status allowed =
+      deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
+  if (!allowed.ok()) {
+    return Record(caller, kRotateDataKeyRpc, "rotate data key", allowed);
+  }
+  absl::StatusOr<uint32_t> rotated = deps_.vault->RotateDataKey();
+  absl::Status recorded = Record(
+      caller, kRotateDataKeyRpc,
+      rotated.ok() ? absl::StrCat("rotated data key: ", DataKeyId(*rotated),
+                                  " is primary")
+                   : "rotate data key",
+      rotated.status());
+  if (!recorded.ok()) return recorded;
+  return rotated;
+}
+
+void KeyAdmin::ExpireLocked(absl::Time now) const {
+  for (auto& [id, op] : operations_) {
+    if (op.state == OperationState::kPending && now >= op.expires) {
+      op.state = OperationState::kExpired;
+      op.outcome = "expired before it had its approvals";
+    }
+  }
+}
+
+absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
+                                            OperationKind kind,
+                                            uint32_t key_version,
+                                            absl::string_view reason) const {
+  absl::Status allowed =
+      deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
+  if (allowed.ok() && kind != OperationKind::kDestroyDataKey &&
+      kind != OperationKind::kReencryptAll) {
+    allowed = absl::InvalidArgumentError("unknown operation kind");
+  }
+  if (allowed.ok() && reason.size() > kMaxReasonBytes) {
+    allowed = absl::InvalidArgumentError("reason is over 256 bytes");
+  }
+  if (allowed.ok() && kind == OperationKind::kDestroyDataKey) {
+    const std::vector<uint32_t> old = deps_.keys->DecryptOnlyVersions();
+    if (std::find(old.begin(), old.end(), key_version) == old.end()) {
+      allowed = absl::InvalidArgumentError(
+          "key_version is not a decrypt-only or retired data key");
+    }
+  }
+  if (!allowed.ok()) {
+    return Record(caller, kProposeOperationRpc, "propose operation", allowed);
+  }
+  std::array<uint8_t, 8> random;
+  if (absl::Status s = crypto::FillRandom(absl::MakeSpan(random)); !s.ok()) {
+    return Record(caller, kProposeOperationRpc, "propose operation", s);
+  }
+  Operation op;
+  op.id = absl::StrCat(
+      "op_", absl::BytesToHexString(absl::string_view(
+                 reinterpret_cast<const char*>(random.data()), random.size())));
+  op.kind = kind;
+  op.key_version = kind == OperationKind::kDestroyDataKey ? key_version : 0;
+  op.reason = std::string(reason);
+  op.proposer = caller.identity;
+  op.approvers = {caller.identity};
+  op.required_approvals = options_.required_approvals;
+  op.proposed = options_.now();
+  op.expires = op.proposed + options_.proposal_ttl;
+  if (absl::Status s = Record(
+          caller, kProposeOperationRpc,
+          absl::StrCat("proposed ", Describe(op), "; reason: ", op.reason),
+          absl::OkStatus());
+      !s.ok()) {
+    return s;
+  }
+  absl::MutexLock lock(&mu_);
+  operations_.emplace(op.id, op);
+  return op;
+}
+
+absl::StatusOr<Operation> KeyAdmin::Approve(
+    const auth::Caller& caller, absl::string_view operation_id) const {
+  absl::Status allowed =
+      deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
+  const std::string what = absl::StrCat("approve operation ", operation_id);
+  if (!allowed.ok()) {
+    return Record(caller, kApproveOperationRpc, what, allowed);
+  }
+  Operation op;
+  bool execute = false;
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    ExpireLocked(options_.now());
+    auto it = operations_.find(operation_id);
+    if (it == operations_.end()) {
+      refused = absl::NotFoundError("no such operation");
+    } else if (it->second.state != OperationState::kPending) {
+      refused = absl::FailedPreconditionError(
+          it->second.state == OperationState::kExpired
+              ? "operation expired"
+              : "operation is no longer pending");
+    } else if (std::find(it->second.approvers.begin(),
+                         it->second.approvers.end(),
+                         caller.identity) != it->second.approvers.end()) {
+      refused = absl::FailedPreconditionError(
+          "this identity already approved the operation; approvals must "
+          "come from distinct admins");
+    } else {
+      it->second.approvers.push_back(caller.identity);
+      execute = it->second.approvers.size() >= it->second.required_approvals;
+      op = it->second;
+    }
+  }
+  if (!refused.ok()) {
+    return Record(caller, kApproveOperationRpc, what, refused);
+  }
+  if (absl::Status s =
+          Record(caller, kApproveOperationRpc,
+                 absl::StrCat("approved ", Describe(op)), absl::OkStatus());
+      !s.ok()) {
+    return s;
+  }
+  if (!execute) return op;
+  const absl::Status outcome = Execute(op);
+  absl::MutexLock lock(&mu_);
+  Operation& stored = operations_.at(op.id);
+  stored.state =
+      outcome.ok() ? OperationState::kExecuted : OperationState::kFailed;
+  stored.outcome = outcome.ok() ? "done" : std::string(outcome.message());
+  return stored;
+}
+
+absl::Status KeyAdmin::Execute(const Operation& op) const {
+  absl::Status outcome;
+  switch (op.kind) {
+    case OperationKind::kDestroyDataKey:
+      outcome = deps_.vault->DestroyDataKey(op.key_version);
+      break;
+    case OperationKind::kReencryptAll:
+      outcome = deps_.reencryptor->RunPass().status();
+      break;
+  }
+  auth::Caller executor;
+  executor.identity = "cardvaultd";
+  (void)Record(executor, "",
+               absl::StrCat("executed ", Describe(op), ", approved by ",
+                            absl::StrJoin(op.approvers, ", ")),
+               outcome);
+  return outcome;
+}
+
+absl::StatusOr<std::vector<Operation>> KeyAdmin::ListOperations(
+    const auth::Caller& caller) const {
+  if (absl::Status s = Record(caller, kListOperationsRpc, "list operations",
+                              deps_.policy->Current()->Check(
+                                  caller, auth::Permission::kReadKeyInventory));
+      !s.ok()) {
+    return s;
+  }
+  absl::MutexLock lock(&mu_);
+  ExpireLocked(options_.now());
+  std::vector<Operation> out;
+  for (const auto& [id, op] : operations_) out.push_back(op);
+  std::sort(out.begin(), out.end(), [](const Operation& a, const Operation& b) {
+    return a.proposed < b.proposed;
+  });
+  return out;
+}
+
+}  // namespace cardvault::vault
