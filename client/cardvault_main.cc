@@ -9,10 +9,15 @@
 //   cardvault audit list [--identity=I --event_type=DETOKENIZE --token=T
 //                         --since=RFC3339 --until=RFC3339 --max_events=N]
 //   cardvault audit verify
+//   cardvault keys list|operations|rotate
+//   cardvault keys propose --kind=destroy_data_key|reencrypt_all
+//       [--key_version=N] --reason=TEXT
+//   cardvault keys approve OPERATION_ID
 //
 // The PAN (and a CVV) is read from stdin, never from argv (argv is visible to
 // every user in /proc). Certificate flags default to the dev PKI: pos for
-// tokenize, info and delete, processor for detokenize, auditor for audit. Audit
+// tokenize, info and delete, processor for detokenize, auditor for audit,
+// admin for keys. Audit
 // events are printed as JSON lines, ready for a SIEM.
 #include <iostream>
 #include <string>
@@ -64,6 +69,11 @@ ABSL_FLAG(std::string, token, "", "audit list: only events about this token.");
 ABSL_FLAG(std::string, since, "", "audit list: from this RFC 3339 time.");
 ABSL_FLAG(std::string, until, "", "audit list: before this RFC 3339 time.");
 ABSL_FLAG(uint32_t, max_events, 0, "audit list: at most this many events.");
+ABSL_FLAG(std::string, kind, "",
+          "keys propose: destroy_data_key or reencrypt_all.");
+ABSL_FLAG(uint32_t, key_version, 0,
+          "keys propose: the data key version (destroy_data_key).");
+ABSL_FLAG(std::string, reason, "", "keys propose: why, for the audit trail.");
 ABSL_FLAG(std::string, checkpoint, "",
           "audit verify: a checkpoint \"SEQUENCE:MAC_HEX\" (as the server "
           "logs it) that the chain must still hold.");
@@ -210,6 +220,48 @@ int Audit(const std::string& what) {
   return s.ok() ? 0 : Fail(s);
 }
 
+// Prints `message` (or the error) as one JSON line.
+template <typename Message>
+int PrintJson(const absl::StatusOr<Message>& message) {
+  if (!message.ok()) return Fail(message.status());
+  std::cout << Json(*message) << "\n";
+  return 0;
+}
+
+int Keys(const std::vector<char*>& args) {
+  auto client = cardvault::client::VaultClient::Create(Options("admin"));
+  if (!client.ok()) return Fail(client.status());
+  const std::string what = args[2];
+  if (what == "list" && args.size() == 3)
+    return PrintJson((*client)->ListKeys());
+  if (what == "operations" && args.size() == 3) {
+    return PrintJson((*client)->ListOperations());
+  }
+  if (what == "rotate" && args.size() == 3) {
+    return PrintJson((*client)->RotateDataKey());
+  }
+  if (what == "approve" && args.size() == 4) {
+    return PrintJson((*client)->ApproveOperation(args[3]));
+  }
+  if (what == "propose" && args.size() == 3) {
+    cardvault::v1::ProposeOperationRequest request;
+    const std::string kind = absl::GetFlag(FLAGS_kind);
+    if (kind == "destroy_data_key") {
+      request.set_kind(cardvault::v1::DESTROY_DATA_KEY);
+    } else if (kind == "reencrypt_all") {
+      request.set_kind(cardvault::v1::REENCRYPT_ALL);
+    } else {
+      return Fail(absl::InvalidArgumentError(
+          "--kind must be destroy_data_key or reencrypt_all"));
+    }
+    request.set_key_version(absl::GetFlag(FLAGS_key_version));
+    request.set_reason(absl::GetFlag(FLAGS_reason));
+    return PrintJson((*client)->ProposeOperation(request));
+  }
+  std::cerr << absl::ProgramUsageMessage() << "\n";
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -221,7 +273,10 @@ int main(int argc, char** argv) {
       "       cardvault delete TOKEN\n"
       "       cardvault audit list [--identity= --event_type= --token= "
       "--since= --until= --max_events=]\n"
-      "       cardvault audit verify");
+      "       cardvault audit verify\n"
+      "       cardvault keys list|operations|rotate\n"
+      "       cardvault keys propose --kind=K [--key_version=N] --reason=R\n"
+      "       cardvault keys approve OPERATION_ID");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
@@ -267,6 +322,7 @@ int main(int argc, char** argv) {
     std::cout << (*deleted ? "deleted" : "nothing to delete") << "\n";
     return 0;
   }
+  if (command == "keys" && args.size() >= 3) return Keys(args);
   if (command == "audit" && args.size() == 3 &&
       (std::string(args[2]) == "list" || std::string(args[2]) == "verify")) {
     return Audit(args[2]);

@@ -70,6 +70,7 @@ VaultClient::VaultClient(std::shared_ptr<grpc::Channel> channel,
     : channel_(std::move(channel)),
       stub_(::cardvault::v1::TokenVault::NewStub(channel_)),
       audit_stub_(::cardvault::v1::AuditLog::NewStub(channel_)),
+      admin_stub_(::cardvault::v1::KeyAdmin::NewStub(channel_)),
       deadline_(deadline) {}
 
 absl::StatusOr<std::string> VaultClient::Tokenize(
@@ -98,40 +99,79 @@ absl::StatusOr<::cardvault::v1::Card> VaultClient::Detokenize(
 
 absl::StatusOr<::cardvault::v1::TokenizeResponse> VaultClient::Tokenize(
     const ::cardvault::v1::TokenizeRequest& request) const {
-  return Call(&::cardvault::v1::TokenVault::Stub::Tokenize, request);
+  return Call(stub_.get(), &::cardvault::v1::TokenVault::Stub::Tokenize,
+              request);
 }
 
 absl::StatusOr<::cardvault::v1::DetokenizeResponse> VaultClient::Detokenize(
     const ::cardvault::v1::DetokenizeRequest& request) const {
-  return Call(&::cardvault::v1::TokenVault::Stub::Detokenize, request);
+  return Call(stub_.get(), &::cardvault::v1::TokenVault::Stub::Detokenize,
+              request);
 }
 
 absl::StatusOr<::cardvault::v1::TokenizeBatchResponse>
 VaultClient::TokenizeBatch(
     const ::cardvault::v1::TokenizeBatchRequest& request) const {
-  return Call(&::cardvault::v1::TokenVault::Stub::TokenizeBatch, request);
+  return Call(stub_.get(), &::cardvault::v1::TokenVault::Stub::TokenizeBatch,
+              request);
 }
 
 absl::StatusOr<::cardvault::v1::DetokenizeBatchResponse>
 VaultClient::DetokenizeBatch(
     const ::cardvault::v1::DetokenizeBatchRequest& request) const {
-  return Call(&::cardvault::v1::TokenVault::Stub::DetokenizeBatch, request);
+  return Call(stub_.get(), &::cardvault::v1::TokenVault::Stub::DetokenizeBatch,
+              request);
 }
 
 absl::StatusOr<::cardvault::v1::TokenInfo> VaultClient::GetTokenInfo(
     absl::string_view token) const {
   ::cardvault::v1::GetTokenInfoRequest request;
   request.set_token(std::string(token));
-  return Call(&::cardvault::v1::TokenVault::Stub::GetTokenInfo, request);
+  return Call(stub_.get(), &::cardvault::v1::TokenVault::Stub::GetTokenInfo,
+              request);
 }
 
 absl::StatusOr<bool> VaultClient::DeleteToken(absl::string_view token) const {
   ::cardvault::v1::DeleteTokenRequest request;
   request.set_token(std::string(token));
-  absl::StatusOr<::cardvault::v1::DeleteTokenResponse> response =
-      Call(&::cardvault::v1::TokenVault::Stub::DeleteToken, request);
+  absl::StatusOr<::cardvault::v1::DeleteTokenResponse> response = Call(
+      stub_.get(), &::cardvault::v1::TokenVault::Stub::DeleteToken, request);
   if (!response.ok()) return response.status();
   return response->deleted();
+}
+
+absl::StatusOr<::cardvault::v1::ListKeysResponse> VaultClient::ListKeys()
+    const {
+  return Call(admin_stub_.get(), &::cardvault::v1::KeyAdmin::Stub::ListKeys,
+              ::cardvault::v1::ListKeysRequest());
+}
+
+absl::StatusOr<::cardvault::v1::RotateDataKeyResponse>
+VaultClient::RotateDataKey() const {
+  return Call(admin_stub_.get(),
+              &::cardvault::v1::KeyAdmin::Stub::RotateDataKey,
+              ::cardvault::v1::RotateDataKeyRequest());
+}
+
+absl::StatusOr<::cardvault::v1::Operation> VaultClient::ProposeOperation(
+    const ::cardvault::v1::ProposeOperationRequest& request) const {
+  return Call(admin_stub_.get(),
+              &::cardvault::v1::KeyAdmin::Stub::ProposeOperation, request);
+}
+
+absl::StatusOr<::cardvault::v1::Operation> VaultClient::ApproveOperation(
+    absl::string_view operation_id) const {
+  ::cardvault::v1::ApproveOperationRequest request;
+  request.set_operation_id(std::string(operation_id));
+  return Call(admin_stub_.get(),
+              &::cardvault::v1::KeyAdmin::Stub::ApproveOperation, request);
+}
+
+absl::StatusOr<::cardvault::v1::ListOperationsResponse>
+VaultClient::ListOperations() const {
+  return Call(admin_stub_.get(),
+              &::cardvault::v1::KeyAdmin::Stub::ListOperations,
+              ::cardvault::v1::ListOperationsRequest());
 }
 
 absl::Status VaultClient::ListAuditEvents(

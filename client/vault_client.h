@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.grpc.pb.h"
+#include "cardvault/v1/key_admin.grpc.pb.h"
 #include "cardvault/v1/vault.grpc.pb.h"
 
 namespace cardvault::client {
@@ -87,21 +88,33 @@ class VaultClient {
       const std::optional<::cardvault::v1::Checkpoint>& checkpoint =
           std::nullopt) const;
 
+  // KeyAdmin, message for message (admin role; ListKeys and ListOperations
+  // also auditor).
+  absl::StatusOr<::cardvault::v1::ListKeysResponse> ListKeys() const;
+  absl::StatusOr<::cardvault::v1::RotateDataKeyResponse> RotateDataKey() const;
+  absl::StatusOr<::cardvault::v1::Operation> ProposeOperation(
+      const ::cardvault::v1::ProposeOperationRequest& request) const;
+  absl::StatusOr<::cardvault::v1::Operation> ApproveOperation(
+      absl::string_view operation_id) const;
+  absl::StatusOr<::cardvault::v1::ListOperationsResponse> ListOperations()
+      const;
+
   grpc::Channel* channel() const { return channel_.get(); }
 
  private:
   VaultClient(std::shared_ptr<grpc::Channel> channel, absl::Duration deadline);
 
-  // One unary TokenVault call under the client's deadline.
-  template <typename Request, typename Response>
+  // One unary call of `stub` under the client's deadline.
+  template <typename Stub, typename Request, typename Response>
   absl::StatusOr<Response> Call(
-      grpc::Status (::cardvault::v1::TokenVault::Stub::*method)(
-          grpc::ClientContext*, const Request&, Response*),
+      Stub* stub,
+      grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                   Response*),
       const Request& request) const {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
     Response response;
-    grpc::Status status = (stub_.get()->*method)(&context, request, &response);
+    grpc::Status status = (stub->*method)(&context, request, &response);
     if (!status.ok()) return FromGrpcStatus(status);
     return response;
   }
@@ -109,6 +122,7 @@ class VaultClient {
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<::cardvault::v1::TokenVault::Stub> stub_;
   const std::unique_ptr<::cardvault::v1::AuditLog::Stub> audit_stub_;
+  const std::unique_ptr<::cardvault::v1::KeyAdmin::Stub> admin_stub_;
   const absl::Duration deadline_;
 };
 

@@ -13,6 +13,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -28,6 +29,7 @@
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
 #include "server/service/audit_log_service.h"
+#include "server/service/key_admin_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
 #include "server/storage/rocksdb_storage.h"
@@ -36,6 +38,7 @@
 #include "server/util/process_hardening.h"
 #include "server/vault/cvv_cache.h"
 #include "server/vault/index_entry.h"
+#include "server/vault/key_admin.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/reencryptor.h"
 #include "server/vault/vault.h"
@@ -112,6 +115,7 @@ int Run(const sigset_t& stop_signals) {
       vault::LoadMacKey(storage.get(), wrapper.get(), vault::kAuditKeyPrefix),
       "audit key");
   const bool audit_key_created = audit_key.created;
+  const uint32_t audit_key_version = audit_key.version;
   vault::MacKey index_key =
       OrDie(vault::LoadMacKey(storage.get(), wrapper.get(),
                               vault::kPanIndexKeyPrefix),
@@ -154,17 +158,45 @@ int Run(const sigset_t& stop_signals) {
           {.chunk_records = cfg.keys().reencrypt_chunk_records(),
            .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds())}),
       "re-encryption job");
+  // Keys outside the data-key ring, for the inventory (never material).
+  std::vector<vault::KeyInfo> other_keys = {
+      {.id = absl::StrCat("kek/", wrapper->kek_label()),
+       .purpose = "key encryption",
+       .algorithm = "AES-256 in the HSM (sensitive, non-extractable)"}};
+  for (const auto& [prefix, purpose, version] :
+       {std::tuple{vault::kAuditKeyPrefix, "audit chain", audit_key_version},
+        std::tuple{vault::kPanIndexKeyPrefix, "PAN index", index_key.version},
+        std::tuple{vault::kFingerprintKeyPrefix, "fingerprint",
+                   fingerprint_key.version}}) {
+    other_keys.push_back({.id = vault::WrappedKeyId(prefix, version),
+                          .version = version,
+                          .purpose = purpose,
+                          .algorithm = "HMAC-SHA256"});
+  }
+  auto key_admin =
+      OrDie(vault::KeyAdmin::Create(
+                {.keys = keys.get(),
+                 .reencryptor = reencryptor.get(),
+                 .vault = vault.get(),
+                 .policy = &policy,
+                 .audit = audit_log.get(),
+                 .other_keys = std::move(other_keys)},
+                {.required_approvals = cfg.keys().required_approvals(),
+                 .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours())}),
+            "key administration");
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
   service::TokenVaultService token_vault(vault.get());
   service::AuditLogService audit_service(vault.get());
+  service::KeyAdminService key_admin_service(key_admin.get(), vault.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(cfg.listen_address(), credentials, &port);
   builder.RegisterService(&token_vault);
   builder.RegisterService(&audit_service);
+  builder.RegisterService(&key_admin_service);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(cfg.limits().max_request_bytes()));
   builder.SetSyncServerOption(
@@ -264,8 +296,9 @@ int Run(const sigset_t& stop_signals) {
         absl::Seconds(cfg.metrics().interval_seconds()));
   }
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
-  server->GetHealthCheckService()->SetServingStatus("cardvault.v1.AuditLog",
-                                                    true);
+  for (const char* name : {"cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"}) {
+    server->GetHealthCheckService()->SetServingStatus(name, true);
+  }
   util::LogInfo(absl::StrCat("data keys loaded: ", keys->size(),
                              ", primary version ", keys->primary_version()));
   std::printf("cardvaultd ready: TokenVault on %s (mutual TLS), port %d\n",

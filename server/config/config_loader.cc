@@ -79,6 +79,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "keys.max_encryptions_per_key must be at most 2^32");
   check(c.keys().reencrypt_chunk_records() <= 10000,
         "keys.reencrypt_chunk_records must be at most 10000");
+  check(c.keys().required_approvals() != 1,
+        "keys.required_approvals must be at least 2 (dual control)");
   check(c.tokens().cvv_ttl_seconds() <= 3600,
         "tokens.cvv_ttl_seconds must be at most 3600");
   check(c.tokens().max_batch_items() <= 10000,
@@ -121,6 +123,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   if (keys->reencrypt_chunk_records() == 0) {
     keys->set_reencrypt_chunk_records(kDefaultReencryptChunk);
   }
+  if (keys->required_approvals() == 0) keys->set_required_approvals(2);
+  if (keys->proposal_ttl_hours() == 0) keys->set_proposal_ttl_hours(24);
   auto* tokens = c.mutable_tokens();
   if (tokens->cvv_ttl_seconds() == 0) {
     tokens->set_cvv_ttl_seconds(kDefaultCvvTtlSeconds);

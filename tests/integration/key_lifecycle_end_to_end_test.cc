@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -40,6 +41,10 @@ class KeyLifecycleEndToEndTest : public ::testing::Test {
         "roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" }");
     env_->IssueClient("bulk-processor",
                       testing::TestEnv::Identity("bulk-processor"));
+    env_->IssueClient("admin2", testing::TestEnv::Identity("admin2"));
+    env_->AddToPolicy(
+        "bindings { identity: \"spiffe://cardvault.test/admin2\" "
+        "roles: ADMIN }");
     log_ = env_->dir() + "/server.log";
     port_ = testing::PickUnusedPort();
   }
@@ -179,6 +184,95 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringReencryptionLosesNoToken) {
   auto chain = Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(chain, IsOk());
   EXPECT_TRUE(chain->intact()) << chain->problem();
+}
+
+// Dual control over the wire: rotation by one admin, bulk re-encryption and
+// key destruction only with a second admin's approval, the CLI included.
+TEST_F(KeyLifecycleEndToEndTest, KeyAdminNeedsTwoAdminsForDestruction) {
+  Start();
+  auto pos = Client("pos");
+  std::vector<std::pair<std::string, std::string>> tokens;
+  for (const std::string& pan : testing::MakePans(50, 9)) {
+    v1::Card card;
+    card.set_pan(pan);
+    auto t = pos->Tokenize(card);
+    ASSERT_THAT(t, IsOk());
+    tokens.emplace_back(*t, pan);
+  }
+  auto admin = Client("admin");
+  auto admin2 = Client("admin2");
+  auto rotated = admin->RotateDataKey();
+  ASSERT_THAT(rotated, IsOk());
+  EXPECT_EQ(rotated->key_id(), "dek/00000002");
+  // Neither the processor nor the pos may touch keys; the auditor may look.
+  EXPECT_THAT(
+      Client("processor")->ListKeys(),
+      ::cardvault::testing::StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(
+      Client("pos")->RotateDataKey(),
+      ::cardvault::testing::StatusIs(absl::StatusCode::kPermissionDenied));
+  auto keys = Client("auditor")->ListKeys();
+  ASSERT_THAT(keys, IsOk());
+  std::map<std::string, std::string> states;
+  for (const auto& k : keys->keys()) states[k.id()] = k.state();
+  EXPECT_EQ(states["kek/cardvault-kek"], "active");
+  EXPECT_EQ(states["dek/00000001"], "decrypt-only");
+  EXPECT_EQ(states["dek/00000002"], "active");
+  EXPECT_EQ(states["audit-mac/00000001"], "active");
+  EXPECT_EQ(states.size(), 6u);
+
+  // Bulk re-encryption: proposed by one admin, executed by the second.
+  v1::ProposeOperationRequest reencrypt;
+  reencrypt.set_kind(v1::REENCRYPT_ALL);
+  reencrypt.set_reason("move records off dek/00000001");
+  auto op = admin->ProposeOperation(reencrypt);
+  ASSERT_THAT(op, IsOk());
+  EXPECT_THAT(
+      admin->ApproveOperation(op->id()),
+      ::cardvault::testing::StatusIs(absl::StatusCode::kFailedPrecondition));
+  auto done = admin2->ApproveOperation(op->id());
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->state(), v1::Operation::EXECUTED);
+
+  // Destruction through the CLI, with two identities.
+  const std::string cli =
+      absl::StrCat(CARDVAULT_CLI_PATH, " --pki_dir=", env_->dir(),
+                   "/pki --address=", server_->address());
+  const std::string out = env_->dir() + "/cli.out";
+  testing::RunOrDie(absl::StrCat(
+      cli, " keys propose --kind=destroy_data_key --key_version=1 ",
+      "--reason=retired >", out));
+  const std::string proposed = testing::ReadFileOrEmpty(out);
+  const size_t at = proposed.find("\"id\":\"");
+  ASSERT_NE(at, std::string::npos) << proposed;
+  const std::string id =
+      proposed.substr(at + 6, proposed.find('"', at + 6) - (at + 6));
+  testing::RunOrDie(absl::StrCat(
+      cli, " keys approve ", id, " --cert=", env_->pki("admin2.crt"),
+      " --key=", env_->pki("admin2.key"), " >", out));
+  EXPECT_THAT(testing::ReadFileOrEmpty(out),
+              ::testing::HasSubstr("\"state\":\"EXECUTED\""));
+  keys = admin->ListKeys();
+  ASSERT_THAT(keys, IsOk());
+  for (const auto& k : keys->keys()) states[k.id()] = k.state();
+  EXPECT_EQ(states["dek/00000001"], "destroyed");
+
+  // Every card is still there, under the new key.
+  auto processor = Client("processor");
+  for (const auto& [token, pan] : tokens) {
+    auto card = processor->Detokenize(token, "authorization");
+    ASSERT_THAT(card, IsOk());
+    EXPECT_EQ(card->pan(), pan);
+  }
+  // And it all survives a restart.
+  server_->Kill9();
+  Start();
+  keys = Client("auditor")->ListKeys();
+  ASSERT_THAT(keys, IsOk());
+  for (const auto& k : keys->keys()) states[k.id()] = k.state();
+  EXPECT_EQ(states["dek/00000001"], "destroyed");
+  EXPECT_THAT(Client("processor")->Detokenize(tokens[0].first, "refund"),
+              IsOk());
 }
 
 }  // namespace
