@@ -170,19 +170,30 @@ absl::StatusOr<std::unique_ptr<Pkcs11KeyWrapper>> Pkcs11KeyWrapper::Create(
     return s;
   }
   return std::unique_ptr<Pkcs11KeyWrapper>(
-      new Pkcs11KeyWrapper(pool, std::move(options), *kek, created));
+      new Pkcs11KeyWrapper(pool, std::move(options), created));
 }
 
 Pkcs11KeyWrapper::Pkcs11KeyWrapper(const SessionPool* pool, Options options,
-                                   CK_OBJECT_HANDLE kek, bool created_kek)
-    : pool_(pool),
-      options_(std::move(options)),
-      kek_(kek),
-      created_kek_(created_kek) {}
+                                   bool created_kek)
+    : pool_(pool), options_(std::move(options)), created_kek_(created_kek) {}
+
+absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11KeyWrapper::Kek(
+    const Session& session) const {
+  absl::StatusOr<CK_OBJECT_HANDLE> kek =
+      FindSecretKeyByLabel(session, options_.kek_label);
+  if (!kek.ok()) return kek.status();
+  if (absl::Status s = CheckKekAttributes(session, *kek, options_.kek_label);
+      !s.ok()) {
+    return s;
+  }
+  return kek;
+}
 
 absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   absl::StatusOr<Session> session = pool_->Acquire();
   if (!session.ok()) return session.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = Kek(*session);
+  if (!kek.ok()) return kek.status();
   CK_FUNCTION_LIST* f = session->functions();
   CK_ULONG value_len = kAes256KeyBytes;
   // A session object: sensitive (never readable) but extractable, so that it
@@ -211,7 +222,7 @@ absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   CK_MECHANISM wrap = WrapMechanism();
   CK_ULONG len = 0;
   if (absl::Status s =
-          CkRvToStatus(f->C_WrapKey(session->handle(), &wrap, kek_,
+          CkRvToStatus(f->C_WrapKey(session->handle(), &wrap, *kek,
                                     data_key.handle(), nullptr, &len),
                        "C_WrapKey");
       !s.ok()) {
@@ -219,7 +230,7 @@ absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   }
   std::string wrapped(len, '\0');
   if (absl::Status s = CkRvToStatus(
-          f->C_WrapKey(session->handle(), &wrap, kek_, data_key.handle(),
+          f->C_WrapKey(session->handle(), &wrap, *kek, data_key.handle(),
                        reinterpret_cast<CK_BYTE*>(wrapped.data()), &len),
           "C_WrapKey");
       !s.ok()) {
@@ -236,6 +247,8 @@ absl::StatusOr<crypto::SecretBytes> Pkcs11KeyWrapper::UnwrapDataKey(
   }
   absl::StatusOr<Session> session = pool_->Acquire();
   if (!session.ok()) return session.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = Kek(*session);
+  if (!kek.ok()) return kek.status();
   CK_FUNCTION_LIST* f = session->functions();
   // A transient session object, readable once so the host can hold the data
   // key in locked memory, then destroyed.
@@ -252,7 +265,7 @@ absl::StatusOr<crypto::SecretBytes> Pkcs11KeyWrapper::UnwrapDataKey(
   {
     absl::MutexLock lock(&key_creation_mu);
     if (absl::Status s = CkRvToStatus(
-            f->C_UnwrapKey(session->handle(), &wrap, kek_,
+            f->C_UnwrapKey(session->handle(), &wrap, *kek,
                            reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
                            wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
             "C_UnwrapKey");

@@ -47,12 +47,14 @@ class Pkcs11KeyWrapper : public KeyWrapper {
   bool created_kek() const { return created_kek_; }
 
  private:
-  Pkcs11KeyWrapper(const SessionPool* pool, Options options,
-                   CK_OBJECT_HANDLE kek, bool created_kek);
+  Pkcs11KeyWrapper(const SessionPool* pool, Options options, bool created_kek);
+  // The KEK's handle in `session`, found by label and checked each time:
+  // handles do not outlive a lost login, and a substituted object with the
+  // same label but weaker attributes is refused.
+  absl::StatusOr<CK_OBJECT_HANDLE> Kek(const Session& session) const;
 
   const SessionPool* const pool_;
   const Options options_;
-  const CK_OBJECT_HANDLE kek_;
   const bool created_kek_;
 };
 

@@ -36,6 +36,10 @@ class Pkcs11Token {
 
   const SessionPool* sessions() const { return sessions_.get(); }
 
+  // OK if a live, logged-in session can be had now; UNAVAILABLE (naming the
+  // PKCS#11 code) while the device fails. Heals the pool as a side effect.
+  absl::Status Probe() const { return sessions_->Acquire().status(); }
+
  private:
   Pkcs11Token(std::unique_ptr<Pkcs11Module> module,
               std::unique_ptr<SessionPool> sessions)

@@ -30,22 +30,37 @@ absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
   if (options.max_sessions == 0) {
     return absl::InvalidArgumentError("max_sessions must be at least 1");
   }
-  std::unique_ptr<SessionPool> pool(new SessionPool(module, slot, options));
+  crypto::SecretBytes locked(pin.view(), crypto::Protection::kLockedPages);
+  std::unique_ptr<SessionPool> pool(
+      new SessionPool(module, slot, std::move(locked), options));
+  // The first Acquire logs in; login applies to every session of this
+  // application on the token while one stays open.
   absl::StatusOr<Session> first = pool->Acquire();
   if (!first.ok()) return first.status();
-  // Login applies to every session of this application on the token; the
-  // pool keeps at least one session open so the login state persists.
-  CK_RV rv = module->functions()->C_Login(first->handle(), CKU_USER, pin.data(),
-                                          static_cast<CK_ULONG>(pin.size()));
-  if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-    return CkRvToStatus(rv, "C_Login");
-  }
   return pool;
 }
 
 SessionPool::SessionPool(const Pkcs11Module* module, CK_SLOT_ID slot,
-                         Options options)
-    : module_(module), slot_(slot), options_(options) {}
+                         crypto::SecretBytes pin, Options options)
+    : module_(module), slot_(slot), pin_(std::move(pin)), options_(options) {}
+
+absl::Status SessionPool::Check(CK_SESSION_HANDLE handle) const {
+  CK_FUNCTION_LIST* f = module_->functions();
+  CK_SESSION_INFO info;
+  if (absl::Status s =
+          CkRvToStatus(f->C_GetSessionInfo(handle, &info), "C_GetSessionInfo");
+      !s.ok()) {
+    return s;
+  }
+  if (info.state == CKS_RW_USER_FUNCTIONS ||
+      info.state == CKS_RO_USER_FUNCTIONS) {
+    return absl::OkStatus();
+  }
+  CK_RV rv = f->C_Login(handle, CKU_USER, const_cast<CK_UTF8CHAR*>(pin_.data()),
+                        static_cast<CK_ULONG>(pin_.size()));
+  if (rv == CKR_USER_ALREADY_LOGGED_IN) return absl::OkStatus();
+  return CkRvToStatus(rv, "C_Login");
+}
 
 SessionPool::~SessionPool() {
   absl::MutexLock lock(&mu_);
@@ -55,6 +70,7 @@ SessionPool::~SessionPool() {
 }
 
 absl::StatusOr<Session> SessionPool::Acquire() const {
+  CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
   {
     absl::MutexLock lock(&mu_);
     auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -65,21 +81,30 @@ absl::StatusOr<Session> SessionPool::Acquire() const {
       return absl::UnavailableError("no PKCS#11 session free in time");
     }
     if (!idle_.empty()) {
-      CK_SESSION_HANDLE h = idle_.back();
+      h = idle_.back();
       idle_.pop_back();
-      return Session(const_cast<SessionPool*>(this), h);
+    } else {
+      ++open_;  // reserve the slot; open outside the lock
     }
-    ++open_;  // reserve the slot; open outside the lock
   }
-  CK_SESSION_HANDLE handle = CK_INVALID_HANDLE;
-  CK_RV rv = module_->functions()->C_OpenSession(
-      slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &handle);
-  if (rv != CKR_OK) {
+  CK_FUNCTION_LIST* f = module_->functions();
+  if (h == CK_INVALID_HANDLE) {
+    CK_RV rv = f->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                nullptr, nullptr, &h);
+    if (rv != CKR_OK) {
+      absl::MutexLock lock(&mu_);
+      --open_;
+      return CkRvToStatus(rv, "C_OpenSession");
+    }
+  }
+  if (absl::Status s = Check(h); !s.ok()) {
+    // A dead session is dropped, not returned: the next Acquire opens anew.
+    (void)f->C_CloseSession(h);
     absl::MutexLock lock(&mu_);
     --open_;
-    return CkRvToStatus(rv, "C_OpenSession");
+    return s;
   }
-  return Session(const_cast<SessionPool*>(this), handle);
+  return Session(const_cast<SessionPool*>(this), h);
 }
 
 void SessionPool::Release(CK_SESSION_HANDLE handle) const {

@@ -53,8 +53,9 @@ class SessionPool {
     absl::Duration acquire_timeout = absl::Seconds(10);
   };
 
-  // Opens the first session on `slot` and logs in as CKU_USER with `pin`,
-  // which is wiped when this returns. `module` must outlive the pool.
+  // Opens the first session on `slot` and logs in as CKU_USER with `pin`.
+  // The PIN is kept in locked, non-dumpable memory to log in again after
+  // the device dropped every session. `module` must outlive the pool.
   static absl::StatusOr<std::unique_ptr<SessionPool>> Create(
       const Pkcs11Module* module, CK_SLOT_ID slot, crypto::SecretBytes pin,
       Options options);
@@ -64,17 +65,25 @@ class SessionPool {
   // Logs out and closes every session. No Session may outlive the pool.
   ~SessionPool();
 
+  // A live, logged-in session: an idle one that still answers
+  // C_GetSessionInfo, or a new one (logged in again if the token forgot
+  // the login). Dead sessions are closed and dropped, so the pool heals
+  // once the device is back. UNAVAILABLE while the device fails.
   absl::StatusOr<Session> Acquire() const;
 
   CK_FUNCTION_LIST* functions() const { return module_->functions(); }
 
  private:
   friend class Session;
-  SessionPool(const Pkcs11Module* module, CK_SLOT_ID slot, Options options);
+  SessionPool(const Pkcs11Module* module, CK_SLOT_ID slot,
+              crypto::SecretBytes pin, Options options);
   void Release(CK_SESSION_HANDLE handle) const;
+  // Whether `handle` answers and is logged in (logging it in if needed).
+  absl::Status Check(CK_SESSION_HANDLE handle) const;
 
   const Pkcs11Module* const module_;
   const CK_SLOT_ID slot_;
+  const crypto::SecretBytes pin_;
   const Options options_;
   mutable absl::Mutex mu_;
   mutable std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(mu_);

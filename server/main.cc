@@ -29,6 +29,7 @@
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
 #include "server/service/audit_log_service.h"
+#include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
@@ -299,6 +300,11 @@ int Run(const sigset_t& stop_signals) {
   for (const char* name : {"cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"}) {
     server->GetHealthCheckService()->SetServingStatus(name, true);
   }
+  // The HSM is watched from now on: health follows it.
+  service::HsmHealthMonitor hsm_monitor(
+      [&token] { return token->Probe(); }, server->GetHealthCheckService(),
+      {"", kServiceName, "cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"},
+      {.interval = absl::Seconds(cfg.hsm().health_check_interval_seconds())});
   util::LogInfo(absl::StrCat("data keys loaded: ", keys->size(),
                              ", primary version ", keys->primary_version()));
   std::printf("cardvaultd ready: TokenVault on %s (mutual TLS), port %d\n",

@@ -100,6 +100,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   auto* hsm = c.mutable_hsm();
   if (hsm->kek_label().empty()) hsm->set_kek_label("cardvault-kek");
   if (hsm->max_sessions() == 0) hsm->set_max_sessions(kDefaultMaxSessions);
+  if (hsm->health_check_interval_seconds() == 0) {
+    hsm->set_health_check_interval_seconds(5);
+  }
   if (c.policy().reload_interval_seconds() == 0) {
     c.mutable_policy()->set_reload_interval_seconds(
         kDefaultPolicyReloadSeconds);

@@ -170,8 +170,9 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     int status = 0;
     if (waitpid(pid, &status, WNOHANG) == pid) {
       server->pid_ = -1;
-      return absl::FailedPreconditionError(
-          absl::StrCat("cardvaultd exited during start-up:\n", log));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cardvaultd exited during start-up with exit status ",
+          WIFEXITED(status) ? WEXITSTATUS(status) : -1, ":\n", log));
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
