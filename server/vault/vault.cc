@@ -123,11 +123,10 @@ absl::StatusOr<Tokenized> Vault::Tokenize(const auth::Caller& caller, Card card,
 
 absl::StatusOr<std::vector<absl::StatusOr<Tokenized>>> Vault::TokenizeBatch(
     const auth::Caller& caller, std::vector<TokenizeRequest> requests) const {
-  if (requests.empty() || requests.size() > options_.max_batch_items) {
-    return Record(
-        NewEvent(caller, v1::TOKENIZE, kTokenizeBatchRpc),
-        absl::InvalidArgumentError(absl::StrCat(
-            "a batch holds 1 to ", options_.max_batch_items, " requests")));
+  if (absl::Status s =
+          CheckBatch(caller, auth::Permission::kTokenize, requests.size());
+      !s.ok()) {
+    return Record(NewEvent(caller, v1::TOKENIZE, kTokenizeBatchRpc), s);
   }
   return TokenizeAll(caller, requests, kTokenizeBatchRpc);
 }
@@ -451,11 +450,10 @@ absl::StatusOr<Detokenized> Vault::Detokenize(const auth::Caller& caller,
 absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
     const auth::Caller& caller,
     const std::vector<DetokenizeRequest>& requests) const {
-  if (requests.empty() || requests.size() > options_.max_batch_items) {
-    return Record(
-        NewEvent(caller, v1::DETOKENIZE, kDetokenizeBatchRpc),
-        absl::InvalidArgumentError(absl::StrCat(
-            "a batch holds 1 to ", options_.max_batch_items, " requests")));
+  if (absl::Status s =
+          CheckBatch(caller, auth::Permission::kDetokenize, requests.size());
+      !s.ok()) {
+    return Record(NewEvent(caller, v1::DETOKENIZE, kDetokenizeBatchRpc), s);
   }
   return DetokenizeAll(caller, requests, kDetokenizeBatchRpc);
 }
@@ -535,6 +533,21 @@ std::vector<absl::StatusOr<Detokenized>> Vault::DetokenizeAll(
     }
   }
   return results;
+}
+
+absl::Status Vault::CheckBatch(const auth::Caller& caller,
+                               auth::Permission permission,
+                               size_t items) const {
+  // A caller without the role learns nothing about its items.
+  if (absl::Status s = deps_.policy->Current()->Check(caller, permission);
+      !s.ok()) {
+    return s;
+  }
+  if (items == 0 || items > options_.max_batch_items) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a batch holds 1 to ", options_.max_batch_items, " requests"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Vault::CheckTokenCall(const auth::AccessPolicy& policy,

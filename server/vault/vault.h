@@ -165,7 +165,8 @@ class Vault {
 
   // Tokenizes every request, one result each in order, with one durable
   // write for the batch (more only when a write condition conflicts).
-  // INVALID_ARGUMENT for an empty batch or one over max_batch_items.
+  // PERMISSION_DENIED without the tokenizer role; INVALID_ARGUMENT for an
+  // empty batch or one over max_batch_items.
   absl::StatusOr<std::vector<absl::StatusOr<Tokenized>>> TokenizeBatch(
       const auth::Caller& caller, std::vector<TokenizeRequest> requests) const;
 
@@ -255,6 +256,9 @@ class Vault {
   absl::Status Record(audit::AuditEvent event,
                       const absl::Status& status) const;
 
+  // A batch call's own checks: the role, then 1 to max_batch_items items.
+  absl::Status CheckBatch(const auth::Caller& caller,
+                          auth::Permission permission, size_t items) const;
   // The checks every call about one token makes first: the caller's
   // `permission`, then the token's form (recorded in `event`).
   absl::Status CheckTokenCall(const auth::AccessPolicy& policy,

@@ -160,25 +160,41 @@ struct Access {
   Code detokenize;
   Code list_events;
   Code verify_chain;
+  Code token_info;
+  Code delete_token;
+  Code tokenize_batch;
+  Code detokenize_batch;
+  Code list_keys;
+  Code list_operations;
 };
 
 // Deny by default: every identity x every RPC, in one table.
 constexpr Code kOk = Code::kOk;
 constexpr Code kDenied = Code::kPermissionDenied;
+constexpr Code kNoId = Code::kUnauthenticated;
+// Columns: Tokenize, Detokenize, ListEvents, VerifyChain, GetTokenInfo,
+// DeleteToken, TokenizeBatch, DetokenizeBatch, ListKeys, ListOperations.
 constexpr Access kAccessMatrix[] = {
-    {"pos", kOk, kDenied, kDenied, kDenied},
-    {"processor", kDenied, kOk, kDenied, kDenied},
-    {"auditor", kDenied, kDenied, kOk, kOk},
-    {"admin", kDenied, kDenied, kDenied, kDenied},
-    {"stranger", kDenied, kDenied, kDenied, kDenied},
-    {"cn-only", kDenied, kDenied, kDenied, kDenied},
+    {"pos", kOk, kDenied, kDenied, kDenied, kOk, kOk, kOk, kDenied, kDenied,
+     kDenied},
+    {"processor", kDenied, kOk, kDenied, kDenied, kDenied, kDenied, kDenied,
+     kOk, kDenied, kDenied},
+    {"auditor", kDenied, kDenied, kOk, kOk, kOk, kDenied, kDenied, kDenied, kOk,
+     kOk},
+    {"admin", kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied,
+     kDenied, kOk, kOk},
+    {"stranger", kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied,
+     kDenied, kDenied, kDenied},
+    {"cn-only", kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied,
+     kDenied, kDenied, kDenied},
     // No URI SAN: the CN is the identity (the policy allows CN identities),
     // and this one is a tokenizer.
-    {"cn-tokenizer", kOk, kDenied, kDenied, kDenied},
+    {"cn-tokenizer", kOk, kDenied, kDenied, kDenied, kOk, kOk, kOk, kDenied,
+     kDenied, kDenied},
     // Several URI SANs: no single identity, so nothing is served, even though
     // one of them is the pos identity.
-    {"two-uris", Code::kUnauthenticated, Code::kUnauthenticated,
-     Code::kUnauthenticated, Code::kUnauthenticated},
+    {"two-uris", kNoId, kNoId, kNoId, kNoId, kNoId, kNoId, kNoId, kNoId, kNoId,
+     kNoId},
 };
 
 TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
@@ -195,6 +211,19 @@ TEST_F(EndToEndTest, EachIdentityHasOnlyItsRolesRights) {
                                         [](const v1::AuditEvent&) {}),
                 StatusIs(a.list_events));
     EXPECT_THAT(client->VerifyAuditChain(), StatusIs(a.verify_chain));
+    EXPECT_THAT(client->GetTokenInfo(token), StatusIs(a.token_info));
+    // An unknown token: deleting it changes nothing for the next rows.
+    EXPECT_THAT(client->DeleteToken("tok_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
+                StatusIs(a.delete_token));
+    v1::TokenizeBatchRequest tbatch;
+    *tbatch.add_requests()->mutable_card() = CardFor("5555555555554444", 1);
+    EXPECT_THAT(client->TokenizeBatch(tbatch), StatusIs(a.tokenize_batch));
+    v1::DetokenizeBatchRequest dbatch;
+    dbatch.add_requests()->set_token(token);
+    dbatch.mutable_requests(0)->set_purpose("authorization");
+    EXPECT_THAT(client->DetokenizeBatch(dbatch), StatusIs(a.detokenize_batch));
+    EXPECT_THAT(client->ListKeys(), StatusIs(a.list_keys));
+    EXPECT_THAT(client->ListOperations(), StatusIs(a.list_operations));
   }
 }
 
