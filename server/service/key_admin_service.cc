@@ -26,6 +26,7 @@ void ToProto(const vault::KeyInfo& k, pb::KeyInfo* out) {
                         out->mutable_cryptoperiod_end_time());
   }
   out->set_encryptions(k.encryptions);
+  out->set_new_records(k.new_records);
   out->set_records(k.records);
 }
 

@@ -12,6 +12,14 @@ std::string DataKeyId(uint32_t version) {
   return WrappedKeyId(kDataKeyPrefix, version);
 }
 
+std::string EncryptionsCounterId(uint32_t version) {
+  return DataKeyId(version);
+}
+
+std::string NewRecordsCounterId(uint32_t version) {
+  return DataKeyId(version) + "/new-records";
+}
+
 absl::string_view KeyStateName(KeyState state) {
   switch (state) {
     case KeyState::kActive:
@@ -73,8 +81,10 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     e.cryptoperiod_end = s.cryptoperiod_end;
     e.destroyed = s.destroyed;
     e.record = std::move(s.record);
-    auto use = uses->find(DataKeyId(version));
+    auto use = uses->find(EncryptionsCounterId(version));
     if (use != uses->end()) e.encryptions = use->second;
+    auto fresh = uses->find(NewRecordsCounterId(version));
+    if (fresh != uses->end()) e.new_records = fresh->second;
     if (!s.destroyed) {
       absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
           crypto::AesGcm::Create(std::move(s.key));
@@ -134,8 +144,8 @@ KeyRing::Lease::~Lease() {
   if (ring_ != nullptr) ring_->Release(version_);
 }
 
-absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary(
-    uint64_t encryptions) const {
+absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary(uint64_t encryptions,
+                                                     Use use) const {
   absl::MutexLock lock(&mu_);
   Entry& e = keys_.at(primary_);
   if (e.encryptions + encryptions > kMaxGcmEncryptionsPerKey) {
@@ -143,6 +153,7 @@ absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary(
         "data key reached its encryption limit and no new key is available");
   }
   e.encryptions += encryptions;
+  if (use == Use::kNewRecords) e.new_records += encryptions;
   ++e.leases;
   return Lease(this, primary_, e.key);
 }
@@ -181,7 +192,7 @@ bool KeyRing::PrimaryDue() const {
   const absl::Time now = options_.now();
   absl::ReaderMutexLock lock(&mu_);
   const Entry& e = keys_.at(primary_);
-  return e.encryptions >= options_.max_encryptions_per_key ||
+  return e.new_records >= options_.max_encryptions_per_key ||
          now >= e.cryptoperiod_end;
 }
 
@@ -284,6 +295,7 @@ std::vector<KeyInfo> KeyRing::Inventory() const {
     info.created = e.created;
     info.cryptoperiod_end = e.cryptoperiod_end;
     info.encryptions = e.encryptions;
+    info.new_records = e.new_records;
     info.records = e.records;
     out.push_back(std::move(info));
   }

@@ -20,9 +20,9 @@
 // primary reaches its encryption limit (at most 2^32 under random 96-bit GCM
 // nonces, NIST SP 800-38D) or the end of its cryptoperiod. Encryptions are
 // counted durably in the same write as the records (KeyStore::KeyUses).
-// The configured limit makes new traffic rotate; re-encryption may take the
-// primary past it (it must, to gather every record under one key), never
-// past the hard bound of 2^32.
+// The configured limit counts new records only, so that moving old records
+// (re-encryption) never triggers a rotation that would make them move again;
+// every encryption counts against the hard bound of 2^32.
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_VAULT_KEY_RING_H_
@@ -55,6 +55,11 @@ inline constexpr uint64_t kMaxGcmEncryptionsPerKey = uint64_t{1} << 32;
 // Key id under which the wrapped DEK of `version` is stored.
 std::string DataKeyId(uint32_t version);
 
+// Use-counter ids of a data key (KeyStore::KeyUses): every encryption, and
+// encryptions of new records (re-encryptions excluded).
+std::string EncryptionsCounterId(uint32_t version);
+std::string NewRecordsCounterId(uint32_t version);
+
 // An HMAC key of one purpose (audit chain, PAN index, fingerprint): the
 // highest version stored under `prefix` (see wrapped_keys.h), created in the
 // HSM and stored wrapped on first start.
@@ -80,6 +85,7 @@ struct KeyInfo {
   absl::Time created = absl::InfinitePast();  // unknown for early keys
   absl::Time cryptoperiod_end = absl::InfiniteFuture();
   uint64_t encryptions = 0;
+  uint64_t new_records = 0;  // encryptions of new records only
   // Records under the key at the last re-encryption pass (-1: not counted).
   int64_t records = -1;
 };
@@ -133,10 +139,15 @@ class KeyRing {
     uint32_t version_;
     std::shared_ptr<const crypto::AesGcm> key_;
   };
+  // Whether a lease seals new records (counted against the configured
+  // limit) or re-encrypts existing ones (counted against the hard bound).
+  enum class Use { kNewRecords, kReencryption };
+
   // The primary for `encryptions` encryptions. UNAVAILABLE if that would
   // pass the hard limit of 2^32 (a rotation is overdue: the HSM could not
   // make a new key).
-  absl::StatusOr<Lease> LeasePrimary(uint64_t encryptions = 1) const;
+  absl::StatusOr<Lease> LeasePrimary(uint64_t encryptions = 1,
+                                     Use use = Use::kNewRecords) const;
 
   uint32_t primary_version() const;
 
@@ -180,6 +191,7 @@ class KeyRing {
     absl::Time created = absl::InfinitePast();
     absl::Time cryptoperiod_end = absl::InfiniteFuture();
     uint64_t encryptions = 0;
+    uint64_t new_records = 0;
     int leases = 0;
     int64_t records = -1;
     bool destroyed = false;

@@ -129,7 +129,8 @@ absl::Status Reencryptor::ReencryptChunk(
     stale.emplace_back(i, *std::move(opened));
   }
   if (stale.empty()) return absl::OkStatus();
-  absl::StatusOr<KeyRing::Lease> lease = keys_->LeasePrimary(stale.size());
+  absl::StatusOr<KeyRing::Lease> lease =
+      keys_->LeasePrimary(stale.size(), KeyRing::Use::kReencryption);
   if (!lease.ok()) return lease.status();
   audit::Mutation mutation;
   std::map<uint32_t, uint64_t> moved_from;
@@ -145,7 +146,8 @@ absl::Status Reencryptor::ReencryptChunk(
     mutation.writes.push_back(
         {storage::Table::kTokens, token, *std::move(resealed)});
   }
-  mutation.key_uses.push_back({DataKeyId(lease->version()), stale.size()});
+  mutation.key_uses.push_back(
+      {EncryptionsCounterId(lease->version()), stale.size()});
   audit::AuditEvent event;
   const int64_t ms = absl::ToUnixMillis(absl::Now());
   event.mutable_event_time()->set_seconds(ms / 1000);

@@ -340,7 +340,10 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
       {storage::Table::kTokens, token, std::nullopt});
   entry.mutation.writes.push_back(
       {storage::Table::kTokens, token, *std::move(record)});
-  entry.mutation.key_uses.push_back({DataKeyId(header.key_version), 1});
+  entry.mutation.key_uses.push_back(
+      {EncryptionsCounterId(header.key_version), 1});
+  entry.mutation.key_uses.push_back(
+      {NewRecordsCounterId(header.key_version), 1});
   if (w.deterministic) {
     entry.mutation.conditions.push_back(
         {storage::Table::kPanIndex, w.index_key, index_seen});
