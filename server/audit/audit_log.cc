@@ -11,6 +11,20 @@
 #include "server/util/log.h"
 
 namespace cardvault::audit {
+
+void SetEventTime(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t ms = absl::ToUnixMillis(t);
+  out->set_seconds(ms / 1000);
+  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
+}
+
+AuditEvent ServerEvent(::cardvault::v1::EventType type, absl::Time now) {
+  AuditEvent event;
+  SetEventTime(now, event.mutable_event_time());
+  event.set_event_type(type);
+  event.set_identity(std::string(kServerIdentity));
+  return event;
+}
 namespace {
 
 constexpr absl::string_view kMacLabel = "cardvault/audit-record";
@@ -333,13 +347,7 @@ absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
   writes.audit_anchor = std::move(anchor);
   if (absl::Status s = store_->Commit(writes); !s.ok()) return s;
   const uint64_t first_kept = through + 1;
-  AuditEvent event;
-  const int64_t now_ms = absl::ToUnixMillis(now);
-  event.mutable_event_time()->set_seconds(now_ms / 1000);
-  event.mutable_event_time()->set_nanos(
-      static_cast<int32_t>(now_ms % 1000 * 1000000));
-  event.set_event_type(v1::AUDIT_PURGE);
-  event.set_identity("cardvaultd");
+  AuditEvent event = ServerEvent(v1::AUDIT_PURGE, now);
   event.set_detail(absl::StrCat("purged audit records 1..", through,
                                 " (older than the retention period); chain "
                                 "anchored, first kept ",

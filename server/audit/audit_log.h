@@ -63,6 +63,15 @@ namespace cardvault::audit {
 
 using AuditEvent = ::cardvault::v1::AuditEvent;
 
+// The identity recorded for what the server does on its own.
+inline constexpr absl::string_view kServerIdentity = "cardvaultd";
+
+// Writes `t`, to the millisecond, into an event's timestamp.
+void SetEventTime(absl::Time t, google::protobuf::Timestamp* out);
+
+// An event of `type` done by the server itself at `now`.
+AuditEvent ServerEvent(::cardvault::v1::EventType type, absl::Time now);
+
 inline constexpr uint8_t kAuditRecordFormatV1 = 0x01;
 inline constexpr size_t kAuditRecordHeaderBytes = 1 + 4 + 32;
 inline constexpr size_t kMaxAuditEventBytes = 4096;

@@ -14,6 +14,11 @@
 namespace cardvault::service {
 namespace {
 
+absl::Status UnknownFieldsError(absl::string_view where) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, " has fields this server does not accept"));
+}
+
 // "<8 random hex digits of this process>-<counter>": unique per process and
 // unguessable across restarts, without a per-request CSPRNG call.
 std::string NextRequestId() {
@@ -57,6 +62,22 @@ auth::Caller UnidentifiedCaller(const grpc::ServerContextBase& context) {
   auth::Caller caller;
   caller.peer = context.peer();
   caller.request_id = NextRequestId();
+  return caller;
+}
+
+absl::StatusOr<auth::Caller> IdentifyCaller(
+    const vault::Vault& vault, const grpc::ServerContextBase& context,
+    ::cardvault::v1::EventType type, absl::string_view rpc,
+    bool has_unknown_fields) {
+  absl::StatusOr<auth::Caller> caller = CallerOf(context);
+  if (!caller.ok()) {
+    return vault.RecordRejected(UnidentifiedCaller(context), type, rpc,
+                                caller.status());
+  }
+  if (has_unknown_fields) {
+    return vault.RecordRejected(*caller, type, rpc,
+                                UnknownFieldsError("request"));
+  }
   return caller;
 }
 

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/auth/access_policy.h"
+#include "server/vault/vault.h"
 
 namespace cardvault::service {
 
@@ -16,6 +17,13 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context);
 // The caller of a call that has no usable identity (peer and request id
 // only), for the audit record of its refusal.
 auth::Caller UnidentifiedCaller(const grpc::ServerContextBase& context);
+
+// The verified caller of a call whose request holds only known fields;
+// otherwise the refusal, recorded in the audit trail under `type` and `rpc`.
+absl::StatusOr<auth::Caller> IdentifyCaller(
+    const vault::Vault& vault, const grpc::ServerContextBase& context,
+    ::cardvault::v1::EventType type, absl::string_view rpc,
+    bool has_unknown_fields = false);
 
 }  // namespace cardvault::service
 

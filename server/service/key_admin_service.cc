@@ -19,10 +19,10 @@ void ToProto(const vault::KeyInfo& k, pb::KeyInfo* out) {
   out->set_algorithm(k.algorithm);
   out->set_state(std::string(vault::KeyStateName(k.state)));
   if (k.created != absl::InfinitePast()) {
-    vault::SetTimestamp(k.created, out->mutable_create_time());
+    audit::SetEventTime(k.created, out->mutable_create_time());
   }
   if (k.cryptoperiod_end != absl::InfiniteFuture()) {
-    vault::SetTimestamp(k.cryptoperiod_end,
+    audit::SetEventTime(k.cryptoperiod_end,
                         out->mutable_cryptoperiod_end_time());
   }
   out->set_encryptions(k.encryptions);
@@ -58,27 +58,18 @@ void ToProto(const vault::Operation& op, pb::Operation* out) {
   for (const std::string& a : op.approvers) out->add_approvers(a);
   out->set_required_approvals(op.required_approvals);
   out->set_state(StateToProto(op.state));
-  vault::SetTimestamp(op.proposed, out->mutable_propose_time());
-  vault::SetTimestamp(op.expires, out->mutable_expire_time());
+  audit::SetEventTime(op.proposed, out->mutable_propose_time());
+  audit::SetEventTime(op.expires, out->mutable_expire_time());
   out->set_outcome(op.outcome);
 }
 
 }  // namespace
 
-absl::StatusOr<auth::Caller> KeyAdminService::Identify(
-    const grpc::ServerContext& context, absl::string_view rpc) const {
-  absl::StatusOr<auth::Caller> caller = CallerOf(context);
-  if (!caller.ok()) {
-    return vault_->RecordRejected(UnidentifiedCaller(context), pb::KEY_ADMIN,
-                                  rpc, caller.status());
-  }
-  return caller;
-}
-
 grpc::Status KeyAdminService::ListKeys(grpc::ServerContext* context,
                                        const pb::ListKeysRequest*,
                                        pb::ListKeysResponse* response) {
-  absl::StatusOr<auth::Caller> caller = Identify(*context, vault::kListKeysRpc);
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN, vault::kListKeysRpc);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto keys = admin_->ListKeys(*caller);
   if (!keys.ok()) return ToGrpcStatus(keys.status());
@@ -89,8 +80,8 @@ grpc::Status KeyAdminService::ListKeys(grpc::ServerContext* context,
 grpc::Status KeyAdminService::RotateDataKey(
     grpc::ServerContext* context, const pb::RotateDataKeyRequest*,
     pb::RotateDataKeyResponse* response) {
-  absl::StatusOr<auth::Caller> caller =
-      Identify(*context, vault::kRotateDataKeyRpc);
+  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
+      *vault_, *context, pb::KEY_ADMIN, vault::kRotateDataKeyRpc);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   absl::StatusOr<uint32_t> version = admin_->RotateDataKey(*caller);
   if (!version.ok()) return ToGrpcStatus(version.status());
@@ -101,8 +92,8 @@ grpc::Status KeyAdminService::RotateDataKey(
 grpc::Status KeyAdminService::ProposeOperation(
     grpc::ServerContext* context, const pb::ProposeOperationRequest* request,
     pb::Operation* response) {
-  absl::StatusOr<auth::Caller> caller =
-      Identify(*context, vault::kProposeOperationRpc);
+  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
+      *vault_, *context, pb::KEY_ADMIN, vault::kProposeOperationRpc);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   vault::OperationKind kind;
   switch (request->kind()) {
@@ -125,8 +116,8 @@ grpc::Status KeyAdminService::ProposeOperation(
 grpc::Status KeyAdminService::ApproveOperation(
     grpc::ServerContext* context, const pb::ApproveOperationRequest* request,
     pb::Operation* response) {
-  absl::StatusOr<auth::Caller> caller =
-      Identify(*context, vault::kApproveOperationRpc);
+  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
+      *vault_, *context, pb::KEY_ADMIN, vault::kApproveOperationRpc);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto op = admin_->Approve(*caller, request->operation_id());
   if (!op.ok()) return ToGrpcStatus(op.status());
@@ -137,8 +128,8 @@ grpc::Status KeyAdminService::ApproveOperation(
 grpc::Status KeyAdminService::ListOperations(
     grpc::ServerContext* context, const pb::ListOperationsRequest*,
     pb::ListOperationsResponse* response) {
-  absl::StatusOr<auth::Caller> caller =
-      Identify(*context, vault::kListOperationsRpc);
+  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
+      *vault_, *context, pb::KEY_ADMIN, vault::kListOperationsRpc);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto ops = admin_->ListOperations(*caller);
   if (!ops.ok()) return ToGrpcStatus(ops.status());

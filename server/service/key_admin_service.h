@@ -38,10 +38,6 @@ class KeyAdminService final : public ::cardvault::v1::KeyAdmin::Service {
       ::cardvault::v1::ListOperationsResponse* response) override;
 
  private:
-  // The verified caller, or the (recorded) refusal.
-  absl::StatusOr<auth::Caller> Identify(const grpc::ServerContext& context,
-                                        absl::string_view rpc) const;
-
   const vault::KeyAdmin* const admin_;
   const vault::Vault* const vault_;
 };

@@ -25,11 +25,6 @@ bool HasUnknownFields(const pb::TokenizeRequest& r) {
          HasUnknownFields(r.card()) || HasUnknownFields(r.ttl());
 }
 
-absl::Status UnknownFieldsError(absl::string_view where) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(where, " has fields this server does not accept"));
-}
-
 vault::TokenFormat FormatFromProto(pb::TokenFormat format) {
   switch (format) {
     case pb::TOKEN_FORMAT_UNSPECIFIED:
@@ -167,32 +162,14 @@ grpc::Status Finish(absl::string_view rpc, const auth::Caller* caller,
   return ToGrpcStatus(status);
 }
 
-// The verified caller of a call whose request holds only known fields;
-// otherwise the refusal, recorded in the audit trail.
-absl::StatusOr<auth::Caller> Identify(const vault::Vault& vault,
-                                      const grpc::ServerContext& context,
-                                      pb::EventType type, absl::string_view rpc,
-                                      bool has_unknown_fields) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(context);
-  if (!caller.ok()) {
-    return vault.RecordRejected(UnidentifiedCaller(context), type, rpc,
-                                caller.status());
-  }
-  if (has_unknown_fields) {
-    return vault.RecordRejected(*caller, type, rpc,
-                                UnknownFieldsError("request"));
-  }
-  return caller;
-}
-
 }  // namespace
 
 grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
                                          const pb::TokenizeRequest* request,
                                          pb::TokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      Identify(*vault_, *context, pb::TOKENIZE, vault::kTokenizeRpc,
-               HasUnknownFields(*request));
+      IdentifyCaller(*vault_, *context, pb::TOKENIZE, vault::kTokenizeRpc,
+                     HasUnknownFields(*request));
   if (!caller.ok()) return Finish("Tokenize", nullptr, caller.status());
   absl::StatusOr<vault::Tokenized> token =
       vault_->Tokenize(*caller, FromProto(*request));
@@ -205,8 +182,8 @@ grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
                                            const pb::DetokenizeRequest* request,
                                            pb::DetokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      Identify(*vault_, *context, pb::DETOKENIZE, vault::kDetokenizeRpc,
-               HasUnknownFields(*request));
+      IdentifyCaller(*vault_, *context, pb::DETOKENIZE, vault::kDetokenizeRpc,
+                     HasUnknownFields(*request));
   if (!caller.ok()) return Finish("Detokenize", nullptr, caller.status());
   absl::StatusOr<vault::Detokenized> card =
       vault_->Detokenize(*caller, request->token(), request->purpose());
@@ -219,8 +196,8 @@ grpc::Status TokenVaultService::TokenizeBatch(
     grpc::ServerContext* context, const pb::TokenizeBatchRequest* request,
     pb::TokenizeBatchResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      Identify(*vault_, *context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
-               BatchHasUnknownFields(*request));
+      IdentifyCaller(*vault_, *context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
+                     BatchHasUnknownFields(*request));
   if (!caller.ok()) return Finish("TokenizeBatch", nullptr, caller.status());
   std::vector<vault::TokenizeRequest> requests;
   requests.reserve(request->requests_size());
@@ -238,9 +215,9 @@ grpc::Status TokenVaultService::TokenizeBatch(
 grpc::Status TokenVaultService::DetokenizeBatch(
     grpc::ServerContext* context, const pb::DetokenizeBatchRequest* request,
     pb::DetokenizeBatchResponse* response) {
-  absl::StatusOr<auth::Caller> caller =
-      Identify(*vault_, *context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
-               BatchHasUnknownFields(*request));
+  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
+      *vault_, *context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
+      BatchHasUnknownFields(*request));
   if (!caller.ok()) return Finish("DetokenizeBatch", nullptr, caller.status());
   std::vector<vault::DetokenizeRequest> requests;
   requests.reserve(request->requests_size());
@@ -259,8 +236,8 @@ grpc::Status TokenVaultService::GetTokenInfo(
     grpc::ServerContext* context, const pb::GetTokenInfoRequest* request,
     pb::TokenInfo* response) {
   absl::StatusOr<auth::Caller> caller =
-      Identify(*vault_, *context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
-               HasUnknownFields(*request));
+      IdentifyCaller(*vault_, *context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
+                     HasUnknownFields(*request));
   if (!caller.ok()) return Finish("GetTokenInfo", nullptr, caller.status());
   absl::StatusOr<vault::TokenInfo> info =
       vault_->GetTokenInfo(*caller, request->token());
@@ -286,8 +263,8 @@ grpc::Status TokenVaultService::DeleteToken(
     grpc::ServerContext* context, const pb::DeleteTokenRequest* request,
     pb::DeleteTokenResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      Identify(*vault_, *context, pb::DELETE_TOKEN, vault::kDeleteTokenRpc,
-               HasUnknownFields(*request));
+      IdentifyCaller(*vault_, *context, pb::DELETE_TOKEN,
+                     vault::kDeleteTokenRpc, HasUnknownFields(*request));
   if (!caller.ok()) return Finish("DeleteToken", nullptr, caller.status());
   absl::StatusOr<bool> deleted = vault_->DeleteToken(*caller, request->token());
   if (!deleted.ok()) return Finish("DeleteToken", &*caller, deleted.status());

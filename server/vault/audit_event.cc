@@ -4,17 +4,11 @@
 
 namespace cardvault::vault {
 
-void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
-  const int64_t ms = absl::ToUnixMillis(t);
-  out->set_seconds(ms / 1000);
-  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
-}
-
 audit::AuditEvent CallerEvent(const auth::Caller& caller,
                               ::cardvault::v1::EventType type,
                               absl::string_view rpc, absl::Time now) {
   audit::AuditEvent e;
-  SetTimestamp(now, e.mutable_event_time());
+  audit::SetEventTime(now, e.mutable_event_time());
   e.set_event_type(type);
   e.set_rpc(std::string(rpc));
   e.set_identity(caller.identity);

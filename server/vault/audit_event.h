@@ -18,9 +18,6 @@ audit::AuditEvent CallerEvent(const auth::Caller& caller,
 // Sets the event's outcome to `status` (code and message).
 void SetOutcome(const absl::Status& status, audit::AuditEvent* event);
 
-// Writes `t` (milliseconds) into a protobuf timestamp.
-void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out);
-
 }  // namespace cardvault::vault
 
 #endif  // CARDVAULT_SERVER_VAULT_AUDIT_EVENT_H_

@@ -219,7 +219,7 @@ absl::Status KeyAdmin::Execute(const Operation& op) const {
       break;
   }
   auth::Caller executor;
-  executor.identity = "cardvaultd";
+  executor.identity = std::string(audit::kServerIdentity);
   (void)Record(executor, "",
                absl::StrCat("executed ", Describe(op), ", approved by ",
                             absl::StrJoin(op.approvers, ", ")),

@@ -148,13 +148,7 @@ absl::Status Reencryptor::ReencryptChunk(
   }
   mutation.key_uses.push_back(
       {EncryptionsCounterId(lease->version()), stale.size()});
-  audit::AuditEvent event;
-  const int64_t ms = absl::ToUnixMillis(absl::Now());
-  event.mutable_event_time()->set_seconds(ms / 1000);
-  event.mutable_event_time()->set_nanos(
-      static_cast<int32_t>(ms % 1000 * 1000000));
-  event.set_event_type(v1::KEY_EVENT);
-  event.set_identity("cardvaultd");
+  audit::AuditEvent event = audit::ServerEvent(v1::KEY_EVENT, absl::Now());
   std::string from;
   for (const auto& [v, n] : moved_from) {
     absl::StrAppend(&from, from.empty() ? "" : ", ", n, " from ", DataKeyId(v));

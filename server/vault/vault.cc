@@ -70,9 +70,7 @@ audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
 }
 
 audit::AuditEvent Vault::ServerEvent(EventType type) const {
-  auth::Caller server;
-  server.identity = "cardvaultd";
-  return NewEvent(server, type, "");
+  return audit::ServerEvent(type, options_.now());
 }
 
 absl::Status Vault::Record(audit::AuditEvent event,
