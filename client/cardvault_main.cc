@@ -10,7 +10,7 @@
 //                         --since=RFC3339 --until=RFC3339 --max_events=N]
 //   cardvault audit verify
 //   cardvault keys list|operations|rotate
-//   cardvault keys propose --kind=destroy_data_key|reencrypt_all
+//   cardvault keys propose --kind=destroy_data_key|reencrypt_all|rotate_kek
 //       [--key_version=N] --reason=TEXT
 //   cardvault keys approve OPERATION_ID
 //
@@ -70,7 +70,7 @@ ABSL_FLAG(std::string, since, "", "audit list: from this RFC 3339 time.");
 ABSL_FLAG(std::string, until, "", "audit list: before this RFC 3339 time.");
 ABSL_FLAG(uint32_t, max_events, 0, "audit list: at most this many events.");
 ABSL_FLAG(std::string, kind, "",
-          "keys propose: destroy_data_key or reencrypt_all.");
+          "keys propose: destroy_data_key, reencrypt_all or rotate_kek.");
 ABSL_FLAG(uint32_t, key_version, 0,
           "keys propose: the data key version (destroy_data_key).");
 ABSL_FLAG(std::string, reason, "", "keys propose: why, for the audit trail.");
@@ -250,9 +250,11 @@ int Keys(const std::vector<char*>& args) {
       request.set_kind(cardvault::v1::DESTROY_DATA_KEY);
     } else if (kind == "reencrypt_all") {
       request.set_kind(cardvault::v1::REENCRYPT_ALL);
+    } else if (kind == "rotate_kek") {
+      request.set_kind(cardvault::v1::ROTATE_KEK);
     } else {
       return Fail(absl::InvalidArgumentError(
-          "--kind must be destroy_data_key or reencrypt_all"));
+          "--kind must be destroy_data_key, reencrypt_all or rotate_kek"));
     }
     request.set_key_version(absl::GetFlag(FLAGS_key_version));
     request.set_reason(absl::GetFlag(FLAGS_reason));

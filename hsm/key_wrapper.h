@@ -1,4 +1,7 @@
-// Data-key custody backed by a key-encryption key that never leaves the HSM.
+// Key custody in the HSM: key-encryption keys (KEKs) that never leave it,
+// and keys below them that leave it only wrapped. Which KEK is current is
+// the caller's business (vault/kek_manager.h): every call names its KEK by
+// CKA_LABEL.
 //
 // Thread safety: implementations are thread-safe.
 #ifndef CARDVAULT_HSM_KEY_WRAPPER_H_
@@ -6,6 +9,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "server/crypto/secret_bytes.h"
@@ -16,16 +20,32 @@ class KeyWrapper {
  public:
   virtual ~KeyWrapper() = default;
 
-  // Generates a fresh AES-256 data key inside the HSM and returns it only in
-  // wrapped form (under the KEK); the plain key never leaves the HSM here.
-  virtual absl::StatusOr<std::string> GenerateWrappedDataKey() const = 0;
+  // Generates a fresh 256-bit key inside the HSM and returns it only wrapped
+  // under the KEK `kek`; the plain key never leaves the HSM here.
+  virtual absl::StatusOr<std::string> GenerateWrappedKey(
+      absl::string_view kek) const = 0;
 
-  // Unwraps `wrapped` into locked, wiped-on-release host memory.
-  virtual absl::StatusOr<crypto::SecretBytes> UnwrapDataKey(
-      absl::string_view wrapped) const = 0;
+  // Unwraps `wrapped` (made under `kek`) into locked, wiped-on-release host
+  // memory.
+  virtual absl::StatusOr<crypto::SecretBytes> UnwrapKey(
+      absl::string_view kek, absl::string_view wrapped) const = 0;
 
-  // Label of the KEK, recorded beside every wrapped key.
-  virtual absl::string_view kek_label() const = 0;
+  // Unwraps `wrapped` under `from` and wraps it again under `to`, inside the
+  // HSM: the key is never in host memory (KEK rotation).
+  virtual absl::StatusOr<std::string> RewrapKey(absl::string_view from,
+                                                absl::string_view wrapped,
+                                                absl::string_view to) const = 0;
+
+  // OK if the KEK `label` exists and is fit for use (AES-256, sensitive,
+  // non-extractable, wrap and unwrap only); NOT_FOUND if the token has none;
+  // FAILED_PRECONDITION if it is weaker or ambiguous.
+  virtual absl::Status CheckKek(absl::string_view label) const = 0;
+
+  // Generates the KEK `label` in the HSM unless it exists; then CheckKek.
+  virtual absl::Status CreateKek(absl::string_view label) const = 0;
+
+  // Destroys the KEK `label` in the HSM; OK if there is none.
+  virtual absl::Status DestroyKek(absl::string_view label) const = 0;
 };
 
 }  // namespace cardvault::hsm

@@ -149,52 +149,120 @@ absl::StatusOr<CK_OBJECT_HANDLE> FindSecretKeyByLabel(const Session& session,
   return found[0];
 }
 
-absl::StatusOr<std::unique_ptr<Pkcs11KeyWrapper>> Pkcs11KeyWrapper::Create(
-    const SessionPool* pool, Options options) {
-  if (options.kek_label.empty()) {
-    return absl::InvalidArgumentError("KEK label must not be empty");
-  }
-  absl::StatusOr<Session> session = pool->Acquire();
-  if (!session.ok()) return session.status();
-  absl::MutexLock lock(&key_creation_mu);
-  absl::StatusOr<CK_OBJECT_HANDLE> kek =
-      FindSecretKeyByLabel(*session, options.kek_label);
-  bool created = false;
-  if (absl::IsNotFound(kek.status()) && options.create_kek_if_missing) {
-    kek = GenerateKek(*session, options.kek_label);
-    created = kek.ok();
-  }
-  if (!kek.ok()) return kek.status();
-  if (absl::Status s = CheckKekAttributes(*session, *kek, options.kek_label);
-      !s.ok()) {
-    return s;
-  }
-  return std::unique_ptr<Pkcs11KeyWrapper>(
-      new Pkcs11KeyWrapper(pool, std::move(options), created));
-}
+namespace {
 
-Pkcs11KeyWrapper::Pkcs11KeyWrapper(const SessionPool* pool, Options options,
-                                   bool created_kek)
-    : pool_(pool), options_(std::move(options)), created_kek_(created_kek) {}
-
-absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11KeyWrapper::Kek(
-    const Session& session) const {
-  absl::StatusOr<CK_OBJECT_HANDLE> kek =
-      FindSecretKeyByLabel(session, options_.kek_label);
+// The KEK labelled `label` in `session`, found and checked.
+absl::StatusOr<CK_OBJECT_HANDLE> FindKek(const Session& session,
+                                         absl::string_view label) {
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = FindSecretKeyByLabel(session, label);
   if (!kek.ok()) return kek.status();
-  if (absl::Status s = CheckKekAttributes(session, *kek, options_.kek_label);
-      !s.ok()) {
+  if (absl::Status s = CheckKekAttributes(session, *kek, label); !s.ok()) {
     return s;
   }
   return kek;
 }
 
-absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
+// Wraps the key `handle` under `kek`.
+absl::StatusOr<std::string> Wrap(const Session& session, CK_OBJECT_HANDLE kek,
+                                 CK_OBJECT_HANDLE handle) {
+  CK_FUNCTION_LIST* f = session.functions();
+  CK_MECHANISM wrap = WrapMechanism();
+  CK_ULONG len = 0;
+  if (absl::Status s = CkRvToStatus(
+          f->C_WrapKey(session.handle(), &wrap, kek, handle, nullptr, &len),
+          "C_WrapKey");
+      !s.ok()) {
+    return s;
+  }
+  std::string wrapped(len, '\0');
+  if (absl::Status s = CkRvToStatus(
+          f->C_WrapKey(session.handle(), &wrap, kek, handle,
+                       reinterpret_cast<CK_BYTE*>(wrapped.data()), &len),
+          "C_WrapKey");
+      !s.ok()) {
+    return s;
+  }
+  wrapped.resize(len);
+  return wrapped;
+}
+
+// Unwraps `wrapped` under `kek` into a session object with the attributes
+// `readable` chooses: readable once by the host (and then destroyed), or
+// sensitive and usable only to be wrapped again.
+absl::StatusOr<CK_OBJECT_HANDLE> Unwrap(const Session& session,
+                                        CK_OBJECT_HANDLE kek,
+                                        absl::string_view wrapped,
+                                        bool readable) {
+  if (wrapped.empty() || wrapped.size() > kMaxWrappedKeyBytes) {
+    return absl::InvalidArgumentError("wrapped key has an impossible length");
+  }
+  CK_BBOOL sensitive = readable ? CK_FALSE : CK_TRUE;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &kSecretKeyClass, sizeof(kSecretKeyClass)},
+      {CKA_KEY_TYPE, &kAesKeyType, sizeof(kAesKeyType)},
+      {CKA_TOKEN, &kFalse, sizeof(kFalse)},
+      {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+      {CKA_EXTRACTABLE, &kTrue, sizeof(kTrue)},
+  };
+  std::string wrapped_copy(wrapped);
+  CK_MECHANISM wrap = WrapMechanism();
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  absl::MutexLock lock(&key_creation_mu);
+  if (absl::Status s =
+          CkRvToStatus(session.functions()->C_UnwrapKey(
+                           session.handle(), &wrap, kek,
+                           reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
+                           wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
+                       "C_UnwrapKey");
+      !s.ok()) {
+    return s;
+  }
+  return handle;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Pkcs11KeyWrapper>> Pkcs11KeyWrapper::Create(
+    const SessionPool* pool) {
+  if (pool == nullptr) return absl::InvalidArgumentError("no session pool");
+  return std::unique_ptr<Pkcs11KeyWrapper>(new Pkcs11KeyWrapper(pool));
+}
+
+absl::Status Pkcs11KeyWrapper::CheckKek(absl::string_view label) const {
   absl::StatusOr<Session> session = pool_->Acquire();
   if (!session.ok()) return session.status();
-  absl::StatusOr<CK_OBJECT_HANDLE> kek = Kek(*session);
+  return FindKek(*session, label).status();
+}
+
+absl::Status Pkcs11KeyWrapper::CreateKek(absl::string_view label) const {
+  if (label.empty()) return absl::InvalidArgumentError("empty KEK label");
+  absl::StatusOr<Session> session = pool_->Acquire();
+  if (!session.ok()) return session.status();
+  absl::MutexLock lock(&key_creation_mu);
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = FindSecretKeyByLabel(*session, label);
+  if (absl::IsNotFound(kek.status())) kek = GenerateKek(*session, label);
   if (!kek.ok()) return kek.status();
-  CK_FUNCTION_LIST* f = session->functions();
+  return CheckKekAttributes(*session, *kek, label);
+}
+
+absl::Status Pkcs11KeyWrapper::DestroyKek(absl::string_view label) const {
+  absl::StatusOr<Session> session = pool_->Acquire();
+  if (!session.ok()) return session.status();
+  absl::MutexLock lock(&key_creation_mu);
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = FindSecretKeyByLabel(*session, label);
+  if (absl::IsNotFound(kek.status())) return absl::OkStatus();
+  if (!kek.ok()) return kek.status();
+  return CkRvToStatus(
+      session->functions()->C_DestroyObject(session->handle(), *kek),
+      "C_DestroyObject(KEK)");
+}
+
+absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedKey(
+    absl::string_view kek_label) const {
+  absl::StatusOr<Session> session = pool_->Acquire();
+  if (!session.ok()) return session.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = FindKek(*session, kek_label);
+  if (!kek.ok()) return kek.status();
   CK_ULONG value_len = kAes256KeyBytes;
   // A session object: sensitive (never readable) but extractable, so that it
   // can leave the HSM only wrapped under the KEK.
@@ -210,83 +278,57 @@ absl::StatusOr<std::string> Pkcs11KeyWrapper::GenerateWrappedDataKey() const {
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
   {
     absl::MutexLock lock(&key_creation_mu);
-    if (absl::Status s =
-            CkRvToStatus(f->C_GenerateKey(session->handle(), &gen, tmpl,
-                                          std::size(tmpl), &handle),
-                         "C_GenerateKey(data key)");
+    if (absl::Status s = CkRvToStatus(
+            session->functions()->C_GenerateKey(session->handle(), &gen, tmpl,
+                                                std::size(tmpl), &handle),
+            "C_GenerateKey(data key)");
         !s.ok()) {
       return s;
     }
   }
-  SessionObject data_key(*session, handle);
-  CK_MECHANISM wrap = WrapMechanism();
-  CK_ULONG len = 0;
-  if (absl::Status s =
-          CkRvToStatus(f->C_WrapKey(session->handle(), &wrap, *kek,
-                                    data_key.handle(), nullptr, &len),
-                       "C_WrapKey");
-      !s.ok()) {
-    return s;
-  }
-  std::string wrapped(len, '\0');
-  if (absl::Status s = CkRvToStatus(
-          f->C_WrapKey(session->handle(), &wrap, *kek, data_key.handle(),
-                       reinterpret_cast<CK_BYTE*>(wrapped.data()), &len),
-          "C_WrapKey");
-      !s.ok()) {
-    return s;
-  }
-  wrapped.resize(len);
-  return wrapped;
+  SessionObject key(*session, handle);
+  return Wrap(*session, *kek, key.handle());
 }
 
-absl::StatusOr<crypto::SecretBytes> Pkcs11KeyWrapper::UnwrapDataKey(
-    absl::string_view wrapped) const {
-  if (wrapped.empty() || wrapped.size() > kMaxWrappedKeyBytes) {
-    return absl::InvalidArgumentError("wrapped key has an impossible length");
-  }
+absl::StatusOr<crypto::SecretBytes> Pkcs11KeyWrapper::UnwrapKey(
+    absl::string_view kek_label, absl::string_view wrapped) const {
   absl::StatusOr<Session> session = pool_->Acquire();
   if (!session.ok()) return session.status();
-  absl::StatusOr<CK_OBJECT_HANDLE> kek = Kek(*session);
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = FindKek(*session, kek_label);
   if (!kek.ok()) return kek.status();
-  CK_FUNCTION_LIST* f = session->functions();
-  // A transient session object, readable once so the host can hold the data
-  // key in locked memory, then destroyed.
-  CK_ATTRIBUTE tmpl[] = {
-      {CKA_CLASS, &kSecretKeyClass, sizeof(kSecretKeyClass)},
-      {CKA_KEY_TYPE, &kAesKeyType, sizeof(kAesKeyType)},
-      {CKA_TOKEN, &kFalse, sizeof(kFalse)},
-      {CKA_SENSITIVE, &kFalse, sizeof(kFalse)},
-      {CKA_EXTRACTABLE, &kTrue, sizeof(kTrue)},
-  };
-  std::string wrapped_copy(wrapped);
-  CK_MECHANISM wrap = WrapMechanism();
-  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  {
-    absl::MutexLock lock(&key_creation_mu);
-    if (absl::Status s = CkRvToStatus(
-            f->C_UnwrapKey(session->handle(), &wrap, *kek,
-                           reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
-                           wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
-            "C_UnwrapKey");
-        !s.ok()) {
-      return s;
-    }
-  }
-  SessionObject data_key(*session, handle);
+  absl::StatusOr<CK_OBJECT_HANDLE> handle =
+      Unwrap(*session, *kek, wrapped, /*readable=*/true);
+  if (!handle.ok()) return handle.status();
+  SessionObject key(*session, *handle);
   crypto::SecretBytes value(kAes256KeyBytes, crypto::Protection::kLockedPages);
   CK_ATTRIBUTE read = {CKA_VALUE, value.data(), value.size()};
   if (absl::Status s =
-          CkRvToStatus(f->C_GetAttributeValue(session->handle(),
-                                              data_key.handle(), &read, 1),
-                       "C_GetAttributeValue(data key)");
+          CkRvToStatus(session->functions()->C_GetAttributeValue(
+                           session->handle(), key.handle(), &read, 1),
+                       "C_GetAttributeValue(unwrapped key)");
       !s.ok()) {
     return s;
   }
   if (read.ulValueLen != kAes256KeyBytes) {
-    return absl::InvalidArgumentError("unwrapped data key is not AES-256");
+    return absl::InvalidArgumentError("unwrapped key is not 256 bits");
   }
   return value;
+}
+
+absl::StatusOr<std::string> Pkcs11KeyWrapper::RewrapKey(
+    absl::string_view from, absl::string_view wrapped,
+    absl::string_view to) const {
+  absl::StatusOr<Session> session = pool_->Acquire();
+  if (!session.ok()) return session.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> from_kek = FindKek(*session, from);
+  if (!from_kek.ok()) return from_kek.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> to_kek = FindKek(*session, to);
+  if (!to_kek.ok()) return to_kek.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> handle =
+      Unwrap(*session, *from_kek, wrapped, /*readable=*/false);
+  if (!handle.ok()) return handle.status();
+  SessionObject key(*session, *handle);
+  return Wrap(*session, *to_kek, key.handle());
 }
 
 }  // namespace cardvault::hsm

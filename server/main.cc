@@ -39,6 +39,7 @@
 #include "server/util/process_hardening.h"
 #include "server/vault/cvv_cache.h"
 #include "server/vault/index_entry.h"
+#include "server/vault/kek_manager.h"
 #include "server/vault/key_admin.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/reencryptor.h"
@@ -91,39 +92,39 @@ int Run(const sigset_t& stop_signals) {
                              OrDie(config::ReadHsmPin(cfg.hsm()), "HSM PIN")),
       "HSM");
   auto wrapper =
-      OrDie(hsm::Pkcs11KeyWrapper::Create(
-                token->sessions(),
-                {.kek_label = cfg.hsm().kek_label(),
-                 .create_kek_if_missing = cfg.hsm().create_kek_if_missing()}),
-            "HSM key-encryption key");
+      OrDie(hsm::Pkcs11KeyWrapper::Create(token->sessions()), "HSM wrapper");
   // Expired token data is dropped by compaction (see rocksdb_storage.h).
   auto storage =
       OrDie(storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir(),
                                            .expiry_of = vault::StoredExpiry}),
             "storage");
+  // Completes (or rolls back) a KEK rotation a crash interrupted.
+  vault::KekManager::OpenReport kek_report;
+  auto kek = OrDie(vault::KekManager::Open(
+                       storage.get(), wrapper.get(),
+                       {.initial_label = cfg.hsm().kek_label(),
+                        .create_if_missing = cfg.hsm().create_kek_if_missing()},
+                       &kek_report),
+                   "HSM key-encryption key");
   bool created_data_key = false;
   vault::KeyRing::Options key_options;
   key_options.max_encryptions_per_key = cfg.keys().max_encryptions_per_key();
   key_options.cryptoperiod = absl::Hours(24 * cfg.keys().cryptoperiod_days());
-  auto keys = OrDie(vault::KeyRing::Load(storage.get(), wrapper.get(),
-                                         key_options, &created_data_key),
-                    "data keys");
+  auto keys =
+      OrDie(vault::KeyRing::Load(kek.get(), key_options, &created_data_key),
+            "data keys");
   const std::string policy_text =
       OrDie(config::ReadTextFile(cfg.policy().file(), "policy file"), "policy");
   auth::PolicyHolder policy(
       OrDie(config::ParsePolicy(policy_text, cfg.policy().file()), "policy"));
-  vault::MacKey audit_key = OrDie(
-      vault::LoadMacKey(storage.get(), wrapper.get(), vault::kAuditKeyPrefix),
-      "audit key");
+  vault::MacKey audit_key =
+      OrDie(vault::LoadMacKey(kek.get(), vault::kAuditKeyPrefix), "audit key");
   const bool audit_key_created = audit_key.created;
   const uint32_t audit_key_version = audit_key.version;
-  vault::MacKey index_key =
-      OrDie(vault::LoadMacKey(storage.get(), wrapper.get(),
-                              vault::kPanIndexKeyPrefix),
-            "PAN index key");
+  vault::MacKey index_key = OrDie(
+      vault::LoadMacKey(kek.get(), vault::kPanIndexKeyPrefix), "PAN index key");
   vault::MacKey fingerprint_key =
-      OrDie(vault::LoadMacKey(storage.get(), wrapper.get(),
-                              vault::kFingerprintKeyPrefix),
+      OrDie(vault::LoadMacKey(kek.get(), vault::kFingerprintKeyPrefix),
             "fingerprint key");
   auto cvv_cache =
       OrDie(vault::CvvCache::Create(
@@ -160,10 +161,7 @@ int Run(const sigset_t& stop_signals) {
            .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds())}),
       "re-encryption job");
   // Keys outside the data-key ring, for the inventory (never material).
-  std::vector<vault::KeyInfo> other_keys = {
-      {.id = absl::StrCat("kek/", wrapper->kek_label()),
-       .purpose = "key encryption",
-       .algorithm = "AES-256 in the HSM (sensitive, non-extractable)"}};
+  std::vector<vault::KeyInfo> other_keys;
   for (const auto& [prefix, purpose, version] :
        {std::tuple{vault::kAuditKeyPrefix, "audit chain", audit_key_version},
         std::tuple{vault::kPanIndexKeyPrefix, "PAN index", index_key.version},
@@ -177,6 +175,7 @@ int Run(const sigset_t& stop_signals) {
   auto key_admin =
       OrDie(vault::KeyAdmin::Create(
                 {.keys = keys.get(),
+                 .kek = kek.get(),
                  .reencryptor = reencryptor.get(),
                  .vault = vault.get(),
                  .policy = &policy,
@@ -216,32 +215,39 @@ int Run(const sigset_t& stop_signals) {
   }
   // Keys made on this start (first start of a vault) go into the trail; the
   // audit key itself is recorded once the trail it protects exists.
-  const std::string kek = std::string(wrapper->kek_label());
+  const std::string& kek_label = kek_report.kek_label;
   for (const auto& [created, detail] :
-       {std::pair{wrapper->created_kek(),
-                  absl::StrCat("created KEK \"", kek,
+       {std::pair{kek_report.created_kek,
+                  absl::StrCat("created KEK \"", kek_label,
                                "\" in the HSM: AES-256, sensitive, "
                                "non-extractable")},
+        std::pair{kek_report.resumed,
+                  absl::StrCat("completed the KEK rotation a stop "
+                               "interrupted: every key is wrapped under \"",
+                               kek_label, "\", the old KEK destroyed")},
+        std::pair{kek_report.rolled_back,
+                  std::string("destroyed an unused KEK a stopped rotation "
+                              "left in the HSM (rotation rolled back)")},
         std::pair{created_data_key,
                   absl::StrCat("created data key ", vault::DataKeyId(1),
                                ": AES-256 generated in the HSM, stored "
                                "wrapped under KEK \"",
-                               kek, "\"")},
+                               kek_label, "\"")},
         std::pair{audit_key_created,
                   absl::StrCat("created audit key audit-mac/00000001: 256 "
                                "bits generated in the HSM, stored wrapped "
                                "under KEK \"",
-                               kek, "\"")},
+                               kek_label, "\"")},
         std::pair{index_key.created,
                   absl::StrCat("created PAN index key pan-index/00000001: "
                                "256 bits generated in the HSM, stored "
                                "wrapped under KEK \"",
-                               kek, "\"")},
+                               kek_label, "\"")},
         std::pair{fingerprint_key.created,
                   absl::StrCat("created fingerprint key "
                                "fingerprint/00000001: 256 bits generated in "
                                "the HSM, stored wrapped under KEK \"",
-                               kek, "\"")}}) {
+                               kek_label, "\"")}}) {
     if (created && !vault->RecordKeyEvent(detail).ok()) {
       util::LogError("cannot record a key event in the audit trail");
       return 1;

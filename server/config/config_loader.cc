@@ -65,7 +65,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   check(c.hsm().pin_source_case() !=
             ::cardvault::config::v1::HsmConfig::PIN_SOURCE_NOT_SET,
         "hsm.pin_file or hsm.pin_env is required");
-  check(c.hsm().kek_label().size() <= 64, "hsm.kek_label is over 64 bytes");
+  check(c.hsm().kek_label().size() <= 55,
+        "hsm.kek_label is over 55 bytes (rotated KEKs add 9)");
   check(c.hsm().max_sessions() <= 64, "hsm.max_sessions must be at most 64");
   check(c.has_storage() && !c.storage().data_dir().empty(),
         "storage.data_dir is required");

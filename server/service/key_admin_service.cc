@@ -31,8 +31,15 @@ void ToProto(const vault::KeyInfo& k, pb::KeyInfo* out) {
 }
 
 pb::OperationKind KindToProto(vault::OperationKind kind) {
-  return kind == vault::OperationKind::kDestroyDataKey ? pb::DESTROY_DATA_KEY
-                                                       : pb::REENCRYPT_ALL;
+  switch (kind) {
+    case vault::OperationKind::kDestroyDataKey:
+      return pb::DESTROY_DATA_KEY;
+    case vault::OperationKind::kReencryptAll:
+      return pb::REENCRYPT_ALL;
+    case vault::OperationKind::kRotateKek:
+      return pb::ROTATE_KEK;
+  }
+  return pb::OPERATION_KIND_UNSPECIFIED;
 }
 
 pb::Operation::State StateToProto(vault::OperationState state) {
@@ -102,6 +109,9 @@ grpc::Status KeyAdminService::ProposeOperation(
       break;
     case pb::REENCRYPT_ALL:
       kind = vault::OperationKind::kReencryptAll;
+      break;
+    case pb::ROTATE_KEK:
+      kind = vault::OperationKind::kRotateKek;
       break;
     default:
       kind = static_cast<vault::OperationKind>(0);  // refused by KeyAdmin

@@ -3,7 +3,6 @@
 #include <filesystem>
 #include <system_error>
 
-#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/convenience.h"
@@ -160,19 +159,6 @@ rocksdb::ColumnFamilyHandle* RocksDbStorage::HandleOf(Table table) const {
   return tables_[static_cast<size_t>(table)];
 }
 
-absl::Status RocksDbStorage::InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
-                                            absl::string_view key,
-                                            absl::string_view value) const {
-  absl::MutexLock lock(&stripes_[absl::HashOf(key) % kLockStripes]);
-  std::string existing;
-  rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), cf, ToSlice(key), &existing);
-  if (s.ok()) return absl::AlreadyExistsError("key already present");
-  if (!s.IsNotFound()) return FromRocksDb(s, "get");
-  return FromRocksDb(db_->Put(DurableWrite(), cf, ToSlice(key), ToSlice(value)),
-                     "put");
-}
-
 absl::StatusOr<std::string> RocksDbStorage::Get(Table table,
                                                 absl::string_view key) const {
   std::string value;
@@ -261,9 +247,14 @@ absl::Status RocksDbStorage::ScanAudit(
   return FromRocksDb(it->status(), "scan audit");
 }
 
-absl::Status RocksDbStorage::InsertKey(absl::string_view key_id,
-                                       absl::string_view record) const {
-  return InsertIfAbsent(keys_, key_id, record);
+absl::StatusOr<std::string> RocksDbStorage::GetKey(
+    absl::string_view key_id) const {
+  std::string value;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), keys_, ToSlice(key_id), &value);
+  if (s.IsNotFound()) return absl::NotFoundError("no such key record");
+  if (!s.ok()) return FromRocksDb(s, "get key");
+  return value;
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
@@ -278,19 +269,30 @@ RocksDbStorage::ListKeys() const {
   return out;
 }
 
-absl::Status RocksDbStorage::ReplaceKey(absl::string_view key_id,
-                                        absl::string_view expected,
-                                        absl::string_view record) const {
-  absl::MutexLock lock(&stripes_[absl::HashOf(key_id) % kLockStripes]);
-  std::string current;
-  rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), keys_, ToSlice(key_id), &current);
-  if (!s.ok() && !s.IsNotFound()) return FromRocksDb(s, "get");
-  if (s.IsNotFound() || current != expected) {
-    return absl::FailedPreconditionError("key record changed");
+absl::Status RocksDbStorage::UpdateKeys(
+    const std::vector<KeyUpdate>& updates) const {
+  absl::MutexLock lock(&keys_mu_);
+  rocksdb::WriteBatch batch;
+  for (const KeyUpdate& u : updates) {
+    std::string current;
+    rocksdb::Status s =
+        db_->Get(rocksdb::ReadOptions(), keys_, ToSlice(u.key_id), &current);
+    if (!s.ok() && !s.IsNotFound()) return FromRocksDb(s, "get key");
+    const bool holds = u.expected.has_value() ? s.ok() && current == *u.expected
+                                              : s.IsNotFound();
+    if (!holds) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("key record ", u.key_id, " changed"));
+    }
+    if (u.record.has_value()) {
+      if (rocksdb::Status p =
+              batch.Put(keys_, ToSlice(u.key_id), ToSlice(*u.record));
+          !p.ok()) {
+        return FromRocksDb(p, "batch");
+      }
+    }
   }
-  return FromRocksDb(
-      db_->Put(DurableWrite(), keys_, ToSlice(key_id), ToSlice(record)), "put");
+  return FromRocksDb(db_->Write(DurableWrite(), &batch), "write keys");
 }
 
 absl::StatusOr<std::map<std::string, uint64_t>> RocksDbStorage::KeyUses()

@@ -67,12 +67,10 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(
       Table table, absl::string_view start_after, size_t limit) const override;
 
-  absl::Status InsertKey(absl::string_view key_id,
-                         absl::string_view record) const override;
+  absl::StatusOr<std::string> GetKey(absl::string_view key_id) const override;
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListKeys()
       const override;
-  absl::Status ReplaceKey(absl::string_view key_id, absl::string_view expected,
-                          absl::string_view record) const override;
+  absl::Status UpdateKeys(const std::vector<KeyUpdate>& updates) const override;
   absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const override;
 
   absl::Status Commit(const WriteSet& writes) const override;
@@ -91,19 +89,12 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   absl::Status CompactTokenData() const;
 
  private:
-  // Insert-if-absent (keys) is a read then a write; a lock stripe per key
-  // hash makes it atomic without serialising unrelated inserts.
-  static constexpr size_t kLockStripes = 64;
-
   using CfHandle = std::unique_ptr<rocksdb::ColumnFamilyHandle>;
   class ExpiryFilter;
   RocksDbStorage(std::vector<std::unique_ptr<ExpiryFilter>> filters,
                  std::unique_ptr<rocksdb::DB> db,
                  std::vector<CfHandle> handles);
   rocksdb::ColumnFamilyHandle* HandleOf(Table table) const;
-  absl::Status InsertIfAbsent(rocksdb::ColumnFamilyHandle* cf,
-                              absl::string_view key,
-                              absl::string_view value) const;
 
   // Outlive the database, which calls them from compaction threads.
   std::vector<std::unique_ptr<ExpiryFilter>> filters_;
@@ -114,7 +105,9 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   rocksdb::ColumnFamilyHandle* keys_;
   rocksdb::ColumnFamilyHandle* key_usage_;
   rocksdb::ColumnFamilyHandle* audit_;
-  mutable std::array<absl::Mutex, kLockStripes> stripes_;
+  // Key updates are reads then a write, and rare: one lock makes each
+  // atomic against every other.
+  mutable absl::Mutex keys_mu_;
 };
 
 }  // namespace cardvault::storage

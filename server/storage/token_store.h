@@ -92,30 +92,66 @@ class AuditStore {
       const std::function<bool(uint64_t, absl::string_view)>& visit) const = 0;
 };
 
-// Key id -> wrapped key record.
+// One compare-and-set step of KeyStore::UpdateKeys.
+struct KeyUpdate {
+  std::string key_id;
+  // What the record must be now; nullopt = there must be none.
+  std::optional<std::string> expected;
+  // What it becomes; nullopt = only checked (a fence, e.g. the KEK state).
+  std::optional<std::string> record;
+};
+
+// Key id -> wrapped key record (and the KEK state, vault/kek_manager.h).
 class KeyStore {
  public:
   virtual ~KeyStore() = default;
 
-  // Stores `record` under `key_id` durably; ALREADY_EXISTS if taken (keys are
-  // never overwritten).
-  virtual absl::Status InsertKey(absl::string_view key_id,
-                                 absl::string_view record) const = 0;
+  // The record under `key_id`; NOT_FOUND if none.
+  virtual absl::StatusOr<std::string> GetKey(
+      absl::string_view key_id) const = 0;
 
   // Every (key id, record) pair, in key id order.
   virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
   ListKeys() const = 0;
 
+  // Applies every update in one durable write if every `expected` holds,
+  // else changes nothing and returns FAILED_PRECONDITION. Serialised with
+  // all other key writes, so a rewrap of every key under a new KEK and the
+  // KEK state that names it land together or not at all.
+  virtual absl::Status UpdateKeys(
+      const std::vector<KeyUpdate>& updates) const = 0;
+
+  // Stores `record` under `key_id` durably; ALREADY_EXISTS if taken (keys are
+  // never overwritten).
+  absl::Status InsertKey(absl::string_view key_id,
+                         absl::string_view record) const;
+
   // Replaces the record under `key_id` durably if it is still `expected`
-  // (FAILED_PRECONDITION otherwise): a destroyed key's tombstone, a key
-  // rewrapped under a new KEK.
-  virtual absl::Status ReplaceKey(absl::string_view key_id,
-                                  absl::string_view expected,
-                                  absl::string_view record) const = 0;
+  // (FAILED_PRECONDITION otherwise), e.g. with a destroyed key's tombstone.
+  absl::Status ReplaceKey(absl::string_view key_id, absl::string_view expected,
+                          absl::string_view record) const;
 
   // Encryptions counted under each key id so far (WriteSet::key_uses).
   virtual absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const = 0;
 };
+
+inline absl::Status KeyStore::InsertKey(absl::string_view key_id,
+                                        absl::string_view record) const {
+  absl::Status s = UpdateKeys(
+      {{.key_id = std::string(key_id), .record = std::string(record)}});
+  if (absl::IsFailedPrecondition(s)) {
+    return absl::AlreadyExistsError("key record already present");
+  }
+  return s;
+}
+
+inline absl::Status KeyStore::ReplaceKey(absl::string_view key_id,
+                                         absl::string_view expected,
+                                         absl::string_view record) const {
+  return UpdateKeys({{.key_id = std::string(key_id),
+                      .expected = std::string(expected),
+                      .record = std::string(record)}});
+}
 
 }  // namespace cardvault::storage
 

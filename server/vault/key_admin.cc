@@ -18,6 +18,8 @@ absl::string_view OperationKindName(OperationKind kind) {
       return "destroy data key";
     case OperationKind::kReencryptAll:
       return "re-encrypt all records";
+    case OperationKind::kRotateKek:
+      return "rotate KEK";
   }
   return "unknown";
 }
@@ -37,9 +39,9 @@ std::string Describe(const Operation& op) {
 
 absl::StatusOr<std::unique_ptr<KeyAdmin>> KeyAdmin::Create(Dependencies deps,
                                                            Options options) {
-  if (deps.keys == nullptr || deps.reencryptor == nullptr ||
-      deps.vault == nullptr || deps.policy == nullptr ||
-      deps.audit == nullptr) {
+  if (deps.keys == nullptr || deps.kek == nullptr ||
+      deps.reencryptor == nullptr || deps.vault == nullptr ||
+      deps.policy == nullptr || deps.audit == nullptr) {
     return absl::InvalidArgumentError("key admin dependencies must be set");
   }
   if (options.required_approvals < 2 ||
@@ -72,7 +74,35 @@ absl::StatusOr<std::vector<KeyInfo>> KeyAdmin::ListKeys(
       !s.ok()) {
     return s;
   }
-  std::vector<KeyInfo> keys = deps_.other_keys;
+  absl::StatusOr<KekState> kek = deps_.kek->State();
+  if (!kek.ok()) return kek.status();
+  std::vector<KeyInfo> keys;
+  auto add_kek = [&](const std::string& label, uint32_t generation,
+                     KeyState state, absl::Time since) {
+    keys.push_back({.id = absl::StrCat("kek/", label),
+                    .version = generation,
+                    .purpose = "key encryption",
+                    .algorithm = "AES-256 in the HSM (sensitive, "
+                                 "non-extractable)",
+                    .state = state,
+                    .created = since});
+  };
+  // While a rotation runs, both KEKs are live: the new one wraps new keys,
+  // the old one still unwraps (rewrapping) or awaits destruction (retiring).
+  if (kek->phase == KekPhase::kRewrapping) {
+    add_kek(kek->current, kek->generation, KeyState::kDecryptOnly,
+            kek->current_since);
+    add_kek(kek->other, kek->generation + 1, KeyState::kActive,
+            kek->phase_started);
+  } else {
+    if (kek->phase == KekPhase::kRetiring) {
+      add_kek(kek->other, kek->generation - 1, KeyState::kRetired,
+              absl::InfinitePast());
+    }
+    add_kek(kek->current, kek->generation, KeyState::kActive,
+            kek->current_since);
+  }
+  for (const KeyInfo& k : deps_.other_keys) keys.push_back(k);
   for (KeyInfo& k : deps_.keys->Inventory()) keys.push_back(std::move(k));
   return keys;
 }
@@ -111,7 +141,8 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
   absl::Status allowed =
       deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
   if (allowed.ok() && kind != OperationKind::kDestroyDataKey &&
-      kind != OperationKind::kReencryptAll) {
+      kind != OperationKind::kReencryptAll &&
+      kind != OperationKind::kRotateKek) {
     allowed = absl::InvalidArgumentError("unknown operation kind");
   }
   if (allowed.ok() && reason.size() > kMaxReasonBytes) {
@@ -199,31 +230,54 @@ absl::StatusOr<Operation> KeyAdmin::Approve(
     return s;
   }
   if (!execute) return op;
-  const absl::Status outcome = Execute(op);
+  const absl::StatusOr<std::string> outcome = Execute(op);
   absl::MutexLock lock(&mu_);
   Operation& stored = operations_.at(op.id);
   stored.state =
       outcome.ok() ? OperationState::kExecuted : OperationState::kFailed;
-  stored.outcome = outcome.ok() ? "done" : std::string(outcome.message());
+  stored.outcome =
+      outcome.ok() ? *outcome : std::string(outcome.status().message());
   return stored;
 }
 
-absl::Status KeyAdmin::Execute(const Operation& op) const {
-  absl::Status outcome;
+absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
+  absl::StatusOr<std::string> outcome;
   switch (op.kind) {
     case OperationKind::kDestroyDataKey:
-      outcome = deps_.vault->DestroyDataKey(op.key_version);
+      if (absl::Status s = deps_.vault->DestroyDataKey(op.key_version);
+          !s.ok()) {
+        outcome = s;
+      } else {
+        outcome = absl::StrCat("destroyed ", DataKeyId(op.key_version));
+      }
       break;
     case OperationKind::kReencryptAll:
-      outcome = deps_.reencryptor->RunPass().status();
+      if (absl::StatusOr<Reencryptor::PassResult> pass =
+              deps_.reencryptor->RunPass();
+          !pass.ok()) {
+        outcome = pass.status();
+      } else {
+        outcome = absl::StrCat("re-encrypted ", pass->reencrypted, " records");
+      }
+      break;
+    case OperationKind::kRotateKek:
+      if (absl::StatusOr<std::string> label = deps_.kek->Rotate();
+          !label.ok()) {
+        outcome = label.status();
+      } else {
+        outcome =
+            absl::StrCat("every key rewrapped in the HSM under the new KEK \"",
+                         *label, "\"; the old KEK destroyed in the HSM");
+      }
       break;
   }
   auth::Caller executor;
   executor.identity = std::string(audit::kServerIdentity);
   (void)Record(executor, "",
                absl::StrCat("executed ", Describe(op), ", approved by ",
-                            absl::StrJoin(op.approvers, ", ")),
-               outcome);
+                            absl::StrJoin(op.approvers, ", "),
+                            outcome.ok() ? absl::StrCat(": ", *outcome) : ""),
+               outcome.status());
   return outcome;
 }
 

@@ -1,10 +1,10 @@
 // Key administration: the inventory, on-demand rotation, and operations
 // under dual control (PCI DSS 3.6.1.1, 3.7.6). Knows nothing of gRPC.
 //
-// Destroying a key and bulk operations need approvals from M distinct
-// identities with the admin role (M = Options::required_approvals, default
-// 2): one proposes (its approval), others approve, and the approval that
-// reaches M executes the operation. An identity counts once, however often
+// KEK rotation, destroying a key and bulk operations need approvals from M
+// distinct identities with the admin role (M = Options::required_approvals,
+// default 2): one proposes (its approval), others approve, and the approval
+// that reaches M executes the operation. An identity counts once, however often
 // it approves; a proposal not executed within Options::proposal_ttl expires
 // and can no longer execute. Every call and the execution itself are in the
 // audit trail. Pending proposals live in memory: a restart cancels them,
@@ -45,7 +45,11 @@ inline constexpr char kListOperationsRpc[] =
     "/cardvault.v1.KeyAdmin/ListOperations";
 inline constexpr size_t kMaxReasonBytes = 256;
 
-enum class OperationKind { kDestroyDataKey = 1, kReencryptAll = 2 };
+enum class OperationKind {
+  kDestroyDataKey = 1,
+  kReencryptAll = 2,
+  kRotateKek = 3,
+};
 enum class OperationState { kPending, kExecuted, kFailed, kExpired };
 
 struct Operation {
@@ -74,11 +78,13 @@ class KeyAdmin {
   };
   struct Dependencies {
     const KeyRing* keys = nullptr;
+    const KekManager* kek = nullptr;
     const Reencryptor* reencryptor = nullptr;
     const Vault* vault = nullptr;  // rotation and destruction, audited
     const auth::PolicyHolder* policy = nullptr;
     const audit::AuditLog* audit = nullptr;
-    // Keys outside the data-key ring (KEK, HMAC keys), for the inventory.
+    // Keys outside the data-key ring and the KEKs (HMAC keys), for the
+    // inventory.
     std::vector<KeyInfo> other_keys;
   };
 
@@ -112,8 +118,8 @@ class KeyAdmin {
   absl::Status Record(const auth::Caller& caller, absl::string_view rpc,
                       absl::string_view detail,
                       const absl::Status& status) const;
-  // Runs an approved operation; its outcome.
-  absl::Status Execute(const Operation& op) const;
+  // Runs an approved operation; what it did.
+  absl::StatusOr<std::string> Execute(const Operation& op) const;
   void ExpireLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Dependencies deps_;

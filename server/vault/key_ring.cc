@@ -34,12 +34,11 @@ absl::string_view KeyStateName(KeyState state) {
   return "unknown";
 }
 
-absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
-                                  const hsm::KeyWrapper* wrapper,
+absl::StatusOr<MacKey> LoadMacKey(const KekManager* kek,
                                   absl::string_view prefix) {
   bool created = false;
   absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
-      LoadWrappedKeys(keys, wrapper, prefix, /*create_first=*/true, &created);
+      LoadWrappedKeys(kek, prefix, /*create_first=*/true, &created);
   if (!plain.ok()) return plain.status();
   if (plain->empty()) {
     return absl::FailedPreconditionError(
@@ -53,8 +52,7 @@ absl::StatusOr<MacKey> LoadMacKey(const storage::KeyStore* keys,
 }
 
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
-    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    Options options, bool* created_first_key) {
+    const KekManager* kek, Options options, bool* created_first_key) {
   if (created_first_key != nullptr) *created_first_key = false;
   if (options.max_encryptions_per_key == 0 ||
       options.max_encryptions_per_key > kMaxGcmEncryptionsPerKey ||
@@ -62,17 +60,17 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     return absl::InvalidArgumentError("bad key ring options");
   }
   absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
-      LoadStoredKeys(keys, wrapper, kDataKeyPrefix);
+      LoadStoredKeys(kek, kDataKeyPrefix);
   if (!stored.ok()) return stored.status();
   if (stored->empty() && options.create_first_key) {
     const absl::Time now = options.now();
     absl::StatusOr<StoredKey> first = CreateStoredKey(
-        keys, wrapper, kDataKeyPrefix, 1, now, now + options.cryptoperiod);
+        kek, kDataKeyPrefix, 1, now, now + options.cryptoperiod);
     if (!first.ok()) return first.status();
     stored->emplace(1, *std::move(first));
     if (created_first_key != nullptr) *created_first_key = true;
   }
-  absl::StatusOr<std::map<std::string, uint64_t>> uses = keys->KeyUses();
+  absl::StatusOr<std::map<std::string, uint64_t>> uses = kek->keys()->KeyUses();
   if (!uses.ok()) return uses.status();
   std::map<uint32_t, Entry> ring;
   for (auto& [version, s] : *stored) {
@@ -80,7 +78,6 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     e.created = s.created;
     e.cryptoperiod_end = s.cryptoperiod_end;
     e.destroyed = s.destroyed;
-    e.record = std::move(s.record);
     auto use = uses->find(EncryptionsCounterId(version));
     if (use != uses->end()) e.encryptions = use->second;
     auto fresh = uses->find(NewRecordsCounterId(version));
@@ -98,7 +95,7 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     return absl::FailedPreconditionError("no data-encryption key available");
   }
   return std::unique_ptr<KeyRing>(
-      new KeyRing(keys, wrapper, std::move(options), std::move(ring)));
+      new KeyRing(kek, std::move(options), std::move(ring)));
 }
 
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::FromKeys(
@@ -114,15 +111,12 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::FromKeys(
     ring[version].key = *std::move(aead);
   }
   return std::unique_ptr<KeyRing>(
-      new KeyRing(nullptr, nullptr, Options(), std::move(ring)));
+      new KeyRing(nullptr, Options(), std::move(ring)));
 }
 
-KeyRing::KeyRing(const storage::KeyStore* store, const hsm::KeyWrapper* wrapper,
-                 Options options, std::map<uint32_t, Entry> keys)
-    : store_(store),
-      wrapper_(wrapper),
-      options_(std::move(options)),
-      keys_(std::move(keys)) {
+KeyRing::KeyRing(const KekManager* kek, Options options,
+                 std::map<uint32_t, Entry> keys)
+    : kek_(kek), options_(std::move(options)), keys_(std::move(keys)) {
   absl::MutexLock lock(&mu_);
   // The primary is the newest live key.
   for (auto it = keys_.rbegin(); it != keys_.rend(); ++it) {
@@ -210,7 +204,7 @@ absl::StatusOr<std::optional<uint32_t>> KeyRing::RotateIfDue() const {
 }
 
 absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
-  if (store_ == nullptr || wrapper_ == nullptr) {
+  if (kek_ == nullptr) {
     return absl::FailedPreconditionError("this key ring cannot rotate");
   }
   uint32_t next;
@@ -220,7 +214,7 @@ absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
   }
   const absl::Time now = options_.now();
   absl::StatusOr<StoredKey> stored = CreateStoredKey(
-      store_, wrapper_, kDataKeyPrefix, next, now, now + options_.cryptoperiod);
+      kek_, kDataKeyPrefix, next, now, now + options_.cryptoperiod);
   if (!stored.ok()) return stored.status();
   absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
       crypto::AesGcm::Create(std::move(stored->key));
@@ -229,7 +223,6 @@ absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
   e.key = *std::move(aead);
   e.created = stored->created;
   e.cryptoperiod_end = stored->cryptoperiod_end;
-  e.record = std::move(stored->record);
   absl::MutexLock lock(&mu_);
   keys_.emplace(next, std::move(e));
   primary_ = next;
@@ -252,10 +245,9 @@ KeyState KeyRing::StateOf(uint32_t version, const Entry& e) const {
 }
 
 absl::Status KeyRing::Destroy(uint32_t version) const {
-  if (store_ == nullptr) {
+  if (kek_ == nullptr) {
     return absl::FailedPreconditionError("this key ring cannot destroy keys");
   }
-  std::string record;
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = keys_.find(version);
@@ -266,11 +258,13 @@ absl::Status KeyRing::Destroy(uint32_t version) const {
           absl::StrCat("data key ", DataKeyId(version),
                        " is not retired (records may still use it)"));
     }
-    record = it->second.record;
   }
+  // The stored record, not the one loaded: a KEK rotation rewraps it.
+  absl::StatusOr<std::string> record = kek_->keys()->GetKey(DataKeyId(version));
+  if (!record.ok()) return record.status();
   const std::string tombstone = DestroyedKeyRecord(version, options_.now());
   if (absl::Status s =
-          store_->ReplaceKey(DataKeyId(version), record, tombstone);
+          kek_->keys()->ReplaceKey(DataKeyId(version), *record, tombstone);
       !s.ok()) {
     return s;
   }
@@ -278,7 +272,6 @@ absl::Status KeyRing::Destroy(uint32_t version) const {
   Entry& e = keys_.at(version);
   e.key.reset();  // the last owner wipes the key (SecretBytes)
   e.destroyed = true;
-  e.record = tombstone;
   return absl::OkStatus();
 }
 

@@ -91,12 +91,14 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListPrefix(
   return out;
 }
 
-absl::Status CheckKekLabel(const hsm::KeyWrapper* wrapper) {
-  if (wrapper->kek_label().empty() ||
-      wrapper->kek_label().size() > kMaxKekLabelBytes) {
-    return absl::InvalidArgumentError("KEK label must be 1 to 64 bytes");
-  }
-  return absl::OkStatus();
+// Attempts to store a new key while KEK rotations change the state.
+constexpr int kCreateAttempts = 5;
+
+// "dek/00000001" -> "dek/".
+absl::string_view PrefixOf(absl::string_view id) {
+  const size_t slash = id.rfind('/');
+  return slash == absl::string_view::npos ? absl::string_view()
+                                          : id.substr(0, slash + 1);
 }
 
 }  // namespace
@@ -113,10 +115,10 @@ std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at) {
 }
 
 absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
-    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    absl::string_view prefix) {
-  if (absl::Status s = CheckKekLabel(wrapper); !s.ok()) return s;
-  auto records = ListPrefix(keys, prefix);
+    const KekManager* kek, absl::string_view prefix) {
+  absl::StatusOr<KekState> state = kek->State();
+  if (!state.ok()) return state.status();
+  auto records = ListPrefix(kek->keys(), prefix);
   if (!records.ok()) return records.status();
   std::map<uint32_t, StoredKey> out;
   for (auto& [id, record] : *records) {
@@ -129,13 +131,13 @@ absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
     stored.destroyed = k->destroyed;
     stored.destroyed_at = k->destroyed_at;
     if (!k->destroyed) {
-      if (k->kek_label != wrapper->kek_label()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "key ", id, " is wrapped under KEK \"", k->kek_label,
-            "\", not the configured \"", wrapper->kek_label(), "\""));
+      if (!state->Names(k->kek_label)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("key ", id, " is wrapped under KEK \"", k->kek_label,
+                         "\", not the vault's \"", state->current, "\""));
       }
       absl::StatusOr<crypto::SecretBytes> key =
-          wrapper->UnwrapDataKey(k->wrapped);
+          kek->wrapper()->UnwrapKey(k->kek_label, k->wrapped);
       if (!key.ok()) {
         return absl::Status(key.status().code(),
                             absl::StrCat("cannot unwrap key ", id, ": ",
@@ -149,48 +151,90 @@ absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
   return out;
 }
 
-absl::StatusOr<StoredKey> CreateStoredKey(const storage::KeyStore* keys,
-                                          const hsm::KeyWrapper* wrapper,
+absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
                                           absl::string_view prefix,
                                           uint32_t version, absl::Time created,
                                           absl::Time cryptoperiod_end) {
-  if (absl::Status s = CheckKekLabel(wrapper); !s.ok()) return s;
-  absl::StatusOr<std::string> wrapped = wrapper->GenerateWrappedDataKey();
-  if (!wrapped.ok()) return wrapped.status();
   // Stored with millisecond times, so what is returned equals a reload.
   created = absl::FromUnixMillis(absl::ToUnixMillis(created));
   if (cryptoperiod_end != absl::InfiniteFuture()) {
     cryptoperiod_end =
         absl::FromUnixMillis(absl::ToUnixMillis(cryptoperiod_end));
   }
-  std::string record = Encode(version, created, cryptoperiod_end,
-                              wrapper->kek_label(), *wrapped);
-  // Unwrapped before it is stored: a key the HSM cannot unwrap is never kept.
-  absl::StatusOr<crypto::SecretBytes> key = wrapper->UnwrapDataKey(*wrapped);
-  if (!key.ok()) return key.status();
-  if (absl::Status s = keys->InsertKey(WrappedKeyId(prefix, version), record);
-      !s.ok()) {
-    return s;
+  const std::string id = WrappedKeyId(prefix, version);
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<KekState> state = kek->State();
+    if (!state.ok()) return state.status();
+    const std::string& label = state->wrapping_label();
+    absl::StatusOr<std::string> wrapped =
+        kek->wrapper()->GenerateWrappedKey(label);
+    if (!wrapped.ok()) return wrapped.status();
+    std::string record =
+        Encode(version, created, cryptoperiod_end, label, *wrapped);
+    // Unwrapped before it is stored: a key the HSM cannot unwrap is never
+    // kept.
+    absl::StatusOr<crypto::SecretBytes> key =
+        kek->wrapper()->UnwrapKey(label, *wrapped);
+    if (!key.ok()) return key.status();
+    // Written only if the KEK state is still the one the KEK was chosen
+    // from, so a rotation never misses a key (kek_manager.h).
+    absl::Status written = kek->keys()->UpdateKeys(
+        {{.key_id = std::string(kKekStateId), .expected = state->record},
+         {.key_id = id, .record = record}});
+    if (absl::IsFailedPrecondition(written)) {
+      if (kek->keys()->GetKey(id).ok()) {
+        return absl::AlreadyExistsError(absl::StrCat("key ", id, " exists"));
+      }
+      if (attempt < kCreateAttempts) continue;
+    }
+    if (!written.ok()) return written;
+    StoredKey stored;
+    stored.version = version;
+    stored.created = created;
+    stored.cryptoperiod_end = cryptoperiod_end;
+    stored.record = std::move(record);
+    stored.key = *std::move(key);
+    return stored;
   }
-  StoredKey stored;
-  stored.version = version;
-  stored.created = created;
-  stored.cryptoperiod_end = cryptoperiod_end;
-  stored.record = std::move(record);
-  stored.key = *std::move(key);
-  return stored;
+}
+
+absl::StatusOr<std::optional<std::string>> KekLabelOf(
+    absl::string_view id, absl::string_view record) {
+  absl::StatusOr<WrappedKey> k = Decode(PrefixOf(id), id, record);
+  if (!k.ok()) return k.status();
+  if (k->destroyed) return std::nullopt;
+  return std::string(k->kek_label);
+}
+
+absl::StatusOr<std::string> RewrapKeyRecord(absl::string_view id,
+                                            absl::string_view record,
+                                            const hsm::KeyWrapper& wrapper,
+                                            absl::string_view to) {
+  absl::StatusOr<WrappedKey> k = Decode(PrefixOf(id), id, record);
+  if (!k.ok()) return k.status();
+  if (k->destroyed) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key ", id, " is destroyed"));
+  }
+  if (to.empty() || to.size() > kMaxKekLabelBytes) {
+    return absl::InvalidArgumentError("KEK label must be 1 to 64 bytes");
+  }
+  absl::StatusOr<std::string> rewrapped =
+      wrapper.RewrapKey(k->kek_label, k->wrapped, to);
+  if (!rewrapped.ok()) return rewrapped.status();
+  return Encode(k->version, k->created, k->cryptoperiod_end, to, *rewrapped);
 }
 
 absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
-    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    absl::string_view prefix, bool create_first, bool* created) {
+    const KekManager* kek, absl::string_view prefix, bool create_first,
+    bool* created) {
   if (created != nullptr) *created = false;
   absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
-      LoadStoredKeys(keys, wrapper, prefix);
+      LoadStoredKeys(kek, prefix);
   if (!stored.ok()) return stored.status();
   if (stored->empty() && create_first) {
-    absl::StatusOr<StoredKey> first = CreateStoredKey(
-        keys, wrapper, prefix, 1, absl::Now(), absl::InfiniteFuture());
+    absl::StatusOr<StoredKey> first =
+        CreateStoredKey(kek, prefix, 1, absl::Now(), absl::InfiniteFuture());
     if (!first.ok()) return first.status();
     if (created != nullptr) *created = true;
     stored->emplace(1, *std::move(first));

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -33,6 +34,7 @@
 #include "hsm/key_wrapper.h"
 #include "server/crypto/secret_bytes.h"
 #include "server/storage/token_store.h"
+#include "server/vault/kek_manager.h"
 
 namespace cardvault::vault {
 
@@ -40,7 +42,6 @@ inline constexpr uint8_t kWrappedKeyFormatV1 = 0x01;
 inline constexpr uint8_t kWrappedKeyFormatV2 = 0x02;
 inline constexpr uint8_t kDestroyedKeyFormat = 0x7f;
 inline constexpr uint8_t kWrapMechanismAesKeyWrapPad = 0x01;
-inline constexpr size_t kMaxKekLabelBytes = 64;
 inline constexpr size_t kMaxWrappedKeyBytes = 512;
 
 inline constexpr absl::string_view kDataKeyPrefix = "dek/";
@@ -63,20 +64,31 @@ struct StoredKey {
   crypto::SecretBytes key;  // empty when destroyed
 };
 
-// Every key stored under `prefix`, by version, unwrapped through `wrapper`.
-// Fails if any live record is malformed, was wrapped under another KEK, or
-// does not unwrap.
+// Every key stored under `prefix`, by version, unwrapped in the HSM under
+// the KEK each names. Fails if any live record is malformed, names a KEK the
+// KEK state does not, or does not unwrap.
 absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
-    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    absl::string_view prefix);
+    const KekManager* kek, absl::string_view prefix);
 
-// Generates key `version` in the HSM and stores it wrapped under `prefix`
-// with its times; returns what was stored (key unwrapped).
-absl::StatusOr<StoredKey> CreateStoredKey(const storage::KeyStore* keys,
-                                          const hsm::KeyWrapper* wrapper,
+// Generates key `version` in the HSM and stores it, wrapped under the KEK
+// the state names for new keys, under `prefix` with its times; returns what
+// was stored (key unwrapped). ALREADY_EXISTS if the version is taken.
+absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
                                           absl::string_view prefix,
                                           uint32_t version, absl::Time created,
                                           absl::Time cryptoperiod_end);
+
+// The KEK label the key record `record` (stored under `id`) names; nullopt
+// for a destroyed key. DATA_LOSS if malformed.
+absl::StatusOr<std::optional<std::string>> KekLabelOf(absl::string_view id,
+                                                      absl::string_view record);
+
+// `record` with its key rewrapped, inside the HSM, under the KEK `to`; every
+// other field unchanged.
+absl::StatusOr<std::string> RewrapKeyRecord(absl::string_view id,
+                                            absl::string_view record,
+                                            const hsm::KeyWrapper& wrapper,
+                                            absl::string_view to);
 
 // The record that replaces a destroyed key's wrapped copy.
 std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at);
@@ -86,8 +98,8 @@ std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at);
 // it wrapped (and sets `*created`, when given). Fails if any record is
 // malformed, was wrapped under another KEK, or does not unwrap.
 absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
-    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
-    absl::string_view prefix, bool create_first, bool* created = nullptr);
+    const KekManager* kek, absl::string_view prefix, bool create_first,
+    bool* created = nullptr);
 
 }  // namespace cardvault::vault
 

@@ -9,6 +9,7 @@
 #include "hsm/session_pool.h"
 #include "server/config/config_loader.h"
 #include "server/storage/rocksdb_storage.h"
+#include "server/vault/kek_manager.h"
 #include "server/vault/key_ring.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_env.h"
@@ -43,12 +44,13 @@ class Pkcs11KeyWrapperTest : public ::testing::Test {
     delete env_;
   }
 
-  static std::unique_ptr<Pkcs11KeyWrapper> Wrapper(absl::string_view label,
-                                                   bool create = true) {
-    auto w = Pkcs11KeyWrapper::Create(pool_, {.kek_label = std::string(label),
-                                              .create_kek_if_missing = create});
+  // The wrapper, with the KEK `label` created in the token.
+  static std::unique_ptr<Pkcs11KeyWrapper> Wrapper(absl::string_view label) {
+    auto w = Pkcs11KeyWrapper::Create(pool_);
     EXPECT_THAT(w, IsOk());
-    return w.ok() ? *std::move(w) : nullptr;
+    if (!w.ok()) return nullptr;
+    EXPECT_THAT((*w)->CreateKek(label), IsOk());
+    return *std::move(w);
   }
 
   static testing::TestEnv* env_;
@@ -63,11 +65,11 @@ SessionPool* Pkcs11KeyWrapperTest::pool_ = nullptr;
 TEST_F(Pkcs11KeyWrapperTest, WrappedDataKeyUnwrapsToA256BitKey) {
   auto wrapper = Wrapper("kek-roundtrip");
   ASSERT_NE(wrapper, nullptr);
-  auto wrapped = wrapper->GenerateWrappedDataKey();
+  auto wrapped = wrapper->GenerateWrappedKey("kek-roundtrip");
   ASSERT_THAT(wrapped, IsOk());
   EXPECT_EQ(wrapped->size(), 40u);  // RFC 5649 of 32 bytes
-  auto a = wrapper->UnwrapDataKey(*wrapped);
-  auto b = wrapper->UnwrapDataKey(*wrapped);
+  auto a = wrapper->UnwrapKey("kek-roundtrip", *wrapped);
+  auto b = wrapper->UnwrapKey("kek-roundtrip", *wrapped);
   ASSERT_THAT(a, IsOk());
   ASSERT_THAT(b, IsOk());
   EXPECT_EQ(a->size(), 32u);
@@ -76,35 +78,66 @@ TEST_F(Pkcs11KeyWrapperTest, WrappedDataKeyUnwrapsToA256BitKey) {
   // The wrapped form is not the key.
   EXPECT_EQ(wrapped->find(std::string(a->view())), std::string::npos);
   // Two generated keys differ.
-  EXPECT_NE(*a, *wrapper->UnwrapDataKey(*wrapper->GenerateWrappedDataKey()));
+  EXPECT_NE(*a,
+            *wrapper->UnwrapKey("kek-roundtrip",
+                                *wrapper->GenerateWrappedKey("kek-roundtrip")));
 }
 
 TEST_F(Pkcs11KeyWrapperTest, ChangedWrappedKeyIsRefused) {
   auto wrapper = Wrapper("kek-tamper");
   ASSERT_NE(wrapper, nullptr);
-  std::string wrapped = *wrapper->GenerateWrappedDataKey();
+  std::string wrapped = *wrapper->GenerateWrappedKey("kek-tamper");
   wrapped[10] ^= 1;
   // SoftHSM reports a failed RFC 5649 integrity check as CKR_GENERAL_ERROR;
   // what matters is that no key comes back.
-  EXPECT_THAT(wrapper->UnwrapDataKey(wrapped),
+  EXPECT_THAT(wrapper->UnwrapKey("kek-tamper", wrapped),
               StatusIs(absl::StatusCode::kInternal, HasSubstr("C_UnwrapKey")));
-  EXPECT_THAT(wrapper->UnwrapDataKey(""),
+  EXPECT_THAT(wrapper->UnwrapKey("kek-tamper", ""),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(Pkcs11KeyWrapperTest, KeyFromAnotherKekDoesNotUnwrap) {
-  auto a = Wrapper("kek-a");
-  auto b = Wrapper("kek-b");
-  ASSERT_NE(a, nullptr);
-  ASSERT_NE(b, nullptr);
-  EXPECT_THAT(b->UnwrapDataKey(*a->GenerateWrappedDataKey()),
+  auto w = Wrapper("kek-a");
+  ASSERT_NE(w, nullptr);
+  ASSERT_THAT(w->CreateKek("kek-b"), IsOk());
+  EXPECT_THAT(w->UnwrapKey("kek-b", *w->GenerateWrappedKey("kek-a")),
               StatusIs(absl::StatusCode::kInternal, HasSubstr("C_UnwrapKey")));
 }
 
-TEST_F(Pkcs11KeyWrapperTest, MissingKekIsNotFoundUnlessCreationAllowed) {
-  EXPECT_THAT(Pkcs11KeyWrapper::Create(pool_, {.kek_label = "kek-missing",
-                                               .create_kek_if_missing = false}),
+TEST_F(Pkcs11KeyWrapperTest, MissingKekIsNotFound) {
+  auto w = *Pkcs11KeyWrapper::Create(pool_);
+  EXPECT_THAT(w->CheckKek("kek-missing"),
               StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(w->GenerateWrappedKey("kek-missing"),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+// KEK rotation: the key moves from one KEK to another inside the HSM, and
+// the old KEK, once destroyed, is gone from the token.
+TEST_F(Pkcs11KeyWrapperTest,
+       RewrapMovesAKeyToAnotherKekAndOldKekCanBeDestroyed) {
+  auto w = Wrapper("kek-old");
+  ASSERT_NE(w, nullptr);
+  ASSERT_THAT(w->CreateKek("kek-new"), IsOk());
+  const std::string wrapped = *w->GenerateWrappedKey("kek-old");
+  auto key = w->UnwrapKey("kek-old", wrapped);
+  ASSERT_THAT(key, IsOk());
+  auto rewrapped = w->RewrapKey("kek-old", wrapped, "kek-new");
+  ASSERT_THAT(rewrapped, IsOk());
+  EXPECT_NE(*rewrapped, wrapped);
+  EXPECT_EQ(rewrapped->find(std::string(key->view())), std::string::npos);
+  auto moved = w->UnwrapKey("kek-new", *rewrapped);
+  ASSERT_THAT(moved, IsOk());
+  EXPECT_EQ(*moved, *key);
+  EXPECT_THAT(w->UnwrapKey("kek-old", *rewrapped),
+              StatusIs(absl::StatusCode::kInternal));
+
+  ASSERT_THAT(w->DestroyKek("kek-old"), IsOk());
+  EXPECT_THAT(w->CheckKek("kek-old"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(w->UnwrapKey("kek-old", wrapped),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(w->DestroyKek("kek-old"), IsOk());  // idempotent
+  EXPECT_THAT(w->UnwrapKey("kek-new", *rewrapped), IsOk());
 }
 
 // Invariant 3: the KEK never leaves the HSM. The token itself must refuse to
@@ -191,9 +224,12 @@ TEST_F(Pkcs11KeyWrapperTest, RefusesAnExtractableKek) {
                                                   9, &h),
               CKR_OK);
   }
-  EXPECT_THAT(Pkcs11KeyWrapper::Create(pool_, {.kek_label = "kek-weak"}),
-              StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("CKA_EXTRACTABLE=false")));
+  auto w = *Pkcs11KeyWrapper::Create(pool_);
+  for (absl::Status s : {w->CheckKek("kek-weak"), w->CreateKek("kek-weak"),
+                         w->GenerateWrappedKey("kek-weak").status()}) {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition,
+                            HasSubstr("CKA_EXTRACTABLE=false")));
+  }
 }
 
 TEST_F(Pkcs11KeyWrapperTest, KeyRingStoresOnlyWrappedKeysAndReloadsThem) {
@@ -203,12 +239,15 @@ TEST_F(Pkcs11KeyWrapperTest, KeyRingStoresOnlyWrappedKeysAndReloadsThem) {
   std::string first_key_record;
   {
     auto db = *storage::RocksDbStorage::Open({.data_dir = dir});
-    auto ring = vault::KeyRing::Load(db.get(), wrapper.get(), {});
+    auto kek = vault::KekManager::Open(db.get(), wrapper.get(),
+                                       {.initial_label = "kek-ring"});
+    ASSERT_THAT(kek, IsOk());
+    auto ring = vault::KeyRing::Load(kek->get(), {});
     ASSERT_THAT(ring, IsOk());
     EXPECT_EQ((*ring)->primary_version(), 1u);
     auto keys = db->ListKeys();
     ASSERT_THAT(keys, IsOk());
-    ASSERT_EQ(keys->size(), 1u);
+    ASSERT_EQ(keys->size(), 2u);  // the data key and the KEK state
     EXPECT_EQ((*keys)[0].first, vault::DataKeyId(1));
     first_key_record = (*keys)[0].second;
     // The stored record holds the KEK label and the 40-byte wrapped key.
@@ -216,14 +255,23 @@ TEST_F(Pkcs11KeyWrapperTest, KeyRingStoresOnlyWrappedKeysAndReloadsThem) {
               23 + std::string("kek-ring").size() + 40);
   }
   auto db = *storage::RocksDbStorage::Open({.data_dir = dir});
-  auto again = vault::KeyRing::Load(db.get(), wrapper.get(), {});
+  // The stored KEK state, not the configured label, says which KEK is in
+  // use once a vault exists.
+  vault::KekManager::OpenReport report;
+  auto kek = vault::KekManager::Open(db.get(), wrapper.get(),
+                                     {.initial_label = "kek-other"}, &report);
+  ASSERT_THAT(kek, IsOk());
+  EXPECT_EQ(report.kek_label, "kek-ring");
+  auto again = vault::KeyRing::Load(kek->get(), {});
   ASSERT_THAT(again, IsOk());
   EXPECT_EQ((*again)->size(), 1u);
   EXPECT_EQ(db->ListKeys()->at(0).second, first_key_record);
-  // The same data keys under a different KEK label are refused, not re-made.
-  auto other = Wrapper("kek-other");
-  EXPECT_THAT(vault::KeyRing::Load(db.get(), other.get(), {}),
-              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // Without its KEK in the HSM, the vault does not open (and makes none).
+  ASSERT_THAT(wrapper->DestroyKek("kek-ring"), IsOk());
+  EXPECT_THAT(vault::KekManager::Open(
+                  db.get(), wrapper.get(),
+                  {.initial_label = "kek-ring", .create_if_missing = true}),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(Pkcs11KeyWrapperTest, SessionPoolNeverExceedsItsBound) {

@@ -47,8 +47,8 @@ Card SampleCard() {
 
 TEST(CardRecordTest, OpenReturnsTheSealedCard) {
   auto ring = Ring({{1, 'a'}});
-  auto record =
-      SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  auto record = SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken,
+                               SampleCard());
   ASSERT_THAT(record, IsOk());
   EXPECT_EQ(static_cast<uint8_t>((*record)[0]), kCardRecordFormatV3);
   EXPECT_EQ(util::ReadBigEndian32(record->substr(1, 4)), 1u);
@@ -68,8 +68,8 @@ TEST(CardRecordTest, OpenReturnsTheSealedCard) {
 
 TEST(CardRecordTest, RecordDoesNotContainThePan) {
   auto ring = Ring({{1, 'a'}});
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), Header(1),
+                                       kToken, SampleCard());
   EXPECT_EQ(record.find("5555555555554444"), std::string::npos);
   EXPECT_EQ(record.find("4444"), std::string::npos);
   EXPECT_EQ(record.find("JANE"), std::string::npos);
@@ -77,8 +77,8 @@ TEST(CardRecordTest, RecordDoesNotContainThePan) {
 
 TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
   auto ring = Ring({{1, 'a'}});
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), Header(1),
+                                       kToken, SampleCard());
   for (size_t i = 0; i < record.size(); ++i) {
     for (uint8_t bit : {0x01, 0x80}) {
       std::string changed = record;
@@ -92,8 +92,8 @@ TEST(CardRecordTest, FlippingAnyByteFailsToOpen) {
 
 TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
   auto ring = Ring({{1, 'a'}});
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), Header(1),
+                                       kToken, SampleCard());
   for (size_t len = 0; len < record.size(); ++len) {
     EXPECT_THAT(OpenCardRecord(*ring, kToken, record.substr(0, len)),
                 StatusIs(absl::StatusCode::kDataLoss));
@@ -104,16 +104,16 @@ TEST(CardRecordTest, TruncatedOrExtendedRecordFails) {
 
 TEST(CardRecordTest, RecordCopiedUnderAnotherTokenFails) {
   auto ring = Ring({{1, 'a'}});
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), Header(1),
+                                       kToken, SampleCard());
   EXPECT_THAT(OpenCardRecord(*ring, kOtherToken, record),
               StatusIs(absl::StatusCode::kDataLoss));
 }
 
 TEST(CardRecordTest, RecordMovedToAnotherDomainFails) {
   auto ring = Ring({{1, 'a'}});
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), Header(1),
+                                       kToken, SampleCard());
   // "merchant-1/pos" -> "merchant-2/pos": same length, header edited only.
   std::string moved = record;
   moved[24 + 9] = '2';
@@ -127,8 +127,8 @@ TEST(CardRecordTest, HeaderIsReadableWithoutKeysAndNeverExpiresByDefault) {
   RecordHeader forever = Header(1);
   forever.expires = absl::InfiniteFuture();
   forever.deterministic = false;
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), forever, kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), forever,
+                                       kToken, SampleCard());
   auto header = ParseRecordHeader(record);
   ASSERT_THAT(header, IsOk());
   EXPECT_EQ(header->expires, absl::InfiniteFuture());
@@ -139,8 +139,8 @@ TEST(CardRecordTest, HeaderIsReadableWithoutKeysAndNeverExpiresByDefault) {
 
 TEST(CardRecordTest, ExtendedExpiryFailsToOpen) {
   auto ring = Ring({{1, 'a'}});
-  std::string record =
-      *SealCardRecord(ring->LeasePrimary()->key(), Header(1), kToken, SampleCard());
+  std::string record = *SealCardRecord(ring->LeasePrimary()->key(), Header(1),
+                                       kToken, SampleCard());
   // "Never expires" written over the expiry: the header is authenticated.
   std::string extended = record;
   for (int i = 15; i < 23; ++i) extended[i] = 0;
@@ -153,8 +153,9 @@ TEST(CardRecordTest, ExpiryNotAfterCreationIsRefused) {
   auto ring = Ring({{1, 'a'}});
   RecordHeader h = Header(1);
   h.expires = h.created;
-  EXPECT_THAT(SealCardRecord(ring->LeasePrimary()->key(), h, kToken, SampleCard()),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      SealCardRecord(ring->LeasePrimary()->key(), h, kToken, SampleCard()),
+      StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(CardRecordTest, WrongKeyVersionFails) {
@@ -181,8 +182,8 @@ TEST(CardRecordTest, WrongKeyVersionFails) {
 }
 
 TEST(CardRecordTest, RingWithDifferentKeyMaterialFails) {
-  std::string record = *SealCardRecord(Ring({{1, 'a'}})->LeasePrimary()->key(), Header(1),
-                                       kToken, SampleCard());
+  std::string record = *SealCardRecord(Ring({{1, 'a'}})->LeasePrimary()->key(),
+                                       Header(1), kToken, SampleCard());
   EXPECT_THAT(OpenCardRecord(*Ring({{1, 'z'}}), kToken, record),
               StatusIs(absl::StatusCode::kDataLoss));
 }

@@ -33,22 +33,22 @@ class KeyAdminTest : public VaultTest {
     vault_.reset();
     KeyRing::Options options;
     options.now = [this] { return Now(); };
-    ring_ = *KeyRing::Load(db_.get(), &wrapper_, options);
+    LoadRing(options);
     Reopen({});
     reencryptor_ =
         *Reencryptor::Create(store_.get(), ring_.get(), audit_.get(), {});
     KeyAdmin::Options admin_options;
     admin_options.now = [this] { return Now(); };
-    admin_ = *KeyAdmin::Create(
-        {.keys = ring_.get(),
-         .reencryptor = reencryptor_.get(),
-         .vault = vault_.get(),
-         .policy = policy_.get(),
-         .audit = audit_.get(),
-         .other_keys = {{.id = "kek/fake-kek",
-                         .purpose = "key encryption",
-                         .algorithm = "AES-256 (HSM, non-extractable)"}}},
-        admin_options);
+    admin_ = *KeyAdmin::Create({.keys = ring_.get(),
+                                .kek = kek_.get(),
+                                .reencryptor = reencryptor_.get(),
+                                .vault = vault_.get(),
+                                .policy = policy_.get(),
+                                .audit = audit_.get(),
+                                .other_keys = {{.id = "fingerprint/00000001",
+                                                .purpose = "fingerprint",
+                                                .algorithm = "HMAC-SHA256"}}},
+                               admin_options);
   }
   void TearDown() override {
     admin_.reset();
@@ -66,7 +66,6 @@ class KeyAdminTest : public VaultTest {
     return ring_->Inventory()[0].state == KeyState::kDestroyed;
   }
 
-  testing::FakeKeyWrapper wrapper_;
   std::unique_ptr<Reencryptor> reencryptor_;
   std::unique_ptr<KeyAdmin> admin_;
 };
@@ -95,11 +94,42 @@ TEST_F(KeyAdminTest, OneAdminAloneCannotDestroyAKey) {
               StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
+TEST_F(KeyAdminTest, OneAdminAloneCannotRotateTheKek) {
+  auto token = vault_->Tokenize(kPos, MakeCard("4111111111111111"));
+  ASSERT_THAT(token, IsOk());
+  auto op = admin_->Propose(kAdmin1, OperationKind::kRotateKek, 0,
+                            "annual KEK rotation");
+  ASSERT_THAT(op, IsOk());
+  EXPECT_THAT(admin_->Approve(kAdmin1, op->id),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(wrapper_.keks(), ElementsAre("fake-kek"));
+  EXPECT_EQ(kek_->State()->generation, 1u);
+
+  auto approved = admin_->Approve(kAdmin2, op->id);
+  ASSERT_THAT(approved, IsOk());
+  EXPECT_EQ(approved->state, OperationState::kExecuted) << approved->outcome;
+  EXPECT_THAT(approved->outcome, HasSubstr("fake-kek/00000002"));
+  // The old KEK is gone from the "HSM"; every key unwraps under the new one.
+  EXPECT_THAT(wrapper_.keks(), ElementsAre("fake-kek/00000002"));
+  auto keys = admin_->ListKeys(kAuditor);
+  ASSERT_THAT(keys, IsOk());
+  EXPECT_EQ((*keys)[0].id, "kek/fake-kek/00000002");
+  EXPECT_EQ((*keys)[0].version, 2u);
+  admin_.reset();
+  reencryptor_.reset();
+  vault_.reset();
+  LoadRing({});
+  Reopen({});
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token->token, "authorization"),
+              IsOk());
+}
+
 TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
   RetireFirstKey();
   KeyAdmin::Options options;
   options.required_approvals = 3;
   auto strict = *KeyAdmin::Create({.keys = ring_.get(),
+                                   .kek = kek_.get(),
                                    .reencryptor = reencryptor_.get(),
                                    .vault = vault_.get(),
                                    .policy = policy_.get(),
@@ -112,6 +142,7 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
   EXPECT_EQ(strict->Approve(kAdmin3, op->id)->state, OperationState::kExecuted);
   EXPECT_TRUE(FirstKeyDestroyed());
   EXPECT_THAT(KeyAdmin::Create({.keys = ring_.get(),
+                                .kek = kek_.get(),
                                 .reencryptor = reencryptor_.get(),
                                 .vault = vault_.get(),
                                 .policy = policy_.get(),
@@ -174,11 +205,13 @@ TEST_F(KeyAdminTest, RolesAndInventory) {
               StatusIs(absl::StatusCode::kPermissionDenied));
   auto keys = admin_->ListKeys(kAuditor);
   ASSERT_THAT(keys, IsOk());
-  ASSERT_EQ(keys->size(), 2u);
+  ASSERT_EQ(keys->size(), 3u);
   EXPECT_EQ((*keys)[0].id, "kek/fake-kek");
-  EXPECT_EQ((*keys)[1].id, "dek/00000001");
-  EXPECT_EQ((*keys)[1].state, KeyState::kActive);
-  EXPECT_EQ((*keys)[1].algorithm, "AES-256-GCM");
+  EXPECT_EQ((*keys)[0].state, KeyState::kActive);
+  EXPECT_EQ((*keys)[1].id, "fingerprint/00000001");
+  EXPECT_EQ((*keys)[2].id, "dek/00000001");
+  EXPECT_EQ((*keys)[2].state, KeyState::kActive);
+  EXPECT_EQ((*keys)[2].algorithm, "AES-256-GCM");
   // Every call is in the audit trail, refusals included.
   int admin_events = 0;
   for (const auto& e : Events())

@@ -35,7 +35,7 @@ class KeyRotationTest : public VaultTest {
     KeyRing::Options options;
     options.max_encryptions_per_key = max_encryptions;
     options.now = [this] { return Now(); };
-    ring_ = *KeyRing::Load(db_.get(), &wrapper_, options);
+    LoadRing(options);
     Reopen({});
   }
   std::vector<std::pair<std::string, std::string>> TokenizeMany(int n,
@@ -93,8 +93,6 @@ class KeyRotationTest : public VaultTest {
     }
     return out;
   }
-
-  testing::FakeKeyWrapper wrapper_;
 };
 
 TEST_F(KeyRotationTest, UseLimitRotatesAndReencryptionLetsOldKeysBeDestroyed) {
@@ -142,7 +140,7 @@ TEST_F(KeyRotationTest, UseLimitRotatesAndReencryptionLetsOldKeysBeDestroyed) {
 
   // After a restart: destroyed keys stay destroyed, counts are durable.
   vault_.reset();
-  ring_ = *KeyRing::Load(db_.get(), &wrapper_, {});
+  LoadRing({});
   Reopen({});
   for (const KeyInfo& k : ring_->Inventory()) {
     if (k.version < primary) {
@@ -203,7 +201,7 @@ TEST_F(KeyRotationTest, OnDemandRotationAndCryptoperiod) {
   KeyRing::Options options;
   options.cryptoperiod = absl::Hours(24 * 30);
   options.now = [this] { return Now(); };
-  ring_ = *KeyRing::Load(db_.get(), &wrapper_, options);
+  LoadRing(options);
   Reopen({});
   const uint32_t first = ring_->primary_version();
   auto rotated = vault_->RotateDataKey();

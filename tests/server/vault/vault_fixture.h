@@ -19,7 +19,9 @@
 #include "gtest/gtest.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/vault/index_entry.h"
+#include "server/vault/kek_manager.h"
 #include "server/vault/vault.h"
+#include "tests/testing/fake_key_wrapper.h"
 #include "tests/testing/fault_injecting_store.h"
 #include "tests/testing/status_matchers.h"
 
@@ -120,9 +122,21 @@ class VaultTest : public ::testing::Test {
   void TearDown() override {
     vault_.reset();
     audit_.reset();
+    ring_.reset();
+    kek_.reset();
     store_.reset();
     db_.reset();
     std::filesystem::remove_all(dir_);
+  }
+
+  // Replaces the fixed ring with one over db_ that makes, wraps and rotates
+  // keys through wrapper_ (the vault must be reopened after).
+  void LoadRing(KeyRing::Options options) {
+    if (kek_ == nullptr) {
+      kek_ = *KekManager::Open(db_.get(), &wrapper_,
+                               {.initial_label = "fake-kek"});
+    }
+    ring_ = *KeyRing::Load(kek_.get(), std::move(options));
   }
 
   static Card MakeCard(absl::string_view pan) {
@@ -154,6 +168,10 @@ class VaultTest : public ::testing::Test {
   std::unique_ptr<testing::FaultInjectingStore> store_;
   std::unique_ptr<audit::AuditLog> audit_;
   std::unique_ptr<KeyRing> ring_;
+  // For tests whose ring makes keys (LoadRing): an in-memory "HSM" and the
+  // KEK state in db_.
+  testing::FakeKeyWrapper wrapper_;
+  std::unique_ptr<KekManager> kek_;
   std::unique_ptr<crypto::HmacSha256> index_key_;
   std::unique_ptr<crypto::HmacSha256> fingerprint_key_;
   std::unique_ptr<CvvCache> cvv_cache_;
