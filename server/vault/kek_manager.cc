@@ -175,6 +175,8 @@ absl::StatusOr<std::string> KekManager::Rotate() const {
     rewrapping.other = next;
     state = Write(*state, std::move(rewrapping));
     if (!state.ok()) return state.status();
+    util::LogInfo(absl::StrCat("KEK rotation: \"", next,
+                               "\" generated in the HSM; rewrapping"));
   }
   return Complete(*std::move(state));
 }
@@ -256,6 +258,8 @@ absl::StatusOr<KekState> KekManager::Retire(const KekState& state) const {
     }
   }
   if (absl::Status s = wrapper_->DestroyKek(state.other); !s.ok()) return s;
+  util::LogInfo(
+      absl::StrCat("KEK rotation: \"", state.other, "\" destroyed in the HSM"));
   KekState steady = state;
   steady.phase = KekPhase::kSteady;
   steady.other.clear();

@@ -16,8 +16,11 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 
 namespace cardvault::testing {
@@ -95,6 +98,22 @@ void TestEnv::IssueClient(absl::string_view name,
   RunOrDie(absl::StrCat(CARDVAULT_SOURCE_DIR "/deploy/make-pki.sh --client ",
                         name, " '", uri_san, "' ", dir_, "/pki ", dir_,
                         "/ca >/dev/null"));
+}
+
+std::vector<std::string> TestEnv::SecretKeyLabels() const {
+  const std::string out = dir_ + "/pkcs11-tool.out";
+  RunOrDie(
+      absl::StrCat("pkcs11-tool --module ", kSoftHsmModule, " --token-label ",
+                   token_label(), " --login --pin \"$(cat ", pin_file(),
+                   ")\" --list-objects --type secrkey >", out, " 2>/dev/null"));
+  std::vector<std::string> labels;
+  for (absl::string_view line : absl::StrSplit(ReadFileOrEmpty(out), '\n')) {
+    line = absl::StripLeadingAsciiWhitespace(line);
+    if (absl::ConsumePrefix(&line, "label:")) {
+      labels.emplace_back(absl::StripAsciiWhitespace(line));
+    }
+  }
+  return labels;
 }
 
 void TestEnv::AddToConfig(absl::string_view block,

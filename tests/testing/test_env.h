@@ -63,6 +63,10 @@ class TestEnv {
   // A complete PKI under another CA in `subdir`; returns its directory.
   std::string MakeForeignPki(absl::string_view subdir) const;
 
+  // CKA_LABEL of every secret key (token object) in the test token, as
+  // opensc's pkcs11-tool lists them.
+  std::vector<std::string> SecretKeyLabels() const;
+
  private:
   explicit TestEnv(std::string dir) : dir_(std::move(dir)) {}
   const std::string dir_;
