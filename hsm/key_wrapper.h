@@ -7,14 +7,24 @@
 #ifndef CARDVAULT_HSM_KEY_WRAPPER_H_
 #define CARDVAULT_HSM_KEY_WRAPPER_H_
 
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "server/crypto/aead.h"
 #include "server/crypto/secret_bytes.h"
 
 namespace cardvault::hsm {
+
+// Where a wrapped key is now (a KEK rotation rewraps it).
+struct WrappedKeyRef {
+  std::string kek_label;
+  std::string wrapped;
+};
+using WrappedKeySource = std::function<absl::StatusOr<WrappedKeyRef>()>;
 
 class KeyWrapper {
  public:
@@ -46,6 +56,14 @@ class KeyWrapper {
 
   // Destroys the KEK `label` in the HSM; OK if there is none.
   virtual absl::Status DestroyKek(absl::string_view label) const = 0;
+
+  // An AES-256-GCM AEAD (crypto/aead.h layout) whose key never enters host
+  // memory: unwrapped inside the HSM (sensitive, non-extractable) from what
+  // `source` returns, and used there with CKM_AES_GCM. `source` is asked
+  // again whenever a fresh session needs the key. Fails if it does not
+  // unwrap now.
+  virtual absl::StatusOr<std::unique_ptr<crypto::Aead>> NewAeadInHsm(
+      WrappedKeySource source) const = 0;
 };
 
 }  // namespace cardvault::hsm

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "hsm/ck_rv.h"
+#include "hsm/pkcs11_aead.h"
 
 namespace cardvault::hsm {
 namespace {
@@ -221,6 +222,52 @@ absl::StatusOr<CK_OBJECT_HANDLE> Unwrap(const Session& session,
 }
 
 }  // namespace
+
+absl::StatusOr<CK_OBJECT_HANDLE> UnwrapForUse(const Session& session,
+                                              absl::string_view kek_label,
+                                              absl::string_view wrapped,
+                                              absl::string_view object_label) {
+  if (wrapped.empty() || wrapped.size() > kMaxWrappedKeyBytes) {
+    return absl::InvalidArgumentError("wrapped key has an impossible length");
+  }
+  absl::StatusOr<CK_OBJECT_HANDLE> kek = FindKek(session, kek_label);
+  if (!kek.ok()) return kek.status();
+  std::string label(object_label);
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &kSecretKeyClass, sizeof(kSecretKeyClass)},
+      {CKA_KEY_TYPE, &kAesKeyType, sizeof(kAesKeyType)},
+      {CKA_LABEL, label.data(), label.size()},
+      {CKA_TOKEN, &kFalse, sizeof(kFalse)},
+      {CKA_SENSITIVE, &kTrue, sizeof(kTrue)},
+      {CKA_EXTRACTABLE, &kFalse, sizeof(kFalse)},
+      {CKA_ENCRYPT, &kTrue, sizeof(kTrue)},
+      {CKA_DECRYPT, &kTrue, sizeof(kTrue)},
+      {CKA_WRAP, &kFalse, sizeof(kFalse)},
+      {CKA_UNWRAP, &kFalse, sizeof(kFalse)},
+  };
+  std::string wrapped_copy(wrapped);
+  CK_MECHANISM wrap = WrapMechanism();
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  absl::MutexLock lock(&key_creation_mu);
+  if (absl::Status s =
+          CkRvToStatus(session.functions()->C_UnwrapKey(
+                           session.handle(), &wrap, *kek,
+                           reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
+                           wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
+                       "C_UnwrapKey");
+      !s.ok()) {
+    return s;
+  }
+  return handle;
+}
+
+absl::StatusOr<std::unique_ptr<crypto::Aead>> Pkcs11KeyWrapper::NewAeadInHsm(
+    WrappedKeySource source) const {
+  absl::StatusOr<std::unique_ptr<Pkcs11Aead>> aead =
+      Pkcs11Aead::Create(pool_, std::move(source));
+  if (!aead.ok()) return aead.status();
+  return std::unique_ptr<crypto::Aead>(*std::move(aead));
+}
 
 absl::StatusOr<std::unique_ptr<Pkcs11KeyWrapper>> Pkcs11KeyWrapper::Create(
     const SessionPool* pool) {

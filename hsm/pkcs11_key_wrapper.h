@@ -25,6 +25,15 @@ namespace cardvault::hsm {
 absl::StatusOr<CK_OBJECT_HANDLE> FindSecretKeyByLabel(const Session& session,
                                                       absl::string_view label);
 
+// Unwraps `wrapped` under the KEK `kek_label` into a session object of
+// `session` that is sensitive and non-extractable and may only encrypt and
+// decrypt, labelled `object_label` (so that its owner can tell it from any
+// other object before destroying it).
+absl::StatusOr<CK_OBJECT_HANDLE> UnwrapForUse(const Session& session,
+                                              absl::string_view kek_label,
+                                              absl::string_view wrapped,
+                                              absl::string_view object_label);
+
 class Pkcs11KeyWrapper : public KeyWrapper {
  public:
   // `pool` must outlive the wrapper.
@@ -41,6 +50,8 @@ class Pkcs11KeyWrapper : public KeyWrapper {
   absl::Status CheckKek(absl::string_view label) const override;
   absl::Status CreateKek(absl::string_view label) const override;
   absl::Status DestroyKek(absl::string_view label) const override;
+  absl::StatusOr<std::unique_ptr<crypto::Aead>> NewAeadInHsm(
+      WrappedKeySource source) const override;
 
  private:
   explicit Pkcs11KeyWrapper(const SessionPool* pool) : pool_(pool) {}

@@ -1,5 +1,6 @@
 #include "hsm/session_pool.h"
 
+#include <tuple>
 #include <utility>
 
 #include "hsm/ck_rv.h"
@@ -7,19 +8,22 @@
 namespace cardvault::hsm {
 
 Session::Session(Session&& other) noexcept
-    : pool_(std::exchange(other.pool_, nullptr)), handle_(other.handle_) {}
+    : pool_(std::exchange(other.pool_, nullptr)),
+      handle_(other.handle_),
+      id_(other.id_) {}
 
 Session& Session::operator=(Session&& other) noexcept {
   if (this != &other) {
-    if (pool_ != nullptr) pool_->Release(handle_);
+    if (pool_ != nullptr) pool_->Release(handle_, id_);
     pool_ = std::exchange(other.pool_, nullptr);
     handle_ = other.handle_;
+    id_ = other.id_;
   }
   return *this;
 }
 
 Session::~Session() {
-  if (pool_ != nullptr) pool_->Release(handle_);
+  if (pool_ != nullptr) pool_->Release(handle_, id_);
 }
 
 CK_FUNCTION_LIST* Session::functions() const { return pool_->functions(); }
@@ -64,13 +68,14 @@ absl::Status SessionPool::Check(CK_SESSION_HANDLE handle) const {
 
 SessionPool::~SessionPool() {
   absl::MutexLock lock(&mu_);
-  if (!idle_.empty()) module_->functions()->C_Logout(idle_.front());
-  for (CK_SESSION_HANDLE h : idle_) module_->functions()->C_CloseSession(h);
+  if (!idle_.empty()) module_->functions()->C_Logout(idle_.front().first);
+  for (const auto& [h, id] : idle_) module_->functions()->C_CloseSession(h);
   idle_.clear();
 }
 
 absl::StatusOr<Session> SessionPool::Acquire() const {
   CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+  uint64_t id = 0;
   {
     absl::MutexLock lock(&mu_);
     auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -81,10 +86,11 @@ absl::StatusOr<Session> SessionPool::Acquire() const {
       return absl::UnavailableError("no PKCS#11 session free in time");
     }
     if (!idle_.empty()) {
-      h = idle_.back();
+      std::tie(h, id) = idle_.back();
       idle_.pop_back();
     } else {
       ++open_;  // reserve the slot; open outside the lock
+      id = next_id_++;
     }
   }
   CK_FUNCTION_LIST* f = module_->functions();
@@ -104,12 +110,12 @@ absl::StatusOr<Session> SessionPool::Acquire() const {
     --open_;
     return s;
   }
-  return Session(const_cast<SessionPool*>(this), h);
+  return Session(const_cast<SessionPool*>(this), h, id);
 }
 
-void SessionPool::Release(CK_SESSION_HANDLE handle) const {
+void SessionPool::Release(CK_SESSION_HANDLE handle, uint64_t id) const {
   absl::MutexLock lock(&mu_);
-  idle_.push_back(handle);
+  idle_.emplace_back(handle, id);
 }
 
 }  // namespace cardvault::hsm

@@ -7,7 +7,9 @@
 #define CARDVAULT_HSM_SESSION_POOL_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -33,15 +35,20 @@ class Session {
   ~Session();
 
   CK_SESSION_HANDLE handle() const { return handle_; }
+  // Unique per opened session for the pool's lifetime: unlike the handle,
+  // never reused, so per-session state (an unwrapped key object) can be
+  // keyed by it safely.
+  uint64_t id() const { return id_; }
   CK_FUNCTION_LIST* functions() const;
 
  private:
   friend class SessionPool;
-  Session(SessionPool* pool, CK_SESSION_HANDLE handle)
-      : pool_(pool), handle_(handle) {}
+  Session(SessionPool* pool, CK_SESSION_HANDLE handle, uint64_t id)
+      : pool_(pool), handle_(handle), id_(id) {}
 
   SessionPool* pool_;
   CK_SESSION_HANDLE handle_;
+  uint64_t id_;
 };
 
 class SessionPool {
@@ -77,7 +84,7 @@ class SessionPool {
   friend class Session;
   SessionPool(const Pkcs11Module* module, CK_SLOT_ID slot,
               crypto::SecretBytes pin, Options options);
-  void Release(CK_SESSION_HANDLE handle) const;
+  void Release(CK_SESSION_HANDLE handle, uint64_t id) const;
   // Whether `handle` answers and is logged in (logging it in if needed).
   absl::Status Check(CK_SESSION_HANDLE handle) const;
 
@@ -86,7 +93,10 @@ class SessionPool {
   const crypto::SecretBytes pin_;
   const Options options_;
   mutable absl::Mutex mu_;
-  mutable std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(mu_);
+  // (handle, id) of idle sessions.
+  mutable std::vector<std::pair<CK_SESSION_HANDLE, uint64_t>> idle_
+      ABSL_GUARDED_BY(mu_);
+  mutable uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   mutable size_t open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -110,6 +110,7 @@ int Run(const sigset_t& stop_signals) {
   vault::KeyRing::Options key_options;
   key_options.max_encryptions_per_key = cfg.keys().max_encryptions_per_key();
   key_options.cryptoperiod = absl::Hours(24 * cfg.keys().cryptoperiod_days());
+  key_options.keys_in_hsm = cfg.hsm().seal_in_hsm();
   auto keys =
       OrDie(vault::KeyRing::Load(kek.get(), key_options, &created_data_key),
             "data keys");

@@ -63,7 +63,7 @@ absl::StatusOr<Card> DecodePlaintext(absl::string_view in) {
 
 }  // namespace
 
-absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
+absl::StatusOr<std::string> SealCardRecord(const crypto::Aead& key,
                                            const RecordHeader& header,
                                            absl::string_view token,
                                            const Card& card) {
@@ -81,7 +81,7 @@ absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
   if (!plaintext.ok()) return plaintext.status();
   std::string record;
   record.reserve(kCardRecordHeaderBytes + domain.size() +
-                 crypto::AesGcm::kOverhead + plaintext->size());
+                 crypto::Aead::kOverhead + plaintext->size());
   record.push_back(static_cast<char>(kCardRecordFormatV3));
   util::AppendBigEndian32(header.key_version, &record);
   record.push_back(static_cast<char>(header.format));
@@ -100,7 +100,7 @@ absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
 
 absl::StatusOr<RecordHeader> ParseRecordHeader(absl::string_view record) {
   const absl::Status bad = absl::DataLossError("card record is malformed");
-  if (record.size() < kCardRecordHeaderBytes + crypto::AesGcm::kOverhead ||
+  if (record.size() < kCardRecordHeaderBytes + crypto::Aead::kOverhead ||
       record.size() > kMaxCardRecordBytes) {
     return bad;
   }
@@ -113,7 +113,7 @@ absl::StatusOr<RecordHeader> ParseRecordHeader(absl::string_view record) {
   if (!IsKnownFormat(format) || (flags & ~kRecordFlagDeterministic) != 0 ||
       domain_len == 0 || domain_len > kMaxRecordDomainBytes ||
       record.size() <
-          kCardRecordHeaderBytes + domain_len + crypto::AesGcm::kOverhead) {
+          kCardRecordHeaderBytes + domain_len + crypto::Aead::kOverhead) {
     return bad;
   }
   RecordHeader header;
@@ -137,7 +137,7 @@ absl::StatusOr<OpenedCard> OpenCardRecord(const KeyRing& keys,
   absl::StatusOr<RecordHeader> header = ParseRecordHeader(record);
   if (!header.ok()) return header.status();
   const size_t header_len = kCardRecordHeaderBytes + header->domain.size();
-  absl::StatusOr<std::shared_ptr<const crypto::AesGcm>> key =
+  absl::StatusOr<std::shared_ptr<const crypto::Aead>> key =
       keys.Get(header->key_version);
   if (!key.ok()) {
     return absl::DataLossError("card record names an unknown data key");
@@ -145,6 +145,7 @@ absl::StatusOr<OpenedCard> OpenCardRecord(const KeyRing& keys,
   absl::StatusOr<crypto::SecretBytes> plaintext =
       (*key)->Open(record.substr(header_len),
                    AssociatedData(record.substr(0, header_len), token));
+  if (absl::IsUnavailable(plaintext.status())) return plaintext.status();
   if (!plaintext.ok()) {
     return absl::DataLossError("card record failed its integrity check");
   }

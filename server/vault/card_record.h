@@ -42,7 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "server/crypto/aes_gcm.h"
+#include "server/crypto/aead.h"
 #include "server/vault/card.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/token.h"
@@ -56,7 +56,7 @@ inline constexpr size_t kCardRecordHeaderBytes = 1 + 4 + 1 + 1 + 8 + 8 + 1;
 inline constexpr size_t kMaxCardPlaintextBytes =
     1 + kMaxPanDigits + 1 + 2 + 1 + kMaxCardholderNameBytes;
 inline constexpr size_t kMaxCardRecordBytes =
-    kCardRecordHeaderBytes + kMaxRecordDomainBytes + crypto::AesGcm::kOverhead +
+    kCardRecordHeaderBytes + kMaxRecordDomainBytes + crypto::Aead::kOverhead +
     kMaxCardPlaintextBytes;
 
 // The record's clear header.
@@ -77,7 +77,7 @@ struct OpenedCard {
 
 // Seals a validated `card` under `token` with `key`, whose version is
 // `header.key_version`.
-absl::StatusOr<std::string> SealCardRecord(const crypto::AesGcm& key,
+absl::StatusOr<std::string> SealCardRecord(const crypto::Aead& key,
                                            const RecordHeader& header,
                                            absl::string_view token,
                                            const Card& card);

@@ -34,6 +34,23 @@ absl::string_view KeyStateName(KeyState state) {
   return "unknown";
 }
 
+namespace {
+
+KeyCustody CustodyOf(const KeyRing::Options& options) {
+  return options.keys_in_hsm ? KeyCustody::kHsm : KeyCustody::kHostMemory;
+}
+
+// The AEAD of a loaded data key: the HSM's, or one over the unwrapped key.
+absl::StatusOr<std::shared_ptr<const crypto::Aead>> AeadOf(StoredKey stored) {
+  if (stored.in_hsm != nullptr) return std::move(stored.in_hsm);
+  absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
+      crypto::AesGcm::Create(std::move(stored.key));
+  if (!aead.ok()) return aead.status();
+  return std::shared_ptr<const crypto::Aead>(*std::move(aead));
+}
+
+}  // namespace
+
 absl::StatusOr<MacKey> LoadMacKey(const KekManager* kek,
                                   absl::string_view prefix) {
   bool created = false;
@@ -60,12 +77,13 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     return absl::InvalidArgumentError("bad key ring options");
   }
   absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
-      LoadStoredKeys(kek, kDataKeyPrefix);
+      LoadStoredKeys(kek, kDataKeyPrefix, CustodyOf(options));
   if (!stored.ok()) return stored.status();
   if (stored->empty() && options.create_first_key) {
     const absl::Time now = options.now();
-    absl::StatusOr<StoredKey> first = CreateStoredKey(
-        kek, kDataKeyPrefix, 1, now, now + options.cryptoperiod);
+    absl::StatusOr<StoredKey> first =
+        CreateStoredKey(kek, kDataKeyPrefix, 1, now, now + options.cryptoperiod,
+                        CustodyOf(options));
     if (!first.ok()) return first.status();
     stored->emplace(1, *std::move(first));
     if (created_first_key != nullptr) *created_first_key = true;
@@ -83,8 +101,8 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
     auto fresh = uses->find(NewRecordsCounterId(version));
     if (fresh != uses->end()) e.new_records = fresh->second;
     if (!s.destroyed) {
-      absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
-          crypto::AesGcm::Create(std::move(s.key));
+      absl::StatusOr<std::shared_ptr<const crypto::Aead>> aead =
+          AeadOf(std::move(s));
       if (!aead.ok()) return aead.status();
       e.key = *std::move(aead);
     }
@@ -171,7 +189,7 @@ uint32_t KeyRing::primary_version() const {
   return primary_;
 }
 
-absl::StatusOr<std::shared_ptr<const crypto::AesGcm>> KeyRing::Get(
+absl::StatusOr<std::shared_ptr<const crypto::Aead>> KeyRing::Get(
     uint32_t version) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = keys_.find(version);
@@ -213,11 +231,12 @@ absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
     next = keys_.rbegin()->first + 1;
   }
   const absl::Time now = options_.now();
-  absl::StatusOr<StoredKey> stored = CreateStoredKey(
-      kek_, kDataKeyPrefix, next, now, now + options_.cryptoperiod);
+  absl::StatusOr<StoredKey> stored =
+      CreateStoredKey(kek_, kDataKeyPrefix, next, now,
+                      now + options_.cryptoperiod, CustodyOf(options_));
   if (!stored.ok()) return stored.status();
-  absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
-      crypto::AesGcm::Create(std::move(stored->key));
+  absl::StatusOr<std::shared_ptr<const crypto::Aead>> aead =
+      AeadOf(*std::move(stored));
   if (!aead.ok()) return aead.status();
   Entry e;
   e.key = *std::move(aead);
@@ -283,7 +302,8 @@ std::vector<KeyInfo> KeyRing::Inventory() const {
     info.id = DataKeyId(version);
     info.version = version;
     info.purpose = "card data";
-    info.algorithm = "AES-256-GCM";
+    info.algorithm =
+        options_.keys_in_hsm ? "AES-256-GCM, in the HSM" : "AES-256-GCM";
     info.state = StateOf(version, e);
     info.created = e.created;
     info.cryptoperiod_end = e.cryptoperiod_end;

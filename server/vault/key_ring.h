@@ -96,6 +96,10 @@ class KeyRing {
     // Generate DEK version 1 (in the HSM, stored wrapped) when the store has
     // no data key yet, i.e. on the first start of a new vault.
     bool create_first_key = true;
+    // Direct-HSM mode: data keys stay in the HSM, and every record is
+    // sealed and opened there (CKM_AES_GCM). Default off: keys unwrapped
+    // into locked host memory, no HSM call per record.
+    bool keys_in_hsm = false;
     // The primary is due for rotation after this many encryptions. Default
     // and maximum 2^32.
     uint64_t max_encryptions_per_key = kMaxGcmEncryptionsPerKey;
@@ -128,16 +132,16 @@ class KeyRing {
     Lease& operator=(Lease&&) = delete;
     ~Lease();
     uint32_t version() const { return version_; }
-    const crypto::AesGcm& key() const { return *key_; }
+    const crypto::Aead& key() const { return *key_; }
 
    private:
     friend class KeyRing;
     Lease(const KeyRing* ring, uint32_t version,
-          std::shared_ptr<const crypto::AesGcm> key)
+          std::shared_ptr<const crypto::Aead> key)
         : ring_(ring), version_(version), key_(std::move(key)) {}
     const KeyRing* ring_;
     uint32_t version_;
-    std::shared_ptr<const crypto::AesGcm> key_;
+    std::shared_ptr<const crypto::Aead> key_;
   };
   // Whether a lease seals new records (counted against the configured
   // limit) or re-encrypts existing ones (counted against the hard bound).
@@ -152,7 +156,7 @@ class KeyRing {
   uint32_t primary_version() const;
 
   // The key of `version`; NOT_FOUND if the ring has none (or destroyed).
-  absl::StatusOr<std::shared_ptr<const crypto::AesGcm>> Get(
+  absl::StatusOr<std::shared_ptr<const crypto::Aead>> Get(
       uint32_t version) const;
 
   // Whether the primary has reached its encryption limit or cryptoperiod.
@@ -187,7 +191,7 @@ class KeyRing {
 
  private:
   struct Entry {
-    std::shared_ptr<const crypto::AesGcm> key;  // null once destroyed
+    std::shared_ptr<const crypto::Aead> key;  // null once destroyed
     absl::Time created = absl::InfinitePast();
     absl::Time cryptoperiod_end = absl::InfiniteFuture();
     uint64_t encryptions = 0;

@@ -101,6 +101,41 @@ absl::string_view PrefixOf(absl::string_view id) {
                                           : id.substr(0, slash + 1);
 }
 
+// Reads where the key `id` is wrapped now, for an AEAD in the HSM that may
+// need to unwrap it again (in a new session, after a KEK rotation).
+hsm::WrappedKeySource SourceOf(const storage::KeyStore* keys, std::string id) {
+  return [keys, id = std::move(id)]() -> absl::StatusOr<hsm::WrappedKeyRef> {
+    absl::StatusOr<std::string> record = keys->GetKey(id);
+    if (!record.ok()) return record.status();
+    absl::StatusOr<WrappedKey> k = Decode(PrefixOf(id), id, *record);
+    if (!k.ok()) return k.status();
+    if (k->destroyed) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("key ", id, " is destroyed"));
+    }
+    return hsm::WrappedKeyRef{std::string(k->kek_label),
+                              std::string(k->wrapped)};
+  };
+}
+
+// Makes `stored` usable per `custody` from its wrapped form.
+absl::Status Load(const KekManager* kek, absl::string_view id,
+                  absl::string_view label, absl::string_view wrapped,
+                  KeyCustody custody, StoredKey* stored) {
+  if (custody == KeyCustody::kHsm) {
+    absl::StatusOr<std::unique_ptr<crypto::Aead>> aead =
+        kek->wrapper()->NewAeadInHsm(SourceOf(kek->keys(), std::string(id)));
+    if (!aead.ok()) return aead.status();
+    stored->in_hsm = *std::move(aead);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<crypto::SecretBytes> key =
+      kek->wrapper()->UnwrapKey(label, wrapped);
+  if (!key.ok()) return key.status();
+  stored->key = *std::move(key);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string WrappedKeyId(absl::string_view prefix, uint32_t version) {
@@ -115,7 +150,7 @@ std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at) {
 }
 
 absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
-    const KekManager* kek, absl::string_view prefix) {
+    const KekManager* kek, absl::string_view prefix, KeyCustody custody) {
   absl::StatusOr<KekState> state = kek->State();
   if (!state.ok()) return state.status();
   auto records = ListPrefix(kek->keys(), prefix);
@@ -136,14 +171,12 @@ absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
             absl::StrCat("key ", id, " is wrapped under KEK \"", k->kek_label,
                          "\", not the vault's \"", state->current, "\""));
       }
-      absl::StatusOr<crypto::SecretBytes> key =
-          kek->wrapper()->UnwrapKey(k->kek_label, k->wrapped);
-      if (!key.ok()) {
-        return absl::Status(key.status().code(),
-                            absl::StrCat("cannot unwrap key ", id, ": ",
-                                         key.status().message()));
+      if (absl::Status s =
+              Load(kek, id, k->kek_label, k->wrapped, custody, &stored);
+          !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("cannot unwrap key ", id,
+                                                   ": ", s.message()));
       }
-      stored.key = *std::move(key);
     }
     stored.record = std::move(record);
     out.emplace(stored.version, std::move(stored));
@@ -154,7 +187,8 @@ absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
 absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
                                           absl::string_view prefix,
                                           uint32_t version, absl::Time created,
-                                          absl::Time cryptoperiod_end) {
+                                          absl::Time cryptoperiod_end,
+                                          KeyCustody custody) {
   // Stored with millisecond times, so what is returned equals a reload.
   created = absl::FromUnixMillis(absl::ToUnixMillis(created));
   if (cryptoperiod_end != absl::InfiniteFuture()) {
@@ -172,10 +206,14 @@ absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
     std::string record =
         Encode(version, created, cryptoperiod_end, label, *wrapped);
     // Unwrapped before it is stored: a key the HSM cannot unwrap is never
-    // kept.
-    absl::StatusOr<crypto::SecretBytes> key =
-        kek->wrapper()->UnwrapKey(label, *wrapped);
-    if (!key.ok()) return key.status();
+    // kept. (In the HSM, from the record about to be written.)
+    StoredKey stored;
+    if (custody == KeyCustody::kHostMemory) {
+      if (absl::Status s = Load(kek, id, label, *wrapped, custody, &stored);
+          !s.ok()) {
+        return s;
+      }
+    }
     // Written only if the KEK state is still the one the KEK was chosen
     // from, so a rotation never misses a key (kek_manager.h).
     absl::Status written = kek->keys()->UpdateKeys(
@@ -188,12 +226,16 @@ absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
       if (attempt < kCreateAttempts) continue;
     }
     if (!written.ok()) return written;
-    StoredKey stored;
+    if (custody == KeyCustody::kHsm) {
+      if (absl::Status s = Load(kek, id, label, *wrapped, custody, &stored);
+          !s.ok()) {
+        return s;
+      }
+    }
     stored.version = version;
     stored.created = created;
     stored.cryptoperiod_end = cryptoperiod_end;
     stored.record = std::move(record);
-    stored.key = *std::move(key);
     return stored;
   }
 }

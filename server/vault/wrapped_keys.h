@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -32,6 +33,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "hsm/key_wrapper.h"
+#include "server/crypto/aead.h"
 #include "server/crypto/secret_bytes.h"
 #include "server/storage/token_store.h"
 #include "server/vault/kek_manager.h"
@@ -52,6 +54,10 @@ inline constexpr absl::string_view kFingerprintKeyPrefix = "fingerprint/";
 // "<prefix><8 hex digits>".
 std::string WrappedKeyId(absl::string_view prefix, uint32_t version);
 
+// Where a loaded key is usable: unwrapped into locked host memory (the
+// default), or only inside the HSM (direct-HSM mode, data keys only).
+enum class KeyCustody { kHostMemory, kHsm };
+
 // A key as stored: unwrapped (unless destroyed), with its times and the
 // exact record (for compare-and-set replacement).
 struct StoredKey {
@@ -61,22 +67,24 @@ struct StoredKey {
   bool destroyed = false;
   absl::Time destroyed_at = absl::InfinitePast();
   std::string record;
-  crypto::SecretBytes key;  // empty when destroyed
+  crypto::SecretBytes key;  // kHostMemory; empty when destroyed
+  std::shared_ptr<const crypto::Aead> in_hsm;  // kHsm; null when destroyed
 };
 
 // Every key stored under `prefix`, by version, unwrapped in the HSM under
 // the KEK each names. Fails if any live record is malformed, names a KEK the
 // KEK state does not, or does not unwrap.
 absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
-    const KekManager* kek, absl::string_view prefix);
+    const KekManager* kek, absl::string_view prefix,
+    KeyCustody custody = KeyCustody::kHostMemory);
 
 // Generates key `version` in the HSM and stores it, wrapped under the KEK
 // the state names for new keys, under `prefix` with its times; returns what
 // was stored (key unwrapped). ALREADY_EXISTS if the version is taken.
-absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
-                                          absl::string_view prefix,
-                                          uint32_t version, absl::Time created,
-                                          absl::Time cryptoperiod_end);
+absl::StatusOr<StoredKey> CreateStoredKey(
+    const KekManager* kek, absl::string_view prefix, uint32_t version,
+    absl::Time created, absl::Time cryptoperiod_end,
+    KeyCustody custody = KeyCustody::kHostMemory);
 
 // The KEK label the key record `record` (stored under `id`) names; nullopt
 // for a destroyed key. DATA_LOSS if malformed.

@@ -1,13 +1,16 @@
 // Runs against a real SoftHSM2 token made by deploy/init-softhsm.sh.
 #include "hsm/pkcs11_key_wrapper.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/ck_rv.h"
 #include "hsm/pkcs11_module.h"
 #include "hsm/session_pool.h"
 #include "server/config/config_loader.h"
+#include "server/crypto/aes_gcm.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/vault/kek_manager.h"
 #include "server/vault/key_ring.h"
@@ -272,6 +275,127 @@ TEST_F(Pkcs11KeyWrapperTest, KeyRingStoresOnlyWrappedKeysAndReloadsThem) {
                   db.get(), wrapper.get(),
                   {.initial_label = "kek-ring", .create_if_missing = true}),
               StatusIs(absl::StatusCode::kNotFound));
+}
+
+// Direct-HSM mode: the same bytes as host AES-256-GCM, so either opens what
+// the other sealed; the associated data is bound in the HSM too.
+TEST_F(Pkcs11KeyWrapperTest, SealedInTheHsmOpensOnTheHostAndBack) {
+  auto w = Wrapper("kek-aead");
+  ASSERT_NE(w, nullptr);
+  const std::string wrapped = *w->GenerateWrappedKey("kek-aead");
+  auto in_hsm = w->NewAeadInHsm([&]() -> absl::StatusOr<WrappedKeyRef> {
+    return WrappedKeyRef{"kek-aead", wrapped};
+  });
+  ASSERT_THAT(in_hsm, IsOk());
+  auto host = crypto::AesGcm::Create(*w->UnwrapKey("kek-aead", wrapped));
+  ASSERT_THAT(host, IsOk());
+  const std::string plaintext = "4111111111111111|12/30";
+  auto sealed = (*in_hsm)->Seal(plaintext, "record-aad");
+  ASSERT_THAT(sealed, IsOk());
+  EXPECT_EQ(sealed->size(), plaintext.size() + crypto::Aead::kOverhead);
+  auto opened = (*host)->Open(*sealed, "record-aad");
+  ASSERT_THAT(opened, IsOk());
+  EXPECT_EQ(opened->view(), plaintext);
+  auto back =
+      (*in_hsm)->Open(*(*host)->Seal(plaintext, "other-aad"), "other-aad");
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(back->view(), plaintext);
+  // Another AAD, or a changed byte, opens nothing.
+  EXPECT_THAT((*in_hsm)->Open(*sealed, "record-aae"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::string changed = *sealed;
+  changed[14] ^= 1;
+  EXPECT_THAT((*in_hsm)->Open(changed, "record-aad"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Two seals of the same input differ (fresh nonce).
+  EXPECT_NE(*(*in_hsm)->Seal(plaintext, "a"), *(*in_hsm)->Seal(plaintext, "a"));
+}
+
+// In direct-HSM mode the data key's object is sensitive and non-extractable,
+// usable only to encrypt and decrypt, and destroyed with its owner.
+TEST_F(Pkcs11KeyWrapperTest, DataKeyInTheHsmCannotBeReadOrExported) {
+  auto w = Wrapper("kek-aead-custody");
+  ASSERT_NE(w, nullptr);
+  const std::string wrapped = *w->GenerateWrappedKey("kek-aead-custody");
+  auto in_hsm = w->NewAeadInHsm([&]() -> absl::StatusOr<WrappedKeyRef> {
+    return WrappedKeyRef{"kek-aead-custody", wrapped};
+  });
+  ASSERT_THAT(in_hsm, IsOk());
+  auto session_keys = [&] {
+    auto session = pool_->Acquire();
+    EXPECT_THAT(session, IsOk());
+    CK_FUNCTION_LIST* f = session->functions();
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE find[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                           {CKA_TOKEN, &no, sizeof(no)}};
+    EXPECT_EQ(f->C_FindObjectsInit(session->handle(), find, 2), CKR_OK);
+    CK_OBJECT_HANDLE found[64];
+    CK_ULONG n = 0;
+    f->C_FindObjects(session->handle(), found, 64, &n);
+    f->C_FindObjectsFinal(session->handle());
+    int ours = 0;
+    for (CK_ULONG i = 0; i < n; ++i) {
+      char label[64] = {};
+      CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE, wrap = CK_TRUE;
+      CK_ATTRIBUTE attrs[] = {
+          {CKA_LABEL, label, sizeof(label)},
+          {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+          {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+          {CKA_WRAP, &wrap, sizeof(wrap)},
+      };
+      if (f->C_GetAttributeValue(session->handle(), found[i], attrs, 4) !=
+              CKR_OK ||
+          !absl::StartsWith(label, "cardvault-dek-session-")) {
+        continue;
+      }
+      ++ours;
+      EXPECT_EQ(sensitive, CK_TRUE);
+      EXPECT_EQ(extractable, CK_FALSE);
+      EXPECT_EQ(wrap, CK_FALSE);
+      unsigned char value[64];
+      CK_ATTRIBUTE read = {CKA_VALUE, value, sizeof(value)};
+      EXPECT_EQ(f->C_GetAttributeValue(session->handle(), found[i], &read, 1),
+                CKR_ATTRIBUTE_SENSITIVE);
+    }
+    return ours;
+  };
+  EXPECT_GE(session_keys(), 1);
+  in_hsm->reset();
+  EXPECT_EQ(session_keys(), 0);
+}
+
+// A session opened after a KEK rotation unwraps the key from where it is
+// now (the source), so direct-HSM mode survives KEK rotation.
+TEST_F(Pkcs11KeyWrapperTest, HsmAeadFollowsItsKeyAcrossKekRotation) {
+  config::v1::HsmConfig hsm;
+  hsm.set_pin_file(env_->pin_file());
+  auto pool = SessionPool::Create(
+      module_, *module_->FindSlotByTokenLabel(env_->token_label()),
+      *config::ReadHsmPin(hsm), {.max_sessions = 2});
+  ASSERT_THAT(pool, IsOk());
+  auto w = *Pkcs11KeyWrapper::Create(pool->get());
+  ASSERT_THAT(w->CreateKek("kek-gen1"), IsOk());
+  ASSERT_THAT(w->CreateKek("kek-gen2"), IsOk());
+  absl::Mutex mu;
+  WrappedKeyRef where{"kek-gen1", *w->GenerateWrappedKey("kek-gen1")};
+  auto in_hsm = w->NewAeadInHsm([&]() -> absl::StatusOr<WrappedKeyRef> {
+    absl::MutexLock lock(&mu);
+    return where;
+  });
+  ASSERT_THAT(in_hsm, IsOk());
+  const std::string sealed = *(*in_hsm)->Seal("card", "aad");
+  {
+    absl::MutexLock lock(&mu);
+    where = {"kek-gen2", *w->RewrapKey("kek-gen1", where.wrapped, "kek-gen2")};
+  }
+  ASSERT_THAT(w->DestroyKek("kek-gen1"), IsOk());
+  // Hold the session that has the key, so the next call needs a new one.
+  auto held = (*pool)->Acquire();
+  ASSERT_THAT(held, IsOk());
+  auto opened = (*in_hsm)->Open(sealed, "aad");
+  ASSERT_THAT(opened, IsOk());
+  EXPECT_EQ(opened->view(), "card");
 }
 
 TEST_F(Pkcs11KeyWrapperTest, SessionPoolNeverExceedsItsBound) {

@@ -92,6 +92,19 @@ class FakeKeyWrapper : public hsm::KeyWrapper {
     keks_[std::string(label)] = *crypto::AesGcm::Create(std::move(kek));
     return absl::OkStatus();
   }
+  // "In the HSM" here means an AesGcm over the unwrapped key.
+  absl::StatusOr<std::unique_ptr<crypto::Aead>> NewAeadInHsm(
+      hsm::WrappedKeySource source) const override {
+    absl::StatusOr<hsm::WrappedKeyRef> ref = source();
+    if (!ref.ok()) return ref.status();
+    absl::StatusOr<crypto::SecretBytes> key =
+        UnwrapKey(ref->kek_label, ref->wrapped);
+    if (!key.ok()) return key.status();
+    absl::StatusOr<std::unique_ptr<crypto::AesGcm>> aead =
+        crypto::AesGcm::Create(*std::move(key));
+    if (!aead.ok()) return aead.status();
+    return std::unique_ptr<crypto::Aead>(*std::move(aead));
+  }
   absl::Status DestroyKek(absl::string_view label) const override {
     if (absl::Status s = Call(); !s.ok()) return s;
     absl::MutexLock lock(&mu_);

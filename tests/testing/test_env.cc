@@ -60,6 +60,11 @@ std::vector<std::string> FilesContaining(const std::string& dir,
   return out;
 }
 
+bool SealInHsm() {
+  const char* v = std::getenv("CARDVAULT_TEST_SEAL_IN_HSM");
+  return v != nullptr && std::string(v) == "1";
+}
+
 std::unique_ptr<TestEnv> TestEnv::Create() {
   std::string tmpl =
       (std::filesystem::temp_directory_path() / "cardvault-test-XXXXXX")
@@ -75,6 +80,7 @@ std::unique_ptr<TestEnv> TestEnv::Create() {
   RunOrDie(absl::StrCat(deploy, "/write-config.sh ", tmpl, " ",
                         env->token_label(), " 127.0.0.1:1 ", env->config_path(),
                         " ", kTrustDomain, " >/dev/null"));
+  if (SealInHsm()) env->AddToConfig("hsm", "seal_in_hsm: true");
   return env;
 }
 

@@ -34,6 +34,10 @@ std::vector<std::pair<std::string, std::string>> ReadTree(
 std::vector<std::string> FilesContaining(const std::string& dir,
                                          absl::string_view needle);
 
+// Whether this run tests direct-HSM mode (CARDVAULT_TEST_SEAL_IN_HSM=1):
+// every TestEnv's server then seals records inside the HSM.
+bool SealInHsm();
+
 class TestEnv {
  public:
   // A new directory with a SoftHSM2 token (SOFTHSM2_CONF is set for this
