@@ -343,6 +343,8 @@ int main(int argc, char** argv) {
     cardvault::util::LogError(s.ToString());
     return 1;
   }
+  cardvault::util::LogInfo(absl::StrCat("process hardening: ",
+                                        cardvault::util::HardeningReport()));
   if (absl::GetFlag(FLAGS_config).empty()) {
     cardvault::util::LogError("--config is required");
     return 2;

@@ -23,4 +23,11 @@ absl::Status HardenProcess() {
   return absl::OkStatus();
 }
 
+std::string HardeningReport() {
+  struct rlimit core = {};
+  getrlimit(RLIMIT_CORE, &core);
+  return absl::StrCat("dumpable=", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0),
+                      " core_limit=", core.rlim_cur, "/", core.rlim_max);
+}
+
 }  // namespace cardvault::util

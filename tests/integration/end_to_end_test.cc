@@ -436,6 +436,10 @@ TEST_F(EndToEndTest, ServerCannotDumpCoreAndLocksItsKeys) {
   const std::string proc = absl::StrCat("/proc/", server_->pid());
   EXPECT_TRUE(RE2Like(testing::ReadFileOrEmpty(proc + "/limits"),
                       "Max core file size +0 +0"));
+  // PR_SET_DUMPABLE has no /proc field a root observer could tell apart;
+  // the server logs what prctl(PR_GET_DUMPABLE) reads back at start.
+  EXPECT_THAT(testing::ReadFileOrEmpty(*log_path_),
+              HasSubstr("process hardening: dumpable=0 core_limit=0/0"));
 #ifdef CARDVAULT_SANITIZED
   GTEST_SKIP() << "sanitizer runtimes ignore mlock; checked in the plain build";
 #endif
