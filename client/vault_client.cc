@@ -52,6 +52,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateMutualTlsChannel(
   if (!options.server_name_override.empty()) {
     args.SetSslTargetNameOverride(options.server_name_override);
   }
+  if (options.separate_connection_index >= 0) {
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt("cardvault.connection_index",
+                options.separate_connection_index);
+  }
   return grpc::CreateCustomChannel(options.address, grpc::SslCredentials(ssl),
                                    args);
 }

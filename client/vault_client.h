@@ -35,6 +35,9 @@ struct ClientOptions {
   // Overrides the TLS name checked against the server certificate (the host
   // of `address` when empty).
   std::string server_name_override;
+  // When set, the channel gets its own connection (gRPC otherwise shares
+  // one between channels with equal arguments): load generators use it.
+  int separate_connection_index = -1;
 };
 
 // Reads the PEM files of `options` and returns a channel that presents the
