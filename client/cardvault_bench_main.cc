@@ -47,6 +47,9 @@ ABSL_FLAG(int, pans, 10000,
           "Distinct generated PANs (and tokens made beforehand for "
           "detokenize and info).");
 ABSL_FLAG(std::string, label, "", "Free text copied into the JSON line.");
+ABSL_FLAG(std::string, tsv_out, "",
+          "Also append one line per op to this file: label, op, channels, "
+          "in_flight, calls/s, items/s, p50, p99 (us), errors (for plots).");
 
 namespace cardvault {
 namespace {
@@ -217,6 +220,10 @@ int Run() {
               "items/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "errors");
   std::vector<std::string> json;
   uint64_t total_errors = 0;
+  std::FILE* tsv = nullptr;
+  if (!absl::GetFlag(FLAGS_tsv_out).empty()) {
+    tsv = std::fopen(absl::GetFlag(FLAGS_tsv_out).c_str(), "a");
+  }
   for (const client::OpResult& r : *results) {
     std::vector<std::string> errors;
     for (const auto& [code, n] : r.errors) {
@@ -227,6 +234,15 @@ int Run() {
                 r.name.c_str(), r.calls_per_second, r.items_per_second,
                 r.p50_us, r.p90_us, r.p99_us, r.p999_us,
                 errors.empty() ? "-" : absl::StrJoin(errors, " ").c_str());
+    uint64_t op_errors = 0;
+    for (const auto& [code, n] : r.errors) op_errors += n;
+    if (tsv != nullptr) {
+      std::fprintf(tsv, "%s\t%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%llu\n",
+                   absl::GetFlag(FLAGS_label).c_str(), r.name.c_str(), channels,
+                   options.in_flight, r.calls_per_second, r.items_per_second,
+                   r.p50_us, r.p99_us,
+                   static_cast<unsigned long long>(op_errors));
+    }
     std::vector<std::string> error_json;
     for (const auto& [code, n] : r.errors) {
       error_json.push_back(absl::StrFormat("\"%s\":%d", code, n));
@@ -243,6 +259,7 @@ int Run() {
       "\"duration_seconds\":%.1f,\"results\":[%s]}\n",
       absl::GetFlag(FLAGS_label).c_str(), channels, options.in_flight,
       absl::GetFlag(FLAGS_duration_seconds), absl::StrJoin(json, ",").c_str());
+  if (tsv != nullptr) std::fclose(tsv);
   return total_errors == 0 ? 0 : 3;
 }
 

@@ -29,6 +29,7 @@
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
 #include "server/service/audit_log_service.h"
+#include "server/service/blocking_executor.h"
 #include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
 #include "server/service/server_credentials.h"
@@ -188,7 +189,12 @@ int Run(const sigset_t& stop_signals) {
   auto credentials =
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
-  service::TokenVaultService token_vault(vault.get());
+  auto vault_executor = OrDie(
+      service::BlockingExecutor::Create(
+          {.threads = cfg.limits().vault_threads(),
+           .max_queued = cfg.limits().max_queued_calls()}),
+      "vault threads");
+  service::TokenVaultService token_vault(vault.get(), vault_executor.get());
   service::AuditLogService audit_service(vault.get());
   service::KeyAdminService key_admin_service(key_admin.get(), vault.get());
   grpc::EnableDefaultHealthCheckService(true);

@@ -88,6 +88,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "tokens.max_batch_items must be at most 10000");
   check(c.limits().max_server_threads() <= 1024,
         "limits.max_server_threads must be at most 1024");
+  check(c.limits().vault_threads() <= 1024,
+        "limits.vault_threads must be at most 1024");
   check(!c.policy().file().empty(), "policy.file is required");
   check(c.policy().reload_interval_seconds() <= 3600,
         "policy.reload_interval_seconds must be at most 3600");
@@ -146,6 +148,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   if (limits->max_request_bytes() == 0) {
     limits->set_max_request_bytes(kDefaultMaxRequestBytes);
   }
+  if (limits->vault_threads() == 0) limits->set_vault_threads(64);
+  if (limits->max_queued_calls() == 0) limits->set_max_queued_calls(4096);
   if (limits->max_server_threads() == 0) {
     limits->set_max_server_threads(kDefaultServerThreads);
   }

@@ -4,9 +4,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
+#include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "server/crypto/certificate_info.h"
 #include "server/crypto/random.h"
 #include "server/service/peer_identity.h"
@@ -32,6 +36,34 @@ std::string NextRequestId() {
   return absl::StrCat(*prefix, "-", ++counter);
 }
 
+// Serial and fingerprint by client certificate (PEM, as gRPC passes it):
+// parsing X.509 through OpenSSL 3's decoders on every call cost more than
+// the rest of a Tokenize. Bounded; cleared when full.
+class CertificateInfoCache {
+ public:
+  static constexpr size_t kMaxEntries = 1024;
+
+  std::optional<crypto::CertificateInfo> Get(absl::string_view pem) {
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = entries_.find(pem);
+      if (it != entries_.end()) return it->second;
+    }
+    absl::StatusOr<crypto::CertificateInfo> info =
+        crypto::ParseCertificateInfo(pem);
+    if (!info.ok()) return std::nullopt;
+    absl::MutexLock lock(&mu_);
+    if (entries_.size() >= kMaxEntries) entries_.clear();
+    entries_.emplace(std::string(pem), *info);
+    return *std::move(info);
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, crypto::CertificateInfo> entries_
+      ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace
 
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context) {
@@ -48,9 +80,10 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context) {
   caller.request_id = NextRequestId();
   auto pem = auth_context->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
   if (!pem.empty()) {
-    absl::StatusOr<crypto::CertificateInfo> info = crypto::ParseCertificateInfo(
-        absl::string_view(pem.front().data(), pem.front().size()));
-    if (info.ok()) {
+    static auto* cache = new CertificateInfoCache();
+    std::optional<crypto::CertificateInfo> info =
+        cache->Get(absl::string_view(pem.front().data(), pem.front().size()));
+    if (info.has_value()) {
       caller.certificate_serial = std::move(info->serial_hex);
       caller.certificate_sha256 = std::move(info->sha256_hex);
     }

@@ -162,41 +162,42 @@ grpc::Status Finish(absl::string_view rpc, const auth::Caller* caller,
   return ToGrpcStatus(status);
 }
 
-}  // namespace
-
-grpc::Status TokenVaultService::Tokenize(grpc::ServerContext* context,
-                                         const pb::TokenizeRequest* request,
-                                         pb::TokenizeResponse* response) {
+grpc::Status DoTokenize(const vault::Vault& vault,
+                        const grpc::ServerContextBase& context,
+                        const pb::TokenizeRequest* request,
+                        pb::TokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::TOKENIZE, vault::kTokenizeRpc,
+      IdentifyCaller(vault, context, pb::TOKENIZE, vault::kTokenizeRpc,
                      HasUnknownFields(*request));
   if (!caller.ok()) return Finish("Tokenize", nullptr, caller.status());
   absl::StatusOr<vault::Tokenized> token =
-      vault_->Tokenize(*caller, FromProto(*request));
+      vault.Tokenize(*caller, FromProto(*request));
   if (!token.ok()) return Finish("Tokenize", &*caller, token.status());
   ToProto(*token, response);
   return grpc::Status::OK;
 }
 
-grpc::Status TokenVaultService::Detokenize(grpc::ServerContext* context,
-                                           const pb::DetokenizeRequest* request,
-                                           pb::DetokenizeResponse* response) {
+grpc::Status DoDetokenize(const vault::Vault& vault,
+                          const grpc::ServerContextBase& context,
+                          const pb::DetokenizeRequest* request,
+                          pb::DetokenizeResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::DETOKENIZE, vault::kDetokenizeRpc,
+      IdentifyCaller(vault, context, pb::DETOKENIZE, vault::kDetokenizeRpc,
                      HasUnknownFields(*request));
   if (!caller.ok()) return Finish("Detokenize", nullptr, caller.status());
   absl::StatusOr<vault::Detokenized> card =
-      vault_->Detokenize(*caller, request->token(), request->purpose());
+      vault.Detokenize(*caller, request->token(), request->purpose());
   if (!card.ok()) return Finish("Detokenize", &*caller, card.status());
   ToProto(*card, response);
   return grpc::Status::OK;
 }
 
-grpc::Status TokenVaultService::TokenizeBatch(
-    grpc::ServerContext* context, const pb::TokenizeBatchRequest* request,
-    pb::TokenizeBatchResponse* response) {
+grpc::Status DoTokenizeBatch(const vault::Vault& vault,
+                             const grpc::ServerContextBase& context,
+                             const pb::TokenizeBatchRequest* request,
+                             pb::TokenizeBatchResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
+      IdentifyCaller(vault, context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
                      BatchHasUnknownFields(*request));
   if (!caller.ok()) return Finish("TokenizeBatch", nullptr, caller.status());
   std::vector<vault::TokenizeRequest> requests;
@@ -204,7 +205,7 @@ grpc::Status TokenVaultService::TokenizeBatch(
   for (const pb::TokenizeRequest& r : request->requests()) {
     requests.push_back(FromProto(r));
   }
-  auto results = vault_->TokenizeBatch(*caller, std::move(requests));
+  auto results = vault.TokenizeBatch(*caller, std::move(requests));
   if (!results.ok()) {
     return Finish("TokenizeBatch", &*caller, results.status());
   }
@@ -212,19 +213,20 @@ grpc::Status TokenVaultService::TokenizeBatch(
   return grpc::Status::OK;
 }
 
-grpc::Status TokenVaultService::DetokenizeBatch(
-    grpc::ServerContext* context, const pb::DetokenizeBatchRequest* request,
-    pb::DetokenizeBatchResponse* response) {
-  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
-      *vault_, *context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
-      BatchHasUnknownFields(*request));
+grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
+                               const grpc::ServerContextBase& context,
+                               const pb::DetokenizeBatchRequest* request,
+                               pb::DetokenizeBatchResponse* response) {
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(vault, context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
+                     BatchHasUnknownFields(*request));
   if (!caller.ok()) return Finish("DetokenizeBatch", nullptr, caller.status());
   std::vector<vault::DetokenizeRequest> requests;
   requests.reserve(request->requests_size());
   for (const pb::DetokenizeRequest& r : request->requests()) {
     requests.push_back({r.token(), r.purpose()});
   }
-  auto results = vault_->DetokenizeBatch(*caller, requests);
+  auto results = vault.DetokenizeBatch(*caller, requests);
   if (!results.ok()) {
     return Finish("DetokenizeBatch", &*caller, results.status());
   }
@@ -232,15 +234,16 @@ grpc::Status TokenVaultService::DetokenizeBatch(
   return grpc::Status::OK;
 }
 
-grpc::Status TokenVaultService::GetTokenInfo(
-    grpc::ServerContext* context, const pb::GetTokenInfoRequest* request,
-    pb::TokenInfo* response) {
+grpc::Status DoGetTokenInfo(const vault::Vault& vault,
+                            const grpc::ServerContextBase& context,
+                            const pb::GetTokenInfoRequest* request,
+                            pb::TokenInfo* response) {
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
+      IdentifyCaller(vault, context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
                      HasUnknownFields(*request));
   if (!caller.ok()) return Finish("GetTokenInfo", nullptr, caller.status());
   absl::StatusOr<vault::TokenInfo> info =
-      vault_->GetTokenInfo(*caller, request->token());
+      vault.GetTokenInfo(*caller, request->token());
   if (!info.ok()) return Finish("GetTokenInfo", &*caller, info.status());
   response->set_token(info->token);
   response->set_brand(BrandToProto(info->brand));
@@ -259,17 +262,82 @@ grpc::Status TokenVaultService::GetTokenInfo(
   return grpc::Status::OK;
 }
 
-grpc::Status TokenVaultService::DeleteToken(
-    grpc::ServerContext* context, const pb::DeleteTokenRequest* request,
-    pb::DeleteTokenResponse* response) {
+grpc::Status DoDeleteToken(const vault::Vault& vault,
+                           const grpc::ServerContextBase& context,
+                           const pb::DeleteTokenRequest* request,
+                           pb::DeleteTokenResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::DELETE_TOKEN,
-                     vault::kDeleteTokenRpc, HasUnknownFields(*request));
+      IdentifyCaller(vault, context, pb::DELETE_TOKEN, vault::kDeleteTokenRpc,
+                     HasUnknownFields(*request));
   if (!caller.ok()) return Finish("DeleteToken", nullptr, caller.status());
-  absl::StatusOr<bool> deleted = vault_->DeleteToken(*caller, request->token());
+  absl::StatusOr<bool> deleted = vault.DeleteToken(*caller, request->token());
   if (!deleted.ok()) return Finish("DeleteToken", &*caller, deleted.status());
   response->set_deleted(*deleted);
   return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* TokenVaultService::Offload(
+    grpc::CallbackServerContext* context, std::function<grpc::Status()> call) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const bool queued = executor_->Schedule(
+      [reactor, call = std::move(call)] { reactor->Finish(call()); });
+  if (!queued) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "server busy; retry with backoff"));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::Tokenize(
+    grpc::CallbackServerContext* context, const pb::TokenizeRequest* request,
+    pb::TokenizeResponse* response) {
+  return Offload(context, [this, context, request, response] {
+    return DoTokenize(*vault_, *context, request, response);
+  });
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::Detokenize(
+    grpc::CallbackServerContext* context, const pb::DetokenizeRequest* request,
+    pb::DetokenizeResponse* response) {
+  return Offload(context, [this, context, request, response] {
+    return DoDetokenize(*vault_, *context, request, response);
+  });
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::TokenizeBatch(
+    grpc::CallbackServerContext* context,
+    const pb::TokenizeBatchRequest* request,
+    pb::TokenizeBatchResponse* response) {
+  return Offload(context, [this, context, request, response] {
+    return DoTokenizeBatch(*vault_, *context, request, response);
+  });
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::DetokenizeBatch(
+    grpc::CallbackServerContext* context,
+    const pb::DetokenizeBatchRequest* request,
+    pb::DetokenizeBatchResponse* response) {
+  return Offload(context, [this, context, request, response] {
+    return DoDetokenizeBatch(*vault_, *context, request, response);
+  });
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::GetTokenInfo(
+    grpc::CallbackServerContext* context,
+    const pb::GetTokenInfoRequest* request, pb::TokenInfo* response) {
+  return Offload(context, [this, context, request, response] {
+    return DoGetTokenInfo(*vault_, *context, request, response);
+  });
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::DeleteToken(
+    grpc::CallbackServerContext* context, const pb::DeleteTokenRequest* request,
+    pb::DeleteTokenResponse* response) {
+  return Offload(context, [this, context, request, response] {
+    return DoDeleteToken(*vault_, *context, request, response);
+  });
 }
 
 }  // namespace cardvault::service
