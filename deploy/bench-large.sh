@@ -10,12 +10,7 @@ seconds=${1:-250}
 deploy/install-deps.sh
 deploy/build.sh
 s=var/bench-large
-rm -rf "$s"; mkdir -p "$s"
-deploy/init-softhsm.sh "$s/softhsm" cardvault-large >/dev/null
-deploy/make-pki.sh "$s/pki" "$s/ca" >/dev/null
-deploy/write-config.sh "$s" cardvault-large 127.0.0.1:9557 \
-  "$s/cardvaultd.textproto" >/dev/null
-sed -i '/detokenize_limit/d' "$s/policy.textproto"
+deploy/bench-state.sh "$s" cardvault-large 127.0.0.1:9557
 export SOFTHSM2_CONF=$PWD/$s/softhsm/softhsm2.conf
 report=$s/report.txt
 start() {  # WHAT

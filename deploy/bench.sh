@@ -17,13 +17,8 @@ fi
 deploy/build.sh
 state=var/bench
 out=docs/bench
-rm -rf "$state"
-mkdir -p "$state" "$out"
-deploy/init-softhsm.sh "$state/softhsm" cardvault-bench >/dev/null
-deploy/make-pki.sh "$state/pki" "$state/ca" >/dev/null
-deploy/write-config.sh "$state" cardvault-bench 127.0.0.1:9555 \
-  "$state/cardvaultd.textproto" >/dev/null
-sed -i '/detokenize_limit/d' "$state/policy.textproto"
+deploy/bench-state.sh "$state" cardvault-bench 127.0.0.1:9555
+mkdir -p "$out"
 export SOFTHSM2_CONF=$PWD/$state/softhsm/softhsm2.conf
 results=$out/results.jsonl
 tsv=$out/results.tsv

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "hsm/ck_rv.h"
 #include "hsm/pkcs11_aead.h"
 
@@ -187,16 +188,36 @@ absl::StatusOr<std::string> Wrap(const Session& session, CK_OBJECT_HANDLE kek,
   return wrapped;
 }
 
-// Unwraps `wrapped` under `kek` into a session object with the attributes
-// `readable` chooses: readable once by the host (and then destroyed), or
-// sensitive and usable only to be wrapped again.
+// Unwraps `wrapped` under `kek` into a session object made from `tmpl`.
+absl::StatusOr<CK_OBJECT_HANDLE> UnwrapWith(const Session& session,
+                                            CK_OBJECT_HANDLE kek,
+                                            absl::string_view wrapped,
+                                            absl::Span<CK_ATTRIBUTE> tmpl) {
+  if (wrapped.empty() || wrapped.size() > kMaxWrappedKeyBytes) {
+    return absl::InvalidArgumentError("wrapped key has an impossible length");
+  }
+  std::string wrapped_copy(wrapped);
+  CK_MECHANISM wrap = WrapMechanism();
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  absl::MutexLock lock(&key_creation_mu);
+  if (absl::Status s = CkRvToStatus(
+          session.functions()->C_UnwrapKey(
+              session.handle(), &wrap, kek,
+              reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
+              wrapped_copy.size(), tmpl.data(), tmpl.size(), &handle),
+          "C_UnwrapKey");
+      !s.ok()) {
+    return s;
+  }
+  return handle;
+}
+
+// Unwraps into a session object readable once by the host (and then
+// destroyed), or sensitive and usable only to be wrapped again.
 absl::StatusOr<CK_OBJECT_HANDLE> Unwrap(const Session& session,
                                         CK_OBJECT_HANDLE kek,
                                         absl::string_view wrapped,
                                         bool readable) {
-  if (wrapped.empty() || wrapped.size() > kMaxWrappedKeyBytes) {
-    return absl::InvalidArgumentError("wrapped key has an impossible length");
-  }
   CK_BBOOL sensitive = readable ? CK_FALSE : CK_TRUE;
   CK_ATTRIBUTE tmpl[] = {
       {CKA_CLASS, &kSecretKeyClass, sizeof(kSecretKeyClass)},
@@ -205,20 +226,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> Unwrap(const Session& session,
       {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
       {CKA_EXTRACTABLE, &kTrue, sizeof(kTrue)},
   };
-  std::string wrapped_copy(wrapped);
-  CK_MECHANISM wrap = WrapMechanism();
-  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  absl::MutexLock lock(&key_creation_mu);
-  if (absl::Status s =
-          CkRvToStatus(session.functions()->C_UnwrapKey(
-                           session.handle(), &wrap, kek,
-                           reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
-                           wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
-                       "C_UnwrapKey");
-      !s.ok()) {
-    return s;
-  }
-  return handle;
+  return UnwrapWith(session, kek, wrapped, absl::MakeSpan(tmpl));
 }
 
 }  // namespace
@@ -227,9 +235,6 @@ absl::StatusOr<CK_OBJECT_HANDLE> UnwrapForUse(const Session& session,
                                               absl::string_view kek_label,
                                               absl::string_view wrapped,
                                               absl::string_view object_label) {
-  if (wrapped.empty() || wrapped.size() > kMaxWrappedKeyBytes) {
-    return absl::InvalidArgumentError("wrapped key has an impossible length");
-  }
   absl::StatusOr<CK_OBJECT_HANDLE> kek = FindKek(session, kek_label);
   if (!kek.ok()) return kek.status();
   std::string label(object_label);
@@ -245,20 +250,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> UnwrapForUse(const Session& session,
       {CKA_WRAP, &kFalse, sizeof(kFalse)},
       {CKA_UNWRAP, &kFalse, sizeof(kFalse)},
   };
-  std::string wrapped_copy(wrapped);
-  CK_MECHANISM wrap = WrapMechanism();
-  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  absl::MutexLock lock(&key_creation_mu);
-  if (absl::Status s =
-          CkRvToStatus(session.functions()->C_UnwrapKey(
-                           session.handle(), &wrap, *kek,
-                           reinterpret_cast<CK_BYTE*>(wrapped_copy.data()),
-                           wrapped_copy.size(), tmpl, std::size(tmpl), &handle),
-                       "C_UnwrapKey");
-      !s.ok()) {
-    return s;
-  }
-  return handle;
+  return UnwrapWith(session, *kek, wrapped, absl::MakeSpan(tmpl));
 }
 
 absl::StatusOr<std::unique_ptr<crypto::Aead>> Pkcs11KeyWrapper::NewAeadInHsm(

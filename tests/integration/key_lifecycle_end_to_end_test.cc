@@ -96,6 +96,46 @@ class KeyLifecycleEndToEndTest : public ::testing::Test {
     return moved;
   }
 
+  // Tokenizes `pans` (a multiple of 1,000) in batches of 1,000 as the pos.
+  void TokenizeAll(const std::vector<std::string>& pans,
+                   std::vector<std::string>* tokens) {
+    auto pos = Client("pos");
+    for (size_t start = 0; start < pans.size(); start += 1000) {
+      v1::TokenizeBatchRequest batch;
+      for (size_t i = start; i < start + 1000; ++i) {
+        batch.add_requests()->mutable_card()->set_pan(pans[i]);
+      }
+      auto response = pos->TokenizeBatch(batch);
+      ASSERT_THAT(response, IsOk());
+      for (const auto& r : response->results()) {
+        ASSERT_EQ(r.status().code(), 0) << r.status().message();
+        tokens->push_back(r.response().token());
+      }
+    }
+  }
+  // Every token detokenizes to its PAN (batches of 1,000).
+  void ExpectAllDetokenize(const std::vector<std::string>& tokens,
+                           const std::vector<std::string>& pans) {
+    auto processor = Client("bulk-processor");
+    for (size_t start = 0; start < tokens.size(); start += 1000) {
+      v1::DetokenizeBatchRequest batch;
+      for (size_t i = start; i < start + 1000; ++i) {
+        auto* r = batch.add_requests();
+        r->set_token(tokens[i]);
+        r->set_purpose("authorization");
+      }
+      auto response = processor->DetokenizeBatch(batch);
+      ASSERT_THAT(response, IsOk());
+      for (int i = 0; i < 1000; ++i) {
+        ASSERT_EQ(response->results(i).status().code(), 0)
+            << tokens[start + i] << ": "
+            << response->results(i).status().message();
+        ASSERT_EQ(response->results(i).response().card().pan(),
+                  pans[start + i]);
+      }
+    }
+  }
+
   // Labels of the token's secret keys, but for objects SoftHSM left
   // half-made (no label) when killed while creating them.
   std::vector<std::string> LabelledKeys() {
@@ -115,19 +155,7 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringReencryptionLosesNoToken) {
   // 20,000 cards at 2,000 encryptions per key: ten data keys.
   const std::vector<std::string> pans = testing::MakePans(kCards, 77);
   std::vector<std::string> tokens;
-  auto pos = Client("pos");
-  for (int start = 0; start < kCards; start += 1000) {
-    v1::TokenizeBatchRequest batch;
-    for (int i = start; i < start + 1000; ++i) {
-      batch.add_requests()->mutable_card()->set_pan(pans[i]);
-    }
-    auto response = pos->TokenizeBatch(batch);
-    ASSERT_THAT(response, IsOk());
-    for (const auto& r : response->results()) {
-      ASSERT_EQ(r.status().code(), 0) << r.status().message();
-      tokens.push_back(r.response().token());
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(TokenizeAll(pans, &tokens));
   int rotations = 0;
   for (const auto& e : KeyEvents()) {
     rotations += absl::StartsWith(e.detail(), "rotated data keys");
@@ -185,23 +213,7 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringReencryptionLosesNoToken) {
   }
   EXPECT_EQ(rotations_after, kCards / kUsesPerKey - 1);
 
-  auto processor = Client("bulk-processor");
-  for (int start = 0; start < kCards; start += 1000) {
-    v1::DetokenizeBatchRequest batch;
-    for (int i = start; i < start + 1000; ++i) {
-      auto* r = batch.add_requests();
-      r->set_token(tokens[i]);
-      r->set_purpose("authorization");
-    }
-    auto response = processor->DetokenizeBatch(batch);
-    ASSERT_THAT(response, IsOk());
-    for (int i = 0; i < 1000; ++i) {
-      ASSERT_EQ(response->results(i).status().code(), 0)
-          << tokens[start + i] << ": "
-          << response->results(i).status().message();
-      ASSERT_EQ(response->results(i).response().card().pan(), pans[start + i]);
-    }
-  }
+  ExpectAllDetokenize(tokens, pans);
   auto chain = Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(chain, IsOk());
   EXPECT_TRUE(chain->intact()) << chain->problem();
@@ -218,19 +230,7 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringKekRotationLosesNoToken) {
   constexpr int kKekCards = 10000;
   const std::vector<std::string> pans = testing::MakePans(kKekCards, 78);
   std::vector<std::string> tokens;
-  auto pos = Client("pos");
-  for (int start = 0; start < kKekCards; start += 1000) {
-    v1::TokenizeBatchRequest batch;
-    for (int i = start; i < start + 1000; ++i) {
-      batch.add_requests()->mutable_card()->set_pan(pans[i]);
-    }
-    auto response = pos->TokenizeBatch(batch);
-    ASSERT_THAT(response, IsOk());
-    for (const auto& r : response->results()) {
-      ASSERT_EQ(r.status().code(), 0) << r.status().message();
-      tokens.push_back(r.response().token());
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(TokenizeAll(pans, &tokens));
   EXPECT_THAT(LabelledKeys(), ::testing::ElementsAre("cardvault-kek"));
 
   std::mt19937_64 rng(4242);
@@ -327,22 +327,7 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringKekRotationLosesNoToken) {
   // Every token, after a last restart.
   server_->Kill9();
   Start();
-  auto processor = Client("bulk-processor");
-  for (int start = 0; start < kKekCards; start += 1000) {
-    v1::DetokenizeBatchRequest batch;
-    for (int i = start; i < start + 1000; ++i) {
-      auto* r = batch.add_requests();
-      r->set_token(tokens[i]);
-      r->set_purpose("authorization");
-    }
-    auto response = processor->DetokenizeBatch(batch);
-    ASSERT_THAT(response, IsOk());
-    for (int i = 0; i < 1000; ++i) {
-      ASSERT_EQ(response->results(i).status().code(), 0)
-          << response->results(i).status().message();
-      ASSERT_EQ(response->results(i).response().card().pan(), pans[start + i]);
-    }
-  }
+  ExpectAllDetokenize(tokens, pans);
   // The trail says what happened, and is intact.
   int executed = 0;
   v1::ListEventsRequest request;
