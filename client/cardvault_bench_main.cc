@@ -3,7 +3,7 @@
 // percentiles and errors by status code per operation, as a table and as
 // one JSON line.
 //
-//   cardvault-bench --address=127.0.0.1:9443 --pki_dir=var/dev/pki \
+//   cardvault-bench --address=127.0.0.1:9443 --pki_dir=var/dev/pki
 //       --mix=tokenize --channels=4 --in_flight=64 --duration_seconds=10
 //   --mix takes op[=weight] items: tokenize, detokenize, info, batch, health
 //   (grpc.health.v1.Health/Check: the no-op baseline through the same TLS

@@ -137,8 +137,9 @@ class KeyStore {
 
 inline absl::Status KeyStore::InsertKey(absl::string_view key_id,
                                         absl::string_view record) const {
-  absl::Status s = UpdateKeys(
-      {{.key_id = std::string(key_id), .record = std::string(record)}});
+  absl::Status s = UpdateKeys({{.key_id = std::string(key_id),
+                                .expected = std::nullopt,
+                                .record = std::string(record)}});
   if (absl::IsFailedPrecondition(s)) {
     return absl::AlreadyExistsError("key record already present");
   }

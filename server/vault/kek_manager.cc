@@ -153,6 +153,7 @@ absl::StatusOr<KekState> KekManager::Write(const KekState& from,
                                            KekState to) const {
   to.record = EncodeKekState(to);
   storage::KeyUpdate update{.key_id = std::string(kKekStateId),
+                            .expected = std::nullopt,
                             .record = to.record};
   if (!from.record.empty()) update.expected = from.record;
   if (absl::Status s = keys_->UpdateKeys({update}); !s.ok()) return s;

@@ -217,8 +217,10 @@ absl::StatusOr<StoredKey> CreateStoredKey(const KekManager* kek,
     // Written only if the KEK state is still the one the KEK was chosen
     // from, so a rotation never misses a key (kek_manager.h).
     absl::Status written = kek->keys()->UpdateKeys(
-        {{.key_id = std::string(kKekStateId), .expected = state->record},
-         {.key_id = id, .record = record}});
+        {{.key_id = std::string(kKekStateId),
+          .expected = state->record,
+          .record = std::nullopt},
+         {.key_id = id, .expected = std::nullopt, .record = record}});
     if (absl::IsFailedPrecondition(written)) {
       if (kek->keys()->GetKey(id).ok()) {
         return absl::AlreadyExistsError(absl::StrCat("key ", id, " exists"));

@@ -287,7 +287,9 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringKekRotationLosesNoToken) {
     ASSERT_EQ(keks.size(), 1u) << "round " << round;
     EXPECT_THAT(LabelledKeys(), ::testing::ElementsAre(keks[0]))
         << "round " << round;
-    if (round == 0) EXPECT_EQ(keks[0], "cardvault-kek/00000002");
+    if (round == 0) {
+      EXPECT_EQ(keks[0], "cardvault-kek/00000002");
+    }
     // What the start did about the rotation the kill interrupted.
     std::string recovery = "nothing to recover";
     const std::vector<v1::AuditEvent> events = KeyEvents();

@@ -133,7 +133,8 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
                                    .reencryptor = reencryptor_.get(),
                                    .vault = vault_.get(),
                                    .policy = policy_.get(),
-                                   .audit = audit_.get()},
+                                   .audit = audit_.get(),
+                                   .other_keys = {}},
                                   options);
   auto op = strict->Propose(kAdmin1, OperationKind::kDestroyDataKey, 1, "");
   ASSERT_THAT(op, IsOk());
@@ -146,7 +147,8 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
                                 .reencryptor = reencryptor_.get(),
                                 .vault = vault_.get(),
                                 .policy = policy_.get(),
-                                .audit = audit_.get()},
+                                .audit = audit_.get(),
+                                .other_keys = {}},
                                {.required_approvals = 1}),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
