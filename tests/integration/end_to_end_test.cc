@@ -136,6 +136,7 @@ TEST_F(EndToEndTest, ProcessorDetokenizesEveryCardThePosTokenized) {
   const auto& tokenized = Tokenized();
   ASSERT_EQ(tokenized.size(), static_cast<size_t>(kCardCount));
   std::set<std::string> tokens;
+  int last_four_in_token = 0;
   auto processor = Client("processor");
   for (size_t i = 0; i < tokenized.size(); ++i) {
     const auto& [pan, token] = tokenized[i];
@@ -148,8 +149,13 @@ TEST_F(EndToEndTest, ProcessorDetokenizesEveryCardThePosTokenized) {
     EXPECT_EQ(card->exp_month(), want.exp_month());
     EXPECT_EQ(card->exp_year(), want.exp_year());
     EXPECT_EQ(card->cardholder_name(), want.cardholder_name());
-    EXPECT_EQ(token.find(pan.substr(pan.size() - 4)), std::string::npos);
+    EXPECT_EQ(token.find(pan), std::string::npos);
+    // A RANDOM token (base32, a-z2-7) holds a card's last four only by
+    // chance: about 3 runs in 1,000 see it once among 1,000 cards.
+    last_four_in_token +=
+        token.find(pan.substr(pan.size() - 4)) != std::string::npos;
   }
+  EXPECT_LE(last_four_in_token, 2);
   EXPECT_EQ(tokens.size(), tokenized.size());
 }
 
