@@ -131,11 +131,12 @@ absl::StatusOr<std::string> Pkcs11Aead::Seal(absl::string_view plaintext,
       return s;
     }
     CK_ULONG len = plaintext.size() + kTagSize;
-    std::string in(plaintext);  // C_Encrypt takes a non-const pointer
+    // C_Encrypt only reads its input; a copy would leave the card data in
+    // unwiped heap memory.
+    auto* in = reinterpret_cast<CK_BYTE*>(const_cast<char*>(plaintext.data()));
     if (absl::Status s =
-            CkRvToStatus(f->C_Encrypt(session->handle(),
-                                      reinterpret_cast<CK_BYTE*>(in.data()),
-                                      in.size(), o + kNonceSize, &len),
+            CkRvToStatus(f->C_Encrypt(session->handle(), in, plaintext.size(),
+                                      o + kNonceSize, &len),
                          "C_Encrypt(AES-GCM)");
         !s.ok()) {
       return s;
