@@ -31,12 +31,12 @@
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
 #include "server/service/audit_log_service.h"
-#include "server/service/blocking_executor.h"
 #include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
 #include "server/storage/rocksdb_storage.h"
+#include "server/util/blocking_executor.h"
 #include "server/util/log.h"
 #include "server/util/metrics_file.h"
 #include "server/util/process_hardening.h"
@@ -192,7 +192,7 @@ int Run(const sigset_t& stop_signals) {
       OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
 
   auto vault_executor =
-      OrDie(service::BlockingExecutor::Create(
+      OrDie(util::BlockingExecutor::Create(
                 {.threads = cfg.limits().vault_threads(),
                  .max_queued = cfg.limits().max_queued_calls()}),
             "vault threads");

@@ -2,6 +2,7 @@
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <pthread.h>
 
 #include <vector>
 
@@ -103,6 +104,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       store, records, std::move(key), key_version, options, 1, kZeroMac));
   if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
+  log->completer_ = std::thread([raw = log.get()] { raw->CompletionLoop(); });
   if (options.purge_interval > absl::ZeroDuration()) {
     log->purger_ = std::thread([raw = log.get()] {
       do {
@@ -139,6 +141,7 @@ AuditLog::~AuditLog() {
     stopping_ = true;
   }
   if (writer_.joinable()) writer_.join();
+  if (completer_.joinable()) completer_.join();
 }
 
 absl::Status AuditLog::ReloadHead() {
@@ -170,15 +173,31 @@ absl::Status AuditLog::Append(AuditEvent event, Mutation mutation,
 
 void AuditLog::AppendAll(std::vector<Entry>& entries) const {
   if (entries.empty()) return;
-  Pending pending{&entries, false};
+  absl::Notification written;
+  AppendAllAsync(std::move(entries), [&](std::vector<Entry>& done) {
+    entries = std::move(done);
+    written.Notify();
+  });
+  written.WaitForNotification();
+}
+
+void AuditLog::AppendAllAsync(std::vector<Entry> entries,
+                              AppendDone done) const {
+  if (entries.empty()) {
+    std::move(done)(entries);
+    return;
+  }
+  auto pending = std::make_unique<Pending>();
+  pending->entries = std::move(entries);
+  pending->done = std::move(done);
   absl::MutexLock lock(&mu_);
-  queue_.push_back(&pending);
-  mu_.Await(absl::Condition(&pending.done));
+  queue_.push_back(std::move(pending));
 }
 
 void AuditLog::WriterLoop() {
+  pthread_setname_np(pthread_self(), "audit-writer");  // for ps and perf
   while (true) {
-    std::vector<Pending*> batch;
+    std::vector<std::unique_ptr<Pending>> batch;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -186,22 +205,46 @@ void AuditLog::WriterLoop() {
             return !self->queue_.empty() || self->stopping_;
           },
           this));
-      if (queue_.empty()) return;  // stopping, nothing left
+      if (queue_.empty()) break;  // stopping, nothing left
       // A caller's entries are never split across writes.
       size_t events = 0;
       while (!queue_.empty() && events < options_.max_batch) {
-        events += queue_.front()->entries->size();
-        batch.push_back(queue_.front());
+        events += queue_.front()->entries.size();
+        batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
     }
     WriteBatch(batch);
-    absl::MutexLock lock(&mu_);
-    for (Pending* p : batch) p->done = true;
+    absl::MutexLock lock(&written_mu_);
+    written_.push_back(std::move(batch));
+  }
+  absl::MutexLock lock(&written_mu_);
+  writer_stopped_ = true;
+}
+
+void AuditLog::CompletionLoop() {
+  pthread_setname_np(pthread_self(), "audit-done");
+  while (true) {
+    std::deque<std::vector<std::unique_ptr<Pending>>> groups;
+    {
+      absl::MutexLock lock(&written_mu_);
+      written_mu_.Await(absl::Condition(
+          +[](AuditLog* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->written_mu_) {
+            return !self->written_.empty() || self->writer_stopped_;
+          },
+          this));
+      if (written_.empty()) return;  // the writer stopped, all answered
+      groups.swap(written_);
+    }
+    for (std::vector<std::unique_ptr<Pending>>& group : groups) {
+      for (std::unique_ptr<Pending>& p : group) {
+        std::move(p->done)(p->entries);
+      }
+    }
   }
 }
 
-void AuditLog::WriteBatch(std::vector<Pending*>& batch) {
+void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
   storage::WriteSet writes;
   std::vector<Entry*> included;
   // Values this write sets, keyed by table byte + key: later conditions in
@@ -232,8 +275,8 @@ void AuditLog::WriteBatch(std::vector<Pending*>& batch) {
   absl::flat_hash_map<std::string, uint64_t> uses;
   uint64_t sequence = next_sequence_;
   std::string mac = last_mac_;
-  for (Pending* p : batch) {
-    for (Entry& e : *p->entries) {
+  for (const std::unique_ptr<Pending>& p : batch) {
+    for (Entry& e : p->entries) {
       e.result = absl::OkStatus();
       e.failed_condition = -1;
       const std::vector<Mutation::Condition>& conditions =

@@ -32,7 +32,11 @@
 //
 // Appends are group-committed: one writer thread takes every pending event,
 // chains them in order and writes them (with any new token records) in one
-// synced RocksDB WriteBatch, so concurrent requests share one fsync.
+// synced RocksDB WriteBatch, so concurrent requests share one fsync. The
+// completions of a written group run on a second thread, in order, while
+// the writer goes on to the next group: no thread waits for the fsync per
+// request, and answering the callers (a gRPC send each) does not delay the
+// next write.
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_
@@ -50,6 +54,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -161,6 +166,15 @@ class AuditLog {
   // conditions fail are left out) and sets each entry's result.
   void AppendAll(std::vector<Entry>& entries) const;
 
+  // Runs once the entries of an AppendAllAsync are written or refused, with
+  // each entry's result set.
+  using AppendDone = absl::AnyInvocable<void(std::vector<Entry>&) &&>;
+
+  // As AppendAll, without waiting: `done` runs after the write, on the
+  // log's completion thread. It must be quick and must not wait for this
+  // log (no Append from inside it): later completions wait for it.
+  void AppendAllAsync(std::vector<Entry> entries, AppendDone done) const;
+
   // Visits every stored event from `from_sequence` on, in order, until
   // `visit` returns false. Records that do not decode are skipped here;
   // Verify reports them.
@@ -183,9 +197,10 @@ class AuditLog {
   uint64_t write_failures() const { return write_failures_.load(); }
 
  private:
+  // One caller's entries, written together, and its completion.
   struct Pending {
-    std::vector<Entry>* entries;
-    bool done = false;
+    std::vector<Entry> entries;
+    AppendDone done;
   };
 
   AuditLog(const storage::AuditStore* store,
@@ -193,7 +208,9 @@ class AuditLog {
            std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
            Options options, uint64_t next_sequence, std::string last_mac);
   void WriterLoop();
-  void WriteBatch(std::vector<Pending*>& batch);
+  // Runs the completions of written groups, oldest first.
+  void CompletionLoop();
+  void WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch);
   absl::Status ReloadHead();
 
   const storage::AuditStore* const store_;
@@ -208,12 +225,18 @@ class AuditLog {
   absl::Time last_checkpoint_ = absl::InfinitePast();
 
   mutable absl::Mutex mu_;
-  mutable std::deque<Pending*> queue_ ABSL_GUARDED_BY(mu_);
+  mutable std::deque<std::unique_ptr<Pending>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   mutable std::atomic<uint64_t> write_failures_{0};
+  // Groups written (or refused) whose completions have not run yet.
+  absl::Mutex written_mu_;
+  std::deque<std::vector<std::unique_ptr<Pending>>> written_
+      ABSL_GUARDED_BY(written_mu_);
+  bool writer_stopped_ ABSL_GUARDED_BY(written_mu_) = false;
   // Purge and Verify read the anchor and the records as one consistent view.
   mutable absl::Mutex purge_mu_;
   std::thread writer_;
+  std::thread completer_;
   absl::Notification stop_purger_;
   std::thread purger_;
 };

@@ -116,6 +116,23 @@ void ToProto(const vault::Detokenized& d, pb::DetokenizeResponse* out) {
   if (d.cvv.has_value()) out->set_cvv(std::string(d.cvv->view()));
 }
 
+void ToProto(const vault::TokenInfo& info, pb::TokenInfo* out) {
+  out->set_token(info.token);
+  out->set_brand(BrandToProto(info.brand));
+  out->set_bin(info.bin);
+  out->set_last_four(info.last_four);
+  out->set_exp_month(info.exp_month);
+  out->set_exp_year(info.exp_year);
+  out->set_format(FormatToProto(info.format));
+  out->set_domain(info.domain);
+  SetTime(info.created, out->mutable_create_time());
+  if (info.expires != absl::InfiniteFuture()) {
+    SetTime(info.expires, out->mutable_expire_time());
+  }
+  out->set_fingerprint(info.fingerprint);
+  out->set_deterministic(info.deterministic);
+}
+
 void ToProto(const absl::Status& status, pb::ItemStatus* out) {
   const grpc::Status g = ToGrpcStatus(status);
   out->set_code(static_cast<int32_t>(g.error_code()));
@@ -147,49 +164,33 @@ void AddResults(const std::vector<absl::StatusOr<Item>>& results,
 }
 
 // Logs what an operator needs (RPC, caller, code) and never the request.
-grpc::Status Finish(absl::string_view rpc, const auth::Caller* caller,
+grpc::Status Finish(absl::string_view rpc, absl::string_view identity,
                     const absl::Status& status) {
   if (!status.ok() && status.code() != absl::StatusCode::kInvalidArgument &&
       status.code() != absl::StatusCode::kNotFound) {
-    util::Log(status.code() == absl::StatusCode::kPermissionDenied ||
-                      status.code() == absl::StatusCode::kUnauthenticated
-                  ? util::Severity::kWarning
-                  : util::Severity::kError,
-              absl::StrCat(rpc, " by ",
-                           caller != nullptr ? caller->identity : "<unknown>",
-                           " failed: ", status.ToString()));
+    util::Log(
+        status.code() == absl::StatusCode::kPermissionDenied ||
+                status.code() == absl::StatusCode::kUnauthenticated
+            ? util::Severity::kWarning
+            : util::Severity::kError,
+        absl::StrCat(rpc, " by ", identity.empty() ? "<unknown>" : identity,
+                     " failed: ", status.ToString()));
   }
   return ToGrpcStatus(status);
 }
 
-grpc::Status DoTokenize(const vault::Vault& vault,
-                        const grpc::ServerContextBase& context,
-                        const pb::TokenizeRequest* request,
-                        pb::TokenizeResponse* response) {
-  absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(vault, context, pb::TOKENIZE, vault::kTokenizeRpc,
-                     HasUnknownFields(*request));
-  if (!caller.ok()) return Finish("Tokenize", nullptr, caller.status());
-  absl::StatusOr<vault::Tokenized> token =
-      vault.Tokenize(*caller, FromProto(*request));
-  if (!token.ok()) return Finish("Tokenize", &*caller, token.status());
-  ToProto(*token, response);
-  return grpc::Status::OK;
-}
-
-grpc::Status DoDetokenize(const vault::Vault& vault,
-                          const grpc::ServerContextBase& context,
-                          const pb::DetokenizeRequest* request,
-                          pb::DetokenizeResponse* response) {
-  absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(vault, context, pb::DETOKENIZE, vault::kDetokenizeRpc,
-                     HasUnknownFields(*request));
-  if (!caller.ok()) return Finish("Detokenize", nullptr, caller.status());
-  absl::StatusOr<vault::Detokenized> card =
-      vault.Detokenize(*caller, request->token(), request->purpose());
-  if (!card.ok()) return Finish("Detokenize", &*caller, card.status());
-  ToProto(*card, response);
-  return grpc::Status::OK;
+// The completion of an asynchronous vault call: fills the response from an
+// OK result with `fill`, then finishes the call (on the audit writer's
+// thread, once the write is durable).
+template <typename T, typename Fill>
+vault::Vault::Done<absl::StatusOr<T>> FinishWhenDone(
+    BatchedFinisher* finisher, grpc::ServerUnaryReactor* reactor,
+    absl::string_view rpc, std::string identity, Fill fill) {
+  return [finisher, reactor, rpc, identity = std::move(identity),
+          fill = std::move(fill)](absl::StatusOr<T> result) mutable {
+    if (result.ok()) fill(*result);
+    finisher->Finish(reactor, Finish(rpc, identity, result.status()));
+  };
 }
 
 grpc::Status DoTokenizeBatch(const vault::Vault& vault,
@@ -199,7 +200,7 @@ grpc::Status DoTokenizeBatch(const vault::Vault& vault,
   absl::StatusOr<auth::Caller> caller =
       IdentifyCaller(vault, context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
                      BatchHasUnknownFields(*request));
-  if (!caller.ok()) return Finish("TokenizeBatch", nullptr, caller.status());
+  if (!caller.ok()) return Finish("TokenizeBatch", "", caller.status());
   std::vector<vault::TokenizeRequest> requests;
   requests.reserve(request->requests_size());
   for (const pb::TokenizeRequest& r : request->requests()) {
@@ -207,7 +208,7 @@ grpc::Status DoTokenizeBatch(const vault::Vault& vault,
   }
   auto results = vault.TokenizeBatch(*caller, std::move(requests));
   if (!results.ok()) {
-    return Finish("TokenizeBatch", &*caller, results.status());
+    return Finish("TokenizeBatch", caller->identity, results.status());
   }
   AddResults(*results, response);
   return grpc::Status::OK;
@@ -220,7 +221,7 @@ grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
   absl::StatusOr<auth::Caller> caller =
       IdentifyCaller(vault, context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
                      BatchHasUnknownFields(*request));
-  if (!caller.ok()) return Finish("DetokenizeBatch", nullptr, caller.status());
+  if (!caller.ok()) return Finish("DetokenizeBatch", "", caller.status());
   std::vector<vault::DetokenizeRequest> requests;
   requests.reserve(request->requests_size());
   for (const pb::DetokenizeRequest& r : request->requests()) {
@@ -228,37 +229,9 @@ grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
   }
   auto results = vault.DetokenizeBatch(*caller, requests);
   if (!results.ok()) {
-    return Finish("DetokenizeBatch", &*caller, results.status());
+    return Finish("DetokenizeBatch", caller->identity, results.status());
   }
   AddResults(*results, response);
-  return grpc::Status::OK;
-}
-
-grpc::Status DoGetTokenInfo(const vault::Vault& vault,
-                            const grpc::ServerContextBase& context,
-                            const pb::GetTokenInfoRequest* request,
-                            pb::TokenInfo* response) {
-  absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(vault, context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
-                     HasUnknownFields(*request));
-  if (!caller.ok()) return Finish("GetTokenInfo", nullptr, caller.status());
-  absl::StatusOr<vault::TokenInfo> info =
-      vault.GetTokenInfo(*caller, request->token());
-  if (!info.ok()) return Finish("GetTokenInfo", &*caller, info.status());
-  response->set_token(info->token);
-  response->set_brand(BrandToProto(info->brand));
-  response->set_bin(info->bin);
-  response->set_last_four(info->last_four);
-  response->set_exp_month(info->exp_month);
-  response->set_exp_year(info->exp_year);
-  response->set_format(FormatToProto(info->format));
-  response->set_domain(info->domain);
-  SetTime(info->created, response->mutable_create_time());
-  if (info->expires != absl::InfiniteFuture()) {
-    SetTime(info->expires, response->mutable_expire_time());
-  }
-  response->set_fingerprint(info->fingerprint);
-  response->set_deterministic(info->deterministic);
   return grpc::Status::OK;
 }
 
@@ -269,9 +242,10 @@ grpc::Status DoDeleteToken(const vault::Vault& vault,
   absl::StatusOr<auth::Caller> caller =
       IdentifyCaller(vault, context, pb::DELETE_TOKEN, vault::kDeleteTokenRpc,
                      HasUnknownFields(*request));
-  if (!caller.ok()) return Finish("DeleteToken", nullptr, caller.status());
+  if (!caller.ok()) return Finish("DeleteToken", "", caller.status());
   absl::StatusOr<bool> deleted = vault.DeleteToken(*caller, request->token());
-  if (!deleted.ok()) return Finish("DeleteToken", &*caller, deleted.status());
+  if (!deleted.ok())
+    return Finish("DeleteToken", caller->identity, deleted.status());
   response->set_deleted(*deleted);
   return grpc::Status::OK;
 }
@@ -290,20 +264,47 @@ grpc::ServerUnaryReactor* TokenVaultService::Offload(
   return reactor;
 }
 
+grpc::ServerUnaryReactor* TokenVaultService::Refuse(
+    grpc::CallbackServerContext* context, pb::EventType type,
+    absl::string_view rpc, bool has_unknown_fields) {
+  // Recording the refusal waits for the durable write: not on gRPC's threads.
+  return Offload(context, [this, context, type, rpc, has_unknown_fields] {
+    absl::StatusOr<auth::Caller> caller =
+        IdentifyCaller(*vault_, *context, type, rpc, has_unknown_fields);
+    return Finish(rpc, caller.ok() ? caller->identity : "", caller.status());
+  });
+}
+
 grpc::ServerUnaryReactor* TokenVaultService::Tokenize(
     grpc::CallbackServerContext* context, const pb::TokenizeRequest* request,
     pb::TokenizeResponse* response) {
-  return Offload(context, [this, context, request, response] {
-    return DoTokenize(*vault_, *context, request, response);
-  });
+  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
+  if (!caller.ok() || HasUnknownFields(*request)) {
+    return Refuse(context, pb::TOKENIZE, vault::kTokenizeRpc, caller.ok());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  vault_->TokenizeAsync(
+      *caller, FromProto(*request),
+      FinishWhenDone<vault::Tokenized>(
+          &finisher_, reactor, "Tokenize", caller->identity,
+          [response](const vault::Tokenized& t) { ToProto(t, response); }));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* TokenVaultService::Detokenize(
     grpc::CallbackServerContext* context, const pb::DetokenizeRequest* request,
     pb::DetokenizeResponse* response) {
-  return Offload(context, [this, context, request, response] {
-    return DoDetokenize(*vault_, *context, request, response);
-  });
+  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
+  if (!caller.ok() || HasUnknownFields(*request)) {
+    return Refuse(context, pb::DETOKENIZE, vault::kDetokenizeRpc, caller.ok());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  vault_->DetokenizeAsync(
+      *caller, {request->token(), request->purpose()},
+      FinishWhenDone<vault::Detokenized>(
+          &finisher_, reactor, "Detokenize", caller->identity,
+          [response](const vault::Detokenized& d) { ToProto(d, response); }));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* TokenVaultService::TokenizeBatch(
@@ -327,9 +328,20 @@ grpc::ServerUnaryReactor* TokenVaultService::DetokenizeBatch(
 grpc::ServerUnaryReactor* TokenVaultService::GetTokenInfo(
     grpc::CallbackServerContext* context,
     const pb::GetTokenInfoRequest* request, pb::TokenInfo* response) {
-  return Offload(context, [this, context, request, response] {
-    return DoGetTokenInfo(*vault_, *context, request, response);
-  });
+  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
+  if (!caller.ok() || HasUnknownFields(*request)) {
+    return Refuse(context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
+                  caller.ok());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  vault_->GetTokenInfoAsync(
+      *caller, request->token(),
+      FinishWhenDone<vault::TokenInfo>(
+          &finisher_, reactor, "GetTokenInfo", caller->identity,
+          [response](const vault::TokenInfo& info) {
+            ToProto(info, response);
+          }));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* TokenVaultService::DeleteToken(

@@ -1,10 +1,13 @@
 // gRPC front of the vault: proto <-> domain translation and status mapping,
 // nothing else. Request and response messages are never logged.
 //
-// Served with gRPC's callback API: each call is handed to a
-// BlockingExecutor thread (a vault call may wait for the durable group
-// commit or the HSM), which finishes the call's reactor; gRPC's own threads
-// never block. A full executor queue answers RESOURCE_EXHAUSTED.
+// Served with gRPC's callback API. Tokenize, Detokenize and GetTokenInfo
+// run on gRPC's callback thread up to the durable write (checks, one storage
+// read, sealing: microseconds) and are finished by the audit writer once the
+// write is durable, so no thread waits for the fsync and none is woken per
+// call. What waits on the write (batches, deletions, refusals recorded
+// before the vault) is handed to a BlockingExecutor thread; a full executor
+// queue answers RESOURCE_EXHAUSTED.
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_SERVICE_TOKEN_VAULT_SERVICE_H_
@@ -13,7 +16,8 @@
 #include <functional>
 
 #include "cardvault/v1/vault.grpc.pb.h"
-#include "server/service/blocking_executor.h"
+#include "server/service/batched_finisher.h"
+#include "server/util/blocking_executor.h"
 #include "server/vault/vault.h"
 
 namespace cardvault::service {
@@ -22,7 +26,7 @@ class TokenVaultService final
     : public ::cardvault::v1::TokenVault::CallbackService {
  public:
   // `vault` and `executor` must outlive the service.
-  TokenVaultService(const vault::Vault* vault, BlockingExecutor* executor)
+  TokenVaultService(const vault::Vault* vault, util::BlockingExecutor* executor)
       : vault_(vault), executor_(executor) {}
 
   grpc::ServerUnaryReactor* Tokenize(
@@ -59,9 +63,16 @@ class TokenVaultService final
   // Runs `call` on the executor and finishes the call with its status.
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context,
                                     std::function<grpc::Status()> call);
+  // Finishes a call that has no usable identity or carries fields this
+  // server does not accept, once its refusal is recorded.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                   ::cardvault::v1::EventType type,
+                                   absl::string_view rpc,
+                                   bool has_unknown_fields);
 
   const vault::Vault* const vault_;
-  BlockingExecutor* const executor_;
+  util::BlockingExecutor* const executor_;
+  BatchedFinisher finisher_;
 };
 
 }  // namespace cardvault::service

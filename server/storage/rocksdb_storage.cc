@@ -109,6 +109,12 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
   // Token data is ciphertext, random tokens and keyed hashes: compressing
   // it only costs CPU in every flush and compaction.
   cf_options.compression = rocksdb::kNoCompression;
+  // Every new token is first looked up to be absent (when drawn, and again
+  // as the write's condition): a whole-key bloom filter in the memtable
+  // answers that without a skip-list search (cache misses on every level;
+  // the top user-space cost of Tokenize before). 2 % of the memtable.
+  cf_options.memtable_whole_key_filtering = true;
+  cf_options.memtable_prefix_bloom_size_ratio = 0.02;
 
   std::vector<std::unique_ptr<ExpiryFilter>> filters;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {

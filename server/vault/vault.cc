@@ -3,9 +3,11 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "server/util/big_endian.h"
 #include "server/util/log.h"
 #include "server/vault/audit_event.h"
@@ -30,6 +32,29 @@ bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
          (f.event_type == v1::EVENT_TYPE_UNSPECIFIED ||
           e.event_type() == f.event_type) &&
          (f.token.empty() || e.token() == f.token);
+}
+
+// Starts an asynchronous call with a completion that hands its result back
+// here, and waits for it: the synchronous form of every …Async call.
+template <typename T, typename Start>
+T Await(Start start) {
+  absl::Notification finished;
+  std::optional<T> result;
+  start([&](T r) {
+    result.emplace(std::move(r));
+    finished.Notify();
+  });
+  finished.WaitForNotification();
+  return *std::move(result);
+}
+
+// Every item is planned and written in one write; only items whose write
+// condition lost a race (token drawn twice, index or idempotency entry
+// written concurrently) are planned again, at most this many rounds.
+int TokenizeRounds(const Vault::Options& options) {
+  return std::max(options.max_token_attempts,
+                  options.max_numeric_token_attempts) +
+         3;
 }
 
 absl::string_view TokenFormatName(TokenFormat format) {
@@ -61,7 +86,13 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
       options.max_batch_items == 0) {
     return absl::InvalidArgumentError("bad vault options");
   }
-  return std::unique_ptr<Vault>(new Vault(deps, std::move(options)));
+  // Unbounded: what waits there is calls already admitted.
+  absl::StatusOr<std::unique_ptr<util::BlockingExecutor>> replanner =
+      util::BlockingExecutor::Create(
+          {.threads = 1, .max_queued = std::numeric_limits<size_t>::max()});
+  if (!replanner.ok()) return replanner.status();
+  return std::unique_ptr<Vault>(
+      new Vault(deps, std::move(options), *std::move(replanner)));
 }
 
 audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
@@ -75,11 +106,24 @@ audit::AuditEvent Vault::ServerEvent(EventType type) const {
 
 absl::Status Vault::Record(audit::AuditEvent event,
                            const absl::Status& status) const {
+  return Await<absl::Status>([&](Done<absl::Status> done) {
+    RecordAsync(std::move(event), status, std::move(done));
+  });
+}
+
+void Vault::RecordAsync(audit::AuditEvent event, absl::Status status,
+                        Done<absl::Status> done) const {
   SetOutcome(status, &event);
-  if (absl::Status s = deps_.audit->Append(std::move(event)); !s.ok()) {
-    return absl::UnavailableError("audit trail unavailable");
-  }
-  return status;
+  std::vector<audit::Entry> entries(1);
+  entries[0].event = std::move(event);
+  deps_.audit->AppendAllAsync(
+      std::move(entries), [status = std::move(status), done = std::move(done)](
+                              std::vector<audit::Entry>& written) mutable {
+        std::move(done)(
+            written[0].result.ok()
+                ? std::move(status)
+                : absl::UnavailableError("audit trail unavailable"));
+      });
 }
 
 // One Tokenize item on its way through one or more planning rounds.
@@ -106,9 +150,21 @@ struct Vault::TokenizeWork {
 
 absl::StatusOr<Tokenized> Vault::Tokenize(const auth::Caller& caller,
                                           TokenizeRequest request) const {
+  return Await<absl::StatusOr<Tokenized>>(
+      [&](Done<absl::StatusOr<Tokenized>> done) {
+        TokenizeAsync(caller, std::move(request), std::move(done));
+      });
+}
+
+void Vault::TokenizeAsync(const auth::Caller& caller, TokenizeRequest request,
+                          Done<absl::StatusOr<Tokenized>> done) const {
   std::vector<TokenizeRequest> one;
   one.push_back(std::move(request));
-  return std::move(TokenizeAll(caller, one, kTokenizeRpc)[0]);
+  TokenizeAll(caller, std::move(one), kTokenizeRpc,
+              [done = std::move(done)](
+                  std::vector<absl::StatusOr<Tokenized>> results) mutable {
+                std::move(done)(std::move(results[0]));
+              });
 }
 
 absl::StatusOr<Tokenized> Vault::Tokenize(const auth::Caller& caller, Card card,
@@ -126,7 +182,11 @@ absl::StatusOr<std::vector<absl::StatusOr<Tokenized>>> Vault::TokenizeBatch(
       !s.ok()) {
     return Record(NewEvent(caller, v1::TOKENIZE, kTokenizeBatchRpc), s);
   }
-  return TokenizeAll(caller, requests, kTokenizeBatchRpc);
+  using Results = std::vector<absl::StatusOr<Tokenized>>;
+  return Await<Results>([&](Done<Results> done) {
+    TokenizeAll(caller, std::move(requests), kTokenizeBatchRpc,
+                std::move(done));
+  });
 }
 
 void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
@@ -354,21 +414,37 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
   return entry;
 }
 
-std::vector<absl::StatusOr<Tokenized>> Vault::TokenizeAll(
-    const auth::Caller& caller, std::vector<TokenizeRequest>& requests,
-    absl::string_view rpc) const {
-  const absl::Time now = options_.now();
+// One Tokenize or TokenizeBatch call across its planning rounds. Items point
+// into `requests`, so a call stays where it was made until it finishes.
+struct Vault::TokenizeCall {
+  std::vector<TokenizeRequest> requests;
+  std::vector<TokenizeWork> work;
+  absl::Time now;
+  int round = 0;
+  // The items of the round being written, in the order of its entries.
+  std::vector<TokenizeWork*> planned;
+  Done<std::vector<absl::StatusOr<Tokenized>>> done;
+};
+
+void Vault::TokenizeAll(
+    const auth::Caller& caller, std::vector<TokenizeRequest> requests,
+    absl::string_view rpc,
+    Done<std::vector<absl::StatusOr<Tokenized>>> done) const {
+  auto call = std::make_unique<TokenizeCall>();
+  call->requests = std::move(requests);
+  call->now = options_.now();
+  call->done = std::move(done);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   // Authorise before looking at the data, so an unauthorised caller learns
   // nothing about validation.
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kTokenize);
-  std::vector<TokenizeWork> work(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    TokenizeWork& w = work[i];
-    w.request = &requests[i];
-    w.now = now;
+  call->work.resize(call->requests.size());
+  for (size_t i = 0; i < call->requests.size(); ++i) {
+    TokenizeWork& w = call->work[i];
+    w.request = &call->requests[i];
+    w.now = call->now;
     w.event = NewEvent(caller, v1::TOKENIZE, rpc);
     if (!allowed.ok()) {
       w.refusal = allowed;
@@ -376,46 +452,69 @@ std::vector<absl::StatusOr<Tokenized>> Vault::TokenizeAll(
       CheckTokenizeRequest(*policy, caller, w);
     }
   }
-  // Every item is planned and written in one write; only items whose write
-  // condition lost a race (token drawn twice, index or idempotency entry
-  // written concurrently) are planned again.
-  const int rounds = std::max(options_.max_token_attempts,
-                              options_.max_numeric_token_attempts) +
-                     3;
-  for (int round = 0; round < rounds; ++round) {
-    std::vector<audit::Entry> entries;
-    std::vector<TokenizeWork*> planned;
-    for (TokenizeWork& w : work) {
-      if (w.result.has_value()) continue;
-      entries.push_back(PlanTokenize(w, round == rounds - 1));
-      planned.push_back(&w);
-    }
-    if (planned.empty()) break;
-    deps_.audit->AppendAll(entries);
-    for (size_t i = 0; i < planned.size(); ++i) {
-      TokenizeWork& w = *planned[i];
-      const absl::Status& written = entries[i].result;
-      if (absl::IsAborted(written)) continue;  // plan again
-      if (!written.ok()) {
-        w.result = absl::UnavailableError("storage or audit trail unavailable");
-      } else if (w.refusal.has_value()) {
-        w.result = *w.refusal;
-      } else {
-        if (!w.request->cvv.empty()) {
-          if (absl::Status s =
-                  deps_.cvv_cache->Put(w.answer->token, w.request->cvv, now);
-              !s.ok()) {
-            util::LogWarning(absl::StrCat("CVV not held: ", s.message()));
-          }
+  TokenizeRound(std::move(call));
+}
+
+void Vault::TokenizeRound(std::unique_ptr<TokenizeCall> call) const {
+  const bool last_round = call->round == TokenizeRounds(options_) - 1;
+  std::vector<audit::Entry> entries;
+  call->planned.clear();
+  for (TokenizeWork& w : call->work) {
+    if (w.result.has_value()) continue;
+    entries.push_back(PlanTokenize(w, last_round));
+    call->planned.push_back(&w);
+  }
+  deps_.audit->AppendAllAsync(std::move(entries),
+                              [this, call = std::move(call)](
+                                  std::vector<audit::Entry>& written) mutable {
+                                TokenizeWritten(std::move(call), written);
+                              });
+}
+
+void Vault::TokenizeWritten(std::unique_ptr<TokenizeCall> call,
+                            std::vector<audit::Entry>& entries) const {
+  bool replan = false;
+  for (size_t i = 0; i < call->planned.size(); ++i) {
+    TokenizeWork& w = *call->planned[i];
+    const absl::Status& written = entries[i].result;
+    if (absl::IsAborted(written)) {
+      replan = true;
+    } else if (!written.ok()) {
+      w.result = absl::UnavailableError("storage or audit trail unavailable");
+    } else if (w.refusal.has_value()) {
+      w.result = *w.refusal;
+    } else {
+      if (!w.request->cvv.empty()) {
+        if (absl::Status s = deps_.cvv_cache->Put(w.answer->token,
+                                                  w.request->cvv, call->now);
+            !s.ok()) {
+          util::LogWarning(absl::StrCat("CVV not held: ", s.message()));
         }
-        w.result = *std::move(w.answer);
       }
+      w.result = *std::move(w.answer);
     }
   }
+  ++call->round;
+  if (replan && call->round < TokenizeRounds(options_)) {
+    // Refused only once the vault is being destroyed, which no call in
+    // flight may see.
+    (void)replanner_->Schedule([this, call = std::move(call)]() mutable {
+      TokenizeRound(std::move(call));
+    });
+    return;
+  }
   std::vector<absl::StatusOr<Tokenized>> results;
-  results.reserve(work.size());
-  for (TokenizeWork& w : work) results.push_back(*std::move(w.result));
-  return results;
+  results.reserve(call->work.size());
+  for (TokenizeWork& w : call->work) {
+    // The last round refuses what is left, so every item has its result.
+    results.push_back(
+        w.result.has_value()
+            ? *std::move(w.result)
+            : absl::AbortedError("conflicting concurrent requests; retry"));
+  }
+  Done<std::vector<absl::StatusOr<Tokenized>>> done = std::move(call->done);
+  call.reset();  // the data-key leases end with the writes
+  std::move(done)(std::move(results));
 }
 
 absl::StatusOr<OpenedCard> Vault::OpenRecord(absl::string_view token,
@@ -440,12 +539,34 @@ struct Vault::DetokenizeWork {
   std::optional<OpenedCard> opened;
 };
 
+// One Detokenize or DetokenizeBatch call waiting for its audit records.
+struct Vault::DetokenizeCall {
+  std::vector<DetokenizeRequest> requests;
+  std::vector<DetokenizeWork> work;
+  absl::Time now;
+  Done<std::vector<absl::StatusOr<Detokenized>>> done;
+};
+
 absl::StatusOr<Detokenized> Vault::Detokenize(const auth::Caller& caller,
                                               absl::string_view token,
                                               absl::string_view purpose) const {
-  std::vector<DetokenizeRequest> one = {
-      {std::string(token), std::string(purpose)}};
-  return std::move(DetokenizeAll(caller, one, kDetokenizeRpc)[0]);
+  return Await<absl::StatusOr<Detokenized>>(
+      [&](Done<absl::StatusOr<Detokenized>> done) {
+        DetokenizeAsync(caller, {std::string(token), std::string(purpose)},
+                        std::move(done));
+      });
+}
+
+void Vault::DetokenizeAsync(const auth::Caller& caller,
+                            DetokenizeRequest request,
+                            Done<absl::StatusOr<Detokenized>> done) const {
+  std::vector<DetokenizeRequest> one;
+  one.push_back(std::move(request));
+  DetokenizeAll(caller, std::move(one), kDetokenizeRpc,
+                [done = std::move(done)](
+                    std::vector<absl::StatusOr<Detokenized>> results) mutable {
+                  std::move(done)(std::move(results[0]));
+                });
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
@@ -456,7 +577,10 @@ absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
       !s.ok()) {
     return Record(NewEvent(caller, v1::DETOKENIZE, kDetokenizeBatchRpc), s);
   }
-  return DetokenizeAll(caller, requests, kDetokenizeBatchRpc);
+  using Results = std::vector<absl::StatusOr<Detokenized>>;
+  return Await<Results>([&](Done<Results> done) {
+    DetokenizeAll(caller, requests, kDetokenizeBatchRpc, std::move(done));
+  });
 }
 
 absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
@@ -491,22 +615,26 @@ absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
   return opened;
 }
 
-std::vector<absl::StatusOr<Detokenized>> Vault::DetokenizeAll(
-    const auth::Caller& caller, const std::vector<DetokenizeRequest>& requests,
-    absl::string_view rpc) const {
-  const absl::Time now = options_.now();
+void Vault::DetokenizeAll(
+    const auth::Caller& caller, std::vector<DetokenizeRequest> requests,
+    absl::string_view rpc,
+    Done<std::vector<absl::StatusOr<Detokenized>>> done) const {
+  auto call = std::make_unique<DetokenizeCall>();
+  call->requests = std::move(requests);
+  call->now = options_.now();
+  call->done = std::move(done);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kDetokenize);
-  std::vector<DetokenizeWork> work(requests.size());
-  std::vector<audit::Entry> entries(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    DetokenizeWork& w = work[i];
-    const DetokenizeRequest& r = requests[i];
+  call->work.resize(call->requests.size());
+  std::vector<audit::Entry> entries(call->requests.size());
+  for (size_t i = 0; i < call->requests.size(); ++i) {
+    DetokenizeWork& w = call->work[i];
     w.event = NewEvent(caller, v1::DETOKENIZE, rpc);
     absl::StatusOr<OpenedCard> opened =
-        allowed.ok() ? FindForDetokenize(*policy, caller, r, now, &w.event)
+        allowed.ok() ? FindForDetokenize(*policy, caller, call->requests[i],
+                                         call->now, &w.event)
                      : allowed;
     if (opened.ok()) {
       w.opened = *std::move(opened);
@@ -517,23 +645,27 @@ std::vector<absl::StatusOr<Detokenized>> Vault::DetokenizeAll(
     SetOutcome(w.refusal.value_or(absl::OkStatus()), &entries[i].event);
   }
   // Fail closed: no card data leaves unless its record is durable.
-  deps_.audit->AppendAll(entries);
-  std::vector<absl::StatusOr<Detokenized>> results;
-  results.reserve(work.size());
-  for (size_t i = 0; i < work.size(); ++i) {
-    DetokenizeWork& w = work[i];
-    if (!entries[i].result.ok()) {
-      results.push_back(absl::UnavailableError("audit trail unavailable"));
-    } else if (w.refusal.has_value()) {
-      results.push_back(*w.refusal);
-    } else {
-      Detokenized out{std::move(w.opened->card),
-                      std::move(w.opened->header.domain),
-                      deps_.cvv_cache->Take(requests[i].token, now)};
-      results.push_back(std::move(out));
-    }
-  }
-  return results;
+  deps_.audit->AppendAllAsync(
+      std::move(entries), [this, call = std::move(call)](
+                              std::vector<audit::Entry>& written) mutable {
+        std::vector<absl::StatusOr<Detokenized>> results;
+        results.reserve(call->work.size());
+        for (size_t i = 0; i < call->work.size(); ++i) {
+          DetokenizeWork& w = call->work[i];
+          if (!written[i].result.ok()) {
+            results.push_back(
+                absl::UnavailableError("audit trail unavailable"));
+          } else if (w.refusal.has_value()) {
+            results.push_back(*w.refusal);
+          } else {
+            Detokenized out{
+                std::move(w.opened->card), std::move(w.opened->header.domain),
+                deps_.cvv_cache->Take(call->requests[i].token, call->now)};
+            results.push_back(std::move(out));
+          }
+        }
+        std::move(call->done)(std::move(results));
+      });
 }
 
 absl::Status Vault::CheckBatch(const auth::Caller& caller,
@@ -568,21 +700,37 @@ absl::Status Vault::CheckTokenCall(const auth::AccessPolicy& policy,
 
 absl::StatusOr<TokenInfo> Vault::GetTokenInfo(const auth::Caller& caller,
                                               absl::string_view token) const {
+  return Await<absl::StatusOr<TokenInfo>>(
+      [&](Done<absl::StatusOr<TokenInfo>> done) {
+        GetTokenInfoAsync(caller, token, std::move(done));
+      });
+}
+
+void Vault::GetTokenInfoAsync(const auth::Caller& caller,
+                              absl::string_view token,
+                              Done<absl::StatusOr<TokenInfo>> done) const {
   audit::AuditEvent event = NewEvent(caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
+  // A refusal: recorded, then answered.
+  auto refuse = [&](absl::Status status) {
+    RecordAsync(std::move(event), std::move(status),
+                [done = std::move(done)](absl::Status s) mutable {
+                  std::move(done)(std::move(s));
+                });
+  };
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   if (absl::Status s = CheckTokenCall(
           *policy, caller, auth::Permission::kReadTokenInfo, token, &event);
       !s.ok()) {
-    return Record(std::move(event), s);
+    return refuse(std::move(s));
   }
   absl::StatusOr<OpenedCard> opened = OpenRecord(token);
-  if (!opened.ok()) return Record(std::move(event), opened.status());
+  if (!opened.ok()) return refuse(opened.status());
   const RecordHeader& h = opened->header;
   event.set_domain(h.domain);
   if (h.expires <= options_.now() ||
       !policy->MayReadTokenInfo(caller, h.domain)) {
-    return Record(std::move(event), absl::NotFoundError("token not found"));
+    return refuse(absl::NotFoundError("token not found"));
   }
   const absl::string_view pan = opened->card.pan.view();
   TokenInfo info;
@@ -599,10 +747,15 @@ absl::StatusOr<TokenInfo> Vault::GetTokenInfo(const auth::Caller& caller,
   info.expires = h.expires;
   info.fingerprint = Fingerprint(*deps_.fingerprint_key, h.domain, pan);
   info.deterministic = h.deterministic;
-  if (absl::Status s = Record(std::move(event), absl::OkStatus()); !s.ok()) {
-    return s;
-  }
-  return info;
+  RecordAsync(
+      std::move(event), absl::OkStatus(),
+      [info = std::move(info), done = std::move(done)](absl::Status s) mutable {
+        if (s.ok()) {
+          std::move(done)(std::move(info));
+        } else {
+          std::move(done)(std::move(s));
+        }
+      });
 }
 
 absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,

@@ -6,6 +6,12 @@
 // record is durable before any card data is returned, and if it cannot be
 // written the call fails with UNAVAILABLE (fail closed).
 //
+// Tokenize, Detokenize and GetTokenInfo also come in an asynchronous form
+// (…Async): the checks, the storage read and the sealing run on the calling
+// thread, and the completion runs on the audit writer's thread once the
+// write is durable, so no thread is parked per call while the group commit
+// waits for its fsync. The synchronous forms wait for the same completion.
+//
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_VAULT_VAULT_H_
 #define CARDVAULT_SERVER_VAULT_VAULT_H_
@@ -18,12 +24,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "server/audit/audit_log.h"
 #include "server/auth/access_policy.h"
 #include "server/storage/token_store.h"
+#include "server/util/blocking_executor.h"
 #include "server/vault/card.h"
 #include "server/vault/card_record.h"
 #include "server/vault/cvv_cache.h"
@@ -114,6 +122,13 @@ struct TokenInfo {
 
 class Vault {
  public:
+  // Completion of an asynchronous call; it runs exactly once, on the thread
+  // that calls it (…Async) when nothing had to be written, otherwise on the
+  // audit writer's thread, so it must be quick and must not wait for the
+  // vault or the audit trail (see AuditLog::AppendAllAsync).
+  template <typename T>
+  using Done = absl::AnyInvocable<void(T) &&>;
+
   struct Options {
     // Clock for expiry checks and audit timestamps.
     std::function<absl::Time()> now = [] { return absl::Now(); };
@@ -159,6 +174,10 @@ class Vault {
   // (storage or audit trail).
   absl::StatusOr<Tokenized> Tokenize(const auth::Caller& caller,
                                      TokenizeRequest request) const;
+  // As Tokenize, finishing through `done`. `caller` is read only before
+  // this returns.
+  void TokenizeAsync(const auth::Caller& caller, TokenizeRequest request,
+                     Done<absl::StatusOr<Tokenized>> done) const;
   // A random, non-deterministic token for `card` in `domain`.
   absl::StatusOr<Tokenized> Tokenize(const auth::Caller& caller, Card card,
                                      absl::string_view domain = "") const;
@@ -181,6 +200,11 @@ class Vault {
                                          absl::string_view token,
                                          absl::string_view purpose) const;
 
+  // As Detokenize, finishing through `done`. `caller` is read only before
+  // this returns.
+  void DetokenizeAsync(const auth::Caller& caller, DetokenizeRequest request,
+                       Done<absl::StatusOr<Detokenized>> done) const;
+
   // Detokenizes every request with one durable write of their audit
   // records; results as for TokenizeBatch.
   absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> DetokenizeBatch(
@@ -191,6 +215,10 @@ class Vault {
   // INVALID_ARGUMENT (malformed), NOT_FOUND as for Detokenize.
   absl::StatusOr<TokenInfo> GetTokenInfo(const auth::Caller& caller,
                                          absl::string_view token) const;
+  // As GetTokenInfo, finishing through `done`. `caller` and `token` are read
+  // only before this returns.
+  void GetTokenInfoAsync(const auth::Caller& caller, absl::string_view token,
+                         Done<absl::StatusOr<TokenInfo>> done) const;
 
   // Removes `token`'s record, its PAN index entry and any CVV held, in one
   // write with its audit record. True if this call removed it; false (OK)
@@ -241,10 +269,15 @@ class Vault {
 
  private:
   struct TokenizeWork;
+  struct TokenizeCall;
   struct DetokenizeWork;
+  struct DetokenizeCall;
 
-  Vault(Dependencies deps, Options options)
-      : deps_(deps), options_(std::move(options)) {}
+  Vault(Dependencies deps, Options options,
+        std::unique_ptr<util::BlockingExecutor> replanner)
+      : deps_(deps),
+        options_(std::move(options)),
+        replanner_(std::move(replanner)) {}
 
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
@@ -255,6 +288,9 @@ class Vault {
   // record cannot be written, UNAVAILABLE.
   absl::Status Record(audit::AuditEvent event,
                       const absl::Status& status) const;
+  // As Record, finishing through `done`.
+  void RecordAsync(audit::AuditEvent event, absl::Status status,
+                   Done<absl::Status> done) const;
 
   // A batch call's own checks: the role, then 1 to max_batch_items items.
   absl::Status CheckBatch(const auth::Caller& caller,
@@ -268,19 +304,25 @@ class Vault {
                               audit::AuditEvent* event) const;
   // Rotates the primary data key if it is due, and records it.
   void RotateDueDataKey() const;
-  // The shared path of Tokenize and TokenizeBatch.
-  std::vector<absl::StatusOr<Tokenized>> TokenizeAll(
-      const auth::Caller& caller, std::vector<TokenizeRequest>& requests,
-      absl::string_view rpc) const;
+  // The shared path of Tokenize and TokenizeBatch: one result per request,
+  // in order, through `done`.
+  void TokenizeAll(const auth::Caller& caller,
+                   std::vector<TokenizeRequest> requests, absl::string_view rpc,
+                   Done<std::vector<absl::StatusOr<Tokenized>>> done) const;
+  // Plans the items of `call` still without a result and writes them.
+  void TokenizeRound(std::unique_ptr<TokenizeCall> call) const;
+  // Takes the results of a round's write; plans again what lost a race.
+  void TokenizeWritten(std::unique_ptr<TokenizeCall> call,
+                       std::vector<audit::Entry>& entries) const;
   // Validates `w`'s request (first round) and plans its next audit entry.
   void CheckTokenizeRequest(const auth::AccessPolicy& policy,
                             const auth::Caller& caller, TokenizeWork& w) const;
   audit::Entry PlanTokenize(TokenizeWork& w, bool last_round) const;
   // The shared path of Detokenize and DetokenizeBatch.
-  std::vector<absl::StatusOr<Detokenized>> DetokenizeAll(
-      const auth::Caller& caller,
-      const std::vector<DetokenizeRequest>& requests,
-      absl::string_view rpc) const;
+  void DetokenizeAll(const auth::Caller& caller,
+                     std::vector<DetokenizeRequest> requests,
+                     absl::string_view rpc,
+                     Done<std::vector<absl::StatusOr<Detokenized>>> done) const;
   // Checks one Detokenize item (purpose, token, velocity, domain) and opens
   // its record, filling in `event`.
   absl::StatusOr<OpenedCard> FindForDetokenize(const auth::AccessPolicy& policy,
@@ -297,6 +339,11 @@ class Vault {
   const Options options_;
   mutable auth::RateLimiter limiter_;
   mutable std::atomic<uint64_t> velocity_denials_{0};
+  // Plans again, off the audit writer's thread, the items whose write lost
+  // a race (planning reads storage and may rotate a key). One thread: such
+  // races are rare. Declared last: it finishes its work first on
+  // destruction.
+  const std::unique_ptr<util::BlockingExecutor> replanner_;
 };
 
 }  // namespace cardvault::vault

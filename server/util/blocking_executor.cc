@@ -1,8 +1,8 @@
-#include "server/service/blocking_executor.h"
+#include "server/util/blocking_executor.h"
 
 #include <utility>
 
-namespace cardvault::service {
+namespace cardvault::util {
 
 absl::StatusOr<std::unique_ptr<BlockingExecutor>> BlockingExecutor::Create(
     Options options) {
@@ -24,7 +24,7 @@ BlockingExecutor::~BlockingExecutor() {
   for (std::thread& t : threads_) t.join();
 }
 
-bool BlockingExecutor::Schedule(std::function<void()> work) {
+bool BlockingExecutor::Schedule(absl::AnyInvocable<void()> work) {
   absl::MutexLock lock(&mu_);
   if (stopping_ || queue_.size() >= options_.max_queued) return false;
   queue_.push_back(std::move(work));
@@ -33,7 +33,7 @@ bool BlockingExecutor::Schedule(std::function<void()> work) {
 
 void BlockingExecutor::Loop() {
   while (true) {
-    std::function<void()> work;
+    absl::AnyInvocable<void()> work;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -49,4 +49,4 @@ void BlockingExecutor::Loop() {
   }
 }
 
-}  // namespace cardvault::service
+}  // namespace cardvault::util

@@ -3,21 +3,21 @@
 // never wait on it. A full queue refuses new work instead of growing.
 //
 // Thread safety: thread-safe.
-#ifndef CARDVAULT_SERVER_SERVICE_BLOCKING_EXECUTOR_H_
-#define CARDVAULT_SERVER_SERVICE_BLOCKING_EXECUTOR_H_
+#ifndef CARDVAULT_SERVER_UTIL_BLOCKING_EXECUTOR_H_
+#define CARDVAULT_SERVER_UTIL_BLOCKING_EXECUTOR_H_
 
 #include <cstddef>
 #include <deque>
-#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 
-namespace cardvault::service {
+namespace cardvault::util {
 
 class BlockingExecutor {
  public:
@@ -39,7 +39,7 @@ class BlockingExecutor {
   ~BlockingExecutor();
 
   // Queues `work`; false (and `work` not run) if the queue is full.
-  bool Schedule(std::function<void()> work);
+  bool Schedule(absl::AnyInvocable<void()> work);
 
  private:
   explicit BlockingExecutor(Options options) : options_(options) {}
@@ -47,11 +47,11 @@ class BlockingExecutor {
 
   const Options options_;
   absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<absl::AnyInvocable<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 
-}  // namespace cardvault::service
+}  // namespace cardvault::util
 
-#endif  // CARDVAULT_SERVER_SERVICE_BLOCKING_EXECUTOR_H_
+#endif  // CARDVAULT_SERVER_UTIL_BLOCKING_EXECUTOR_H_
