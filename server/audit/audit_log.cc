@@ -41,6 +41,19 @@ std::string SerializeDeterministic(const AuditEvent& event) {
   return out;
 }
 
+// What a batch call's event records of one of its items.
+BatchItem ItemOf(const Entry& e) {
+  BatchItem item;
+  item.set_index(e.batch_index);
+  item.set_token(e.event.token());
+  item.set_domain(e.event.domain());
+  item.set_purpose(e.event.purpose());
+  item.set_status_code(e.event.status_code());
+  item.set_status_message(e.event.status_message());
+  item.set_detail(e.event.detail());
+  return item;
+}
+
 struct ParsedRecord {
   uint32_t key_version;
   absl::string_view mac;
@@ -190,6 +203,23 @@ void AuditLog::AppendAllAsync(std::vector<Entry> entries,
   auto pending = std::make_unique<Pending>();
   pending->entries = std::move(entries);
   pending->done = std::move(done);
+  Enqueue(std::move(pending));
+}
+
+void AuditLog::AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
+                                AppendDone done) const {
+  if (entries.empty()) {
+    std::move(done)(entries);
+    return;
+  }
+  auto pending = std::make_unique<Pending>();
+  pending->entries = std::move(entries);
+  pending->done = std::move(done);
+  pending->batch = std::move(call);
+  Enqueue(std::move(pending));
+}
+
+void AuditLog::Enqueue(std::unique_ptr<Pending> pending) const {
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(pending));
 }
@@ -275,42 +305,76 @@ void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
   absl::flat_hash_map<std::string, uint64_t> uses;
   uint64_t sequence = next_sequence_;
   std::string mac = last_mac_;
-  for (const std::unique_ptr<Pending>& p : batch) {
-    for (Entry& e : p->entries) {
-      e.result = absl::OkStatus();
-      e.failed_condition = -1;
-      const std::vector<Mutation::Condition>& conditions =
-          e.mutation.conditions;
-      for (size_t i = 0; i < conditions.size() && e.result.ok(); ++i) {
-        absl::StatusOr<bool> ok = holds(conditions[i]);
-        if (!ok.ok()) {
-          e.result = absl::UnavailableError("storage unavailable");
-        } else if (!*ok) {
-          e.result = absl::AbortedError("a write condition did not hold");
-          e.failed_condition = static_cast<int>(i);
-        }
+  // Whether `e`'s conditions hold (its result says why not).
+  auto admit = [&](Entry& e) {
+    e.result = absl::OkStatus();
+    e.failed_condition = -1;
+    const std::vector<Mutation::Condition>& conditions = e.mutation.conditions;
+    for (size_t i = 0; i < conditions.size() && e.result.ok(); ++i) {
+      absl::StatusOr<bool> ok = holds(conditions[i]);
+      if (!ok.ok()) {
+        e.result = absl::UnavailableError("storage unavailable");
+      } else if (!*ok) {
+        e.result = absl::AbortedError("a write condition did not hold");
+        e.failed_condition = static_cast<int>(i);
       }
-      if (!e.result.ok()) continue;
-      e.event.set_sequence(sequence);
-      const std::string event_bytes = SerializeDeterministic(e.event);
-      if (event_bytes.size() > kMaxAuditEventBytes) {
-        e.result = absl::InvalidArgumentError("audit event too large");
+    }
+    return e.result.ok();
+  };
+  // Adds `e`'s writes to this write.
+  auto apply = [&](Entry& e) {
+    for (storage::RecordWrite& w : e.mutation.writes) {
+      overlay[overlay_key(w.table, w.key)] = w.value;
+      writes.records.push_back(std::move(w));
+    }
+    for (const auto& [key_id, n] : e.mutation.key_uses) uses[key_id] += n;
+    included.push_back(&e);
+  };
+  // Chains `event` as the next record; false if it is too large.
+  auto chain = [&](AuditEvent& event) {
+    event.set_sequence(sequence);
+    const std::string event_bytes = SerializeDeterministic(event);
+    if (event_bytes.size() > kMaxAuditEventBytes) return false;
+    mac = key_->Compute(ChainInput(key_version_, sequence, mac, event_bytes));
+    std::string record;
+    record.reserve(kAuditRecordHeaderBytes + event_bytes.size());
+    record.push_back(static_cast<char>(kAuditRecordFormatV1));
+    util::AppendBigEndian32(key_version_, &record);
+    absl::StrAppend(&record, mac, event_bytes);
+    writes.audit_records.emplace_back(sequence, std::move(record));
+    ++sequence;
+    return true;
+  };
+  for (const std::unique_ptr<Pending>& p : batch) {
+    if (!p->batch.has_value()) {
+      for (Entry& e : p->entries) {
+        if (!admit(e)) continue;
+        if (!chain(e.event)) {
+          e.result = absl::InvalidArgumentError("audit event too large");
+          continue;
+        }
+        apply(e);
+      }
+      continue;
+    }
+    // A batch call: one event listing the items written.
+    AuditEvent& call = *p->batch;
+    size_t bytes = call.ByteSizeLong();
+    for (Entry& e : p->entries) {
+      if (!admit(e)) continue;
+      BatchItem item = ItemOf(e);
+      bytes += item.ByteSizeLong() + 8;  // with its tag and length
+      if (bytes > kMaxAuditEventBytes) {
+        // Beyond the configurable batch bound: planned again, and recorded
+        // in the caller's next event.
+        e.result = absl::AbortedError("audit record of the batch is full");
         continue;
       }
-      mac = key_->Compute(ChainInput(key_version_, sequence, mac, event_bytes));
-      std::string record;
-      record.push_back(static_cast<char>(kAuditRecordFormatV1));
-      util::AppendBigEndian32(key_version_, &record);
-      absl::StrAppend(&record, mac, event_bytes);
-      writes.audit_records.emplace_back(sequence, std::move(record));
-      for (storage::RecordWrite& w : e.mutation.writes) {
-        overlay[overlay_key(w.table, w.key)] = w.value;
-        writes.records.push_back(std::move(w));
-      }
-      for (const auto& [key_id, n] : e.mutation.key_uses) uses[key_id] += n;
-      included.push_back(&e);
-      ++sequence;
+      *call.add_items() = std::move(item);
+      apply(e);
     }
+    // Fits: every item was counted against the bound above.
+    if (call.items_size() > 0) (void)chain(call);
   }
   if (included.empty()) return;
   writes.key_uses.assign(uses.begin(), uses.end());

@@ -11,7 +11,8 @@
 //   5       32    chain MAC
 //   37      N     event: cardvault.v1.AuditEvent, deterministic protobuf
 //                 encoding, N <= kMaxAuditEventBytes; its `sequence` equals
-//                 the record's key
+//                 the record's key. A batch call is one event listing its
+//                 items (AppendBatchAsync).
 // chain MAC = HMAC-SHA256(audit key, "cardvault/audit-record" || format
 //             version (1) || key version (4) || sequence (8, BE) ||
 //             previous record's chain MAC (32; zeros for sequence 1) || event)
@@ -67,6 +68,7 @@
 namespace cardvault::audit {
 
 using AuditEvent = ::cardvault::v1::AuditEvent;
+using BatchItem = ::cardvault::v1::BatchItem;
 
 // The identity recorded for what the server does on its own.
 inline constexpr absl::string_view kServerIdentity = "cardvaultd";
@@ -79,7 +81,9 @@ AuditEvent ServerEvent(::cardvault::v1::EventType type, absl::Time now);
 
 inline constexpr uint8_t kAuditRecordFormatV1 = 0x01;
 inline constexpr size_t kAuditRecordHeaderBytes = 1 + 4 + 32;
-inline constexpr size_t kMaxAuditEventBytes = 4096;
+// Bounds an event, a batch call's included: tokens.max_batch_items (at most
+// 10,000) items of at most a few hundred bytes each.
+inline constexpr size_t kMaxAuditEventBytes = 4 << 20;
 inline constexpr uint8_t kAuditAnchorFormatV1 = 0x01;
 inline constexpr size_t kAuditAnchorBytes = 1 + 4 + 8 + 8 + 32 + 32;
 
@@ -107,6 +111,8 @@ struct Entry {
   // `failed_condition` did not hold; UNAVAILABLE when the write failed.
   absl::Status result;
   int failed_condition = -1;
+  // Position of the item in its batch call (AppendBatchAsync only).
+  uint32_t batch_index = 0;
 };
 
 // A chain position exported to compare against later.
@@ -175,6 +181,13 @@ class AuditLog {
   // log (no Append from inside it): later completions wait for it.
   void AppendAllAsync(std::vector<Entry> entries, AppendDone done) const;
 
+  // As AppendAllAsync for the items of one batch call, recorded as one
+  // event: `call` (caller, RPC, time) with one BatchItem per entry written,
+  // taken from the entry's event (token, domain, purpose, outcome, detail).
+  // One record, one MAC per call instead of one per item.
+  void AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
+                        AppendDone done) const;
+
   // Visits every stored event from `from_sequence` on, in order, until
   // `visit` returns false. Records that do not decode are skipped here;
   // Verify reports them.
@@ -201,6 +214,8 @@ class AuditLog {
   struct Pending {
     std::vector<Entry> entries;
     AppendDone done;
+    // Set for a batch call: the entries are items of this one event.
+    std::optional<AuditEvent> batch;
   };
 
   AuditLog(const storage::AuditStore* store,
@@ -211,6 +226,7 @@ class AuditLog {
   // Runs the completions of written groups, oldest first.
   void CompletionLoop();
   void WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch);
+  void Enqueue(std::unique_ptr<Pending> pending) const;
   absl::Status ReloadHead();
 
   const storage::AuditStore* const store_;

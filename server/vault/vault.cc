@@ -31,7 +31,10 @@ bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
          (f.identity.empty() || e.identity() == f.identity) &&
          (f.event_type == v1::EVENT_TYPE_UNSPECIFIED ||
           e.event_type() == f.event_type) &&
-         (f.token.empty() || e.token() == f.token);
+         (f.token.empty() || e.token() == f.token ||
+          std::any_of(
+              e.items().begin(), e.items().end(),
+              [&](const v1::BatchItem& i) { return i.token() == f.token; }));
 }
 
 // Starts an asynchronous call with a completion that hands its result back
@@ -423,6 +426,8 @@ struct Vault::TokenizeCall {
   int round = 0;
   // The items of the round being written, in the order of its entries.
   std::vector<TokenizeWork*> planned;
+  // A batch call's event, which lists its items (single calls: none).
+  std::optional<audit::AuditEvent> batch_event;
   Done<std::vector<absl::StatusOr<Tokenized>>> done;
 };
 
@@ -440,12 +445,20 @@ void Vault::TokenizeAll(
   // nothing about validation.
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kTokenize);
+  // A batch is one audit event with an item per request; items carry only
+  // what differs between them.
+  if (rpc == kTokenizeBatchRpc) {
+    call->batch_event = NewEvent(caller, v1::TOKENIZE, rpc);
+    SetOutcome(absl::OkStatus(), &*call->batch_event);
+  }
   call->work.resize(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
     TokenizeWork& w = call->work[i];
     w.request = &call->requests[i];
     w.now = call->now;
-    w.event = NewEvent(caller, v1::TOKENIZE, rpc);
+    if (!call->batch_event.has_value()) {
+      w.event = NewEvent(caller, v1::TOKENIZE, rpc);
+    }
     if (!allowed.ok()) {
       w.refusal = allowed;
     } else {
@@ -459,16 +472,25 @@ void Vault::TokenizeRound(std::unique_ptr<TokenizeCall> call) const {
   const bool last_round = call->round == TokenizeRounds(options_) - 1;
   std::vector<audit::Entry> entries;
   call->planned.clear();
-  for (TokenizeWork& w : call->work) {
+  for (size_t i = 0; i < call->work.size(); ++i) {
+    TokenizeWork& w = call->work[i];
     if (w.result.has_value()) continue;
     entries.push_back(PlanTokenize(w, last_round));
+    entries.back().batch_index = static_cast<uint32_t>(i);
     call->planned.push_back(&w);
   }
-  deps_.audit->AppendAllAsync(std::move(entries),
-                              [this, call = std::move(call)](
-                                  std::vector<audit::Entry>& written) mutable {
-                                TokenizeWritten(std::move(call), written);
-                              });
+  std::optional<audit::AuditEvent> batch_event = call->batch_event;
+  audit::AuditLog::AppendDone written =
+      [this,
+       call = std::move(call)](std::vector<audit::Entry>& entries) mutable {
+        TokenizeWritten(std::move(call), entries);
+      };
+  if (batch_event.has_value()) {
+    deps_.audit->AppendBatchAsync(*std::move(batch_event), std::move(entries),
+                                  std::move(written));
+  } else {
+    deps_.audit->AppendAllAsync(std::move(entries), std::move(written));
+  }
 }
 
 void Vault::TokenizeWritten(std::unique_ptr<TokenizeCall> call,
@@ -627,11 +649,20 @@ void Vault::DetokenizeAll(
       deps_.policy->Current();
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kDetokenize);
+  // A batch is one audit event with an item per request.
+  std::optional<audit::AuditEvent> batch_event;
+  if (rpc == kDetokenizeBatchRpc) {
+    batch_event = NewEvent(caller, v1::DETOKENIZE, rpc);
+    SetOutcome(absl::OkStatus(), &*batch_event);
+  }
   call->work.resize(call->requests.size());
   std::vector<audit::Entry> entries(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
     DetokenizeWork& w = call->work[i];
-    w.event = NewEvent(caller, v1::DETOKENIZE, rpc);
+    if (!batch_event.has_value()) {
+      w.event = NewEvent(caller, v1::DETOKENIZE, rpc);
+    }
+    entries[i].batch_index = static_cast<uint32_t>(i);
     absl::StatusOr<OpenedCard> opened =
         allowed.ok() ? FindForDetokenize(*policy, caller, call->requests[i],
                                          call->now, &w.event)
@@ -645,9 +676,9 @@ void Vault::DetokenizeAll(
     SetOutcome(w.refusal.value_or(absl::OkStatus()), &entries[i].event);
   }
   // Fail closed: no card data leaves unless its record is durable.
-  deps_.audit->AppendAllAsync(
-      std::move(entries), [this, call = std::move(call)](
-                              std::vector<audit::Entry>& written) mutable {
+  audit::AuditLog::AppendDone answer =
+      [this,
+       call = std::move(call)](std::vector<audit::Entry>& written) mutable {
         std::vector<absl::StatusOr<Detokenized>> results;
         results.reserve(call->work.size());
         for (size_t i = 0; i < call->work.size(); ++i) {
@@ -665,7 +696,13 @@ void Vault::DetokenizeAll(
           }
         }
         std::move(call->done)(std::move(results));
-      });
+      };
+  if (batch_event.has_value()) {
+    deps_.audit->AppendBatchAsync(*std::move(batch_event), std::move(entries),
+                                  std::move(answer));
+  } else {
+    deps_.audit->AppendAllAsync(std::move(entries), std::move(answer));
+  }
 }
 
 absl::Status Vault::CheckBatch(const auth::Caller& caller,

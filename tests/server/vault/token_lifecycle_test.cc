@@ -253,13 +253,25 @@ TEST_F(TokenLifecycleTest, BatchKeepsPerItemResultsInOrderInOneWrite) {
   EXPECT_THAT((*results)[4], StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT((*results)[5], IsOk());
   EXPECT_EQ((*results)[2]->token.size(), 15u);
-  // Every item is audited, refusals included.
-  size_t tokenize_events = 0;
+  // The batch is one audit event listing every item, refusals included,
+  // with the outcome each caller would have seen.
+  std::vector<v1::AuditEvent> batch_events;
   for (const auto& e : Events()) {
-    tokenize_events +=
-        e.event_type() == v1::TOKENIZE && e.rpc() == kTokenizeBatchRpc;
+    if (e.event_type() == v1::TOKENIZE && e.rpc() == kTokenizeBatchRpc) {
+      batch_events.push_back(e);
+    }
   }
-  EXPECT_EQ(tokenize_events, 6u);
+  ASSERT_EQ(batch_events.size(), 1u);
+  const v1::AuditEvent& event = batch_events[0];
+  EXPECT_EQ(event.identity(), kPos.identity);
+  ASSERT_EQ(event.items_size(), 6);
+  for (int i = 0; i < 6; ++i) {
+    const v1::BatchItem& item = event.items(i);
+    EXPECT_EQ(item.index(), static_cast<uint32_t>(i));
+    EXPECT_EQ(item.status_code(),
+              static_cast<int32_t>((*results)[i].status().code()));
+    EXPECT_EQ(item.token(), (*results)[i].ok() ? (*results)[i]->token : "");
+  }
   // Detokenize them back in one batch, with a malformed and an unknown token.
   std::vector<DetokenizeRequest> back = {
       {(*results)[5]->token, "authorization"},
@@ -273,6 +285,26 @@ TEST_F(TokenLifecycleTest, BatchKeepsPerItemResultsInOrderInOneWrite) {
   EXPECT_THAT((*cards)[1], StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ((*cards)[2]->card.pan.view(), "4111111111111111");
   EXPECT_THAT((*cards)[3], StatusIs(absl::StatusCode::kNotFound));
+  // One event for the detokenize batch too; an auditor finds each token's
+  // item by filtering on the token.
+  std::vector<v1::AuditEvent> found;
+  ASSERT_THAT(vault_->ListAuditEvents(kAuditor, {.token = (*results)[0]->token},
+                                      [&](const v1::AuditEvent& e) {
+                                        found.push_back(e);
+                                        return true;
+                                      }),
+              IsOk());
+  // Its tokenize batch, its detokenize batch, and this listing itself.
+  ASSERT_EQ(found.size(), 3u);
+  EXPECT_EQ(found[0].rpc(), kTokenizeBatchRpc);
+  EXPECT_EQ(found[2].event_type(), v1::LIST_EVENTS);
+  EXPECT_EQ(found[1].rpc(), kDetokenizeBatchRpc);
+  ASSERT_EQ(found[1].items_size(), 4);
+  EXPECT_EQ(found[1].items(2).token(), (*results)[0]->token);
+  EXPECT_EQ(found[1].items(2).purpose(), "authorization");
+  EXPECT_EQ(found[1].items(2).status_code(), 0);
+  EXPECT_EQ(found[1].items(3).status_code(),
+            static_cast<int32_t>(absl::StatusCode::kNotFound));
 }
 
 TEST_F(TokenLifecycleTest, BatchSizeIsBounded) {
