@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  librocksdb-dev libabsl-dev libssl-dev openssl
+  librocksdb-dev libabsl-dev libssl-dev openssl libjemalloc-dev
   softhsm2 opensc libp11-kit-dev
   googletest libgtest-dev libgmock-dev
   clang-format procps

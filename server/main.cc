@@ -4,7 +4,6 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
-#include <malloc.h>
 #include <signal.h>
 
 #include <atomic>
@@ -350,9 +349,6 @@ int main(int argc, char** argv) {
   // Debian's abseil checks every Mutex acquisition for lock-order cycles
   // (1-2% of a Tokenize under load); the tests keep the check on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  // Two malloc arenas, not 8 per core: with 64 vault threads glibc's default
-  // arenas held hundreds of MiB of freed memory.
-  mallopt(M_ARENA_MAX, 2);
   if (absl::Status s = cardvault::util::HardenProcess(); !s.ok()) {
     cardvault::util::LogError(s.ToString());
     return 1;

@@ -41,16 +41,17 @@ std::string SerializeDeterministic(const AuditEvent& event) {
   return out;
 }
 
-// What a batch call's event records of one of its items.
-BatchItem ItemOf(const Entry& e) {
+// What a batch call's event records of one of its items, moved out of the
+// item's own event (which is not written).
+BatchItem TakeItem(Entry& e) {
   BatchItem item;
   item.set_index(e.batch_index);
-  item.set_token(e.event.token());
-  item.set_domain(e.event.domain());
-  item.set_purpose(e.event.purpose());
+  item.mutable_token()->swap(*e.event.mutable_token());
+  item.mutable_domain()->swap(*e.event.mutable_domain());
+  item.mutable_purpose()->swap(*e.event.mutable_purpose());
   item.set_status_code(e.event.status_code());
-  item.set_status_message(e.event.status_message());
-  item.set_detail(e.event.detail());
+  item.mutable_status_message()->swap(*e.event.mutable_status_message());
+  item.mutable_detail()->swap(*e.event.mutable_detail());
   return item;
 }
 
@@ -277,29 +278,26 @@ void AuditLog::CompletionLoop() {
 void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
   storage::WriteSet writes;
   std::vector<Entry*> included;
-  // Values this write sets, keyed by table byte + key: later conditions in
-  // the same write see them.
-  absl::flat_hash_map<std::string, std::optional<std::string>> overlay;
-  auto overlay_key = [](storage::Table table, absl::string_view key) {
-    std::string k(1, static_cast<char>(table));
-    absl::StrAppend(&k, key);
-    return k;
-  };
+  // Reserved so that records stay where they are: `overlay` refers to them.
+  size_t record_writes = 0;
+  for (const std::unique_ptr<Pending>& p : batch) {
+    for (const Entry& e : p->entries) record_writes += e.mutation.writes.size();
+  }
+  writes.records.reserve(record_writes);
+  // The last value this write sets for each (table, key), by its position in
+  // `writes.records`: later conditions in the same write see it.
+  absl::flat_hash_map<std::pair<storage::Table, absl::string_view>, size_t>
+      overlay;
   // Whether `c` holds, or the read error that prevents knowing.
   auto holds = [&](const Mutation::Condition& c) -> absl::StatusOr<bool> {
-    auto it = overlay.find(overlay_key(c.table, c.key));
-    std::optional<std::string> current;
-    if (it != overlay.end()) {
-      current = it->second;
-    } else {
-      absl::StatusOr<std::string> stored = records_->Get(c.table, c.key);
-      if (stored.ok()) {
-        current = *std::move(stored);
-      } else if (!absl::IsNotFound(stored.status())) {
-        return stored.status();
-      }
+    if (auto it = overlay.find(std::pair(c.table, absl::string_view(c.key)));
+        it != overlay.end()) {
+      return writes.records[it->second].value == c.expected;
     }
-    return current == c.expected;
+    absl::StatusOr<std::string> stored = records_->Get(c.table, c.key);
+    if (stored.ok()) return c.expected.has_value() && *stored == *c.expected;
+    if (absl::IsNotFound(stored.status())) return !c.expected.has_value();
+    return stored.status();
   };
   // One counter update per key per write, however many records.
   absl::flat_hash_map<std::string, uint64_t> uses;
@@ -324,8 +322,10 @@ void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
   // Adds `e`'s writes to this write.
   auto apply = [&](Entry& e) {
     for (storage::RecordWrite& w : e.mutation.writes) {
-      overlay[overlay_key(w.table, w.key)] = w.value;
       writes.records.push_back(std::move(w));
+      const storage::RecordWrite& added = writes.records.back();
+      overlay[std::pair(added.table, absl::string_view(added.key))] =
+          writes.records.size() - 1;
     }
     for (const auto& [key_id, n] : e.mutation.key_uses) uses[key_id] += n;
     included.push_back(&e);
@@ -362,7 +362,7 @@ void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
     size_t bytes = call.ByteSizeLong();
     for (Entry& e : p->entries) {
       if (!admit(e)) continue;
-      BatchItem item = ItemOf(e);
+      BatchItem item = TakeItem(e);
       bytes += item.ByteSizeLong() + 8;  // with its tag and length
       if (bytes > kMaxAuditEventBytes) {
         // Beyond the configurable batch bound: planned again, and recorded

@@ -184,7 +184,8 @@ class AuditLog {
   // As AppendAllAsync for the items of one batch call, recorded as one
   // event: `call` (caller, RPC, time) with one BatchItem per entry written,
   // taken from the entry's event (token, domain, purpose, outcome, detail).
-  // One record, one MAC per call instead of one per item.
+  // One record, one MAC per call instead of one per item. The entries'
+  // events are consumed.
   void AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
                         AppendDone done) const;
 

@@ -288,7 +288,9 @@ TEST_F(TokenLifecycleTest, BatchKeepsPerItemResultsInOrderInOneWrite) {
   // One event for the detokenize batch too; an auditor finds each token's
   // item by filtering on the token.
   std::vector<v1::AuditEvent> found;
-  ASSERT_THAT(vault_->ListAuditEvents(kAuditor, {.token = (*results)[0]->token},
+  AuditFilter filter;
+  filter.token = (*results)[0]->token;
+  ASSERT_THAT(vault_->ListAuditEvents(kAuditor, filter,
                                       [&](const v1::AuditEvent& e) {
                                         found.push_back(e);
                                         return true;
