@@ -2,11 +2,14 @@
 // writes, fail-closed behaviour, and detection of every kind of tampering.
 #include "server/audit/audit_log.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/convenience.h"
@@ -221,6 +224,102 @@ TEST_F(AuditLogTest, AppendAllIsOneWriteForManyEntries) {
   for (const Entry& e : entries) EXPECT_THAT(e.result, IsOk());
   EXPECT_EQ(faults_->commits() - commits_before, 1);
   EXPECT_EQ(log_->Verify()->records_checked, 500u);
+}
+
+TEST_F(AuditLogTest, AsyncAppendCompletesOnceDurableOffTheCallersThread) {
+  std::vector<Entry> entries(2);
+  for (int i = 0; i < 2; ++i) {
+    entries[i].event = Event("pos", absl::StrCat("tok_", i));
+    entries[i].mutation = NewToken(absl::StrCat("tok_", i), "rec");
+  }
+  absl::Notification done;
+  std::thread::id completed_on;
+  std::vector<absl::Status> results;
+  absl::StatusOr<std::string> stored_when_done;
+  log_->AppendAllAsync(std::move(entries), [&](std::vector<Entry>& written) {
+    completed_on = std::this_thread::get_id();
+    for (const Entry& e : written) results.push_back(e.result);
+    // By the time the caller hears of it, the token is in storage.
+    stored_when_done = db_->Get(storage::Table::kTokens, "tok_1");
+    done.Notify();
+  });
+  done.WaitForNotification();
+  EXPECT_NE(completed_on, std::this_thread::get_id());
+  EXPECT_THAT(results, ::testing::ElementsAre(IsOk(), IsOk()));
+  EXPECT_THAT(stored_when_done, IsOkAndHolds(std::string("rec")));
+  EXPECT_EQ(log_->Verify()->records_checked, 2u);
+}
+
+TEST_F(AuditLogTest, AsyncCompletionsRunInOrderOfTheirWrites) {
+  constexpr int kCalls = 200;
+  absl::Mutex mu;
+  std::vector<uint64_t> sequences;
+  absl::BlockingCounter left(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    std::vector<Entry> one(1);
+    one[0].event = Event("pos");
+    log_->AppendAllAsync(std::move(one), [&](std::vector<Entry>& written) {
+      absl::MutexLock lock(&mu);
+      sequences.push_back(written[0].event.sequence());
+      left.DecrementCount();
+    });
+  }
+  left.Wait();
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(sequences.size(), static_cast<size_t>(kCalls));
+  EXPECT_TRUE(std::is_sorted(sequences.begin(), sequences.end()));
+  EXPECT_EQ(log_->Verify()->records_checked, static_cast<uint64_t>(kCalls));
+}
+
+TEST_F(AuditLogTest, BatchIsOneRecordListingTheItemsWritten) {
+  // Three items of one call; the middle one claims a token already taken.
+  ASSERT_THAT(
+      log_->Append(Event("pos", "tok_taken"), NewToken("tok_taken", "first")),
+      IsOk());
+  std::vector<Entry> items(3);
+  const std::string tokens[] = {"tok_a", "tok_taken", "tok_b"};
+  for (int i = 0; i < 3; ++i) {
+    items[i].batch_index = static_cast<uint32_t>(i);
+    items[i].event.set_token(tokens[i]);
+    items[i].event.set_domain("m1/pos");
+    items[i].mutation = NewToken(tokens[i], "rec");
+  }
+  AuditEvent call = Event("pos");
+  call.set_rpc("/cardvault.v1.TokenVault/TokenizeBatch");
+  absl::Notification done;
+  std::vector<absl::Status> results;
+  log_->AppendBatchAsync(call, std::move(items),
+                         [&](std::vector<Entry>& written) {
+                           for (const Entry& e : written) {
+                             results.push_back(e.result);
+                           }
+                           done.Notify();
+                         });
+  done.WaitForNotification();
+  EXPECT_THAT(results,
+              ::testing::ElementsAre(
+                  IsOk(), StatusIs(absl::StatusCode::kAborted), IsOk()));
+  std::vector<AuditEvent> events;
+  ASSERT_THAT(log_->Scan(1,
+                         [&](const AuditEvent& e) {
+                           events.push_back(e);
+                           return true;
+                         }),
+              IsOk());
+  ASSERT_EQ(events.size(), 2u);  // the first token's record, the batch's
+  const AuditEvent& batch = events[1];
+  EXPECT_EQ(batch.identity(), "pos");
+  EXPECT_EQ(batch.rpc(), "/cardvault.v1.TokenVault/TokenizeBatch");
+  ASSERT_EQ(batch.items_size(), 2);
+  EXPECT_EQ(batch.items(0).index(), 0u);
+  EXPECT_EQ(batch.items(0).token(), "tok_a");
+  EXPECT_EQ(batch.items(0).domain(), "m1/pos");
+  EXPECT_EQ(batch.items(1).index(), 2u);
+  EXPECT_EQ(batch.items(1).token(), "tok_b");
+  EXPECT_THAT(db_->Get(storage::Table::kTokens, "tok_taken"),
+              IsOkAndHolds(std::string("first")));
+  EXPECT_THAT(log_->Verify(), IsOk());
+  EXPECT_TRUE(log_->Verify()->intact);
 }
 
 TEST_F(AuditLogTest, FailedWritesFailClosedCountAndRecover) {

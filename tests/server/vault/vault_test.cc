@@ -5,6 +5,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/vault/vault_fixture.h"
@@ -30,6 +31,52 @@ TEST_F(VaultTest, DetokenizeReturnsTheTokenizedCard) {
   EXPECT_EQ(opened->card.pan.view(), "4111111111111111");
   EXPECT_EQ(opened->card.exp_month, 12u);
   EXPECT_EQ(opened->domain, "m1/pos");
+}
+
+TEST_F(VaultTest, AsyncCallsAnswerOnlyOnceTheirRecordsAreDurable) {
+  absl::Notification tokenized;
+  absl::StatusOr<Tokenized> token;
+  absl::StatusOr<std::string> stored_when_answered;
+  TokenizeRequest request;
+  request.card = MakeCard("4111111111111111");
+  vault_->TokenizeAsync(
+      kPos, std::move(request), [&](absl::StatusOr<Tokenized> t) {
+        if (t.ok()) {
+          stored_when_answered = store_->Get(storage::Table::kTokens, t->token);
+        }
+        token = std::move(t);
+        tokenized.Notify();
+      });
+  tokenized.WaitForNotification();
+  ASSERT_THAT(token, IsOk());
+  EXPECT_THAT(stored_when_answered, IsOk());
+  const size_t events_before = Events().size();
+  absl::Notification detokenized;
+  absl::StatusOr<Detokenized> card;
+  size_t events_when_answered = 0;
+  vault_->DetokenizeAsync(kProcessor, {token->token, "authorization"},
+                          [&](absl::StatusOr<Detokenized> c) {
+                            events_when_answered = Events().size();
+                            card = std::move(c);
+                            detokenized.Notify();
+                          });
+  detokenized.WaitForNotification();
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->card.pan.view(), "4111111111111111");
+  // Its audit record was durable before the card was handed over.
+  EXPECT_EQ(events_when_answered, events_before + 1);
+  absl::Notification described;
+  absl::StatusOr<TokenInfo> info;
+  vault_->GetTokenInfoAsync(kAuditor, token->token,
+                            [&](absl::StatusOr<TokenInfo> i) {
+                              info = std::move(i);
+                              described.Notify();
+                            });
+  described.WaitForNotification();
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->last_four, "1111");
+  EXPECT_EQ(Events().back().event_type(), v1::TOKEN_INFO);
+  EXPECT_EQ(Events().back().identity(), kAuditor.identity);
 }
 
 TEST_F(VaultTest, SamePanGetsDifferentTokens) {
