@@ -197,18 +197,16 @@ void AuditLog::AppendAll(std::vector<Entry>& entries) const {
 
 void AuditLog::AppendAllAsync(std::vector<Entry> entries,
                               AppendDone done) const {
-  if (entries.empty()) {
-    std::move(done)(entries);
-    return;
-  }
-  auto pending = std::make_unique<Pending>();
-  pending->entries = std::move(entries);
-  pending->done = std::move(done);
-  Enqueue(std::move(pending));
+  Enqueue(std::nullopt, std::move(entries), std::move(done));
 }
 
 void AuditLog::AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
                                 AppendDone done) const {
+  Enqueue(std::move(call), std::move(entries), std::move(done));
+}
+
+void AuditLog::Enqueue(std::optional<AuditEvent> batch,
+                       std::vector<Entry> entries, AppendDone done) const {
   if (entries.empty()) {
     std::move(done)(entries);
     return;
@@ -216,11 +214,7 @@ void AuditLog::AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
   auto pending = std::make_unique<Pending>();
   pending->entries = std::move(entries);
   pending->done = std::move(done);
-  pending->batch = std::move(call);
-  Enqueue(std::move(pending));
-}
-
-void AuditLog::Enqueue(std::unique_ptr<Pending> pending) const {
+  pending->batch = std::move(batch);
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(pending));
 }

@@ -227,7 +227,9 @@ class AuditLog {
   // Runs the completions of written groups, oldest first.
   void CompletionLoop();
   void WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch);
-  void Enqueue(std::unique_ptr<Pending> pending) const;
+  // Queues one caller's entries (of a batch call when `batch` is set).
+  void Enqueue(std::optional<AuditEvent> batch, std::vector<Entry> entries,
+               AppendDone done) const;
   absl::Status ReloadHead();
 
   const storage::AuditStore* const store_;

@@ -275,36 +275,42 @@ grpc::ServerUnaryReactor* TokenVaultService::Refuse(
   });
 }
 
+template <typename T, typename Request, typename Start, typename Fill>
+grpc::ServerUnaryReactor* TokenVaultService::ServeAsync(
+    grpc::CallbackServerContext* context, const Request& request,
+    pb::EventType type, absl::string_view rpc, absl::string_view name,
+    Start start, Fill fill) {
+  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
+  if (!caller.ok() || HasUnknownFields(request)) {
+    return Refuse(context, type, rpc, caller.ok());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  start(*caller, FinishWhenDone<T>(&finisher_, reactor, name, caller->identity,
+                                   std::move(fill)));
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* TokenVaultService::Tokenize(
     grpc::CallbackServerContext* context, const pb::TokenizeRequest* request,
     pb::TokenizeResponse* response) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok() || HasUnknownFields(*request)) {
-    return Refuse(context, pb::TOKENIZE, vault::kTokenizeRpc, caller.ok());
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  vault_->TokenizeAsync(
-      *caller, FromProto(*request),
-      FinishWhenDone<vault::Tokenized>(
-          &finisher_, reactor, "Tokenize", caller->identity,
-          [response](const vault::Tokenized& t) { ToProto(t, response); }));
-  return reactor;
+  return ServeAsync<vault::Tokenized>(
+      context, *request, pb::TOKENIZE, vault::kTokenizeRpc, "Tokenize",
+      [&](const auth::Caller& caller, auto done) {
+        vault_->TokenizeAsync(caller, FromProto(*request), std::move(done));
+      },
+      [response](const vault::Tokenized& t) { ToProto(t, response); });
 }
 
 grpc::ServerUnaryReactor* TokenVaultService::Detokenize(
     grpc::CallbackServerContext* context, const pb::DetokenizeRequest* request,
     pb::DetokenizeResponse* response) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok() || HasUnknownFields(*request)) {
-    return Refuse(context, pb::DETOKENIZE, vault::kDetokenizeRpc, caller.ok());
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  vault_->DetokenizeAsync(
-      *caller, {request->token(), request->purpose()},
-      FinishWhenDone<vault::Detokenized>(
-          &finisher_, reactor, "Detokenize", caller->identity,
-          [response](const vault::Detokenized& d) { ToProto(d, response); }));
-  return reactor;
+  return ServeAsync<vault::Detokenized>(
+      context, *request, pb::DETOKENIZE, vault::kDetokenizeRpc, "Detokenize",
+      [&](const auth::Caller& caller, auto done) {
+        vault_->DetokenizeAsync(caller, {request->token(), request->purpose()},
+                                std::move(done));
+      },
+      [response](const vault::Detokenized& d) { ToProto(d, response); });
 }
 
 grpc::ServerUnaryReactor* TokenVaultService::TokenizeBatch(
@@ -328,20 +334,13 @@ grpc::ServerUnaryReactor* TokenVaultService::DetokenizeBatch(
 grpc::ServerUnaryReactor* TokenVaultService::GetTokenInfo(
     grpc::CallbackServerContext* context,
     const pb::GetTokenInfoRequest* request, pb::TokenInfo* response) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok() || HasUnknownFields(*request)) {
-    return Refuse(context, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
-                  caller.ok());
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  vault_->GetTokenInfoAsync(
-      *caller, request->token(),
-      FinishWhenDone<vault::TokenInfo>(
-          &finisher_, reactor, "GetTokenInfo", caller->identity,
-          [response](const vault::TokenInfo& info) {
-            ToProto(info, response);
-          }));
-  return reactor;
+  return ServeAsync<vault::TokenInfo>(
+      context, *request, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
+      "GetTokenInfo",
+      [&](const auth::Caller& caller, auto done) {
+        vault_->GetTokenInfoAsync(caller, request->token(), std::move(done));
+      },
+      [response](const vault::TokenInfo& info) { ToProto(info, response); });
 }
 
 grpc::ServerUnaryReactor* TokenVaultService::DeleteToken(

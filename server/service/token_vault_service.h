@@ -63,6 +63,16 @@ class TokenVaultService final
   // Runs `call` on the executor and finishes the call with its status.
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context,
                                     std::function<grpc::Status()> call);
+  // Serves a call on the vault's asynchronous path: `start(caller, done)`
+  // begins it, `fill(result)` writes an OK result into the response, and
+  // the call is finished once the vault calls `done`.
+  template <typename T, typename Request, typename Start, typename Fill>
+  grpc::ServerUnaryReactor* ServeAsync(grpc::CallbackServerContext* context,
+                                       const Request& request,
+                                       ::cardvault::v1::EventType type,
+                                       absl::string_view rpc,
+                                       absl::string_view name, Start start,
+                                       Fill fill);
   // Finishes a call that has no usable identity or carries fields this
   // server does not accept, once its refusal is recorded.
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
