@@ -3,7 +3,8 @@
 # var/bench/ (SoftHSM2 token, PKI, config; the detokenizer without the dev
 # rate limit), and for each mode (default, direct-HSM) starts cardvaultd and
 # runs cardvault-bench: every op at 4 channels x 64 in flight beside the
-# health baseline, then a sweep of in-flight counts. Results go to
+# health baseline (three rounds), a sweep of in-flight counts, and the
+# TokenizeBatch bulk load last. Results go to
 # docs/bench/results.jsonl (JSON lines) and results.tsv, the plot (made by
 # deploy/bench-plot.sh with gnuplot) to docs/bench/throughput.png.
 #   deploy/bench.sh [SECONDS_PER_RUN]   (default 10)
@@ -45,16 +46,22 @@ for mode in default direct_hsm; do
     (echo >/dev/tcp/127.0.0.1/9555) 2>/dev/null && break
     sleep 0.2
   done
-  for op in health tokenize detokenize info; do
-    bench "$mode" --mix=$op --channels=4 --in_flight=64
+  # Three rounds, each op beside its own health baseline: this shared
+  # machine varies by 10-30 % from one run to the next (docs/benchmarks.md
+  # reports the median round).
+  for round in 1 2 3; do
+    for op in health tokenize detokenize info; do
+      bench "$mode" --mix=$op --channels=4 --in_flight=64
+    done
   done
-  bench "$mode" --mix=batch --batch_size=1000 --channels=4 --in_flight=8 \
-    --pans=100000
   for inflight in 1 4 16 64 128; do
     for op in health tokenize detokenize; do
       bench "$mode-sweep" --mix=$op --channels=4 --in_flight=$inflight
     done
   done
+  # Last: the bulk load leaves flushes and compactions running behind it.
+  bench "$mode" --mix=batch --batch_size=1000 --channels=4 --in_flight=8 \
+    --pans=100000
   echo "bench: $mode RSS $(grep VmHWM /proc/$pid/status)" | tee -a "$out/memory.txt"
   kill $pid; wait $pid || true
 done
