@@ -197,16 +197,11 @@ void AuditLog::AppendAll(std::vector<Entry>& entries) const {
 
 void AuditLog::AppendAllAsync(std::vector<Entry> entries,
                               AppendDone done) const {
-  Enqueue(std::nullopt, std::move(entries), std::move(done));
+  AppendAsync(std::nullopt, std::move(entries), std::move(done));
 }
 
-void AuditLog::AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
-                                AppendDone done) const {
-  Enqueue(std::move(call), std::move(entries), std::move(done));
-}
-
-void AuditLog::Enqueue(std::optional<AuditEvent> batch,
-                       std::vector<Entry> entries, AppendDone done) const {
+void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
+                           std::vector<Entry> entries, AppendDone done) const {
   if (entries.empty()) {
     std::move(done)(entries);
     return;
@@ -214,7 +209,7 @@ void AuditLog::Enqueue(std::optional<AuditEvent> batch,
   auto pending = std::make_unique<Pending>();
   pending->entries = std::move(entries);
   pending->done = std::move(done);
-  pending->batch = std::move(batch);
+  pending->batch = std::move(batch_call);
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(pending));
 }

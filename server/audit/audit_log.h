@@ -12,7 +12,7 @@
 //   37      N     event: cardvault.v1.AuditEvent, deterministic protobuf
 //                 encoding, N <= kMaxAuditEventBytes; its `sequence` equals
 //                 the record's key. A batch call is one event listing its
-//                 items (AppendBatchAsync).
+//                 items (AppendAsync).
 // chain MAC = HMAC-SHA256(audit key, "cardvault/audit-record" || format
 //             version (1) || key version (4) || sequence (8, BE) ||
 //             previous record's chain MAC (32; zeros for sequence 1) || event)
@@ -111,7 +111,7 @@ struct Entry {
   // `failed_condition` did not hold; UNAVAILABLE when the write failed.
   absl::Status result;
   int failed_condition = -1;
-  // Position of the item in its batch call (AppendBatchAsync only).
+  // Position of the item in its batch call (AppendAsync of a batch only).
   uint32_t batch_index = 0;
 };
 
@@ -181,13 +181,13 @@ class AuditLog {
   // log (no Append from inside it): later completions wait for it.
   void AppendAllAsync(std::vector<Entry> entries, AppendDone done) const;
 
-  // As AppendAllAsync for the items of one batch call, recorded as one
-  // event: `call` (caller, RPC, time) with one BatchItem per entry written,
-  // taken from the entry's event (token, domain, purpose, outcome, detail).
-  // One record, one MAC per call instead of one per item. The entries'
-  // events are consumed.
-  void AppendBatchAsync(AuditEvent call, std::vector<Entry> entries,
-                        AppendDone done) const;
+  // As AppendAllAsync; when `batch_call` is set, the entries are the items
+  // of one batch call, recorded as one event: `batch_call` (caller, RPC,
+  // time) with one BatchItem per entry written, taken from the entry's event
+  // (token, domain, purpose, outcome, detail), which is consumed. One
+  // record, one MAC per call instead of one per item.
+  void AppendAsync(std::optional<AuditEvent> batch_call,
+                   std::vector<Entry> entries, AppendDone done) const;
 
   // Visits every stored event from `from_sequence` on, in order, until
   // `visit` returns false. Records that do not decode are skipped here;
@@ -227,9 +227,6 @@ class AuditLog {
   // Runs the completions of written groups, oldest first.
   void CompletionLoop();
   void WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch);
-  // Queues one caller's entries (of a batch call when `batch` is set).
-  void Enqueue(std::optional<AuditEvent> batch, std::vector<Entry> entries,
-               AppendDone done) const;
   absl::Status ReloadHead();
 
   const storage::AuditStore* const store_;

@@ -103,6 +103,16 @@ audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
   return CallerEvent(caller, type, rpc, options_.now());
 }
 
+std::optional<audit::AuditEvent> Vault::BatchEvent(
+    const auth::Caller& caller, EventType type, absl::string_view rpc) const {
+  if (rpc != kTokenizeBatchRpc && rpc != kDetokenizeBatchRpc) {
+    return std::nullopt;
+  }
+  audit::AuditEvent event = NewEvent(caller, type, rpc);
+  SetOutcome(absl::OkStatus(), &event);
+  return event;
+}
+
 audit::AuditEvent Vault::ServerEvent(EventType type) const {
   return audit::ServerEvent(type, options_.now());
 }
@@ -445,12 +455,7 @@ void Vault::TokenizeAll(
   // nothing about validation.
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kTokenize);
-  // A batch is one audit event with an item per request; items carry only
-  // what differs between them.
-  if (rpc == kTokenizeBatchRpc) {
-    call->batch_event = NewEvent(caller, v1::TOKENIZE, rpc);
-    SetOutcome(absl::OkStatus(), &*call->batch_event);
-  }
+  call->batch_event = BatchEvent(caller, v1::TOKENIZE, rpc);
   call->work.resize(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
     TokenizeWork& w = call->work[i];
@@ -480,17 +485,11 @@ void Vault::TokenizeRound(std::unique_ptr<TokenizeCall> call) const {
     call->planned.push_back(&w);
   }
   std::optional<audit::AuditEvent> batch_event = call->batch_event;
-  audit::AuditLog::AppendDone written =
-      [this,
-       call = std::move(call)](std::vector<audit::Entry>& entries) mutable {
-        TokenizeWritten(std::move(call), entries);
-      };
-  if (batch_event.has_value()) {
-    deps_.audit->AppendBatchAsync(*std::move(batch_event), std::move(entries),
-                                  std::move(written));
-  } else {
-    deps_.audit->AppendAllAsync(std::move(entries), std::move(written));
-  }
+  deps_.audit->AppendAsync(std::move(batch_event), std::move(entries),
+                           [this, call = std::move(call)](
+                               std::vector<audit::Entry>& written) mutable {
+                             TokenizeWritten(std::move(call), written);
+                           });
 }
 
 void Vault::TokenizeWritten(std::unique_ptr<TokenizeCall> call,
@@ -649,12 +648,8 @@ void Vault::DetokenizeAll(
       deps_.policy->Current();
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kDetokenize);
-  // A batch is one audit event with an item per request.
-  std::optional<audit::AuditEvent> batch_event;
-  if (rpc == kDetokenizeBatchRpc) {
-    batch_event = NewEvent(caller, v1::DETOKENIZE, rpc);
-    SetOutcome(absl::OkStatus(), &*batch_event);
-  }
+  std::optional<audit::AuditEvent> batch_event =
+      BatchEvent(caller, v1::DETOKENIZE, rpc);
   call->work.resize(call->requests.size());
   std::vector<audit::Entry> entries(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
@@ -676,7 +671,8 @@ void Vault::DetokenizeAll(
     SetOutcome(w.refusal.value_or(absl::OkStatus()), &entries[i].event);
   }
   // Fail closed: no card data leaves unless its record is durable.
-  audit::AuditLog::AppendDone answer =
+  deps_.audit->AppendAsync(
+      std::move(batch_event), std::move(entries),
       [this,
        call = std::move(call)](std::vector<audit::Entry>& written) mutable {
         std::vector<absl::StatusOr<Detokenized>> results;
@@ -696,13 +692,7 @@ void Vault::DetokenizeAll(
           }
         }
         std::move(call->done)(std::move(results));
-      };
-  if (batch_event.has_value()) {
-    deps_.audit->AppendBatchAsync(*std::move(batch_event), std::move(entries),
-                                  std::move(answer));
-  } else {
-    deps_.audit->AppendAllAsync(std::move(entries), std::move(answer));
-  }
+      });
 }
 
 absl::Status Vault::CheckBatch(const auth::Caller& caller,

@@ -282,6 +282,11 @@ class Vault {
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
                              absl::string_view rpc) const;
+  // The one audit event of a batch call of `rpc`, which lists its items and
+  // leaves them only what differs between them; none for single calls.
+  std::optional<audit::AuditEvent> BatchEvent(const auth::Caller& caller,
+                                              ::cardvault::v1::EventType type,
+                                              absl::string_view rpc) const;
   // An event of the server itself (start, stop, keys, policy).
   audit::AuditEvent ServerEvent(::cardvault::v1::EventType type) const;
   // Records `event` with the outcome `status` and returns `status`; if the

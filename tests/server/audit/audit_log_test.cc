@@ -288,13 +288,12 @@ TEST_F(AuditLogTest, BatchIsOneRecordListingTheItemsWritten) {
   call.set_rpc("/cardvault.v1.TokenVault/TokenizeBatch");
   absl::Notification done;
   std::vector<absl::Status> results;
-  log_->AppendBatchAsync(call, std::move(items),
-                         [&](std::vector<Entry>& written) {
-                           for (const Entry& e : written) {
-                             results.push_back(e.result);
-                           }
-                           done.Notify();
-                         });
+  log_->AppendAsync(call, std::move(items), [&](std::vector<Entry>& written) {
+    for (const Entry& e : written) {
+      results.push_back(e.result);
+    }
+    done.Notify();
+  });
   done.WaitForNotification();
   EXPECT_THAT(results,
               ::testing::ElementsAre(
