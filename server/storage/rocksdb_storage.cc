@@ -1,7 +1,9 @@
 #include "server/storage/rocksdb_storage.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/compaction_filter.h"
@@ -109,8 +111,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
   // Token data is ciphertext, random tokens and keyed hashes: compressing
   // it only costs CPU in every flush and compaction.
   cf_options.compression = rocksdb::kNoCompression;
-  // Every new token is first looked up to be absent (when drawn, and again
-  // as the write's condition): a whole-key bloom filter in the memtable
+  // Every new token is looked up to be absent (as the write's condition,
+  // and numeric ones when drawn too): a whole-key bloom filter in the memtable
   // answers that without a skip-list search (cache misses on every level;
   // the top user-space cost of Tokenize before). 2 % of the memtable.
   cf_options.memtable_whole_key_filtering = true;
@@ -213,11 +215,22 @@ RocksDbStorage::Scan(Table table, absl::string_view start_after,
 
 absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
   rocksdb::WriteBatch batch;
-  for (const RecordWrite& w : writes.records) {
-    if (w.value.has_value()) {
-      batch.Put(HandleOf(w.table), ToSlice(w.key), ToSlice(*w.value));
+  // In key order, so that each memtable insert starts its skip-list search
+  // where the previous one ended; stable, so writes to one key keep their
+  // order (the last one wins).
+  std::vector<const RecordWrite*> order;
+  order.reserve(writes.records.size());
+  for (const RecordWrite& w : writes.records) order.push_back(&w);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const RecordWrite* a, const RecordWrite* b) {
+                     return std::tie(a->table, a->key) <
+                            std::tie(b->table, b->key);
+                   });
+  for (const RecordWrite* w : order) {
+    if (w->value.has_value()) {
+      batch.Put(HandleOf(w->table), ToSlice(w->key), ToSlice(*w->value));
     } else {
-      batch.Delete(HandleOf(w.table), ToSlice(w.key));
+      batch.Delete(HandleOf(w->table), ToSlice(w->key));
     }
   }
   for (const auto& [key_id, uses] : writes.key_uses) {

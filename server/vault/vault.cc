@@ -382,6 +382,13 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
                                                   w.bin_digits)
                 : options_.generate_token();
     if (!drawn.ok()) return refuse(drawn.status());
+    // A random token (130 bits) is not looked up here: condition 0 below
+    // checks it at write time, and a collision is planned again with a fresh
+    // draw. Numeric formats have small spaces, so they look before writing.
+    if (!numeric) {
+      token = *std::move(drawn);
+      break;
+    }
     absl::StatusOr<std::string> taken =
         records.Get(storage::Table::kTokens, *drawn);
     if (absl::IsNotFound(taken.status())) {
