@@ -11,11 +11,6 @@
 namespace cardvault::crypto {
 namespace {
 
-struct CipherCtxDeleter {
-  void operator()(EVP_CIPHER_CTX* ctx) const { EVP_CIPHER_CTX_free(ctx); }
-};
-using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxDeleter>;
-
 const unsigned char* Bytes(absl::string_view s) {
   return reinterpret_cast<const unsigned char*>(s.data());
 }
@@ -39,7 +34,43 @@ absl::StatusOr<std::unique_ptr<AesGcm>> AesGcm::Create(SecretBytes key) {
 AesGcm::AesGcm(SecretBytes key, EVP_CIPHER* cipher)
     : key_(std::move(key)), cipher_(cipher) {}
 
-AesGcm::~AesGcm() { EVP_CIPHER_free(cipher_); }
+AesGcm::~AesGcm() {
+  {
+    absl::MutexLock lock(&mu_);
+    pool_[0].clear();  // EVP_CIPHER_CTX_free wipes each key schedule
+    pool_[1].clear();
+  }
+  EVP_CIPHER_free(cipher_);
+}
+
+void AesGcm::CtxDeleter::operator()(EVP_CIPHER_CTX* ctx) const {
+  EVP_CIPHER_CTX_free(ctx);
+}
+
+AesGcm::Ctx AesGcm::TakeKeyed(bool encrypt) const {
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<Ctx>& pool = pool_[encrypt];
+    if (!pool.empty()) {
+      Ctx ctx = std::move(pool.back());
+      pool.pop_back();
+      return ctx;
+    }
+  }
+  Ctx ctx(EVP_CIPHER_CTX_new());
+  if (ctx == nullptr ||
+      EVP_CipherInit_ex2(ctx.get(), cipher_, key_.data(), nullptr,
+                         encrypt ? 1 : 0, nullptr) != 1) {
+    return nullptr;
+  }
+  return ctx;
+}
+
+void AesGcm::Return(bool encrypt, Ctx ctx) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Ctx>& pool = pool_[encrypt];
+  if (pool.size() < kMaxPooledContexts) pool.push_back(std::move(ctx));
+}
 
 absl::StatusOr<std::string> AesGcm::Seal(absl::string_view plaintext,
                                          absl::string_view aad) const {
@@ -49,13 +80,15 @@ absl::StatusOr<std::string> AesGcm::Seal(absl::string_view plaintext,
   }
   std::string out(kNonceSize + plaintext.size() + kTagSize, '\0');
   auto* o = reinterpret_cast<unsigned char*>(out.data());
-  if (absl::Status s = FillRandom(absl::MakeSpan(o, kNonceSize)); !s.ok()) {
+  if (absl::Status s = FillPublicRandom(absl::MakeSpan(o, kNonceSize));
+      !s.ok()) {
     return s;
   }
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  // A new nonce on a keyed context starts a new message (key kept).
+  Ctx ctx = TakeKeyed(/*encrypt=*/true);
   int len = 0;
   if (ctx == nullptr ||
-      EVP_EncryptInit_ex2(ctx.get(), cipher_, key_.data(), o, nullptr) != 1 ||
+      EVP_EncryptInit_ex2(ctx.get(), nullptr, nullptr, o, nullptr) != 1 ||
       EVP_EncryptUpdate(ctx.get(), nullptr, &len, Bytes(aad),
                         static_cast<int>(aad.size())) != 1 ||
       EVP_EncryptUpdate(ctx.get(), o + kNonceSize, &len, Bytes(plaintext),
@@ -65,6 +98,7 @@ absl::StatusOr<std::string> AesGcm::Seal(absl::string_view plaintext,
                           o + kNonceSize + plaintext.size()) != 1) {
     return absl::InternalError("AES-GCM seal failed");
   }
+  Return(/*encrypt=*/true, std::move(ctx));
   return out;
 }
 
@@ -81,10 +115,10 @@ absl::StatusOr<SecretBytes> AesGcm::Open(absl::string_view sealed,
   // The tag is copied because EVP_CTRL_GCM_SET_TAG takes a non-const pointer.
   unsigned char tag[kTagSize];
   std::copy(in + kNonceSize + n, in + kNonceSize + n + kTagSize, tag);
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  Ctx ctx = TakeKeyed(/*encrypt=*/false);
   int len = 0;
   if (ctx == nullptr ||
-      EVP_DecryptInit_ex2(ctx.get(), cipher_, key_.data(), in, nullptr) != 1 ||
+      EVP_DecryptInit_ex2(ctx.get(), nullptr, nullptr, in, nullptr) != 1 ||
       EVP_DecryptUpdate(ctx.get(), nullptr, &len, Bytes(aad),
                         static_cast<int>(aad.size())) != 1 ||
       EVP_DecryptUpdate(ctx.get(), plaintext.data(), &len, in + kNonceSize,
@@ -94,6 +128,7 @@ absl::StatusOr<SecretBytes> AesGcm::Open(absl::string_view sealed,
       EVP_DecryptFinal_ex(ctx.get(), plaintext.data() + len, &len) != 1) {
     return absl::InvalidArgumentError("authentication failed");
   }
+  Return(/*encrypt=*/false, std::move(ctx));
   return plaintext;
 }
 

@@ -1,25 +1,33 @@
 // AES-256-GCM with the key in host memory (OpenSSL EVP); layout in aead.h.
 //
-// Thread safety: thread-safe; every call uses its own cipher context.
+// Thread safety: thread-safe; a call takes a keyed cipher context from a
+// small pool (or keys a new one) and uses it alone.
 #ifndef CARDVAULT_SERVER_CRYPTO_AES_GCM_H_
 #define CARDVAULT_SERVER_CRYPTO_AES_GCM_H_
 
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "server/crypto/aead.h"
 #include "server/crypto/secret_bytes.h"
 
 typedef struct evp_cipher_st EVP_CIPHER;
+typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
 
 namespace cardvault::crypto {
 
 class AesGcm : public Aead {
  public:
   static constexpr size_t kKeySize = 32;
+  // Keyed contexts kept per direction for reuse; more concurrent calls key
+  // their own and free them afterwards.
+  static constexpr size_t kMaxPooledContexts = 8;
 
   // Fails with INVALID_ARGUMENT unless `key` is 32 bytes.
   static absl::StatusOr<std::unique_ptr<AesGcm>> Create(SecretBytes key);
@@ -34,10 +42,25 @@ class AesGcm : public Aead {
                                    absl::string_view aad) const override;
 
  private:
+  struct CtxDeleter {
+    void operator()(EVP_CIPHER_CTX* ctx) const;
+  };
+  using Ctx = std::unique_ptr<EVP_CIPHER_CTX, CtxDeleter>;
+
   AesGcm(SecretBytes key, EVP_CIPHER* cipher);
+
+  // A context keyed for `encrypt`, ready for a new nonce: keying (the AES key
+  // schedule, OpenSSL's parameter lookups) costs more than sealing a card
+  // record, so it is done once per pooled context. nullptr if OpenSSL fails.
+  Ctx TakeKeyed(bool encrypt) const;
+  // Back to the pool after a call that succeeded; a context that failed is
+  // freed instead (EVP_CIPHER_CTX_free wipes its key schedule).
+  void Return(bool encrypt, Ctx ctx) const;
 
   const SecretBytes key_;
   EVP_CIPHER* const cipher_;  // owned; fetched once, immutable
+  mutable absl::Mutex mu_;
+  mutable std::vector<Ctx> pool_[2] ABSL_GUARDED_BY(mu_);  // [encrypt]
 };
 
 }  // namespace cardvault::crypto

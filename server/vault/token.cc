@@ -22,7 +22,8 @@ int DecodeChar(char c) {
 
 absl::StatusOr<std::string> GenerateToken() {
   std::array<uint8_t, kTokenRandomBytes> bytes;
-  if (absl::Status s = crypto::FillRandom(absl::MakeSpan(bytes)); !s.ok()) {
+  if (absl::Status s = crypto::FillPublicRandom(absl::MakeSpan(bytes));
+      !s.ok()) {
     return s;
   }
   std::string token(kTokenPrefix);
@@ -66,7 +67,7 @@ absl::StatusOr<std::string> GenerateNumericToken(TokenFormat format,
       uint8_t b;
       do {
         if (used == bytes.size()) {
-          if (absl::Status s = crypto::FillRandom(absl::MakeSpan(bytes));
+          if (absl::Status s = crypto::FillPublicRandom(absl::MakeSpan(bytes));
               !s.ok()) {
             return s;
           }

@@ -1,7 +1,12 @@
 #include "server/crypto/aes_gcm.h"
 
+#include <atomic>
 #include <set>
+#include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -56,6 +61,45 @@ TEST(AesGcmTest, OpenFailsForWrongAadWrongKeyOrChangedByte) {
   }
   EXPECT_THAT(key->Open(sealed.substr(0, 10), "aad"),
               StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(AesGcmTest, ReusedContextsStartEveryMessageAfresh) {
+  auto key = MakeKey('k');
+  const std::string a = *key->Seal("first message", "aad-1");
+  const std::string b = *key->Seal("second, longer message", "aad-2");
+  // A failed open leaves no state behind in the context it used.
+  EXPECT_THAT(key->Open(a, "aad-2"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(key->Open(b, "aad-2")->view(), "second, longer message");
+  EXPECT_EQ(key->Open(a, "aad-1")->view(), "first message");
+  // A fresh instance (fresh contexts) reads what reused contexts sealed.
+  auto fresh = MakeKey('k');
+  EXPECT_EQ(fresh->Open(b, "aad-2")->view(), "second, longer message");
+  EXPECT_EQ(key->Open(*fresh->Seal("third", "aad-3"), "aad-3")->view(),
+            "third");
+}
+
+TEST(AesGcmTest, ConcurrentCallsEachUseAWholeContext) {
+  auto key = MakeKey('k');
+  auto reader = MakeKey('k');
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 2 * static_cast<int>(AesGcm::kMaxPooledContexts); ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 300; ++i) {
+        const std::string plain = absl::StrCat("card ", t, "/", i);
+        const std::string aad = absl::StrCat("aad ", i);
+        absl::StatusOr<std::string> sealed = key->Seal(plain, aad);
+        if (!sealed.ok() || key->Open(*sealed, aad)->view() != plain ||
+            reader->Open(*sealed, aad)->view() != plain ||
+            key->Open(*sealed, "other").ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
 }
 
 TEST(AesGcmTest, RefusesEmptyAad) {
