@@ -54,6 +54,10 @@ ABSL_FLAG(std::string, listen_address, "",
           "Overrides listen_address from the configuration.");
 ABSL_FLAG(std::string, data_dir, "",
           "Overrides storage.data_dir from the configuration.");
+ABSL_FLAG(bool, compact_and_exit, false,
+          "Maintenance, with the vault stopped: compacts the token data down "
+          "to the last level (expired and deleted values are dropped), then "
+          "exits without serving.");
 
 namespace cardvault {
 namespace {
@@ -85,6 +89,18 @@ int Run(const sigset_t& stop_signals) {
   }
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
     cfg.mutable_storage()->set_data_dir(absl::GetFlag(FLAGS_data_dir));
+  }
+  if (absl::GetFlag(FLAGS_compact_and_exit)) {
+    auto storage = OrDie(
+        storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir(),
+                                       .expiry_of = vault::StoredExpiry}),
+        "storage");
+    if (absl::Status s = storage->CompactTokenData(); !s.ok()) {
+      util::LogError(absl::StrCat("compaction: ", s.ToString()));
+      return 1;
+    }
+    util::LogInfo("token data compacted");
+    return 0;
   }
 
   auto token = OrDie(
