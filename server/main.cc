@@ -211,7 +211,9 @@ int Run(const sigset_t& stop_signals) {
                 {.threads = cfg.limits().vault_threads(),
                  .max_queued = cfg.limits().max_queued_calls()}),
             "vault threads");
-  service::TokenVaultService token_vault(vault.get(), vault_executor.get());
+  service::TokenVaultService token_vault(
+      vault.get(), vault_executor.get(),
+      {.start_on_executor = cfg.hsm().seal_in_hsm()});
   service::AuditLogService audit_service(vault.get());
   service::KeyAdminService key_admin_service(key_admin.get(), vault.get());
   grpc::EnableDefaultHealthCheckService(true);

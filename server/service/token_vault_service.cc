@@ -285,8 +285,19 @@ grpc::ServerUnaryReactor* TokenVaultService::ServeAsync(
     return Refuse(context, type, rpc, caller.ok());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  start(*caller, FinishWhenDone<T>(&finisher_, reactor, name, caller->identity,
-                                   std::move(fill)));
+  auto done = FinishWhenDone<T>(&finisher_, reactor, name, caller->identity,
+                                std::move(fill));
+  if (!options_.start_on_executor) {
+    start(*caller, std::move(done));
+    return reactor;
+  }
+  const bool queued = executor_->Schedule(
+      [start = std::move(start), caller = *std::move(caller),
+       done = std::move(done)]() mutable { start(caller, std::move(done)); });
+  if (!queued) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "server busy; retry with backoff"));
+  }
   return reactor;
 }
 
@@ -295,7 +306,7 @@ grpc::ServerUnaryReactor* TokenVaultService::Tokenize(
     pb::TokenizeResponse* response) {
   return ServeAsync<vault::Tokenized>(
       context, *request, pb::TOKENIZE, vault::kTokenizeRpc, "Tokenize",
-      [&](const auth::Caller& caller, auto done) {
+      [this, request](const auth::Caller& caller, auto done) {
         vault_->TokenizeAsync(caller, FromProto(*request), std::move(done));
       },
       [response](const vault::Tokenized& t) { ToProto(t, response); });
@@ -306,7 +317,7 @@ grpc::ServerUnaryReactor* TokenVaultService::Detokenize(
     pb::DetokenizeResponse* response) {
   return ServeAsync<vault::Detokenized>(
       context, *request, pb::DETOKENIZE, vault::kDetokenizeRpc, "Detokenize",
-      [&](const auth::Caller& caller, auto done) {
+      [this, request](const auth::Caller& caller, auto done) {
         vault_->DetokenizeAsync(caller, {request->token(), request->purpose()},
                                 std::move(done));
       },
@@ -337,7 +348,7 @@ grpc::ServerUnaryReactor* TokenVaultService::GetTokenInfo(
   return ServeAsync<vault::TokenInfo>(
       context, *request, pb::TOKEN_INFO, vault::kGetTokenInfoRpc,
       "GetTokenInfo",
-      [&](const auth::Caller& caller, auto done) {
+      [this, request](const auth::Caller& caller, auto done) {
         vault_->GetTokenInfoAsync(caller, request->token(), std::move(done));
       },
       [response](const vault::TokenInfo& info) { ToProto(info, response); });

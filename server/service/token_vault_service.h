@@ -7,7 +7,9 @@
 // write is durable, so no thread waits for the fsync and none is woken per
 // call. What waits on the write (batches, deletions, refusals recorded
 // before the vault) is handed to a BlockingExecutor thread; a full executor
-// queue answers RESOURCE_EXHAUSTED.
+// queue answers RESOURCE_EXHAUSTED. With Options::start_on_executor (the
+// vault seals in the HSM, whose calls may wait for a session or a network
+// device) the single calls start on the executor too.
 //
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_SERVICE_TOKEN_VAULT_SERVICE_H_
@@ -25,9 +27,18 @@ namespace cardvault::service {
 class TokenVaultService final
     : public ::cardvault::v1::TokenVault::CallbackService {
  public:
+  struct Options {
+    // Start Tokenize, Detokenize and GetTokenInfo on the executor rather
+    // than on gRPC's callback thread: for a vault whose calls block (HSM
+    // sealing), so that gRPC's few pollers never wait on the HSM. Default
+    // false (the vault's single calls do not block before the write).
+    bool start_on_executor = false;
+  };
+
   // `vault` and `executor` must outlive the service.
-  TokenVaultService(const vault::Vault* vault, util::BlockingExecutor* executor)
-      : vault_(vault), executor_(executor) {}
+  TokenVaultService(const vault::Vault* vault, util::BlockingExecutor* executor,
+                    Options options)
+      : vault_(vault), executor_(executor), options_(options) {}
 
   grpc::ServerUnaryReactor* Tokenize(
       grpc::CallbackServerContext* context,
@@ -82,6 +93,7 @@ class TokenVaultService final
 
   const vault::Vault* const vault_;
   util::BlockingExecutor* const executor_;
+  const Options options_;
   BatchedFinisher finisher_;
 };
 
