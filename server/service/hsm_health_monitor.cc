@@ -32,14 +32,16 @@ void HsmHealthMonitor::Run() {
     const bool ok = status.ok();
     if (!ok) ++failures_;
     if (ok != healthy_.exchange(ok)) {
-      for (const std::string& name : services_) {
-        health_->SetServingStatus(name, ok);
-      }
+      // Logged first: whoever sees the health status change finds its cause
+      // in the log already.
       if (ok) {
         util::LogInfo("HSM reachable again: serving");
       } else {
         util::LogError(absl::StrCat("ALERT HSM unavailable, not serving: ",
                                     status.ToString()));
+      }
+      for (const std::string& name : services_) {
+        health_->SetServingStatus(name, ok);
       }
     }
     // interval, then 2x, 4x... of it while the device keeps failing.
