@@ -34,29 +34,15 @@ absl::StatusOr<std::unique_ptr<AesGcm>> AesGcm::Create(SecretBytes key) {
 AesGcm::AesGcm(SecretBytes key, EVP_CIPHER* cipher)
     : key_(std::move(key)), cipher_(cipher) {}
 
-AesGcm::~AesGcm() {
-  {
-    absl::MutexLock lock(&mu_);
-    pool_[0].clear();  // EVP_CIPHER_CTX_free wipes each key schedule
-    pool_[1].clear();
-  }
-  EVP_CIPHER_free(cipher_);
-}
+// Pooled contexts hold their own reference to the cipher.
+AesGcm::~AesGcm() { EVP_CIPHER_free(cipher_); }
 
 void AesGcm::CtxDeleter::operator()(EVP_CIPHER_CTX* ctx) const {
   EVP_CIPHER_CTX_free(ctx);
 }
 
 AesGcm::Ctx AesGcm::TakeKeyed(bool encrypt) const {
-  {
-    absl::MutexLock lock(&mu_);
-    std::vector<Ctx>& pool = pool_[encrypt];
-    if (!pool.empty()) {
-      Ctx ctx = std::move(pool.back());
-      pool.pop_back();
-      return ctx;
-    }
-  }
+  if (Ctx ctx = pools_[encrypt].Take(); ctx != nullptr) return ctx;
   Ctx ctx(EVP_CIPHER_CTX_new());
   if (ctx == nullptr ||
       EVP_CipherInit_ex2(ctx.get(), cipher_, key_.data(), nullptr,
@@ -64,12 +50,6 @@ AesGcm::Ctx AesGcm::TakeKeyed(bool encrypt) const {
     return nullptr;
   }
   return ctx;
-}
-
-void AesGcm::Return(bool encrypt, Ctx ctx) const {
-  absl::MutexLock lock(&mu_);
-  std::vector<Ctx>& pool = pool_[encrypt];
-  if (pool.size() < kMaxPooledContexts) pool.push_back(std::move(ctx));
 }
 
 absl::StatusOr<std::string> AesGcm::Seal(absl::string_view plaintext,
@@ -98,7 +78,7 @@ absl::StatusOr<std::string> AesGcm::Seal(absl::string_view plaintext,
                           o + kNonceSize + plaintext.size()) != 1) {
     return absl::InternalError("AES-GCM seal failed");
   }
-  Return(/*encrypt=*/true, std::move(ctx));
+  pools_[1].Put(std::move(ctx));
   return out;
 }
 
@@ -128,7 +108,7 @@ absl::StatusOr<SecretBytes> AesGcm::Open(absl::string_view sealed,
       EVP_DecryptFinal_ex(ctx.get(), plaintext.data() + len, &len) != 1) {
     return absl::InvalidArgumentError("authentication failed");
   }
-  Return(/*encrypt=*/false, std::move(ctx));
+  pools_[0].Put(std::move(ctx));
   return plaintext;
 }
 

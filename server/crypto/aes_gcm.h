@@ -8,13 +8,11 @@
 #include <cstddef>
 #include <memory>
 #include <string>
-#include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "server/crypto/aead.h"
+#include "server/crypto/context_pool.h"
 #include "server/crypto/secret_bytes.h"
 
 typedef struct evp_cipher_st EVP_CIPHER;
@@ -25,9 +23,6 @@ namespace cardvault::crypto {
 class AesGcm : public Aead {
  public:
   static constexpr size_t kKeySize = 32;
-  // Keyed contexts kept per direction for reuse; more concurrent calls key
-  // their own and free them afterwards.
-  static constexpr size_t kMaxPooledContexts = 8;
 
   // Fails with INVALID_ARGUMENT unless `key` is 32 bytes.
   static absl::StatusOr<std::unique_ptr<AesGcm>> Create(SecretBytes key);
@@ -50,17 +45,15 @@ class AesGcm : public Aead {
   AesGcm(SecretBytes key, EVP_CIPHER* cipher);
 
   // A context keyed for `encrypt`, ready for a new nonce: keying (the AES key
-  // schedule, OpenSSL's parameter lookups) costs more than sealing a card
-  // record, so it is done once per pooled context. nullptr if OpenSSL fails.
+  // schedule, OpenSSL's parameter lookups) is done once per pooled context.
+  // nullptr if OpenSSL fails.
   Ctx TakeKeyed(bool encrypt) const;
-  // Back to the pool after a call that succeeded; a context that failed is
-  // freed instead (EVP_CIPHER_CTX_free wipes its key schedule).
-  void Return(bool encrypt, Ctx ctx) const;
 
   const SecretBytes key_;
   EVP_CIPHER* const cipher_;  // owned; fetched once, immutable
-  mutable absl::Mutex mu_;
-  mutable std::vector<Ctx> pool_[2] ABSL_GUARDED_BY(mu_);  // [encrypt]
+  // [encrypt]: contexts whose last call succeeded (one that failed is freed,
+  // and EVP_CIPHER_CTX_free wipes its key schedule).
+  mutable ContextPool<Ctx> pools_[2];
 };
 
 }  // namespace cardvault::crypto

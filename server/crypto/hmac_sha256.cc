@@ -33,9 +33,12 @@ absl::StatusOr<std::unique_ptr<HmacSha256>> HmacSha256::Create(
 
 void HmacSha256::ComputeInto(std::initializer_list<absl::string_view> parts,
                              unsigned char* mac) const {
-  Ctx ctx(EVP_MAC_CTX_dup(keyed_.get()));
+  // A pooled context restarts under its key (EVP_MAC_init without a key).
+  Ctx ctx = pool_.Take();
+  bool ok = ctx != nullptr
+                ? EVP_MAC_init(ctx.get(), nullptr, 0, nullptr) == 1
+                : (ctx = Ctx(EVP_MAC_CTX_dup(keyed_.get()))) != nullptr;
   size_t len = 0;
-  bool ok = ctx != nullptr;
   for (absl::string_view p : parts) {
     ok = ok && EVP_MAC_update(ctx.get(),
                               reinterpret_cast<const unsigned char*>(p.data()),
@@ -45,6 +48,7 @@ void HmacSha256::ComputeInto(std::initializer_list<absl::string_view> parts,
        len == kMacSize;
   // Only allocation failure gets here: no MAC rather than a wrong one.
   if (!ok) OPENSSL_die("HMAC-SHA256 failed", __FILE__, __LINE__);
+  pool_.Put(std::move(ctx));
 }
 
 std::string HmacSha256::Compute(absl::string_view data) const {

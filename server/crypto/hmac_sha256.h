@@ -1,14 +1,14 @@
 // HMAC-SHA256 under a key held in a SecretBytes (OpenSSL).
 //
-// The key is set once, in a keyed OpenSSL context that every MAC starts
-// from as a copy: fetching the algorithm and keying a context per MAC cost
-// more than the MAC itself (the audit writer makes one per record). The
-// keyed context (OpenSSL keeps the key in its secure heap and the derived
-// pad states in its heap, and wipes both when freed) lives as long as this
-// object.
+// The key is set once, in a keyed OpenSSL context: fetching the algorithm
+// and keying a context per MAC cost more than the MAC itself (the audit
+// writer makes one per record). A MAC takes a context from a small pool
+// (made as a copy of the keyed one when none is free) and re-initialises it
+// under the same key. OpenSSL keeps the key in its heap with the derived pad
+// states, and wipes both when a context is freed.
 //
-// Thread safety: thread-safe; immutable after Create (copies of the keyed
-// context are made concurrently; it is only read).
+// Thread safety: thread-safe; the keyed context is only read (copied), and
+// a pooled context is used by one MAC at a time.
 #ifndef CARDVAULT_SERVER_CRYPTO_HMAC_SHA256_H_
 #define CARDVAULT_SERVER_CRYPTO_HMAC_SHA256_H_
 
@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "server/crypto/context_pool.h"
 #include "server/crypto/secret_bytes.h"
 
 typedef struct evp_mac_ctx_st EVP_MAC_CTX;
@@ -57,6 +58,7 @@ class HmacSha256 {
                    unsigned char* mac) const;
 
   const Ctx keyed_;
+  mutable ContextPool<Ctx> pool_;
 };
 
 }  // namespace cardvault::crypto

@@ -1,6 +1,7 @@
 #include "server/crypto/aes_gcm.h"
 
 #include <atomic>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/crypto/context_pool.h"
 #include "tests/testing/status_matchers.h"
 
 namespace cardvault::crypto {
@@ -84,7 +86,9 @@ TEST(AesGcmTest, ConcurrentCallsEachUseAWholeContext) {
   auto reader = MakeKey('k');
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
-  for (int t = 0; t < 2 * static_cast<int>(AesGcm::kMaxPooledContexts); ++t) {
+  for (int t = 0;
+       t < 2 * static_cast<int>(ContextPool<std::unique_ptr<int>>::kMaxKept);
+       ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 300; ++i) {
         const std::string plain = absl::StrCat("card ", t, "/", i);
