@@ -3,6 +3,7 @@
 // kill -9 of the server.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <latch>
@@ -214,6 +215,33 @@ TEST_F(TokenLifecycleEndToEndTest, DeletedAndExpiredTokensAreNotFound) {
   EXPECT_THAT(processor->Detokenize(kept->token(), "refund"), IsOk());
   EXPECT_THAT(processor->DeleteToken(kept->token()),
               StatusIs(absl::StatusCode::kPermissionDenied));
+}
+
+TEST_F(TokenLifecycleEndToEndTest, CompactAndExitWaitsForAStoppedVault) {
+  auto pos = Client("pos");
+  auto kept = pos->Tokenize(Request("4111111111111111"));
+  auto doomed = pos->Tokenize(Request("5555555555554444"));
+  ASSERT_THAT(kept, IsOk());
+  ASSERT_THAT(doomed, IsOk());
+  ASSERT_THAT(pos->DeleteToken(doomed->token()), IsOkAndHolds(true));
+  const std::string compact =
+      absl::StrCat(CARDVAULTD_PATH, " --config=", env_->config_path(),
+                   " --compact_and_exit >>", log_, " 2>&1");
+  // The running vault holds the database: the maintenance run is refused.
+  EXPECT_NE(std::system(compact.c_str()), 0);
+  EXPECT_THAT(testing::ReadFileOrEmpty(log_), Not(HasSubstr("compacted")));
+  ASSERT_EQ(server_->Terminate(), 0);
+  EXPECT_EQ(std::system(compact.c_str()), 0);
+  EXPECT_THAT(testing::ReadFileOrEmpty(log_),
+              HasSubstr("token data compacted"));
+  // Live tokens survive it; the deleted one stays gone.
+  Start();
+  auto processor = Client("processor");
+  auto card = processor->Detokenize(kept->token(), "refund");
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->pan(), "4111111111111111");
+  EXPECT_THAT(processor->Detokenize(doomed->token(), "refund"),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(TokenLifecycleEndToEndTest, IdempotentRetryOverTheWire) {
