@@ -81,6 +81,15 @@ T OrDie(absl::StatusOr<T> value, absl::string_view step) {
   return *std::move(value);
 }
 
+// Serving and --compact_and_exit open the database alike, so that the
+// maintenance run compacts with the same filter. Expired token data is
+// dropped by compaction (see rocksdb_storage.h).
+storage::RocksDbStorage::Options StorageOptions(
+    const config::ServerConfig& cfg) {
+  return {.data_dir = cfg.storage().data_dir(),
+          .expiry_of = vault::StoredExpiry};
+}
+
 int Run(const sigset_t& stop_signals) {
   config::ServerConfig cfg =
       OrDie(config::LoadConfigFile(absl::GetFlag(FLAGS_config)), "config");
@@ -91,10 +100,8 @@ int Run(const sigset_t& stop_signals) {
     cfg.mutable_storage()->set_data_dir(absl::GetFlag(FLAGS_data_dir));
   }
   if (absl::GetFlag(FLAGS_compact_and_exit)) {
-    auto storage = OrDie(
-        storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir(),
-                                       .expiry_of = vault::StoredExpiry}),
-        "storage");
+    auto storage =
+        OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
     if (absl::Status s = storage->CompactTokenData(); !s.ok()) {
       util::LogError(absl::StrCat("compaction: ", s.ToString()));
       return 1;
@@ -111,11 +118,8 @@ int Run(const sigset_t& stop_signals) {
       "HSM");
   auto wrapper =
       OrDie(hsm::Pkcs11KeyWrapper::Create(token->sessions()), "HSM wrapper");
-  // Expired token data is dropped by compaction (see rocksdb_storage.h).
   auto storage =
-      OrDie(storage::RocksDbStorage::Open({.data_dir = cfg.storage().data_dir(),
-                                           .expiry_of = vault::StoredExpiry}),
-            "storage");
+      OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
   // Completes (or rolls back) a KEK rotation a crash interrupted.
   vault::KekManager::OpenReport kek_report;
   auto kek = OrDie(vault::KekManager::Open(

@@ -78,7 +78,7 @@ absl::StatusOr<std::string> AesGcm::Seal(absl::string_view plaintext,
                           o + kNonceSize + plaintext.size()) != 1) {
     return absl::InternalError("AES-GCM seal failed");
   }
-  pools_[1].Put(std::move(ctx));
+  pools_[/*encrypt=*/true].Put(std::move(ctx));
   return out;
 }
 
@@ -108,7 +108,7 @@ absl::StatusOr<SecretBytes> AesGcm::Open(absl::string_view sealed,
       EVP_DecryptFinal_ex(ctx.get(), plaintext.data() + len, &len) != 1) {
     return absl::InvalidArgumentError("authentication failed");
   }
-  pools_[0].Put(std::move(ctx));
+  pools_[/*encrypt=*/false].Put(std::move(ctx));
   return plaintext;
 }
 

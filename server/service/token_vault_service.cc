@@ -252,15 +252,19 @@ grpc::Status DoDeleteToken(const vault::Vault& vault,
 
 }  // namespace
 
-grpc::ServerUnaryReactor* TokenVaultService::Offload(
-    grpc::CallbackServerContext* context, std::function<grpc::Status()> call) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const bool queued = executor_->Schedule(
-      [reactor, call = std::move(call)] { reactor->Finish(call()); });
-  if (!queued) {
+void TokenVaultService::ScheduleOrRefuse(grpc::ServerUnaryReactor* reactor,
+                                         absl::AnyInvocable<void()> work) {
+  if (!executor_->Schedule(std::move(work))) {
     reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                  "server busy; retry with backoff"));
   }
+}
+
+grpc::ServerUnaryReactor* TokenVaultService::Offload(
+    grpc::CallbackServerContext* context, std::function<grpc::Status()> call) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  ScheduleOrRefuse(
+      reactor, [reactor, call = std::move(call)] { reactor->Finish(call()); });
   return reactor;
 }
 
@@ -291,13 +295,10 @@ grpc::ServerUnaryReactor* TokenVaultService::ServeAsync(
     start(*caller, std::move(done));
     return reactor;
   }
-  const bool queued = executor_->Schedule(
+  ScheduleOrRefuse(
+      reactor,
       [start = std::move(start), caller = *std::move(caller),
        done = std::move(done)]() mutable { start(caller, std::move(done)); });
-  if (!queued) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 "server busy; retry with backoff"));
-  }
   return reactor;
 }
 

@@ -17,6 +17,7 @@
 
 #include <functional>
 
+#include "absl/functional/any_invocable.h"
 #include "cardvault/v1/vault.grpc.pb.h"
 #include "server/service/batched_finisher.h"
 #include "server/util/blocking_executor.h"
@@ -71,6 +72,10 @@ class TokenVaultService final
       ::cardvault::v1::DeleteTokenResponse* response) override;
 
  private:
+  // Runs `work` on the executor, or finishes `reactor` with
+  // RESOURCE_EXHAUSTED if the executor's queue is full.
+  void ScheduleOrRefuse(grpc::ServerUnaryReactor* reactor,
+                        absl::AnyInvocable<void()> work);
   // Runs `call` on the executor and finishes the call with its status.
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context,
                                     std::function<grpc::Status()> call);
