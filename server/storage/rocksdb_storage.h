@@ -42,7 +42,8 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   struct Options {
     // Directory of the database; created if missing.
     std::string data_dir;
-    // Block cache for SST blocks, in bytes. Default 64 MiB.
+    // Block cache for SST data, index and filter blocks, in bytes. Default
+    // 64 MiB.
     size_t block_cache_bytes = 64 << 20;
     // When a value of a token-data table expires (InfiniteFuture = never).
     // Unset: nothing expires. Called from compaction threads.
