@@ -115,12 +115,17 @@ TEST_F(TokenLifecycleEndToEndTest, ConcurrentDeterministicCallsGiveOneToken) {
       v1::TokenizeRequest r = Request("4111111111111111", v1::LAST_FOUR);
       r.set_deterministic(true);
       start.arrive_and_wait();
-      // The sync server may refuse a call when its thread quota is full
-      // (RESOURCE_EXHAUSTED); a client retries those, as any would.
+      // A full executor queue refuses a call (RESOURCE_EXHAUSTED), and on a
+      // machine busy with other tests one of 16 simultaneous TLS handshakes
+      // has failed (UNAVAILABLE, the call never sent); a client retries
+      // both, as any would. What is asserted is one token for all.
       absl::StatusOr<v1::TokenizeResponse> t;
       for (int attempt = 0; attempt < 5; ++attempt) {
         t = clients[i]->Tokenize(r);
-        if (!absl::IsResourceExhausted(t.status())) break;
+        if (!absl::IsResourceExhausted(t.status()) &&
+            !absl::IsUnavailable(t.status())) {
+          break;
+        }
         absl::SleepFor(absl::Milliseconds(50));
       }
       if (t.ok()) {
