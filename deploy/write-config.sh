@@ -14,6 +14,7 @@ if [[ ! -s "$policy" ]]; then
 # see proto/cardvault/config/v1/config.proto). Re-read on change; a bad edit
 # is refused and the previous policy stays in force. Deny by default.
 purposes: ["authorization", "refund", "chargeback"]
+cvv_purposes: ["authorization"]
 bindings {
   identity: "spiffe://$domain/pos"
   roles: TOKENIZER

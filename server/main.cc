@@ -68,8 +68,9 @@ constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 // Checkpoints go to the server log, where operators export them (e.g. to a
 // SIEM) so that a truncated audit trail can be proven later.
 void LogCheckpoint(const audit::Checkpoint& checkpoint) {
-  util::LogInfo(absl::StrCat("audit checkpoint: sequence=", checkpoint.sequence,
-                             " mac=", absl::BytesToHexString(checkpoint.mac)));
+  util::LogComputedValues(
+      absl::StrCat("audit checkpoint: sequence=", checkpoint.sequence,
+                   " mac=", absl::BytesToHexString(checkpoint.mac)));
 }
 
 template <typename T>

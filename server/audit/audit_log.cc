@@ -111,7 +111,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
     Options options) {
   if (store == nullptr || records == nullptr || key == nullptr ||
-      options.max_batch == 0) {
+      options.max_batch == 0 || options.max_pending_events == 0) {
     return absl::InvalidArgumentError("bad audit log arguments");
   }
   std::unique_ptr<AuditLog> log(new AuditLog(
@@ -144,6 +144,7 @@ AuditLog::AuditLog(const storage::AuditStore* store,
       key_(std::move(key)),
       key_version_(key_version),
       options_(options),
+      marker_(key_.get()),
       next_sequence_(next_sequence),
       last_mac_(std::move(last_mac)) {}
 
@@ -206,12 +207,27 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
     std::move(done)(entries);
     return;
   }
+  // The second line of recorded_value.h, on the caller's thread.
+  if (batch_call.has_value()) SafeEvent(&*batch_call);
+  for (Entry& e : entries) SafeEvent(&e.event);
   auto pending = std::make_unique<Pending>();
   pending->entries = std::move(entries);
   pending->done = std::move(done);
   pending->batch = std::move(batch_call);
-  absl::MutexLock lock(&mu_);
-  queue_.push_back(std::move(pending));
+  {
+    absl::MutexLock lock(&mu_);
+    const size_t n = pending->entries.size();
+    if (pending_events_ + n <= options_.max_pending_events) {
+      pending_events_ += n;
+      queue_.push_back(std::move(pending));
+      return;
+    }
+  }
+  overload_refusals_ += pending->entries.size();
+  for (Entry& e : pending->entries) {
+    e.result = absl::UnavailableError("audit trail overloaded; retry");
+  }
+  std::move(pending->done)(pending->entries);
 }
 
 void AuditLog::WriterLoop() {
@@ -259,6 +275,8 @@ void AuditLog::CompletionLoop() {
     for (std::vector<std::unique_ptr<Pending>>& group : groups) {
       for (std::unique_ptr<Pending>& p : group) {
         std::move(p->done)(p->entries);
+        absl::MutexLock lock(&mu_);
+        pending_events_ -= p->entries.size();
       }
     }
   }

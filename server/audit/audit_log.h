@@ -62,6 +62,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.pb.h"
+#include "server/audit/recorded_value.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
 
@@ -146,6 +147,12 @@ class AuditLog {
     absl::Duration retention = absl::Hours(24 * 400);
     // How often a background purge runs; zero = never (Purge by hand).
     absl::Duration purge_interval = absl::ZeroDuration();
+    // Most events appended and not yet answered (queued, being written or
+    // awaiting their completion). An append beyond it is refused at once
+    // with UNAVAILABLE and nothing written, so a flood costs bounded
+    // memory. Default 32768 (at least a batch of tokens.max_batch_items,
+    // 10,000, fits): about 16 MiB of events and records.
+    size_t max_pending_events = 32768;
   };
 
   // Reads the head of the chain from `store` and starts the writer thread.
@@ -210,6 +217,12 @@ class AuditLog {
   // Number of appends that failed to reach storage (for alerting).
   uint64_t write_failures() const { return write_failures_.load(); }
 
+  // Events refused because max_pending_events were pending (for alerting).
+  uint64_t overload_refusals() const { return overload_refusals_.load(); }
+
+  // Markers of unverified values, under this log's key (recorded_value.h).
+  const ValueMarker& marker() const { return marker_; }
+
  private:
   // One caller's entries, written together, and its completion.
   struct Pending {
@@ -234,6 +247,7 @@ class AuditLog {
   const std::unique_ptr<crypto::HmacSha256> key_;
   const uint32_t key_version_;
   const Options options_;
+  const ValueMarker marker_;
 
   // Chain head; only the writer thread touches these.
   uint64_t next_sequence_;
@@ -244,6 +258,9 @@ class AuditLog {
   mutable std::deque<std::unique_ptr<Pending>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   mutable std::atomic<uint64_t> write_failures_{0};
+  mutable std::atomic<uint64_t> overload_refusals_{0};
+  // Events appended whose completion has not run yet.
+  mutable size_t pending_events_ ABSL_GUARDED_BY(mu_) = 0;
   // Groups written (or refused) whose completions have not run yet.
   absl::Mutex written_mu_;
   std::deque<std::vector<std::unique_ptr<Pending>>> written_

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -54,6 +55,15 @@ bool IsValidDomain(absl::string_view domain) {
   return true;
 }
 
+bool IsValidIdentity(absl::string_view identity) {
+  if (identity.empty() || identity.size() > kMaxIdentityBytes) return false;
+  const bool common_name = absl::StartsWith(identity, kCommonNamePrefix);
+  if (identity.front() == ' ' || identity.back() == ' ') return false;
+  return std::all_of(identity.begin(), identity.end(), [&](char c) {
+    return (c > 0x20 && c < 0x7f) || (common_name && c == ' ');
+  });
+}
+
 absl::string_view PermissionName(Permission permission) {
   switch (permission) {
     case Permission::kTokenize:
@@ -84,6 +94,10 @@ absl::StatusOr<std::unique_ptr<AccessPolicy>> AccessPolicy::Create(
   for (const RoleBinding& b : spec.bindings) {
     if (b.identity.empty()) {
       return absl::InvalidArgumentError("policy binding has an empty identity");
+    }
+    if (!IsValidIdentity(b.identity)) {
+      return absl::InvalidArgumentError(
+          "policy binding identity must be 1-255 bytes of printable ASCII");
     }
     if (b.roles.empty()) return bad(b.identity, "no role");
     Grant grant;
@@ -139,13 +153,35 @@ absl::StatusOr<std::unique_ptr<AccessPolicy>> AccessPolicy::Create(
     }
     purposes.insert(p);
   }
-  return std::unique_ptr<AccessPolicy>(
-      new AccessPolicy(std::move(grants), std::move(domains),
-                       std::move(purposes), spec.allow_common_name_identities));
+  absl::flat_hash_set<std::string> cvv_purposes;
+  for (const std::string& p : spec.cvv_purposes) {
+    if (!purposes.contains(p)) {
+      return absl::InvalidArgumentError(
+          "policy cvv_purposes must be listed in purposes");
+    }
+    cvv_purposes.insert(p);
+  }
+  absl::flat_hash_set<std::string> known_domains;
+  for (const auto& [name, settings] : domains) known_domains.insert(name);
+  for (const auto& [identity, grant] : grants) {
+    known_domains.insert(grant.tokenize_domains.begin(),
+                         grant.tokenize_domains.end());
+    known_domains.insert(grant.detokenize_domains.begin(),
+                         grant.detokenize_domains.end());
+  }
+  return std::unique_ptr<AccessPolicy>(new AccessPolicy(
+      std::move(grants), std::move(domains), std::move(known_domains),
+      std::move(purposes), std::move(cvv_purposes),
+      spec.allow_common_name_identities));
 }
 
 const AccessPolicy::Grant* AccessPolicy::Find(const Caller& caller) const {
   if (caller.identity.empty()) return nullptr;
+  // A CN identity matches only a "cn:" binding, a URI only a URI binding.
+  if (caller.identity_is_common_name !=
+      absl::StartsWith(caller.identity, kCommonNamePrefix)) {
+    return nullptr;
+  }
   if (caller.identity_is_common_name && !allow_common_name_identities_) {
     return nullptr;
   }

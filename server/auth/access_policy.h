@@ -40,14 +40,22 @@ absl::string_view PermissionName(Permission permission);
 
 inline constexpr size_t kMaxDomainBytes = 64;
 inline constexpr size_t kMaxPurposeBytes = 32;
+inline constexpr size_t kMaxIdentityBytes = 255;
+// Identities taken from a certificate's subject CN start with this; a URI
+// SAN that does is refused, so the two namespaces never meet.
+inline constexpr absl::string_view kCommonNamePrefix = "cn:";
 
 // True for "segment(/segment)*", segments of [a-z0-9._-], at most 64 bytes.
 bool IsValidDomain(absl::string_view domain);
 
+// True for 1-255 bytes of printable ASCII (0x21-0x7e, and inner spaces in a
+// "cn:" identity): what a policy binding may name.
+bool IsValidIdentity(absl::string_view identity);
+
 // The authenticated caller of one request, from its verified certificate,
 // and what identifies the request in the audit trail.
 struct Caller {
-  std::string identity;  // URI SAN (SPIFFE ID) or CN
+  std::string identity;  // URI SAN (SPIFFE ID), or "cn:" + subject CN
   bool identity_is_common_name = false;
   std::string certificate_serial;  // uppercase hex
   std::string certificate_sha256;  // lowercase hex of the DER's SHA-256
@@ -85,6 +93,10 @@ struct PolicySpec {
   std::vector<RoleBinding> bindings;
   std::vector<DomainSettings> domains;
   std::vector<std::string> purposes;
+  // Purposes whose Detokenize also receives a CVV held for the token; a
+  // subset of `purposes`. Empty: no purpose does (the CVV stays held until
+  // its TTL).
+  std::vector<std::string> cvv_purposes;
   bool allow_common_name_identities = false;
 };
 
@@ -123,6 +135,26 @@ class AccessPolicy {
   // INVALID_ARGUMENT unless `purpose` is one of the configured purposes.
   absl::Status CheckPurpose(absl::string_view purpose) const;
 
+  // Whether a Detokenize for `purpose` may receive the CVV held for its
+  // token.
+  bool ReleasesCvvFor(absl::string_view purpose) const {
+    return cvv_purposes_.contains(purpose);
+  }
+
+  // What the audit trail may record as itself (recorded_value.h): an
+  // identity the policy binds (and would accept), a domain some binding or
+  // domain setting names, a configured purpose.
+  bool Names(const Caller& caller) const { return Find(caller) != nullptr; }
+  bool Binds(absl::string_view identity) const {
+    return grants_.contains(identity);
+  }
+  bool KnowsDomain(absl::string_view domain) const {
+    return known_domains_.contains(domain);
+  }
+  bool KnowsPurpose(absl::string_view purpose) const {
+    return purposes_.contains(purpose);
+  }
+
   // The caller's Detokenize velocity limit.
   RateLimit DetokenizeLimit(const Caller& caller) const;
 
@@ -135,18 +167,24 @@ class AccessPolicy {
   };
   AccessPolicy(absl::flat_hash_map<std::string, Grant> grants,
                absl::flat_hash_map<std::string, DomainSettings> domains,
-               absl::flat_hash_set<std::string> purposes, bool allow_cn)
+               absl::flat_hash_set<std::string> known_domains,
+               absl::flat_hash_set<std::string> purposes,
+               absl::flat_hash_set<std::string> cvv_purposes, bool allow_cn)
       : grants_(std::move(grants)),
         domains_(std::move(domains)),
+        known_domains_(std::move(known_domains)),
         purposes_(std::move(purposes)),
+        cvv_purposes_(std::move(cvv_purposes)),
         allow_common_name_identities_(allow_cn) {}
   const Grant* Find(const Caller& caller) const;
   bool InTokenizeDomains(const Grant& grant, absl::string_view domain) const;
 
   const absl::flat_hash_map<std::string, Grant> grants_;
   const absl::flat_hash_map<std::string, DomainSettings> domains_;
+  const absl::flat_hash_set<std::string> known_domains_;
   const DomainSettings default_settings_;
   const absl::flat_hash_set<std::string> purposes_;
+  const absl::flat_hash_set<std::string> cvv_purposes_;
   const bool allow_common_name_identities_;
 };
 

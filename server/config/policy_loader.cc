@@ -33,6 +33,8 @@ absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
   auth::PolicySpec spec;
   spec.allow_common_name_identities = proto.allow_common_name_identities();
   spec.purposes.assign(proto.purposes().begin(), proto.purposes().end());
+  spec.cvv_purposes.assign(proto.cvv_purposes().begin(),
+                           proto.cvv_purposes().end());
   for (int i = 0; i < proto.bindings_size(); ++i) {
     const v1::RoleBinding& b = proto.bindings(i);
     auth::RoleBinding binding;

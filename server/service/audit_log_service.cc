@@ -1,32 +1,35 @@
 #include "server/service/audit_log_service.h"
 
+#include <tuple>
+
 #include "server/service/caller_context.h"
+#include "server/service/request_checks.h"
 #include "server/service/status_conversion.h"
 
 namespace cardvault::service {
-namespace {
-
-std::optional<absl::Time> TimeOf(const google::protobuf::Timestamp& t,
-                                 bool present) {
-  if (!present) return std::nullopt;
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
-}  // namespace
 
 grpc::Status AuditLogService::ListEvents(
     grpc::ServerContext* context,
     const ::cardvault::v1::ListEventsRequest* request,
     grpc::ServerWriter<::cardvault::v1::AuditEvent>* writer) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok()) {
-    return ToGrpcStatus(
-        vault_->RecordRejected(UnidentifiedCaller(*context), v1::LIST_EVENTS,
-                               vault::kListEventsRpc, caller.status()));
-  }
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, v1::LIST_EVENTS, vault::kListEventsRpc,
+                     HasUnknownFields(*request));
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   vault::AuditFilter filter;
-  filter.start_time = TimeOf(request->start_time(), request->has_start_time());
-  filter.end_time = TimeOf(request->end_time(), request->has_end_time());
+  for (const auto& [present, proto, out, name] :
+       {std::tuple{request->has_start_time(), &request->start_time(),
+                   &filter.start_time, "start_time"},
+        std::tuple{request->has_end_time(), &request->end_time(),
+                   &filter.end_time, "end_time"}}) {
+    if (!present) continue;
+    absl::StatusOr<absl::Time> t = TimeFromProto(*proto, name);
+    if (!t.ok()) {
+      return ToGrpcStatus(vault_->RecordRejected(
+          *caller, v1::LIST_EVENTS, vault::kListEventsRpc, t.status()));
+    }
+    *out = *t;
+  }
   filter.identity = request->identity();
   filter.event_type = request->event_type();
   filter.token = request->token();
@@ -41,12 +44,10 @@ grpc::Status AuditLogService::VerifyChain(
     grpc::ServerContext* context,
     const ::cardvault::v1::VerifyChainRequest* request,
     ::cardvault::v1::VerifyChainResponse* response) {
-  absl::StatusOr<auth::Caller> caller = CallerOf(*context);
-  if (!caller.ok()) {
-    return ToGrpcStatus(
-        vault_->RecordRejected(UnidentifiedCaller(*context), v1::VERIFY_CHAIN,
-                               vault::kVerifyChainRpc, caller.status()));
-  }
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, v1::VERIFY_CHAIN,
+                     vault::kVerifyChainRpc, HasUnknownFields(*request));
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   std::optional<audit::Checkpoint> checkpoint;
   if (request->has_expected_checkpoint()) {
     checkpoint = audit::Checkpoint{request->expected_checkpoint().sequence(),

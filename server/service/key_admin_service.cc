@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "server/service/caller_context.h"
+#include "server/service/request_checks.h"
 #include "server/service/status_conversion.h"
 #include "server/vault/audit_event.h"
 
@@ -73,10 +74,11 @@ void ToProto(const vault::Operation& op, pb::Operation* out) {
 }  // namespace
 
 grpc::Status KeyAdminService::ListKeys(grpc::ServerContext* context,
-                                       const pb::ListKeysRequest*,
+                                       const pb::ListKeysRequest* request,
                                        pb::ListKeysResponse* response) {
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN, vault::kListKeysRpc);
+      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN, vault::kListKeysRpc,
+                     HasUnknownFields(*request));
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto keys = admin_->ListKeys(*caller);
   if (!keys.ok()) return ToGrpcStatus(keys.status());
@@ -85,10 +87,11 @@ grpc::Status KeyAdminService::ListKeys(grpc::ServerContext* context,
 }
 
 grpc::Status KeyAdminService::RotateDataKey(
-    grpc::ServerContext* context, const pb::RotateDataKeyRequest*,
+    grpc::ServerContext* context, const pb::RotateDataKeyRequest* request,
     pb::RotateDataKeyResponse* response) {
-  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
-      *vault_, *context, pb::KEY_ADMIN, vault::kRotateDataKeyRpc);
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN, vault::kRotateDataKeyRpc,
+                     HasUnknownFields(*request));
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   absl::StatusOr<uint32_t> version = admin_->RotateDataKey(*caller);
   if (!version.ok()) return ToGrpcStatus(version.status());
@@ -99,8 +102,9 @@ grpc::Status KeyAdminService::RotateDataKey(
 grpc::Status KeyAdminService::ProposeOperation(
     grpc::ServerContext* context, const pb::ProposeOperationRequest* request,
     pb::Operation* response) {
-  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
-      *vault_, *context, pb::KEY_ADMIN, vault::kProposeOperationRpc);
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN,
+                     vault::kProposeOperationRpc, HasUnknownFields(*request));
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   vault::OperationKind kind;
   switch (request->kind()) {
@@ -126,8 +130,9 @@ grpc::Status KeyAdminService::ProposeOperation(
 grpc::Status KeyAdminService::ApproveOperation(
     grpc::ServerContext* context, const pb::ApproveOperationRequest* request,
     pb::Operation* response) {
-  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
-      *vault_, *context, pb::KEY_ADMIN, vault::kApproveOperationRpc);
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN,
+                     vault::kApproveOperationRpc, HasUnknownFields(*request));
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto op = admin_->Approve(*caller, request->operation_id());
   if (!op.ok()) return ToGrpcStatus(op.status());
@@ -136,10 +141,11 @@ grpc::Status KeyAdminService::ApproveOperation(
 }
 
 grpc::Status KeyAdminService::ListOperations(
-    grpc::ServerContext* context, const pb::ListOperationsRequest*,
+    grpc::ServerContext* context, const pb::ListOperationsRequest* request,
     pb::ListOperationsResponse* response) {
-  absl::StatusOr<auth::Caller> caller = IdentifyCaller(
-      *vault_, *context, pb::KEY_ADMIN, vault::kListOperationsRpc);
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN,
+                     vault::kListOperationsRpc, HasUnknownFields(*request));
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto ops = admin_->ListOperations(*caller);
   if (!ops.ok()) return ToGrpcStatus(ops.status());

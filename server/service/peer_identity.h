@@ -16,9 +16,10 @@ struct PeerId {
 };
 
 // The URI SAN of the peer certificate when it has exactly one (SPIFFE style,
-// e.g. "spiffe://cardvault.dev/pos"); the subject CN when it has none.
-// UNAUTHENTICATED when the call has no verified certificate, has several URI
-// SANs, or neither a URI SAN nor a CN.
+// e.g. "spiffe://cardvault.dev/pos"); "cn:" and the subject CN when it has
+// none. UNAUTHENTICATED when the call has no verified certificate, has
+// several URI SANs, a URI SAN starting with "cn:", or neither a URI SAN nor
+// a CN.
 absl::StatusOr<PeerId> PeerIdentity(const grpc::AuthContext& context);
 
 }  // namespace cardvault::service

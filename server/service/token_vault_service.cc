@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/service/caller_context.h"
+#include "server/service/request_checks.h"
 #include "server/service/status_conversion.h"
 #include "server/util/log.h"
 
@@ -13,17 +14,6 @@ namespace cardvault::service {
 namespace {
 
 namespace pb = ::cardvault::v1;
-
-// Fields this server does not know (e.g. sent by a newer client) are refused
-// rather than silently dropped: nothing is accepted that is not understood.
-bool HasUnknownFields(const google::protobuf::Message& message) {
-  return !message.GetReflection()->GetUnknownFields(message).empty();
-}
-
-bool HasUnknownFields(const pb::TokenizeRequest& r) {
-  return HasUnknownFields(static_cast<const google::protobuf::Message&>(r)) ||
-         HasUnknownFields(r.card()) || HasUnknownFields(r.ttl());
-}
 
 vault::TokenFormat FormatFromProto(pb::TokenFormat format) {
   switch (format) {
@@ -90,8 +80,10 @@ vault::TokenizeRequest FromProto(const pb::TokenizeRequest& r) {
   out.domain = r.domain();
   out.format = FormatFromProto(r.format());
   out.deterministic = r.deterministic();
+  // A Duration that is not valid at all is beyond every TTL bound, so the
+  // vault refuses and records it as a bad TTL.
   out.ttl =
-      absl::Seconds(r.ttl().seconds()) + absl::Nanoseconds(r.ttl().nanos());
+      DurationFromProto(r.ttl(), "ttl").value_or(absl::InfiniteDuration());
   out.idempotency_key = r.idempotency_key();
   out.cvv = crypto::SecretBytes(r.cvv());
   return out;
@@ -139,19 +131,6 @@ void ToProto(const absl::Status& status, pb::ItemStatus* out) {
   out->set_message(g.error_message());
 }
 
-// True if a batch or any of its requests has fields this server does not
-// know: the whole batch is refused.
-template <typename Batch>
-bool BatchHasUnknownFields(const Batch& batch) {
-  if (HasUnknownFields(static_cast<const google::protobuf::Message&>(batch))) {
-    return true;
-  }
-  for (const auto& r : batch.requests()) {
-    if (HasUnknownFields(r)) return true;
-  }
-  return false;
-}
-
 // One result per item, in order: its status and, when OK, its response.
 template <typename Item, typename Response>
 void AddResults(const std::vector<absl::StatusOr<Item>>& results,
@@ -163,18 +142,20 @@ void AddResults(const std::vector<absl::StatusOr<Item>>& results,
   }
 }
 
-// Logs what an operator needs (RPC, caller, code) and never the request.
-grpc::Status Finish(absl::string_view rpc, absl::string_view identity,
-                    const absl::Status& status) {
+// Logs what an operator needs (RPC, caller as the audit trail records it,
+// code) and never the request.
+grpc::Status Finish(const vault::Vault& vault, absl::string_view rpc,
+                    const auth::Caller* caller, const absl::Status& status) {
   if (!status.ok() && status.code() != absl::StatusCode::kInvalidArgument &&
       status.code() != absl::StatusCode::kNotFound) {
-    util::Log(
-        status.code() == absl::StatusCode::kPermissionDenied ||
-                status.code() == absl::StatusCode::kUnauthenticated
-            ? util::Severity::kWarning
-            : util::Severity::kError,
-        absl::StrCat(rpc, " by ", identity.empty() ? "<unknown>" : identity,
-                     " failed: ", status.ToString()));
+    util::Log(status.code() == absl::StatusCode::kPermissionDenied ||
+                      status.code() == absl::StatusCode::kUnauthenticated
+                  ? util::Severity::kWarning
+                  : util::Severity::kError,
+              absl::StrCat(rpc, " by ",
+                           caller == nullptr ? "<unidentified>"
+                                             : vault.RecordedIdentity(*caller),
+                           " failed: ", status.ToString()));
   }
   return ToGrpcStatus(status);
 }
@@ -184,12 +165,16 @@ grpc::Status Finish(absl::string_view rpc, absl::string_view identity,
 // thread, once the write is durable).
 template <typename T, typename Fill>
 vault::Vault::Done<absl::StatusOr<T>> FinishWhenDone(
-    BatchedFinisher* finisher, grpc::ServerUnaryReactor* reactor,
-    absl::string_view rpc, std::string identity, Fill fill) {
-  return [finisher, reactor, rpc, identity = std::move(identity),
+    const vault::Vault* vault, BatchedFinisher* finisher,
+    grpc::ServerUnaryReactor* reactor, absl::string_view rpc,
+    const auth::Caller& caller, Fill fill) {
+  auth::Caller who;  // what a log line may need of the caller
+  who.identity = caller.identity;
+  who.identity_is_common_name = caller.identity_is_common_name;
+  return [vault, finisher, reactor, rpc, who = std::move(who),
           fill = std::move(fill)](absl::StatusOr<T> result) mutable {
     if (result.ok()) fill(*result);
-    finisher->Finish(reactor, Finish(rpc, identity, result.status()));
+    finisher->Finish(reactor, Finish(*vault, rpc, &who, result.status()));
   };
 }
 
@@ -199,8 +184,9 @@ grpc::Status DoTokenizeBatch(const vault::Vault& vault,
                              pb::TokenizeBatchResponse* response) {
   absl::StatusOr<auth::Caller> caller =
       IdentifyCaller(vault, context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
-                     BatchHasUnknownFields(*request));
-  if (!caller.ok()) return Finish("TokenizeBatch", "", caller.status());
+                     HasUnknownFields(*request));
+  if (!caller.ok())
+    return Finish(vault, "TokenizeBatch", nullptr, caller.status());
   std::vector<vault::TokenizeRequest> requests;
   requests.reserve(request->requests_size());
   for (const pb::TokenizeRequest& r : request->requests()) {
@@ -208,7 +194,7 @@ grpc::Status DoTokenizeBatch(const vault::Vault& vault,
   }
   auto results = vault.TokenizeBatch(*caller, std::move(requests));
   if (!results.ok()) {
-    return Finish("TokenizeBatch", caller->identity, results.status());
+    return Finish(vault, "TokenizeBatch", &*caller, results.status());
   }
   AddResults(*results, response);
   return grpc::Status::OK;
@@ -220,8 +206,9 @@ grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
                                pb::DetokenizeBatchResponse* response) {
   absl::StatusOr<auth::Caller> caller =
       IdentifyCaller(vault, context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
-                     BatchHasUnknownFields(*request));
-  if (!caller.ok()) return Finish("DetokenizeBatch", "", caller.status());
+                     HasUnknownFields(*request));
+  if (!caller.ok())
+    return Finish(vault, "DetokenizeBatch", nullptr, caller.status());
   std::vector<vault::DetokenizeRequest> requests;
   requests.reserve(request->requests_size());
   for (const pb::DetokenizeRequest& r : request->requests()) {
@@ -229,7 +216,7 @@ grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
   }
   auto results = vault.DetokenizeBatch(*caller, requests);
   if (!results.ok()) {
-    return Finish("DetokenizeBatch", caller->identity, results.status());
+    return Finish(vault, "DetokenizeBatch", &*caller, results.status());
   }
   AddResults(*results, response);
   return grpc::Status::OK;
@@ -242,10 +229,13 @@ grpc::Status DoDeleteToken(const vault::Vault& vault,
   absl::StatusOr<auth::Caller> caller =
       IdentifyCaller(vault, context, pb::DELETE_TOKEN, vault::kDeleteTokenRpc,
                      HasUnknownFields(*request));
-  if (!caller.ok()) return Finish("DeleteToken", "", caller.status());
+  if (!caller.ok()) {
+    return Finish(vault, "DeleteToken", nullptr, caller.status());
+  }
   absl::StatusOr<bool> deleted = vault.DeleteToken(*caller, request->token());
-  if (!deleted.ok())
-    return Finish("DeleteToken", caller->identity, deleted.status());
+  if (!deleted.ok()) {
+    return Finish(vault, "DeleteToken", &*caller, deleted.status());
+  }
   response->set_deleted(*deleted);
   return grpc::Status::OK;
 }
@@ -275,7 +265,8 @@ grpc::ServerUnaryReactor* TokenVaultService::Refuse(
   return Offload(context, [this, context, type, rpc, has_unknown_fields] {
     absl::StatusOr<auth::Caller> caller =
         IdentifyCaller(*vault_, *context, type, rpc, has_unknown_fields);
-    return Finish(rpc, caller.ok() ? caller->identity : "", caller.status());
+    return Finish(*vault_, rpc, caller.ok() ? &*caller : nullptr,
+                  caller.status());
   });
 }
 
@@ -289,7 +280,7 @@ grpc::ServerUnaryReactor* TokenVaultService::ServeAsync(
     return Refuse(context, type, rpc, caller.ok());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto done = FinishWhenDone<T>(&finisher_, reactor, name, caller->identity,
+  auto done = FinishWhenDone<T>(vault_, &finisher_, reactor, name, *caller,
                                 std::move(fill));
   if (!options_.start_on_executor) {
     start(*caller, std::move(done));

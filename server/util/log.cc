@@ -7,18 +7,35 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/util/safe_text.h"
 
 namespace cardvault::util {
+namespace {
 
-void Log(Severity severity, absl::string_view message) {
+void WriteLine(Severity severity, absl::string_view safe_message) {
   const char level = severity == Severity::kInfo      ? 'I'
                      : severity == Severity::kWarning ? 'W'
                                                       : 'E';
-  std::string line =
-      absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
-                                    absl::UTCTimeZone()),
-                   " ", std::string(1, level), " cardvaultd: ", message, "\n");
+  std::string line = absl::StrCat(
+      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                       absl::UTCTimeZone()),
+      " ", std::string(1, level), " cardvaultd: ", safe_message, "\n");
   (void)!write(STDERR_FILENO, line.data(), line.size());
+}
+
+}  // namespace
+
+void Log(Severity severity, absl::string_view message) {
+  WriteLine(severity, SafeText(message, kMaxLogMessageBytes));
+}
+
+void LogComputedValues(absl::string_view message) {
+  std::string escaped;
+  for (char c : message.substr(0, kMaxLogMessageBytes)) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    escaped.push_back(u >= 0x20 && u <= 0x7e ? c : '?');
+  }
+  WriteLine(Severity::kInfo, escaped);
 }
 
 }  // namespace cardvault::util

@@ -4,14 +4,26 @@
 
 namespace cardvault::vault {
 
+std::string RecordedIdentity(const auth::Caller& caller,
+                             const auth::AccessPolicy& policy,
+                             const audit::ValueMarker& marker) {
+  return marker.Recorded(caller.identity, policy.Names(caller));
+}
+
 audit::AuditEvent CallerEvent(const auth::Caller& caller,
+                              const auth::AccessPolicy& policy,
+                              const audit::ValueMarker& marker,
                               ::cardvault::v1::EventType type,
                               absl::string_view rpc, absl::Time now) {
   audit::AuditEvent e;
   audit::SetEventTime(now, e.mutable_event_time());
   e.set_event_type(type);
   e.set_rpc(std::string(rpc));
-  e.set_identity(caller.identity);
+  e.set_identity(RecordedIdentity(caller, policy, marker));
+  if (!caller.identity.empty()) {
+    e.set_identity_source(caller.identity_is_common_name ? v1::COMMON_NAME
+                                                         : v1::URI_SAN);
+  }
   e.set_certificate_serial(caller.certificate_serial);
   e.set_certificate_sha256(caller.certificate_sha256);
   e.set_peer_address(caller.peer);

@@ -137,21 +137,6 @@ absl::Status ValidateCvv(absl::string_view cvv) {
   return absl::OkStatus();
 }
 
-bool PassesLuhn(absl::string_view digits) {
-  int sum = 0;
-  bool double_it = false;
-  for (auto it = digits.rbegin(); it != digits.rend(); ++it) {
-    int d = *it - '0';
-    if (double_it) {
-      d *= 2;
-      if (d > 9) d -= 9;
-    }
-    sum += d;
-    double_it = !double_it;
-  }
-  return sum % 10 == 0;
-}
-
 absl::Status ValidateCard(const Card& card, absl::Time now) {
   if (absl::Status s = ValidatePan(card.pan.view()); !s.ok()) return s;
   if (absl::Status s = ValidateExpiry(card.exp_month, card.exp_year, now);

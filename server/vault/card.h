@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "server/crypto/secret_bytes.h"
+#include "server/util/safe_text.h"
 
 namespace cardvault::vault {
 
@@ -51,7 +52,7 @@ enum class CardBrand {
 CardBrand BrandOf(absl::string_view pan);
 
 // True if `digits` (ASCII digits only) passes the Luhn check.
-bool PassesLuhn(absl::string_view digits);
+using ::cardvault::util::PassesLuhn;
 
 inline constexpr size_t kMinCvvDigits = 3;
 inline constexpr size_t kMaxCvvDigits = 4;

@@ -5,9 +5,11 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/crypto/random.h"
+#include "server/util/safe_text.h"
 #include "server/vault/audit_event.h"
 
 namespace cardvault::vault {
@@ -35,6 +37,25 @@ std::string Describe(const Operation& op) {
                       " approvals");
 }
 
+// An operation id of the form the server makes: "op_" and 16 hex digits.
+bool IsOperationId(absl::string_view id) {
+  return id.size() == 19 && absl::StartsWith(id, "op_") &&
+         std::all_of(id.begin() + 3, id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// A reason is recorded as written, so it must be printable text and must not
+// hold a card number, even one broken up by spaces or dashes.
+bool IsRecordableReason(absl::string_view reason) {
+  std::string digits_joined;
+  for (char c : reason) {
+    if (c < 0x20 || c > 0x7e) return false;
+    if (c != ' ' && c != '-') digits_joined.push_back(c);
+  }
+  return !util::HoldsCardNumber(digits_joined);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<KeyAdmin>> KeyAdmin::Create(Dependencies deps,
@@ -57,7 +78,8 @@ absl::Status KeyAdmin::Record(const auth::Caller& caller, absl::string_view rpc,
                               absl::string_view detail,
                               const absl::Status& status) const {
   audit::AuditEvent event =
-      CallerEvent(caller, v1::KEY_ADMIN, rpc, options_.now());
+      CallerEvent(caller, *deps_.policy->Current(), deps_.audit->marker(),
+                  v1::KEY_ADMIN, rpc, options_.now());
   event.set_detail(std::string(detail));
   SetOutcome(status, &event);
   if (!deps_.audit->Append(std::move(event)).ok()) {
@@ -148,6 +170,10 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
   if (allowed.ok() && reason.size() > kMaxReasonBytes) {
     allowed = absl::InvalidArgumentError("reason is over 256 bytes");
   }
+  if (allowed.ok() && !IsRecordableReason(reason)) {
+    allowed = absl::InvalidArgumentError(
+        "reason must be printable ASCII text without card numbers");
+  }
   if (allowed.ok() && kind == OperationKind::kDestroyDataKey) {
     const std::vector<uint32_t> old = deps_.keys->DecryptOnlyVersions();
     if (std::find(old.begin(), old.end(), key_version) == old.end()) {
@@ -190,7 +216,9 @@ absl::StatusOr<Operation> KeyAdmin::Approve(
     const auth::Caller& caller, absl::string_view operation_id) const {
   absl::Status allowed =
       deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
-  const std::string what = absl::StrCat("approve operation ", operation_id);
+  const std::string what = absl::StrCat(
+      "approve operation ", deps_.audit->marker().Recorded(
+                                operation_id, IsOperationId(operation_id)));
   if (!allowed.ok()) {
     return Record(caller, kApproveOperationRpc, what, allowed);
   }

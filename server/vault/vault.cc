@@ -6,6 +6,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "server/util/big_endian.h"
@@ -72,6 +73,28 @@ absl::string_view TokenFormatName(TokenFormat format) {
   return "unknown";
 }
 
+// What an audit read asked for, for its own record: the identity filter as
+// itself only when the policy binds it (else its marker), the token filter
+// in the record's token field.
+std::string DescribeFilter(const AuditFilter& f,
+                           const auth::AccessPolicy& policy,
+                           const audit::ValueMarker& marker) {
+  std::string out = "filter:";
+  if (f.start_time) {
+    absl::StrAppend(&out, " from=", absl::FormatTime(*f.start_time));
+  }
+  if (f.end_time) absl::StrAppend(&out, " to=", absl::FormatTime(*f.end_time));
+  if (!f.identity.empty()) {
+    absl::StrAppend(&out, " identity=",
+                    marker.Recorded(f.identity, policy.Binds(f.identity)));
+  }
+  if (f.event_type != v1::EVENT_TYPE_UNSPECIFIED) {
+    absl::StrAppend(&out, " event_type=", v1::EventType_Name(f.event_type));
+  }
+  if (f.max_events != 0) absl::StrAppend(&out, " max_events=", f.max_events);
+  return out == "filter:" ? "filter: none" : out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
@@ -100,7 +123,13 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
 
 audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
                                   absl::string_view rpc) const {
-  return CallerEvent(caller, type, rpc, options_.now());
+  return CallerEvent(caller, *deps_.policy->Current(), deps_.audit->marker(),
+                     type, rpc, options_.now());
+}
+
+std::string Vault::RecordedIdentity(const auth::Caller& caller) const {
+  return vault::RecordedIdentity(caller, *deps_.policy->Current(),
+                                 deps_.audit->marker());
 }
 
 std::optional<audit::AuditEvent> Vault::BatchEvent(
@@ -206,9 +235,8 @@ void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
                                  const auth::Caller& caller,
                                  TokenizeWork& w) const {
   const TokenizeRequest& r = *w.request;
-  if (!r.domain.empty() && auth::IsValidDomain(r.domain)) {
-    w.event.set_domain(r.domain);
-  }
+  w.event.set_domain(
+      deps_.audit->marker().Recorded(r.domain, policy.KnowsDomain(r.domain)));
   absl::StatusOr<std::string> bound = policy.TokenizeDomain(caller, r.domain);
   if (!bound.ok()) {
     w.refusal = bound.status();
@@ -570,6 +598,8 @@ struct Vault::DetokenizeWork {
 // One Detokenize or DetokenizeBatch call waiting for its audit records.
 struct Vault::DetokenizeCall {
   std::vector<DetokenizeRequest> requests;
+  // The policy the call was checked under (it also says who gets a CVV).
+  std::shared_ptr<const auth::AccessPolicy> policy;
   std::vector<DetokenizeWork> work;
   absl::Time now;
   Done<std::vector<absl::StatusOr<Detokenized>>> done;
@@ -616,11 +646,9 @@ absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
     const DetokenizeRequest& r, absl::Time now,
     audit::AuditEvent* event) const {
   if (absl::Status s = policy.CheckPurpose(r.purpose); !s.ok()) return s;
-  event->set_purpose(r.purpose);
   if (!IsWellFormedToken(r.token)) {
     return absl::InvalidArgumentError("token is malformed");
   }
-  event->set_token(r.token);
   // Every attempt counts against the limit, found or not: the control is
   // against bulk export, including by guessing.
   if (absl::Status s =
@@ -653,6 +681,7 @@ void Vault::DetokenizeAll(
   call->done = std::move(done);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
+  call->policy = policy;
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kDetokenize);
   std::optional<audit::AuditEvent> batch_event =
@@ -665,6 +694,7 @@ void Vault::DetokenizeAll(
       w.event = NewEvent(caller, v1::DETOKENIZE, rpc);
     }
     entries[i].batch_index = static_cast<uint32_t>(i);
+    RecordRequested(*policy, call->requests[i], &w.event);
     absl::StatusOr<OpenedCard> opened =
         allowed.ok() ? FindForDetokenize(*policy, caller, call->requests[i],
                                          call->now, &w.event)
@@ -692,9 +722,13 @@ void Vault::DetokenizeAll(
           } else if (w.refusal.has_value()) {
             results.push_back(*w.refusal);
           } else {
-            Detokenized out{
-                std::move(w.opened->card), std::move(w.opened->header.domain),
-                deps_.cvv_cache->Take(call->requests[i].token, call->now)};
+            // A CVV leaves only for the purposes the policy marks.
+            const DetokenizeRequest& r = call->requests[i];
+            Detokenized out{std::move(w.opened->card),
+                            std::move(w.opened->header.domain),
+                            call->policy->ReleasesCvvFor(r.purpose)
+                                ? deps_.cvv_cache->Take(r.token, call->now)
+                                : std::nullopt};
             results.push_back(std::move(out));
           }
         }
@@ -722,13 +756,12 @@ absl::Status Vault::CheckTokenCall(const auth::AccessPolicy& policy,
                                    auth::Permission permission,
                                    absl::string_view token,
                                    audit::AuditEvent* event) const {
+  const bool well_formed = IsWellFormedToken(token);
+  event->set_token(deps_.audit->marker().Recorded(token, well_formed));
   // Authorise before looking at the token, so an unauthorised caller
   // learns nothing about it.
   if (absl::Status s = policy.Check(caller, permission); !s.ok()) return s;
-  if (!IsWellFormedToken(token)) {
-    return absl::InvalidArgumentError("token is malformed");
-  }
-  event->set_token(std::string(token));
+  if (!well_formed) return absl::InvalidArgumentError("token is malformed");
   return absl::OkStatus();
 }
 
@@ -899,9 +932,13 @@ absl::Status Vault::ListAuditEvents(
     const auth::Caller& caller, const AuditFilter& filter,
     const std::function<bool(const audit::AuditEvent&)>& visit) const {
   audit::AuditEvent event = NewEvent(caller, v1::LIST_EVENTS, kListEventsRpc);
-  event.set_token(filter.token);
-  absl::Status allowed =
-      deps_.policy->Current()->Check(caller, auth::Permission::kReadAudit);
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  const audit::ValueMarker& marker = deps_.audit->marker();
+  event.set_token(
+      marker.Recorded(filter.token, IsWellFormedToken(filter.token)));
+  event.set_detail(DescribeFilter(filter, *policy, marker));
+  absl::Status allowed = policy->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
   uint32_t sent = 0;
   return deps_.audit->Scan(1, [&](const audit::AuditEvent& e) {
@@ -919,6 +956,15 @@ absl::StatusOr<audit::ChainReport> Vault::VerifyAuditChain(
       deps_.policy->Current()->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
   return deps_.audit->Verify(checkpoint);
+}
+
+void Vault::RecordRequested(const auth::AccessPolicy& policy,
+                            const DetokenizeRequest& r,
+                            audit::AuditEvent* event) const {
+  const audit::ValueMarker& marker = deps_.audit->marker();
+  event->set_token(marker.Recorded(r.token, IsWellFormedToken(r.token)));
+  event->set_purpose(
+      marker.Recorded(r.purpose, policy.KnowsPurpose(r.purpose)));
 }
 
 absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,

@@ -245,6 +245,11 @@ class Vault {
                               absl::string_view rpc,
                               const absl::Status& status) const;
 
+  // The caller's identity as an audit record or log line may hold it: as
+  // itself when the policy names it, otherwise its marker
+  // (server/audit/recorded_value.h).
+  std::string RecordedIdentity(const auth::Caller& caller) const;
+
   // Records a key event (e.g. creation); `detail` names the key, never its
   // material.
   absl::Status RecordKeyEvent(absl::string_view detail) const;
@@ -282,6 +287,12 @@ class Vault {
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
                              absl::string_view rpc) const;
+  // Records a Detokenize item's token and purpose in `event` by the rule of
+  // recorded_value.h: as themselves when well-formed (token) or listed
+  // (purpose), else as markers.
+  void RecordRequested(const auth::AccessPolicy& policy,
+                       const DetokenizeRequest& r,
+                       audit::AuditEvent* event) const;
   // The one audit event of a batch call of `rpc`, which lists its items and
   // leaves them only what differs between them; none for single calls.
   std::optional<audit::AuditEvent> BatchEvent(const auth::Caller& caller,

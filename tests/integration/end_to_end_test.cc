@@ -56,7 +56,7 @@ class EndToEndTest : public ::testing::Test {
         "bindings { identity: \"", testing::TestEnv::Identity("lane-processor"),
         "\" roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" }"));
     env_->AddToPolicy(
-        "bindings { identity: \"cn-tokenizer\" roles: TOKENIZER "
+        "bindings { identity: \"cn:cn-tokenizer\" roles: TOKENIZER "
         "tokenize_domains: \"dev-merchant/pos\" }");
     foreign_pki_ = new std::string(env_->MakeForeignPki("foreign"));
     log_path_ = new std::string(env_->dir() + "/server.log");

@@ -250,6 +250,71 @@ TEST_F(AuditLogTest, AsyncAppendCompletesOnceDurableOffTheCallersThread) {
   EXPECT_EQ(log_->Verify()->records_checked, 2u);
 }
 
+TEST_F(AuditLogTest, AppendsBeyondThePendingBoundAreRefusedAndWriteNothing) {
+  AuditLog::Options options;
+  options.max_pending_events = 3;
+  Reopen('k', options);
+  // The first completion holds the completion thread, so nothing appended
+  // after it is answered (and leaves the bound) until it returns.
+  absl::Notification release;
+  absl::Notification first_done;
+  std::vector<Entry> first(1);
+  first[0].event = Event("pos", "tok_held");
+  log_->AppendAllAsync(std::move(first), [&](std::vector<Entry>&) {
+    release.WaitForNotification();
+    first_done.Notify();
+  });
+  std::atomic<int> accepted_done{0};
+  std::vector<Entry> two(2);
+  two[0].event = Event("pos", "tok_a");
+  two[1].event = Event("pos", "tok_b");
+  log_->AppendAllAsync(std::move(two),
+                       [&](std::vector<Entry>&) { ++accepted_done; });
+  // Over the bound: answered at once, on this thread, and not written.
+  std::vector<Entry> over(1);
+  over[0].event = Event("pos", "tok_over");
+  over[0].mutation = NewToken("tok_over", "rec");
+  std::optional<absl::Status> refused;
+  std::thread::id refused_on;
+  log_->AppendAllAsync(std::move(over), [&](std::vector<Entry>& e) {
+    refused = e[0].result;
+    refused_on = std::this_thread::get_id();
+  });
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_THAT(*refused, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(refused_on, std::this_thread::get_id());
+  EXPECT_EQ(log_->overload_refusals(), 1u);
+  release.Notify();
+  first_done.WaitForNotification();
+  // Once the pending ones are answered, appends are accepted again.
+  absl::Status after = absl::UnavailableError("not tried");
+  for (int i = 0; i < 200 && absl::IsUnavailable(after); ++i) {
+    after = log_->Append(Event("pos", "tok_after"));
+    if (!after.ok()) absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_THAT(after, IsOk());
+  EXPECT_EQ(accepted_done.load(), 1);
+  EXPECT_THAT(db_->Get(storage::Table::kTokens, "tok_over"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(log_->Verify()->records_checked, 4u);
+}
+
+TEST_F(AuditLogTest, RecordedStringsAreMaskedAndEscapedBeforeTheyAreChained) {
+  AuditEvent event = Event("pos", "tok_x");
+  event.set_detail("note 4111111111111111\nforged");
+  ASSERT_THAT(log_->Append(event), IsOk());
+  std::vector<AuditEvent> stored;
+  ASSERT_THAT(log_->Scan(1,
+                         [&](const AuditEvent& e) {
+                           stored.push_back(e);
+                           return true;
+                         }),
+              IsOk());
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].detail(), "note ************1111\\x0aforged");
+  EXPECT_TRUE(log_->Verify()->intact);
+}
+
 TEST_F(AuditLogTest, AsyncCompletionsRunInOrderOfTheirWrites) {
   constexpr int kCalls = 200;
   absl::Mutex mu;

@@ -1,5 +1,6 @@
 #include "server/auth/access_policy.h"
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -17,8 +18,9 @@ Caller Uri(absl::string_view name) {
   return c;
 }
 
+// As PeerIdentity names a certificate's CN.
 Caller Cn(absl::string_view name) {
-  Caller c = Uri(name);
+  Caller c = Uri(absl::StrCat(kCommonNamePrefix, name));
   c.identity_is_common_name = true;
   return c;
 }
@@ -36,7 +38,7 @@ PolicySpec Spec() {
        {"m1/pos"},
        {"m1/pos"},
        {}},
-      {"legacy-cn", {Role::kTokenizer}, {"m1/pos"}, {}, {}},
+      {"cn:legacy-cn", {Role::kTokenizer}, {"m1/pos"}, {}, {}},
   };
   return spec;
 }
@@ -110,6 +112,45 @@ TEST(AccessPolicyTest, CommonNameIdentitiesOnlyWhenAllowed) {
   lenient_spec.allow_common_name_identities = true;
   auto lenient = *AccessPolicy::Create(lenient_spec);
   EXPECT_THAT(lenient->Check(Cn("legacy-cn"), Permission::kTokenize), IsOk());
+  // Nor does a URI identity spelled like a CN binding borrow the CN's.
+  EXPECT_THAT(lenient->Check(Uri("cn:legacy-cn"), Permission::kTokenize),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(lenient->Check(Cn("spiffe://t/pos"), Permission::kTokenize),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+}
+
+TEST(AccessPolicyTest, RecordsOnlyWhatThePolicyKnows) {
+  auto policy = *AccessPolicy::Create(Spec());
+  EXPECT_TRUE(policy->Names(Uri("spiffe://t/pos")));
+  EXPECT_FALSE(policy->Names(Uri("spiffe://t/stranger")));
+  EXPECT_TRUE(policy->KnowsDomain("m1/web"));  // a tokenize domain
+  EXPECT_FALSE(policy->KnowsDomain("5105105105105100"));
+  EXPECT_TRUE(policy->KnowsPurpose("refund"));
+  EXPECT_FALSE(policy->KnowsPurpose("4111111111111111"));
+}
+
+TEST(AccessPolicyTest, IdentitiesArePrintableAndBounded) {
+  EXPECT_TRUE(IsValidIdentity("spiffe://t/pos"));
+  EXPECT_TRUE(IsValidIdentity("cn:Lane 7"));  // CNs may hold inner spaces
+  EXPECT_FALSE(IsValidIdentity("spiffe://t/a b"));
+  EXPECT_FALSE(IsValidIdentity("spiffe://t/pos\nW forged"));
+  EXPECT_FALSE(IsValidIdentity(std::string("spiffe://t/\x01", 12)));
+  EXPECT_FALSE(IsValidIdentity(std::string(256, 'a')));
+  PolicySpec spec = Spec();
+  spec.bindings.push_back({"spiffe://t/x\ny", {Role::kAuditor}, {}, {}, {}});
+  EXPECT_THAT(AccessPolicy::Create(spec),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(AccessPolicyTest, CvvPurposesMustBeListedPurposes) {
+  PolicySpec spec = Spec();
+  spec.cvv_purposes = {"authorization"};
+  auto policy = *AccessPolicy::Create(spec);
+  EXPECT_TRUE(policy->ReleasesCvvFor("authorization"));
+  EXPECT_FALSE(policy->ReleasesCvvFor("refund"));
+  spec.cvv_purposes = {"settlement"};
+  EXPECT_THAT(AccessPolicy::Create(spec),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(AccessPolicyTest, TokenizeDomainIsRequestedOrDefaultAndMustBeGranted) {

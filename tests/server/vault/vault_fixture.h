@@ -63,6 +63,7 @@ class VaultTest : public ::testing::Test {
     ring_ = *KeyRing::FromKeys(std::move(keys));
     auth::PolicySpec& spec = spec_;
     spec.purposes = {"authorization", "refund"};
+    spec.cvv_purposes = {"authorization"};
     spec.bindings = {
         {kPos.identity, {auth::Role::kTokenizer}, {"m1/pos", "m2/pos"}, {}, {}},
         {kProcessor.identity,
