@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -30,6 +31,7 @@
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
 #include "server/service/audit_log_service.h"
+#include "server/service/client_trust.h"
 #include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
 #include "server/service/server_credentials.h"
@@ -208,8 +210,21 @@ int Run(const sigset_t& stop_signals) {
                 {.required_approvals = cfg.keys().required_approvals(),
                  .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours())}),
             "key administration");
+  // Revocation applies while serving: the CRLs are re-read every refresh.
+  std::unique_ptr<service::ClientTrust> client_trust;
+  if (!cfg.tls().crl_directory().empty()) {
+    client_trust = OrDie(
+        service::ClientTrust::Create(
+            {.ca_file = cfg.tls().client_ca_file(),
+             .crl_dir = cfg.tls().crl_directory(),
+             .refresh = absl::Seconds(cfg.tls().refresh_interval_seconds()),
+             .expiry_warning =
+                 absl::Hours(24 * cfg.tls().crl_expiry_warning_days())}),
+        "TLS revocation");
+  }
   auto credentials =
-      OrDie(service::MutualTlsServerCredentials(cfg.tls()), "TLS");
+      OrDie(service::MutualTlsServerCredentials(cfg.tls(), client_trust.get()),
+            "TLS");
 
   auto vault_executor =
       OrDie(util::BlockingExecutor::Create(
@@ -232,6 +247,29 @@ int Run(const sigset_t& stop_signals) {
       static_cast<int>(cfg.limits().max_request_bytes()));
   builder.SetSyncServerOption(
       grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
+  // What one peer may hold: streams per connection, a bounded connection
+  // life (so revocation reaches open connections), idle connections closed,
+  // keepalive pings answered only at a bounded rate.
+  const config::v1::LimitsConfig& limits = cfg.limits();
+  for (const auto& [name, value] :
+       {std::pair{GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                  static_cast<int>(limits.max_concurrent_streams())},
+        std::pair{GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                  static_cast<int>(limits.max_connection_age_seconds() * 1000)},
+        std::pair{
+            GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+            static_cast<int>(limits.max_connection_age_grace_seconds() * 1000)},
+        std::pair{
+            GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+            static_cast<int>(limits.max_connection_idle_seconds() * 1000)},
+        std::pair{GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000},
+        std::pair{GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000},
+        std::pair{
+            GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+            static_cast<int>(limits.min_client_ping_interval_seconds() * 1000)},
+        std::pair{GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2}}) {
+    builder.AddChannelArgument(name, value);
+  }
   grpc::ResourceQuota quota("cardvaultd");
   quota.SetMaxThreads(static_cast<int>(cfg.limits().max_server_threads()));
   builder.SetResourceQuota(quota);
@@ -330,6 +368,24 @@ int Run(const sigset_t& stop_signals) {
             {"cardvault_data_key_version", "Version of the primary data key.",
              [&] { return uint64_t{keys->primary_version()}; },
              /*gauge=*/true},
+            {"cardvault_audit_overload_refusals_total",
+             "Audit records refused because too many were pending (calls "
+             "failed with UNAVAILABLE, nothing written).",
+             [&] { return audit_log->overload_refusals(); }},
+            {"cardvault_client_handshakes_refused_total",
+             "Client certificates refused at the handshake by the CRLs in "
+             "force (revoked, or their CA's CRL missing or expired).",
+             [&] {
+               return client_trust ? client_trust->refused_handshakes() : 0;
+             }},
+            {"cardvault_client_crl_seconds_until_expiry",
+             "Seconds until the first client CA's CRL reaches its "
+             "nextUpdate (0: one has, and its clients are refused).",
+             [&] {
+               return client_trust ? client_trust->seconds_until_crl_expiry()
+                                   : 0;
+             },
+             /*gauge=*/true},
         },
         absl::Seconds(cfg.metrics().interval_seconds()));
   }
@@ -390,6 +446,14 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_config).empty()) {
     cardvault::util::LogError("--config is required");
     return 2;
+  }
+  // gRPC would take this list instead of its ECDHE+AEAD suites (the floor
+  // tests/integration/tls_floor_test.cc proves): never serve with it.
+  if (std::getenv("GRPC_SSL_CIPHER_SUITES") != nullptr) {
+    cardvault::util::LogError(
+        "GRPC_SSL_CIPHER_SUITES is set: it would replace the TLS 1.2 cipher "
+        "suites (ECDHE with AEAD only) cardvaultd requires; unset it");
+    return 1;
   }
   // Block the stop signals before any thread starts, so that only sigwait
   // in Run receives them and shutdown is orderly.

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -15,6 +16,8 @@
 
 namespace cardvault::config {
 namespace {
+
+using ::cardvault::config::v1::LimitsConfig;
 
 constexpr uint32_t kDefaultRefreshSeconds = 60;
 constexpr uint32_t kDefaultMaxSessions = 4;
@@ -90,6 +93,12 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "limits.max_server_threads must be at most 1024");
   check(c.limits().vault_threads() <= 1024,
         "limits.vault_threads must be at most 1024");
+  check(c.limits().max_connection_age_seconds() == 0 ||
+            (c.limits().max_connection_age_seconds() >= 2 &&
+             c.limits().max_connection_age_seconds() <= 86400),
+        "limits.max_connection_age_seconds must be 2 to 86400");
+  check(c.limits().max_concurrent_streams() <= 10000,
+        "limits.max_concurrent_streams must be at most 10000");
   check(!c.policy().file().empty(), "policy.file is required");
   check(c.policy().reload_interval_seconds() <= 3600,
         "policy.reload_interval_seconds must be at most 3600");
@@ -153,6 +162,24 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   if (limits->max_server_threads() == 0) {
     limits->set_max_server_threads(kDefaultServerThreads);
   }
+  for (const auto& [value, set, fallback] :
+       {std::tuple{limits->max_connection_age_seconds(),
+                   &LimitsConfig::set_max_connection_age_seconds, 600u},
+        std::tuple{limits->max_connection_age_grace_seconds(),
+                   &LimitsConfig::set_max_connection_age_grace_seconds, 30u},
+        std::tuple{limits->max_connection_idle_seconds(),
+                   &LimitsConfig::set_max_connection_idle_seconds, 300u},
+        std::tuple{limits->max_concurrent_streams(),
+                   &LimitsConfig::set_max_concurrent_streams, 100u},
+        std::tuple{limits->max_calls_per_identity(),
+                   &LimitsConfig::set_max_calls_per_identity, 1024u},
+        std::tuple{limits->min_client_ping_interval_seconds(),
+                   &LimitsConfig::set_min_client_ping_interval_seconds, 30u},
+        std::tuple{limits->refusals_recorded_per_minute(),
+                   &LimitsConfig::set_refusals_recorded_per_minute, 60u}}) {
+    if (value == 0) (limits->*set)(fallback);
+  }
+  if (tls->crl_expiry_warning_days() == 0) tls->set_crl_expiry_warning_days(7);
   return absl::OkStatus();
 }
 

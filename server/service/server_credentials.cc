@@ -7,8 +7,6 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "server/crypto/crl_check.h"
 
 namespace cardvault::service {
 namespace {
@@ -24,7 +22,8 @@ absl::Status CheckReadable(const std::string& path, absl::string_view what) {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>>
-MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls) {
+MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls,
+                           ClientTrust* trust) {
   for (const auto& [path, what] :
        {std::pair{tls.server_cert_file(), "tls.server_cert_file"},
         std::pair{tls.server_key_file(), "tls.server_key_file"},
@@ -40,14 +39,9 @@ MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls) {
   options.watch_identity_key_cert_pairs();
   options.set_cert_request_type(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  if (!tls.crl_directory().empty()) {
-    if (absl::Status s = crypto::CheckCrlCoverage(
-            tls.client_ca_file(), tls.crl_directory(), absl::Now());
-        !s.ok()) {
-      return s;
-    }
-    options.set_crl_directory(tls.crl_directory());
-  }
+  // Not set_crl_directory: OpenSSL's lookup would keep the first CRL it
+  // read and pass clients of a CA without one (client_trust.h).
+  if (trust != nullptr) options.set_certificate_verifier(trust->Verifier());
   return grpc::experimental::TlsServerCredentials(options);
 }
 

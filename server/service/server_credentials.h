@@ -8,17 +8,19 @@
 
 #include "absl/status/statusor.h"
 #include "cardvault/config/v1/config.pb.h"
+#include "server/service/client_trust.h"
 
 namespace cardvault::service {
 
 // TLS credentials that require and verify a client certificate against the
 // configured client CA (GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_
-// VERIFY), with files watched and reloaded, and CRLs checked when a
-// directory is given. Fails if a file is unreadable, or if the CRL directory
-// lacks a current CRL of a client CA (gRPC would then skip the revocation
-// check), so that a broken deployment stops at start-up.
+// VERIFY), with files watched and reloaded. With `trust` (made from
+// tls.crl_directory), every handshake is also checked against the CRLs in
+// force (client_trust.h). Fails if a file is unreadable, so that a broken
+// deployment stops at start-up. `trust` must outlive the credentials.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>>
-MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls);
+MutualTlsServerCredentials(const ::cardvault::config::v1::TlsConfig& tls,
+                           ClientTrust* trust);
 
 }  // namespace cardvault::service
 

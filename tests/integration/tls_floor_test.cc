@@ -444,5 +444,16 @@ TEST_F(TlsFloorTest, ServerAuthOnlyClientCertificateIsRefused) {
   ExpectCertificateRefused("server-auth-pos");
 }
 
+TEST_F(TlsFloorTest, ServerRefusesToStartWithACipherListFromTheEnvironment) {
+  // gRPC would take GRPC_SSL_CIPHER_SUITES over its ECDHE+AEAD list.
+  setenv("GRPC_SSL_CIPHER_SUITES", "ECDHE-ECDSA-AES128-SHA", 1);
+  auto server = testing::ServerProcess::Start(env_->config_path(),
+                                              env_->dir() + "/cipher-env.log");
+  unsetenv("GRPC_SSL_CIPHER_SUITES");
+  EXPECT_THAT(server.status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("GRPC_SSL_CIPHER_SUITES is set")));
+}
+
 }  // namespace
 }  // namespace cardvault
