@@ -157,14 +157,16 @@ int Run(const sigset_t& stop_signals) {
                 {.ttl = absl::Seconds(cfg.tokens().cvv_ttl_seconds()),
                  .max_entries = cfg.tokens().max_cvv_entries()}),
             "CVV cache");
-  auto audit_log =
-      OrDie(audit::AuditLog::Open(
-                storage.get(), storage.get(), std::move(audit_key.mac),
-                audit_key.version,
-                {.on_checkpoint = LogCheckpoint,
-                 .retention = absl::Hours(24 * cfg.audit().retention_days()),
-                 .purge_interval = absl::Hours(24)}),
-            "audit trail");
+  auto audit_log = OrDie(
+      audit::AuditLog::Open(
+          storage.get(), storage.get(), std::move(audit_key.mac),
+          audit_key.version,
+          {.on_checkpoint = LogCheckpoint,
+           .retention = absl::Hours(24 * cfg.audit().retention_days()),
+           .purge_interval = absl::Hours(24),
+           .refusals = {.per_minute =
+                            cfg.limits().refusals_recorded_per_minute()}}),
+      "audit trail");
   vault::Vault::Options vault_options;
   vault_options.idempotency_window =
       absl::Seconds(cfg.tokens().idempotency_window_seconds());
@@ -231,11 +233,13 @@ int Run(const sigset_t& stop_signals) {
                 {.threads = cfg.limits().vault_threads(),
                  .max_queued = cfg.limits().max_queued_calls()}),
             "vault threads");
+  service::CallsInFlight calls_in_flight(cfg.limits().max_calls_per_identity());
   service::TokenVaultService token_vault(
-      vault.get(), vault_executor.get(),
+      vault.get(), vault_executor.get(), &calls_in_flight,
       {.start_on_executor = cfg.hsm().seal_in_hsm()});
-  service::AuditLogService audit_service(vault.get());
-  service::KeyAdminService key_admin_service(key_admin.get(), vault.get());
+  service::AuditLogService audit_service(vault.get(), &calls_in_flight);
+  service::KeyAdminService key_admin_service(key_admin.get(), vault.get(),
+                                             &calls_in_flight);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -368,6 +372,14 @@ int Run(const sigset_t& stop_signals) {
             {"cardvault_data_key_version", "Version of the primary data key.",
              [&] { return uint64_t{keys->primary_version()}; },
              /*gauge=*/true},
+            {"cardvault_calls_over_identity_limit_total",
+             "Calls refused because their identity had "
+             "limits.max_calls_per_identity calls in flight.",
+             [&] { return calls_in_flight.refused(); }},
+            {"cardvault_refusals_summarised_total",
+             "Refused calls past a caller's recording rate, counted into "
+             "REFUSALS_SUMMARY records instead of recorded one by one.",
+             [&] { return audit_log->summarised_refusals(); }},
             {"cardvault_audit_overload_refusals_total",
              "Audit records refused because too many were pending (calls "
              "failed with UNAVAILABLE, nothing written).",

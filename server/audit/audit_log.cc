@@ -119,6 +119,15 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
   log->completer_ = std::thread([raw = log.get()] { raw->CompletionLoop(); });
+  if (options.refusals.per_minute > 0) {
+    log->summarizer_ = std::thread([raw = log.get()] {
+      while (!raw->stop_summaries_.WaitForNotificationWithTimeout(
+          raw->options_.refusals.interval)) {
+        raw->WriteRefusalSummaries();
+      }
+      raw->WriteRefusalSummaries();  // closing: nothing counted is lost
+    });
+  }
   if (options.purge_interval > absl::ZeroDuration()) {
     log->purger_ = std::thread([raw = log.get()] {
       do {
@@ -146,9 +155,12 @@ AuditLog::AuditLog(const storage::AuditStore* store,
       options_(options),
       marker_(key_.get()),
       next_sequence_(next_sequence),
-      last_mac_(std::move(last_mac)) {}
+      last_mac_(std::move(last_mac)),
+      refusals_(options.refusals) {}
 
 AuditLog::~AuditLog() {
+  stop_summaries_.Notify();
+  if (summarizer_.joinable()) summarizer_.join();
   stop_purger_.Notify();
   if (purger_.joinable()) purger_.join();
   {
@@ -157,6 +169,15 @@ AuditLog::~AuditLog() {
   }
   if (writer_.joinable()) writer_.join();
   if (completer_.joinable()) completer_.join();
+}
+
+void AuditLog::WriteRefusalSummaries() const {
+  std::vector<AuditEvent> summaries = refusals_.Take(options_.now());
+  std::vector<AuditEvent> unwritten;
+  for (AuditEvent& e : summaries) {
+    if (!Append(e).ok()) unwritten.push_back(std::move(e));
+  }
+  if (!unwritten.empty()) refusals_.PutBack(std::move(unwritten));
 }
 
 absl::Status AuditLog::ReloadHead() {
@@ -210,6 +231,18 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
   // The second line of recorded_value.h, on the caller's thread.
   if (batch_call.has_value()) SafeEvent(&*batch_call);
   for (Entry& e : entries) SafeEvent(&e.event);
+  // A refused single call past its caller's rate is counted, not recorded.
+  if (!batch_call.has_value() && entries.size() == 1) {
+    const Entry& e = entries[0];
+    if (e.mutation.conditions.empty() && e.mutation.writes.empty() &&
+        e.mutation.key_uses.empty() && IsSummarisableRefusal(e.event) &&
+        !refusals_.Admit(e.event, options_.now())) {
+      ++summarised_refusals_;
+      entries[0].result = absl::OkStatus();
+      std::move(done)(entries);
+      return;
+    }
+  }
   auto pending = std::make_unique<Pending>();
   pending->entries = std::move(entries);
   pending->done = std::move(done);

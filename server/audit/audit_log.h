@@ -63,6 +63,7 @@
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.pb.h"
 #include "server/audit/recorded_value.h"
+#include "server/audit/refusal_summary.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
 
@@ -153,6 +154,11 @@ class AuditLog {
     // memory. Default 32768 (at least a batch of tokens.max_batch_items,
     // 10,000, fits): about 16 MiB of events and records.
     size_t max_pending_events = 32768;
+    // Refused calls past this rate per caller are counted into summary
+    // records instead (refusal_summary.h).
+    RefusalSummary::Options refusals;
+    // Clock of event times that the log makes itself (summaries, purges).
+    std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
   // Reads the head of the chain from `store` and starts the writer thread.
@@ -220,6 +226,13 @@ class AuditLog {
   // Events refused because max_pending_events were pending (for alerting).
   uint64_t overload_refusals() const { return overload_refusals_.load(); }
 
+  // Refused calls counted into summaries instead of recorded one by one.
+  uint64_t summarised_refusals() const { return summarised_refusals_.load(); }
+
+  // Writes the summaries of refusals counted so far (also done every
+  // Options::refusals.interval, and when the log closes).
+  void WriteRefusalSummaries() const;
+
   // Markers of unverified values, under this log's key (recorded_value.h).
   const ValueMarker& marker() const { return marker_; }
 
@@ -259,6 +272,8 @@ class AuditLog {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   mutable std::atomic<uint64_t> write_failures_{0};
   mutable std::atomic<uint64_t> overload_refusals_{0};
+  mutable std::atomic<uint64_t> summarised_refusals_{0};
+  mutable RefusalSummary refusals_;
   // Events appended whose completion has not run yet.
   mutable size_t pending_events_ ABSL_GUARDED_BY(mu_) = 0;
   // Groups written (or refused) whose completions have not run yet.
@@ -272,6 +287,8 @@ class AuditLog {
   std::thread completer_;
   absl::Notification stop_purger_;
   std::thread purger_;
+  absl::Notification stop_summaries_;
+  std::thread summarizer_;
 };
 
 // Decodes a stored record's event without verifying its MAC.

@@ -12,9 +12,10 @@ grpc::Status AuditLogService::ListEvents(
     grpc::ServerContext* context,
     const ::cardvault::v1::ListEventsRequest* request,
     grpc::ServerWriter<::cardvault::v1::AuditEvent>* writer) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, v1::LIST_EVENTS, vault::kListEventsRpc,
-                     HasUnknownFields(*request));
+      AdmitCaller(*vault_, *calls_, *context, v1::LIST_EVENTS,
+                  vault::kListEventsRpc, HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   vault::AuditFilter filter;
   for (const auto& [present, proto, out, name] :
@@ -44,9 +45,10 @@ grpc::Status AuditLogService::VerifyChain(
     grpc::ServerContext* context,
     const ::cardvault::v1::VerifyChainRequest* request,
     ::cardvault::v1::VerifyChainResponse* response) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, v1::VERIFY_CHAIN,
-                     vault::kVerifyChainRpc, HasUnknownFields(*request));
+      AdmitCaller(*vault_, *calls_, *context, v1::VERIFY_CHAIN,
+                  vault::kVerifyChainRpc, HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   std::optional<audit::Checkpoint> checkpoint;
   if (request->has_expected_checkpoint()) {

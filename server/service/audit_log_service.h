@@ -5,14 +5,16 @@
 #define CARDVAULT_SERVER_SERVICE_AUDIT_LOG_SERVICE_H_
 
 #include "cardvault/v1/audit.grpc.pb.h"
+#include "server/service/calls_in_flight.h"
 #include "server/vault/vault.h"
 
 namespace cardvault::service {
 
 class AuditLogService final : public ::cardvault::v1::AuditLog::Service {
  public:
-  // `vault` must outlive the service.
-  explicit AuditLogService(const vault::Vault* vault) : vault_(vault) {}
+  // `vault` and `calls` must outlive the service.
+  AuditLogService(const vault::Vault* vault, CallsInFlight* calls)
+      : vault_(vault), calls_(calls) {}
 
   grpc::Status ListEvents(
       grpc::ServerContext* context,
@@ -26,6 +28,7 @@ class AuditLogService final : public ::cardvault::v1::AuditLog::Service {
 
  private:
   const vault::Vault* const vault_;
+  CallsInFlight* const calls_;
 };
 
 }  // namespace cardvault::service

@@ -114,4 +114,25 @@ absl::StatusOr<auth::Caller> IdentifyCaller(
   return caller;
 }
 
+absl::Status TooManyCallsInFlight() {
+  return absl::ResourceExhaustedError(
+      "too many calls in flight for this identity; retry with backoff");
+}
+
+absl::StatusOr<auth::Caller> AdmitCaller(
+    const vault::Vault& vault, CallsInFlight& calls,
+    const grpc::ServerContextBase& context, ::cardvault::v1::EventType type,
+    absl::string_view rpc, bool has_unknown_fields, CallsInFlight::Slot* slot) {
+  absl::StatusOr<auth::Caller> caller =
+      IdentifyCaller(vault, context, type, rpc, has_unknown_fields);
+  if (!caller.ok()) return caller;
+  std::optional<CallsInFlight::Slot> admitted =
+      calls.TryAcquire(caller->identity);
+  if (!admitted.has_value()) {
+    return vault.RecordRejected(*caller, type, rpc, TooManyCallsInFlight());
+  }
+  *slot = *std::move(admitted);
+  return caller;
+}
+
 }  // namespace cardvault::service

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/auth/access_policy.h"
+#include "server/service/calls_in_flight.h"
 #include "server/vault/vault.h"
 
 namespace cardvault::service {
@@ -24,6 +25,17 @@ absl::StatusOr<auth::Caller> IdentifyCaller(
     const vault::Vault& vault, const grpc::ServerContextBase& context,
     ::cardvault::v1::EventType type, absl::string_view rpc,
     bool has_unknown_fields = false);
+
+// As IdentifyCaller, and then takes one of the caller's places in `calls`
+// into `*slot`: RESOURCE_EXHAUSTED (recorded) when the identity already has
+// its most calls in flight.
+absl::StatusOr<auth::Caller> AdmitCaller(
+    const vault::Vault& vault, CallsInFlight& calls,
+    const grpc::ServerContextBase& context, ::cardvault::v1::EventType type,
+    absl::string_view rpc, bool has_unknown_fields, CallsInFlight::Slot* slot);
+
+// The refusal of a caller over its in-flight limit.
+absl::Status TooManyCallsInFlight();
 
 }  // namespace cardvault::service
 

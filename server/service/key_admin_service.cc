@@ -76,9 +76,10 @@ void ToProto(const vault::Operation& op, pb::Operation* out) {
 grpc::Status KeyAdminService::ListKeys(grpc::ServerContext* context,
                                        const pb::ListKeysRequest* request,
                                        pb::ListKeysResponse* response) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN, vault::kListKeysRpc,
-                     HasUnknownFields(*request));
+      AdmitCaller(*vault_, *calls_, *context, pb::KEY_ADMIN,
+                  vault::kListKeysRpc, HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto keys = admin_->ListKeys(*caller);
   if (!keys.ok()) return ToGrpcStatus(keys.status());
@@ -89,9 +90,10 @@ grpc::Status KeyAdminService::ListKeys(grpc::ServerContext* context,
 grpc::Status KeyAdminService::RotateDataKey(
     grpc::ServerContext* context, const pb::RotateDataKeyRequest* request,
     pb::RotateDataKeyResponse* response) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN, vault::kRotateDataKeyRpc,
-                     HasUnknownFields(*request));
+      AdmitCaller(*vault_, *calls_, *context, pb::KEY_ADMIN,
+                  vault::kRotateDataKeyRpc, HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   absl::StatusOr<uint32_t> version = admin_->RotateDataKey(*caller);
   if (!version.ok()) return ToGrpcStatus(version.status());
@@ -102,9 +104,10 @@ grpc::Status KeyAdminService::RotateDataKey(
 grpc::Status KeyAdminService::ProposeOperation(
     grpc::ServerContext* context, const pb::ProposeOperationRequest* request,
     pb::Operation* response) {
-  absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN,
-                     vault::kProposeOperationRpc, HasUnknownFields(*request));
+  CallsInFlight::Slot slot;
+  absl::StatusOr<auth::Caller> caller = AdmitCaller(
+      *vault_, *calls_, *context, pb::KEY_ADMIN, vault::kProposeOperationRpc,
+      HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   vault::OperationKind kind;
   switch (request->kind()) {
@@ -130,9 +133,10 @@ grpc::Status KeyAdminService::ProposeOperation(
 grpc::Status KeyAdminService::ApproveOperation(
     grpc::ServerContext* context, const pb::ApproveOperationRequest* request,
     pb::Operation* response) {
-  absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN,
-                     vault::kApproveOperationRpc, HasUnknownFields(*request));
+  CallsInFlight::Slot slot;
+  absl::StatusOr<auth::Caller> caller = AdmitCaller(
+      *vault_, *calls_, *context, pb::KEY_ADMIN, vault::kApproveOperationRpc,
+      HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto op = admin_->Approve(*caller, request->operation_id());
   if (!op.ok()) return ToGrpcStatus(op.status());
@@ -143,9 +147,10 @@ grpc::Status KeyAdminService::ApproveOperation(
 grpc::Status KeyAdminService::ListOperations(
     grpc::ServerContext* context, const pb::ListOperationsRequest* request,
     pb::ListOperationsResponse* response) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(*vault_, *context, pb::KEY_ADMIN,
-                     vault::kListOperationsRpc, HasUnknownFields(*request));
+      AdmitCaller(*vault_, *calls_, *context, pb::KEY_ADMIN,
+                  vault::kListOperationsRpc, HasUnknownFields(*request), &slot);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto ops = admin_->ListOperations(*caller);
   if (!ops.ok()) return ToGrpcStatus(ops.status());

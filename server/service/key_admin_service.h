@@ -5,6 +5,7 @@
 #define CARDVAULT_SERVER_SERVICE_KEY_ADMIN_SERVICE_H_
 
 #include "cardvault/v1/key_admin.grpc.pb.h"
+#include "server/service/calls_in_flight.h"
 #include "server/vault/key_admin.h"
 #include "server/vault/vault.h"
 
@@ -14,8 +15,9 @@ class KeyAdminService final : public ::cardvault::v1::KeyAdmin::Service {
  public:
   // `admin` and `vault` (which records refusals of unidentified callers)
   // must outlive the service.
-  KeyAdminService(const vault::KeyAdmin* admin, const vault::Vault* vault)
-      : admin_(admin), vault_(vault) {}
+  KeyAdminService(const vault::KeyAdmin* admin, const vault::Vault* vault,
+                  CallsInFlight* calls)
+      : admin_(admin), vault_(vault), calls_(calls) {}
 
   grpc::Status ListKeys(grpc::ServerContext* context,
                         const ::cardvault::v1::ListKeysRequest* request,
@@ -40,6 +42,7 @@ class KeyAdminService final : public ::cardvault::v1::KeyAdmin::Service {
  private:
   const vault::KeyAdmin* const admin_;
   const vault::Vault* const vault_;
+  CallsInFlight* const calls_;
 };
 
 }  // namespace cardvault::service

@@ -167,24 +167,28 @@ template <typename T, typename Fill>
 vault::Vault::Done<absl::StatusOr<T>> FinishWhenDone(
     const vault::Vault* vault, BatchedFinisher* finisher,
     grpc::ServerUnaryReactor* reactor, absl::string_view rpc,
-    const auth::Caller& caller, Fill fill) {
+    const auth::Caller& caller, CallsInFlight::Slot slot, Fill fill) {
   auth::Caller who;  // what a log line may need of the caller
   who.identity = caller.identity;
   who.identity_is_common_name = caller.identity_is_common_name;
   return [vault, finisher, reactor, rpc, who = std::move(who),
+          slot = std::move(slot),
           fill = std::move(fill)](absl::StatusOr<T> result) mutable {
     if (result.ok()) fill(*result);
-    finisher->Finish(reactor, Finish(*vault, rpc, &who, result.status()));
+    const grpc::Status status = Finish(*vault, rpc, &who, result.status());
+    slot = CallsInFlight::Slot();  // the call is over
+    finisher->Finish(reactor, status);
   };
 }
 
-grpc::Status DoTokenizeBatch(const vault::Vault& vault,
+grpc::Status DoTokenizeBatch(const vault::Vault& vault, CallsInFlight& calls,
                              const grpc::ServerContextBase& context,
                              const pb::TokenizeBatchRequest* request,
                              pb::TokenizeBatchResponse* response) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(vault, context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
-                     HasUnknownFields(*request));
+      AdmitCaller(vault, calls, context, pb::TOKENIZE, vault::kTokenizeBatchRpc,
+                  HasUnknownFields(*request), &slot);
   if (!caller.ok())
     return Finish(vault, "TokenizeBatch", nullptr, caller.status());
   std::vector<vault::TokenizeRequest> requests;
@@ -200,13 +204,14 @@ grpc::Status DoTokenizeBatch(const vault::Vault& vault,
   return grpc::Status::OK;
 }
 
-grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
+grpc::Status DoDetokenizeBatch(const vault::Vault& vault, CallsInFlight& calls,
                                const grpc::ServerContextBase& context,
                                const pb::DetokenizeBatchRequest* request,
                                pb::DetokenizeBatchResponse* response) {
-  absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(vault, context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
-                     HasUnknownFields(*request));
+  CallsInFlight::Slot slot;
+  absl::StatusOr<auth::Caller> caller = AdmitCaller(
+      vault, calls, context, pb::DETOKENIZE, vault::kDetokenizeBatchRpc,
+      HasUnknownFields(*request), &slot);
   if (!caller.ok())
     return Finish(vault, "DetokenizeBatch", nullptr, caller.status());
   std::vector<vault::DetokenizeRequest> requests;
@@ -222,13 +227,14 @@ grpc::Status DoDetokenizeBatch(const vault::Vault& vault,
   return grpc::Status::OK;
 }
 
-grpc::Status DoDeleteToken(const vault::Vault& vault,
+grpc::Status DoDeleteToken(const vault::Vault& vault, CallsInFlight& calls,
                            const grpc::ServerContextBase& context,
                            const pb::DeleteTokenRequest* request,
                            pb::DeleteTokenResponse* response) {
+  CallsInFlight::Slot slot;
   absl::StatusOr<auth::Caller> caller =
-      IdentifyCaller(vault, context, pb::DELETE_TOKEN, vault::kDeleteTokenRpc,
-                     HasUnknownFields(*request));
+      AdmitCaller(vault, calls, context, pb::DELETE_TOKEN,
+                  vault::kDeleteTokenRpc, HasUnknownFields(*request), &slot);
   if (!caller.ok()) {
     return Finish(vault, "DeleteToken", nullptr, caller.status());
   }
@@ -260,11 +266,17 @@ grpc::ServerUnaryReactor* TokenVaultService::Offload(
 
 grpc::ServerUnaryReactor* TokenVaultService::Refuse(
     grpc::CallbackServerContext* context, pb::EventType type,
-    absl::string_view rpc, bool has_unknown_fields) {
+    absl::string_view rpc, bool has_unknown_fields,
+    std::optional<absl::Status> refusal) {
   // Recording the refusal waits for the durable write: not on gRPC's threads.
-  return Offload(context, [this, context, type, rpc, has_unknown_fields] {
+  return Offload(context, [this, context, type, rpc, has_unknown_fields,
+                           refusal = std::move(refusal)] {
     absl::StatusOr<auth::Caller> caller =
         IdentifyCaller(*vault_, *context, type, rpc, has_unknown_fields);
+    if (caller.ok() && refusal.has_value()) {
+      return Finish(*vault_, rpc, &*caller,
+                    vault_->RecordRejected(*caller, type, rpc, *refusal));
+    }
     return Finish(*vault_, rpc, caller.ok() ? &*caller : nullptr,
                   caller.status());
   });
@@ -279,9 +291,14 @@ grpc::ServerUnaryReactor* TokenVaultService::ServeAsync(
   if (!caller.ok() || HasUnknownFields(request)) {
     return Refuse(context, type, rpc, caller.ok());
   }
+  std::optional<CallsInFlight::Slot> slot =
+      calls_->TryAcquire(caller->identity);
+  if (!slot.has_value()) {
+    return Refuse(context, type, rpc, false, TooManyCallsInFlight());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto done = FinishWhenDone<T>(vault_, &finisher_, reactor, name, *caller,
-                                std::move(fill));
+                                *std::move(slot), std::move(fill));
   if (!options_.start_on_executor) {
     start(*caller, std::move(done));
     return reactor;
@@ -321,7 +338,7 @@ grpc::ServerUnaryReactor* TokenVaultService::TokenizeBatch(
     const pb::TokenizeBatchRequest* request,
     pb::TokenizeBatchResponse* response) {
   return Offload(context, [this, context, request, response] {
-    return DoTokenizeBatch(*vault_, *context, request, response);
+    return DoTokenizeBatch(*vault_, *calls_, *context, request, response);
   });
 }
 
@@ -330,7 +347,7 @@ grpc::ServerUnaryReactor* TokenVaultService::DetokenizeBatch(
     const pb::DetokenizeBatchRequest* request,
     pb::DetokenizeBatchResponse* response) {
   return Offload(context, [this, context, request, response] {
-    return DoDetokenizeBatch(*vault_, *context, request, response);
+    return DoDetokenizeBatch(*vault_, *calls_, *context, request, response);
   });
 }
 
@@ -350,7 +367,7 @@ grpc::ServerUnaryReactor* TokenVaultService::DeleteToken(
     grpc::CallbackServerContext* context, const pb::DeleteTokenRequest* request,
     pb::DeleteTokenResponse* response) {
   return Offload(context, [this, context, request, response] {
-    return DoDeleteToken(*vault_, *context, request, response);
+    return DoDeleteToken(*vault_, *calls_, *context, request, response);
   });
 }
 

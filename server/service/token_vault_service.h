@@ -16,10 +16,12 @@
 #define CARDVAULT_SERVER_SERVICE_TOKEN_VAULT_SERVICE_H_
 
 #include <functional>
+#include <optional>
 
 #include "absl/functional/any_invocable.h"
 #include "cardvault/v1/vault.grpc.pb.h"
 #include "server/service/batched_finisher.h"
+#include "server/service/calls_in_flight.h"
 #include "server/util/blocking_executor.h"
 #include "server/vault/vault.h"
 
@@ -36,10 +38,10 @@ class TokenVaultService final
     bool start_on_executor = false;
   };
 
-  // `vault` and `executor` must outlive the service.
+  // `vault`, `executor` and `calls` must outlive the service.
   TokenVaultService(const vault::Vault* vault, util::BlockingExecutor* executor,
-                    Options options)
-      : vault_(vault), executor_(executor), options_(options) {}
+                    CallsInFlight* calls, Options options)
+      : vault_(vault), executor_(executor), calls_(calls), options_(options) {}
 
   grpc::ServerUnaryReactor* Tokenize(
       grpc::CallbackServerContext* context,
@@ -89,15 +91,17 @@ class TokenVaultService final
                                        absl::string_view rpc,
                                        absl::string_view name, Start start,
                                        Fill fill);
-  // Finishes a call that has no usable identity or carries fields this
-  // server does not accept, once its refusal is recorded.
-  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                   ::cardvault::v1::EventType type,
-                                   absl::string_view rpc,
-                                   bool has_unknown_fields);
+  // Finishes a call that has no usable identity, carries fields this
+  // server does not accept, or is refused with `refusal`, once its refusal
+  // is recorded.
+  grpc::ServerUnaryReactor* Refuse(
+      grpc::CallbackServerContext* context, ::cardvault::v1::EventType type,
+      absl::string_view rpc, bool has_unknown_fields,
+      std::optional<absl::Status> refusal = std::nullopt);
 
   const vault::Vault* const vault_;
   util::BlockingExecutor* const executor_;
+  CallsInFlight* const calls_;
   const Options options_;
   BatchedFinisher finisher_;
 };

@@ -315,6 +315,56 @@ TEST_F(AuditLogTest, RecordedStringsAreMaskedAndEscapedBeforeTheyAreChained) {
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
+TEST_F(AuditLogTest, RefusalsPastTheRateBecomeOneSummaryRecord) {
+  AuditLog::Options options;
+  options.refusals.per_minute = 3;
+  options.refusals.interval = absl::Hours(1);  // written by hand below
+  Reopen('k', options);
+  for (int i = 0; i < 50; ++i) {
+    AuditEvent e = Event("stranger");
+    e.set_rpc("/cardvault.v1.TokenVault/Tokenize");
+    e.set_status_code(static_cast<int>(absl::StatusCode::kPermissionDenied));
+    ASSERT_THAT(log_->Append(e), IsOk());  // answered, recorded or counted
+  }
+  EXPECT_EQ(log_->Verify()->records_checked, 3u);
+  EXPECT_EQ(log_->summarised_refusals(), 47u);
+  log_->WriteRefusalSummaries();
+  std::vector<AuditEvent> stored;
+  ASSERT_THAT(log_->Scan(1,
+                         [&](const AuditEvent& e) {
+                           stored.push_back(e);
+                           return true;
+                         }),
+              IsOk());
+  ASSERT_EQ(stored.size(), 4u);
+  EXPECT_EQ(stored[3].event_type(), v1::REFUSALS_SUMMARY);
+  EXPECT_EQ(stored[3].refused_calls(), 47u);
+  EXPECT_EQ(stored[3].identity(), "stranger");
+  EXPECT_TRUE(log_->Verify()->intact);
+}
+
+TEST_F(AuditLogTest, CountedRefusalsAreWrittenWhenTheLogCloses) {
+  AuditLog::Options options;
+  options.refusals.per_minute = 1;
+  options.refusals.interval = absl::Hours(1);
+  Reopen('k', options);
+  for (int i = 0; i < 5; ++i) {
+    AuditEvent e = Event("stranger");
+    e.set_rpc("/cardvault.v1.AuditLog/ListEvents");
+    e.set_status_code(static_cast<int>(absl::StatusCode::kPermissionDenied));
+    ASSERT_THAT(log_->Append(e), IsOk());
+  }
+  Reopen('k', options);  // closes the first log
+  uint64_t counted = 0;
+  ASSERT_THAT(log_->Scan(1,
+                         [&](const AuditEvent& e) {
+                           counted += e.refused_calls();
+                           return true;
+                         }),
+              IsOk());
+  EXPECT_EQ(counted, 4u);
+}
+
 TEST_F(AuditLogTest, AsyncCompletionsRunInOrderOfTheirWrites) {
   constexpr int kCalls = 200;
   absl::Mutex mu;
