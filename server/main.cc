@@ -36,6 +36,7 @@
 #include "server/service/key_admin_service.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
+#include "server/service/unparsed_request_interceptor.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/util/blocking_executor.h"
 #include "server/util/log.h"
@@ -274,6 +275,14 @@ int Run(const sigset_t& stop_signals) {
         std::pair{GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2}}) {
     builder.AddChannelArgument(name, value);
   }
+  // Requests that do not parse get INVALID_ARGUMENT and a record.
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(
+      std::make_unique<service::UnparsedRequestInterceptorFactory>(
+          vault.get()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc::ResourceQuota quota("cardvaultd");
   quota.SetMaxThreads(static_cast<int>(cfg.limits().max_server_threads()));
   builder.SetResourceQuota(quota);

@@ -958,6 +958,12 @@ absl::StatusOr<audit::ChainReport> Vault::VerifyAuditChain(
   return deps_.audit->Verify(checkpoint);
 }
 
+void Vault::RecordRejectedAsync(const auth::Caller& caller, EventType type,
+                                absl::string_view rpc,
+                                const absl::Status& status) const {
+  RecordAsync(NewEvent(caller, type, rpc), status, [](absl::Status) {});
+}
+
 void Vault::RecordRequested(const auth::AccessPolicy& policy,
                             const DetokenizeRequest& r,
                             audit::AuditEvent* event) const {

@@ -245,6 +245,13 @@ class Vault {
                               absl::string_view rpc,
                               const absl::Status& status) const;
 
+  // As RecordRejected, without waiting for the write: for refusals the
+  // server has already answered.
+  void RecordRejectedAsync(const auth::Caller& caller,
+                           ::cardvault::v1::EventType type,
+                           absl::string_view rpc,
+                           const absl::Status& status) const;
+
   // The caller's identity as an audit record or log line may hold it: as
   // itself when the policy names it, otherwise its marker
   // (server/audit/recorded_value.h).

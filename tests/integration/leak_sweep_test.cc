@@ -47,6 +47,7 @@
 #include "server/vault/index_entry.h"
 #include "server/vault/key_admin.h"
 #include "tests/testing/clients.h"
+#include "tests/testing/generic_call.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_cards.h"
 #include "tests/testing/test_env.h"
@@ -425,55 +426,6 @@ std::string MethodLabel(const pb::MethodDescriptor* method) {
   return absl::StrCat(method->service()->name(), ".", method->name());
 }
 
-// One call of `method` with a serialized request, unary or server-streaming
-// (every response read; a watch stream is cancelled after its first).
-grpc::Status CallGeneric(grpc::GenericStub* stub,
-                         const pb::MethodDescriptor* method,
-                         const std::string& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  const auto next = [&cq](intptr_t tag) {
-    void* got = nullptr;
-    bool ok = false;
-    if (!cq.Next(&got, &ok) || got != reinterpret_cast<void*>(tag)) {
-      std::abort();
-    }
-    return ok;
-  };
-  const auto tag = [](intptr_t t) { return reinterpret_cast<void*>(t); };
-  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
-      stub->PrepareCall(&context,
-                        absl::StrCat("/", method->service()->full_name(), "/",
-                                     method->name()),
-                        &cq);
-  call->StartCall(tag(1));
-  bool ok = next(1);
-  if (ok) {
-    grpc::Slice slice(request);
-    grpc::ByteBuffer buffer(&slice, 1);
-    call->WriteLast(buffer, grpc::WriteOptions(), tag(2));
-    ok = next(2);
-  }
-  const bool endless = method->full_name() == "grpc.health.v1.Health.Watch";
-  while (ok) {
-    grpc::ByteBuffer response;
-    call->Read(&response, tag(3));
-    if (!next(3)) break;
-    if (endless) context.TryCancel();
-  }
-  grpc::Status status;
-  call->Finish(&status, tag(4));
-  next(4);
-  cq.Shutdown();
-  void* ignored_tag;
-  bool ignored_ok;
-  while (cq.Next(&ignored_tag, &ignored_ok)) {
-  }
-  return status;
-}
-
 class LeakSweepTest : public ::testing::Test {
  protected:
   struct Caller {
@@ -673,8 +625,11 @@ class LeakSweepTest : public ::testing::Test {
 
   void Send(const Caller& caller, const pb::MethodDescriptor* method,
             const pb::Message& request, grpc::Status* out = nullptr) {
-    const grpc::Status status =
-        CallGeneric(caller.stub.get(), method, request.SerializeAsString());
+    const grpc::Status status = testing::CallGeneric(
+        caller.stub.get(),
+        absl::StrCat("/", method->service()->full_name(), "/", method->name()),
+        request.SerializeAsString(),
+        method->full_name() == "grpc.health.v1.Health.Watch");
     ++calls_;
     ++outcomes_[MethodLabel(method)][status.error_code()];
     if (out != nullptr) *out = status;
