@@ -95,6 +95,23 @@ void CvvCache::Erase(absl::string_view token) const {
   entries_.erase(it);
 }
 
+CvvCache::Held CvvCache::Compare(absl::string_view token,
+                                 const crypto::SecretBytes& cvv,
+                                 absl::Time now) const {
+  std::string sealed;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(token);
+    if (it == entries_.end() || it->second.expires <= now) return Held::kNone;
+    sealed = it->second.sealed;
+  }
+  absl::StatusOr<crypto::SecretBytes> held =
+      key_->Open(sealed, absl::StrCat(kAadLabel, token));
+  Wipe(sealed);
+  if (!held.ok()) return Held::kNone;
+  return *held == cvv ? Held::kSame : Held::kDifferent;
+}
+
 size_t CvvCache::size() const {
   absl::MutexLock lock(&mu_);
   return entries_.size();

@@ -54,6 +54,12 @@ class CvvCache {
   // Drops the CVV held for `token`, if any (token deleted).
   void Erase(absl::string_view token) const;
 
+  // What is held for `token` at `now`, compared with `cvv` in constant time
+  // (an idempotent retry must not carry another CVV). Nothing is removed.
+  enum class Held { kNone, kSame, kDifferent };
+  Held Compare(absl::string_view token, const crypto::SecretBytes& cvv,
+               absl::Time now) const;
+
   // Entries held, expired ones included until the next Put or Take.
   size_t size() const;
 

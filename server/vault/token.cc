@@ -1,5 +1,6 @@
 #include "server/vault/token.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -43,7 +44,11 @@ absl::StatusOr<std::string> GenerateToken() {
 }
 
 size_t KeptBinDigits(size_t pan_length, size_t bin_digits) {
-  return bin_digits == 8 && pan_length >= 16 ? 8 : 6;
+  const size_t wanted = bin_digits == 8 ? 8 : 6;
+  const size_t most = pan_length >= kKeptLastDigits + kMinHiddenPanDigits
+                          ? pan_length - kKeptLastDigits - kMinHiddenPanDigits
+                          : 0;
+  return std::min(wanted, most);
 }
 
 absl::StatusOr<std::string> GenerateNumericToken(TokenFormat format,

@@ -181,6 +181,9 @@ struct Vault::TokenizeWork {
   std::string idempotency_key;  // keyed; with an idempotency key only
   std::string request_digest;
   int tokens_drawn = 0;
+  // Whether a CVV sent with the request is held once written: not for an
+  // idempotent retry, which creates nothing.
+  bool hold_cvv = true;
   // The data key of this round's new record, if any.
   std::optional<KeyRing::Lease> lease;
   // What this round's audit entry records: a refusal, or an answer.
@@ -291,6 +294,8 @@ void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
         IdempotencyKey(*deps_.index_key, caller.identity, r.idempotency_key);
     std::string fixed(1, static_cast<char>(r.format));
     fixed.push_back(w.deterministic ? 1 : 0);
+    // Whether a CVV came with it (never the CVV, which is not stored).
+    fixed.push_back(r.cvv.empty() ? 0 : 1);
     util::AppendBigEndian64(
         static_cast<uint64_t>(absl::ToInt64Milliseconds(ttl)), &fixed);
     fixed.push_back(static_cast<char>(r.card.exp_month));
@@ -307,6 +312,7 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
   audit::Entry entry;
   w.answer.reset();
   w.lease.reset();
+  w.hold_cvv = true;
   auto refuse = [&](absl::Status status) {
     w.refusal = std::move(status);
     entry.event = w.event;
@@ -345,6 +351,16 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
           return refuse(absl::InvalidArgumentError(
               "idempotency_key was already used for a different request"));
         }
+        // A retry carrying another CVV than the one still held is another
+        // request; one carrying the same (or none held any more) changes
+        // nothing.
+        if (!r.cvv.empty() &&
+            deps_.cvv_cache->Compare(first->token, r.cvv, w.now) ==
+                CvvCache::Held::kDifferent) {
+          return refuse(absl::InvalidArgumentError(
+              "idempotency_key was already used for a different request"));
+        }
+        w.hold_cvv = false;
         absl::Time expires = absl::InfiniteFuture();
         if (absl::StatusOr<std::string> rec =
                 records.Get(storage::Table::kTokens, first->token);
@@ -383,7 +399,13 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
             {storage::Table::kPanIndex, w.index_key, *v});
         Tokenized t{existing->token, w.domain, false, existing->expires};
         remember_idempotency(t);
-        answer(std::move(t), "existing-token");
+        // The newest CVV for a card replaces one still held; said so.
+        const bool replaces_cvv =
+            !r.cvv.empty() &&
+            deps_.cvv_cache->Compare(existing->token, r.cvv, w.now) !=
+                CvvCache::Held::kNone;
+        answer(std::move(t),
+               replaces_cvv ? "existing-token cvv-replaced" : "existing-token");
         return entry;
       }
       index_seen = *std::move(v);  // expired: replaced below
@@ -540,7 +562,7 @@ void Vault::TokenizeWritten(std::unique_ptr<TokenizeCall> call,
     } else if (w.refusal.has_value()) {
       w.result = *w.refusal;
     } else {
-      if (!w.request->cvv.empty()) {
+      if (w.hold_cvv && !w.request->cvv.empty()) {
         if (absl::Status s = deps_.cvv_cache->Put(w.answer->token,
                                                   w.request->cvv, call->now);
             !s.ok()) {

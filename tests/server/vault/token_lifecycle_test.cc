@@ -94,9 +94,14 @@ TEST_F(TokenLifecycleTest, NumericFormatPropertiesOver100000TokensEach) {
         ASSERT_FALSE(PassesLuhn(token)) << "numeric token passes Luhn";
         ASSERT_EQ(token.substr(token.size() - 4), pan.substr(pan.size() - 4));
         if (format == TokenFormat::kBinLastFour) {
-          const size_t bin = pan.size() >= 16 ? 8 : 6;
+          const size_t bin = KeptBinDigits(pan.size(), 8);
           ASSERT_EQ(token.substr(0, bin), pan.substr(0, bin));
         }
+        // At least 6 digits of the PAN are never in its token.
+        const size_t kept = format == TokenFormat::kBinLastFour
+                                ? KeptBinDigits(pan.size(), 8) + 4
+                                : 4;
+        ASSERT_GE(pan.size() - kept, kMinHiddenPanDigits);
       }
     }
     EXPECT_EQ(seen.size(), static_cast<size_t>(kTokens));
@@ -104,40 +109,54 @@ TEST_F(TokenLifecycleTest, NumericFormatPropertiesOver100000TokensEach) {
 }
 
 TEST_F(TokenLifecycleTest, CrowdedNumericSpaceGivesUpAfterTheRetryBound) {
-  // A 12-digit PAN keeping BIN and last four has 2 free digits: 100
-  // fillings, 10 of which pass Luhn, so at most 90 tokens exist.
+  // A space of three tokens (every real space has 900,000 or more): the
+  // fourth card of this BIN and last four finds none free.
   constexpr int kDraws = 16;
   std::atomic<int> draws{0};
   Vault::Options options;
   options.max_numeric_token_attempts = kDraws;
-  options.generate_numeric_token = [&](TokenFormat f, absl::string_view pan,
-                                       size_t bin) {
-    ++draws;
-    return GenerateNumericToken(f, pan, bin);
+  options.generate_numeric_token =
+      [&](TokenFormat f, absl::string_view pan,
+          size_t bin) -> absl::StatusOr<std::string> {
+    absl::StatusOr<std::string> t = GenerateNumericToken(f, pan, bin);
+    if (!t.ok()) return t;
+    static constexpr const char* kSpace[] = {
+        "4111110000001110", "4111110000002110", "4111110000003110"};
+    return std::string(kSpace[draws++ % 3]);
   };
   Reopen(options);
-  const std::string pan = "501800000009";  // Maestro, 12 digits
-  ASSERT_TRUE(PassesLuhn(pan));
+  const std::string pan = "4111111111111111";
   std::set<std::string> tokens;
-  int exhausted = 0;
-  for (int i = 0; i < 150; ++i) {
-    draws = 0;
+  for (int i = 0; i < 3; ++i) {
     auto t = vault_->Tokenize(kPos, Request(pan, TokenFormat::kBinLastFour));
-    if (t.ok()) {
-      EXPECT_TRUE(tokens.insert(t->token).second);
-      EXPECT_EQ(t->token.substr(0, 6), "501800");
-      EXPECT_EQ(t->token.substr(8), "0009");
-      EXPECT_LE(draws.load(), kDraws);
-    } else {
-      EXPECT_THAT(t, StatusIs(absl::StatusCode::kResourceExhausted));
-      EXPECT_THAT(t.status().message(), Not(HasSubstr(pan)));
-      EXPECT_EQ(draws.load(), kDraws);  // the bound, and no more
-      ++exhausted;
-    }
+    ASSERT_THAT(t, IsOk());
+    EXPECT_TRUE(tokens.insert(t->token).second);
   }
-  EXPECT_LE(tokens.size(), 90u);
-  EXPECT_GE(tokens.size(), 60u);  // P(a draw finds a free slot) stays high
-  EXPECT_EQ(tokens.size() + exhausted, 150u);
+  draws = 0;
+  auto t = vault_->Tokenize(kPos, Request(pan, TokenFormat::kBinLastFour));
+  EXPECT_THAT(t, StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(t.status().message(), Not(HasSubstr(pan)));
+  EXPECT_EQ(draws.load(), kDraws);  // the bound, and no more
+}
+
+TEST_F(TokenLifecycleTest, ShortPansKeepFewerBinDigitsSoSixStayHidden) {
+  spec_.domains = {{.name = "m1/pos", .bin_digits = 8}};
+  ApplyPolicy();
+  // A 12-digit Maestro: 2 BIN digits and the last four, 6 drawn.
+  const std::string pan12 = "501800000009";
+  ASSERT_TRUE(PassesLuhn(pan12));
+  for (int i = 0; i < 50; ++i) {
+    auto t = vault_->Tokenize(kPos, Request(pan12, TokenFormat::kBinLastFour));
+    ASSERT_THAT(t, IsOk());
+    ASSERT_EQ(t->token.size(), 12u);
+    EXPECT_EQ(t->token.substr(0, 2), "50");
+    EXPECT_EQ(t->token.substr(8), "0009");
+  }
+  auto info = vault_->GetTokenInfo(
+      kPos,
+      vault_->Tokenize(kPos, Request(pan12, TokenFormat::kLastFour))->token);
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->bin, "50");  // metadata shows no more than the token keeps
 }
 
 TEST_F(TokenLifecycleTest,
@@ -215,13 +234,16 @@ TEST_F(TokenLifecycleTest, TokenInfoCarriesMetadataButNeverThePan) {
   EXPECT_EQ(info->expires - info->created, absl::Hours(1));
   EXPECT_THAT(info->fingerprint, StartsWith("fp_"));
   EXPECT_EQ(info->fingerprint.size(), 3u + 32u);
-  // 8-digit BINs where the domain asks for them.
-  TokenizeRequest r2 = Request("5555555555554444", TokenFormat::kBinLastFour);
+  // 8-digit BINs where the domain asks for them, on PANs long enough to
+  // keep 6 digits hidden (19 here; a 16-digit PAN keeps 6).
+  std::mt19937_64 rng(19);
+  const std::string pan19 = testing::MakePan("3528", 19, rng);
+  TokenizeRequest r2 = Request(pan19, TokenFormat::kBinLastFour);
   r2.domain = "m2/pos";
   auto t2 = vault_->Tokenize(kPos, std::move(r2));
   ASSERT_THAT(t2, IsOk());
-  EXPECT_EQ(vault_->GetTokenInfo(kPos, t2->token)->bin, "55555555");
-  EXPECT_EQ(t2->token.substr(0, 8), "55555555");
+  EXPECT_EQ(vault_->GetTokenInfo(kPos, t2->token)->bin, pan19.substr(0, 8));
+  EXPECT_EQ(t2->token.substr(0, 8), pan19.substr(0, 8));
   // Detokenizers do not get metadata; neither does a stranger.
   EXPECT_THAT(vault_->GetTokenInfo(kProcessor, t->token),
               StatusIs(absl::StatusCode::kPermissionDenied));
@@ -513,6 +535,69 @@ TEST_F(TokenLifecycleTest, CvvIsDroppedAfterItsTtl) {
   ASSERT_THAT(card, IsOk());
   EXPECT_FALSE(card->cvv.has_value());
   EXPECT_EQ(cvv_cache_->size(), 0u);
+}
+
+TEST_F(TokenLifecycleTest,
+       IdempotentRetryWithAnotherCvvIsRefusedAndKeepsTheHeldOne) {
+  auto make = [](absl::string_view cvv) {
+    TokenizeRequest r = Request("4111111111111111");
+    r.idempotency_key = "order-9";
+    if (!cvv.empty()) r.cvv = crypto::SecretBytes(cvv);
+    return r;
+  };
+  auto first = vault_->Tokenize(kPos, make("123"));
+  ASSERT_THAT(first, IsOk());
+  EXPECT_THAT(vault_->Tokenize(kPos, make("456")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // The same CVV is the same request; it changes nothing.
+  auto same = vault_->Tokenize(kPos, make("123"));
+  ASSERT_THAT(same, IsOk());
+  EXPECT_EQ(same->token, first->token);
+  // Without a CVV it is another request than the first.
+  EXPECT_THAT(vault_->Tokenize(kPos, make("")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  auto card = vault_->Detokenize(kProcessor, first->token, "authorization");
+  ASSERT_THAT(card, IsOk());
+  ASSERT_TRUE(card->cvv.has_value());
+  EXPECT_EQ(card->cvv->view(), "123");
+  // Once taken, a retry with the CVV stores nothing again.
+  ASSERT_THAT(vault_->Tokenize(kPos, make("123")), IsOk());
+  EXPECT_EQ(cvv_cache_->size(), 0u);
+}
+
+TEST_F(TokenLifecycleTest,
+       DeterministicRetokenizeWithANewCvvReplacesItAndSaysSo) {
+  auto make = [](absl::string_view cvv) {
+    TokenizeRequest r = Request("4111111111111111");
+    r.deterministic = true;
+    r.cvv = crypto::SecretBytes(cvv);
+    return r;
+  };
+  auto first = vault_->Tokenize(kPos, make("111"));
+  ASSERT_THAT(first, IsOk());
+  auto second = vault_->Tokenize(kPos, make("222"));
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(second->token, first->token);
+  EXPECT_THAT(Events().back().detail(),
+              HasSubstr("existing-token cvv-replaced"));
+  auto card = vault_->Detokenize(kProcessor, first->token, "authorization");
+  ASSERT_THAT(card, IsOk());
+  ASSERT_TRUE(card->cvv.has_value());
+  EXPECT_EQ(card->cvv->view(), "222");
+}
+
+TEST_F(TokenLifecycleTest, CvvIsReleasedOnlyForThePurposesThePolicyMarks) {
+  TokenizeRequest r = Request("4111111111111111");
+  r.cvv = crypto::SecretBytes(absl::string_view("737"));
+  auto t = vault_->Tokenize(kPos, std::move(r));
+  ASSERT_THAT(t, IsOk());
+  auto refund = vault_->Detokenize(kProcessor, t->token, "refund");
+  ASSERT_THAT(refund, IsOk());
+  EXPECT_FALSE(refund->cvv.has_value());  // and it stays held
+  auto auth = vault_->Detokenize(kProcessor, t->token, "authorization");
+  ASSERT_THAT(auth, IsOk());
+  ASSERT_TRUE(auth->cvv.has_value());
+  EXPECT_EQ(auth->cvv->view(), "737");
 }
 
 }  // namespace

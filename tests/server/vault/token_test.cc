@@ -64,7 +64,8 @@ TEST(TokenTest, NumericTokensKeepTheirDigitsAndFailLuhn) {
     ASSERT_TRUE(IsWellFormedToken(last4));
     std::string bin8 =
         *GenerateNumericToken(TokenFormat::kBinLastFour, pan, /*bin_digits=*/8);
-    ASSERT_EQ(bin8.substr(0, 8), "41111111");
+    // 8 BIN digits would leave only 4 of 16 hidden: 6 are kept.
+    ASSERT_EQ(bin8.substr(0, 6), "411111");
     ASSERT_EQ(bin8.substr(12), "1111");
     ASSERT_FALSE(PassesLuhn(bin8));
   }
@@ -73,22 +74,27 @@ TEST(TokenTest, NumericTokensKeepTheirDigitsAndFailLuhn) {
 TEST(TokenTest, EveryFreeDigitVaries) {
   // Each free position must take all ten digits; a fixed or biased position
   // would show up here.
-  const std::string pan = "378282246310005";  // 15 digits: BIN 6 even if 8
+  const std::string pan = "378282246310005";  // 15 digits: BIN 5 even if 8
   std::vector<std::set<char>> seen(pan.size());
   for (int i = 0; i < 2000; ++i) {
     std::string t = *GenerateNumericToken(TokenFormat::kBinLastFour, pan, 8);
     for (size_t p = 0; p < t.size(); ++p) seen[p].insert(t[p]);
   }
   for (size_t p = 0; p < pan.size(); ++p) {
-    const bool kept = p < 6 || p >= pan.size() - 4;
+    const bool kept = p < 5 || p >= pan.size() - 4;
     EXPECT_EQ(seen[p].size(), kept ? 1u : 10u) << "position " << p;
   }
 }
 
 TEST(TokenTest, EightDigitBinsOnlyForLongPans) {
-  EXPECT_EQ(KeptBinDigits(16, 8), 8u);
+  // At least 6 digits stay hidden whatever is asked.
+  EXPECT_EQ(KeptBinDigits(16, 8), 6u);
+  EXPECT_EQ(KeptBinDigits(18, 8), 8u);
   EXPECT_EQ(KeptBinDigits(19, 8), 8u);
-  EXPECT_EQ(KeptBinDigits(15, 8), 6u);
+  EXPECT_EQ(KeptBinDigits(17, 8), 7u);
+  EXPECT_EQ(KeptBinDigits(15, 8), 5u);
+  EXPECT_EQ(KeptBinDigits(15, 6), 5u);
+  EXPECT_EQ(KeptBinDigits(12, 6), 2u);
   EXPECT_EQ(KeptBinDigits(19, 6), 6u);
 }
 
