@@ -30,6 +30,7 @@
 #include "server/config/config_loader.h"
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
+#include "server/crypto/sha256.h"
 #include "server/service/audit_log_service.h"
 #include "server/service/client_trust.h"
 #include "server/service/hsm_health_monitor.h"
@@ -95,8 +96,25 @@ storage::RocksDbStorage::Options StorageOptions(
 }
 
 int Run(const sigset_t& stop_signals) {
+  // Whoever can write these files controls the vault: only its own user.
+  if (absl::Status s = config::CheckFileIsPrivate(absl::GetFlag(FLAGS_config),
+                                                  "config file", false);
+      !s.ok()) {
+    util::LogError(s.ToString());
+    return 1;
+  }
   config::ServerConfig cfg =
       OrDie(config::LoadConfigFile(absl::GetFlag(FLAGS_config)), "config");
+  for (const auto& [path, what, secret] :
+       {std::tuple{cfg.policy().file(), "policy file", false},
+        std::tuple{cfg.hsm().pin_file(), "HSM PIN file", true}}) {
+    if (path.empty()) continue;
+    if (absl::Status s = config::CheckFileIsPrivate(path, what, secret);
+        !s.ok()) {
+      util::LogError(s.ToString());
+      return 1;
+    }
+  }
   if (!absl::GetFlag(FLAGS_listen_address).empty()) {
     cfg.set_listen_address(absl::GetFlag(FLAGS_listen_address));
   }
@@ -291,7 +309,10 @@ int Run(const sigset_t& stop_signals) {
     util::LogError(absl::StrCat("cannot listen on ", cfg.listen_address()));
     return 1;
   }
-  if (absl::Status s = vault->RecordLifecycle(v1::SERVER_START); !s.ok()) {
+  if (absl::Status s = vault->RecordLifecycle(
+          v1::SERVER_START,
+          absl::StrCat("policy sha256=", crypto::Sha256Hex(policy_text)));
+      !s.ok()) {
     util::LogError("cannot record server start in the audit trail");
     return 1;
   }
@@ -341,17 +362,22 @@ int Run(const sigset_t& stop_signals) {
   config::PolicyFileWatcher policy_watcher(
       cfg.policy().file(), policy_text,
       absl::Seconds(cfg.policy().reload_interval_seconds()), &policy,
-      [&vault, &refused_policy_reloads](const absl::Status& outcome) {
-        if (outcome.ok()) {
-          util::LogInfo("policy reloaded");
+      [&vault, &refused_policy_reloads](const config::PolicyReload& reload) {
+        const std::string detail =
+            reload.outcome.ok()
+                ? absl::StrCat("policy sha256=", reload.sha256_hex, "; ",
+                               reload.changes)
+                : absl::StrCat("refused policy sha256=", reload.sha256_hex);
+        if (reload.outcome.ok()) {
+          util::LogInfo(absl::StrCat("policy reloaded: ", detail));
         } else {
+          ++refused_policy_reloads;
           util::LogError(
               absl::StrCat("policy reload refused, previous policy "
-                           "stays in force: ",
-                           outcome.ToString()));
+                           "stays in force (",
+                           detail, "): ", reload.outcome.ToString()));
         }
-        if (!outcome.ok()) ++refused_policy_reloads;
-        (void)vault->RecordPolicyReload(outcome);
+        (void)vault->RecordPolicyReload(reload.outcome, detail);
       });
   std::optional<util::MetricsFile> metrics;
   if (!cfg.metrics().file().empty()) {

@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace cardvault::auth {
@@ -260,6 +261,47 @@ absl::Status AccessPolicy::CheckPurpose(absl::string_view purpose) const {
 RateLimit AccessPolicy::DetokenizeLimit(const Caller& caller) const {
   const Grant* grant = Find(caller);
   return grant == nullptr ? RateLimit{} : grant->detokenize_limit;
+}
+
+std::string AccessPolicy::ChangesFrom(const AccessPolicy& before) const {
+  std::vector<std::string> added, removed, changed;
+  for (const auto& [identity, grant] : grants_) {
+    auto it = before.grants_.find(identity);
+    if (it == before.grants_.end()) {
+      added.push_back(identity);
+    } else if (!(it->second == grant)) {
+      changed.push_back(identity);
+    }
+  }
+  for (const auto& [identity, grant] : before.grants_) {
+    if (!grants_.contains(identity)) removed.push_back(identity);
+  }
+  std::vector<std::string> parts;
+  for (auto& [what, list] : {std::pair{"bindings added: ", &added},
+                             std::pair{"bindings removed: ", &removed},
+                             std::pair{"bindings changed: ", &changed}}) {
+    if (list->empty()) continue;
+    std::sort(list->begin(), list->end());
+    parts.push_back(absl::StrCat(what, absl::StrJoin(*list, ", ")));
+  }
+  if (purposes_ != before.purposes_) parts.push_back("purposes changed");
+  if (cvv_purposes_ != before.cvv_purposes_) {
+    parts.push_back("cvv_purposes changed");
+  }
+  bool domains_changed = domains_.size() != before.domains_.size();
+  for (const auto& [name, d] : domains_) {
+    auto it = before.domains_.find(name);
+    domains_changed = domains_changed || it == before.domains_.end() ||
+                      it->second.deterministic != d.deterministic ||
+                      it->second.max_ttl != d.max_ttl ||
+                      it->second.bin_digits != d.bin_digits;
+  }
+  if (domains_changed) parts.push_back("domain settings changed");
+  if (allow_common_name_identities_ != before.allow_common_name_identities_) {
+    parts.push_back(absl::StrCat("allow_common_name_identities ",
+                                 allow_common_name_identities_ ? "on" : "off"));
+  }
+  return parts.empty() ? "no change in force" : absl::StrJoin(parts, "; ");
 }
 
 absl::Status RateLimiter::Admit(absl::string_view identity,

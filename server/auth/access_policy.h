@@ -158,12 +158,24 @@ class AccessPolicy {
   // The caller's Detokenize velocity limit.
   RateLimit DetokenizeLimit(const Caller& caller) const;
 
+  // What changed from `before` to this policy, for the POLICY_RELOAD record:
+  // "bindings added: A, B; removed: C; changed: D; purposes changed; ...",
+  // or "no change in force" (identities are printable ASCII by Create).
+  std::string ChangesFrom(const AccessPolicy& before) const;
+
  private:
   struct Grant {
     uint32_t permissions = 0;
     std::vector<std::string> tokenize_domains;
     absl::flat_hash_set<std::string> detokenize_domains;
     RateLimit detokenize_limit;
+    bool operator==(const Grant& o) const {
+      return permissions == o.permissions &&
+             tokenize_domains == o.tokenize_domains &&
+             detokenize_domains == o.detokenize_domains &&
+             detokenize_limit.per_second == o.detokenize_limit.per_second &&
+             detokenize_limit.per_day == o.detokenize_limit.per_day;
+    }
   };
   AccessPolicy(absl::flat_hash_map<std::string, Grant> grants,
                absl::flat_hash_map<std::string, DomainSettings> domains,

@@ -1,6 +1,8 @@
 #include "server/config/config_loader.h"
 
 #include <openssl/crypto.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "server/config/text_proto.h"
 
@@ -199,6 +202,30 @@ absl::StatusOr<ServerConfig> LoadConfigFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadTextFile(path, "config file");
   if (!text.ok()) return text.status();
   return ParseConfig(*text, path);
+}
+
+absl::Status CheckFileIsPrivate(const std::string& path, absl::string_view what,
+                                bool secret) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot stat ", what, " ", path));
+  }
+  const mode_t loose = secret ? 077 : 022;
+  if (st.st_uid != geteuid()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s %s is owned by uid %d, not by the user cardvaultd runs as (uid "
+        "%d): chown it",
+        what, path, st.st_uid, geteuid()));
+  }
+  if ((st.st_mode & loose) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s %s has mode %04o: it must not be %s by group or others (chmod "
+        "%s)",
+        what, path, st.st_mode & 07777,
+        secret ? "readable or writable" : "writable", secret ? "600" : "go-w"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<crypto::SecretBytes> ReadHsmPin(

@@ -22,6 +22,12 @@ absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
 // Reads `path` and calls ParseConfig.
 absl::StatusOr<ServerConfig> LoadConfigFile(const std::string& path);
 
+// FAILED_PRECONDITION, naming `what`, the path and its mode or owner, unless
+// `path` is owned by the user the process runs as and writable by nobody
+// else; with `secret`, also readable by nobody else (mode 0600 or tighter).
+absl::Status CheckFileIsPrivate(const std::string& path, absl::string_view what,
+                                bool secret);
+
 // Reads the HSM user PIN from the file or environment variable the config
 // names. The PIN is never taken from argv or the config itself.
 absl::StatusOr<crypto::SecretBytes> ReadHsmPin(

@@ -4,7 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "cardvault/config/v1/config.pb.h"
+#include "server/config/config_loader.h"
 #include "server/config/text_proto.h"
+#include "server/crypto/sha256.h"
 
 namespace cardvault::config {
 namespace {
@@ -81,7 +83,7 @@ absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> LoadPolicyFile(
 PolicyFileWatcher::PolicyFileWatcher(
     std::string path, std::string initial_text, absl::Duration interval,
     auth::PolicyHolder* holder,
-    std::function<void(const absl::Status&)> on_reload)
+    std::function<void(const PolicyReload&)> on_reload)
     : path_(std::move(path)),
       interval_(interval),
       holder_(holder),
@@ -106,8 +108,17 @@ void PolicyFileWatcher::CheckNow() {
   last_text_ = *text;
   absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> policy =
       ParsePolicy(*text, path_);
-  if (policy.ok()) holder_->Replace(*std::move(policy));
-  if (on_reload_) on_reload_(policy.status());
+  // A file others may write is not taken, however well it parses.
+  if (absl::Status s = CheckFileIsPrivate(path_, "policy file", false);
+      !s.ok() && policy.ok()) {
+    policy = s;
+  }
+  PolicyReload reload{policy.status(), crypto::Sha256Hex(*text), ""};
+  if (policy.ok()) {
+    reload.changes = (*policy)->ChangesFrom(*holder_->Current());
+    holder_->Replace(*std::move(policy));
+  }
+  if (on_reload_) on_reload_(reload);
 }
 
 }  // namespace cardvault::config

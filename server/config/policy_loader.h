@@ -26,6 +26,14 @@ absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
 absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> LoadPolicyFile(
     const std::string& path);
 
+// What one change of the policy file came to, for its audit record.
+struct PolicyReload {
+  absl::Status outcome;    // OK: applied; else why it was refused
+  std::string sha256_hex;  // of the file's new content
+  // ChangesFrom the policy in force (applied reloads only).
+  std::string changes;
+};
+
 // Re-reads the policy file when its content changes and swaps it into a
 // PolicyHolder. A file that fails to load leaves the old policy in force.
 // Every change, applied or refused, is reported to `on_reload`.
@@ -37,7 +45,7 @@ class PolicyFileWatcher {
   // loaded, so that only later changes count.
   PolicyFileWatcher(std::string path, std::string initial_text,
                     absl::Duration interval, auth::PolicyHolder* holder,
-                    std::function<void(const absl::Status&)> on_reload);
+                    std::function<void(const PolicyReload&)> on_reload);
   PolicyFileWatcher(const PolicyFileWatcher&) = delete;
   PolicyFileWatcher& operator=(const PolicyFileWatcher&) = delete;
   ~PolicyFileWatcher();
@@ -49,7 +57,7 @@ class PolicyFileWatcher {
   const std::string path_;
   const absl::Duration interval_;
   auth::PolicyHolder* const holder_;
-  const std::function<void(const absl::Status&)> on_reload_;
+  const std::function<void(const PolicyReload&)> on_reload_;
   absl::Mutex mu_;
   std::string last_text_ ABSL_GUARDED_BY(mu_);
   absl::Notification stop_;

@@ -1007,15 +1007,20 @@ absl::Status Vault::RecordKeyEvent(absl::string_view detail) const {
   return deps_.audit->Append(std::move(event));
 }
 
-absl::Status Vault::RecordPolicyReload(const absl::Status& outcome) const {
+absl::Status Vault::RecordPolicyReload(const absl::Status& outcome,
+                                       absl::string_view detail) const {
   audit::AuditEvent event = ServerEvent(v1::POLICY_RELOAD);
+  event.set_detail(std::string(detail));
   event.set_status_code(static_cast<int32_t>(outcome.code()));
   event.set_status_message(std::string(outcome.message()));
   return deps_.audit->Append(std::move(event));
 }
 
-absl::Status Vault::RecordLifecycle(EventType type) const {
-  return Record(ServerEvent(type), absl::OkStatus());
+absl::Status Vault::RecordLifecycle(EventType type,
+                                    absl::string_view detail) const {
+  audit::AuditEvent event = ServerEvent(type);
+  event.set_detail(std::string(detail));
+  return Record(std::move(event), absl::OkStatus());
 }
 
 }  // namespace cardvault::vault

@@ -261,8 +261,10 @@ class Vault {
   // material.
   absl::Status RecordKeyEvent(absl::string_view detail) const;
 
-  // Records a policy reload, applied (OK) or refused (its error).
-  absl::Status RecordPolicyReload(const absl::Status& outcome) const;
+  // Records a policy reload, applied (OK) or refused (its error), with what
+  // identifies the new file and what changed (`detail`).
+  absl::Status RecordPolicyReload(const absl::Status& outcome,
+                                  absl::string_view detail) const;
 
   // Detokenize calls refused by a velocity limit so far (for alerting).
   uint64_t velocity_denials() const { return velocity_denials_.load(); }
@@ -275,7 +277,8 @@ class Vault {
   absl::Status DestroyDataKey(uint32_t version) const;
 
   // Records a server start or stop.
-  absl::Status RecordLifecycle(::cardvault::v1::EventType type) const;
+  absl::Status RecordLifecycle(::cardvault::v1::EventType type,
+                               absl::string_view detail = "") const;
 
   size_t max_batch_items() const { return options_.max_batch_items; }
 

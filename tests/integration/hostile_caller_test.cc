@@ -5,6 +5,7 @@
 // of calls in flight. Each gets a clear refusal; the trail and the log hold
 // only what the recording rule allows, within bounded growth.
 #include <grpcpp/generic/generic_stub.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <fstream>
@@ -12,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/vault_client.h"
@@ -28,6 +30,7 @@ namespace {
 
 using ::cardvault::testing::IsOk;
 using ::cardvault::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -333,6 +336,27 @@ TEST_F(HostileCallerTest, OneIdentityCannotHoldMoreThanItsCallsInFlight) {
   EXPECT_EQ(other.load(), 0);
   // Another identity is served meanwhile and after.
   EXPECT_THAT(Client("cn-lane")->Tokenize(Card()), IsOk());
+}
+
+TEST(HostileFilesTest, ServerRefusesToStartWithFilesOthersMayChange) {
+  auto env = testing::TestEnv::Create();
+  const std::string log = env->dir() + "/server.log";
+  for (const auto& [path, mode, what] :
+       {std::tuple{env->policy_path(), 0664, "policy file"},
+        std::tuple{env->config_path(), 0646, "config file"},
+        std::tuple{env->pin_file(), 0640, "HSM PIN file"}}) {
+    SCOPED_TRACE(what);
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0);
+    ASSERT_EQ(chmod(path.c_str(), mode), 0);
+    auto server = testing::ServerProcess::Start(env->config_path(), log);
+    EXPECT_THAT(server.status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         AllOf(HasSubstr(what), HasSubstr(path),
+                               HasSubstr(absl::StrFormat("mode %04o", mode)))));
+    ASSERT_EQ(chmod(path.c_str(), st.st_mode & 07777), 0);
+  }
+  EXPECT_THAT(testing::ServerProcess::Start(env->config_path(), log), IsOk());
 }
 
 }  // namespace

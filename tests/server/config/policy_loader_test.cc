@@ -1,5 +1,7 @@
 #include "server/config/policy_loader.h"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -7,6 +9,8 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/config/config_loader.h"
+#include "server/crypto/sha256.h"
 #include "tests/testing/status_matchers.h"
 
 namespace cardvault::config {
@@ -125,7 +129,7 @@ TEST_F(PolicyFileWatcherTest, ChangeAppliesAndBadFileKeepsTheOldPolicy) {
   std::vector<absl::Status> reloads;
   PolicyFileWatcher watcher(
       path_, kPolicy, absl::Hours(1), holder_.get(),
-      [&](const absl::Status& s) { reloads.push_back(s); });
+      [&](const PolicyReload& r) { reloads.push_back(r.outcome); });
   watcher.CheckNow();
   EXPECT_TRUE(reloads.empty());  // unchanged file: nothing happens
   ASSERT_TRUE(PosMayTokenize());
@@ -151,7 +155,7 @@ TEST_F(PolicyFileWatcherTest, BackgroundThreadPicksUpChanges) {
   absl::Mutex mu;
   int reloads = 0;
   PolicyFileWatcher watcher(path_, kPolicy, absl::Milliseconds(20),
-                            holder_.get(), [&](const absl::Status&) {
+                            holder_.get(), [&](const PolicyReload&) {
                               absl::MutexLock lock(&mu);
                               ++reloads;
                             });
@@ -161,6 +165,62 @@ TEST_F(PolicyFileWatcherTest, BackgroundThreadPicksUpChanges) {
                                       +[](int* n) { return *n > 0; }, &reloads),
                                   absl::Seconds(10)));
   EXPECT_FALSE(PosMayTokenize());
+}
+
+TEST_F(PolicyFileWatcherTest, ReloadRecordsTheFilesHashAndWhatChanged) {
+  std::vector<PolicyReload> reloads;
+  PolicyFileWatcher watcher(
+      path_, kPolicy, absl::Hours(1), holder_.get(),
+      [&](const PolicyReload& r) { reloads.push_back(r); });
+  // Grant, then revert: both leave evidence.
+  const std::string granted = absl::StrCat(
+      kPolicy,
+      "bindings { identity: \"spiffe://t/insider\" roles: DETOKENIZER "
+      "detokenize_domains: \"m1/pos\" }\n");
+  Write(granted);
+  watcher.CheckNow();
+  Write(kPolicy);
+  watcher.CheckNow();
+  ASSERT_EQ(reloads.size(), 2u);
+  EXPECT_THAT(reloads[0].outcome, IsOk());
+  EXPECT_EQ(reloads[0].sha256_hex, crypto::Sha256Hex(granted));
+  EXPECT_EQ(reloads[0].changes, "bindings added: spiffe://t/insider");
+  EXPECT_EQ(reloads[1].sha256_hex, crypto::Sha256Hex(kPolicy));
+  EXPECT_EQ(reloads[1].changes, "bindings removed: spiffe://t/insider");
+}
+
+TEST_F(PolicyFileWatcherTest, AFileOthersMayWriteIsRefused) {
+  std::vector<PolicyReload> reloads;
+  PolicyFileWatcher watcher(
+      path_, kPolicy, absl::Hours(1), holder_.get(),
+      [&](const PolicyReload& r) { reloads.push_back(r); });
+  Write("purposes: \"refund\"");
+  ASSERT_EQ(chmod(path_.c_str(), 0666), 0);
+  watcher.CheckNow();
+  ASSERT_EQ(reloads.size(), 1u);
+  EXPECT_THAT(
+      reloads[0].outcome,
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("mode 0666")));
+  EXPECT_TRUE(PosMayTokenize());  // the old policy still serves
+}
+
+TEST(CheckFileIsPrivateTest, NamesTheFileAndItsMode) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            absl::StrCat("cardvault-private-", getpid()))
+                               .string();
+  std::ofstream(path) << "x";
+  ASSERT_EQ(chmod(path.c_str(), 0644), 0);
+  EXPECT_THAT(CheckFileIsPrivate(path, "policy file", false), IsOk());
+  EXPECT_THAT(CheckFileIsPrivate(path, "HSM PIN file", true),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("HSM PIN file")));
+  ASSERT_EQ(chmod(path.c_str(), 0620), 0);
+  EXPECT_THAT(
+      CheckFileIsPrivate(path, "config file", false),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("mode 0620")));
+  ASSERT_EQ(chmod(path.c_str(), 0600), 0);
+  EXPECT_THAT(CheckFileIsPrivate(path, "HSM PIN file", true), IsOk());
+  std::filesystem::remove(path);
 }
 
 }  // namespace
