@@ -200,6 +200,8 @@ int Run(const sigset_t& stop_signals) {
                                   .audit = audit_log.get()},
                                  std::move(vault_options)),
             "vault");
+  // Daily velocity counts survive a restart (written with each record).
+  vault->ResumeVelocityCounts(OrDie(storage->KeyUses(), "velocity counts"));
   // Moves records off decrypt-only data keys, at start and then hourly.
   auto reencryptor = OrDie(
       vault::Reencryptor::Create(

@@ -101,7 +101,9 @@ struct Mutation {
   };
   std::vector<Condition> conditions;
   std::vector<storage::RecordWrite> writes;
-  // (key id, n): encryptions this mutation's records took under that key.
+  // (counter id, n): durable counters this mutation adds to: encryptions
+  // its records took under a key, and daily velocity counts
+  // (auth::DayCounterId).
   std::vector<std::pair<std::string, uint64_t>> key_uses;
 };
 

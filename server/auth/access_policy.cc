@@ -307,19 +307,49 @@ std::string AccessPolicy::ChangesFrom(const AccessPolicy& before) const {
 absl::Status RateLimiter::Admit(absl::string_view identity,
                                 const RateLimit& limit, absl::Time now) {
   if (limit.per_second == 0 && limit.per_day == 0) return absl::OkStatus();
-  const int64_t second = absl::ToUnixSeconds(now);
-  const int64_t day = second / 86400;
+  const int64_t day = absl::ToUnixSeconds(now) / 86400;
   absl::MutexLock lock(&mu_);
   Window& w = windows_[identity];
-  if (w.second != second) w.second = second, w.in_second = 0;
   if (w.day != day) w.day = day, w.in_day = 0;
-  if ((limit.per_second != 0 && w.in_second >= limit.per_second) ||
+  if (limit.per_second != 0) {
+    const double capacity = limit.per_second;
+    w.tokens =
+        w.tokens < 0
+            ? capacity
+            : std::min(capacity,
+                       w.tokens +
+                           absl::ToDoubleSeconds(now - w.refilled) * capacity);
+    w.refilled = now;
+  }
+  if ((limit.per_second != 0 && w.tokens < 1) ||
       (limit.per_day != 0 && w.in_day >= limit.per_day)) {
     return absl::ResourceExhaustedError("Detokenize rate limit reached");
   }
-  ++w.in_second;
+  if (limit.per_second != 0) w.tokens -= 1;
   ++w.in_day;
   return absl::OkStatus();
+}
+
+void RateLimiter::Seed(absl::string_view identity, int64_t day,
+                       uint64_t count) {
+  absl::MutexLock lock(&mu_);
+  Window& w = windows_[identity];
+  if (w.day != day) w.day = day, w.in_day = 0;
+  w.in_day += count;
+}
+
+void RateLimiter::SeedFromCounters(
+    const std::map<std::string, uint64_t>& counters, absl::Time now) {
+  const int64_t day = absl::ToUnixSeconds(now) / 86400;
+  const std::string today = DayCounterId(day, "");
+  for (auto it = counters.lower_bound(today);
+       it != counters.end() && absl::StartsWith(it->first, today); ++it) {
+    Seed(absl::string_view(it->first).substr(today.size()), day, it->second);
+  }
+}
+
+std::string DayCounterId(int64_t day, absl::string_view identity) {
+  return absl::StrCat(kDayCounterPrefix, day, "/", identity);
 }
 
 }  // namespace cardvault::auth

@@ -7,6 +7,7 @@
 #define CARDVAULT_SERVER_AUTH_ACCESS_POLICY_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -219,8 +220,12 @@ class PolicyHolder {
   std::shared_ptr<const AccessPolicy> current_ ABSL_GUARDED_BY(mu_);
 };
 
-// Per-identity velocity limits: a fixed one-second window and a UTC-day
-// window. The control against an insider bulk-exporting cards.
+// Per-identity velocity limits, the control against an insider bulk-
+// exporting cards: a token bucket of `per_second` calls refilled
+// continuously (no window edge lets twice the rate through), and a count
+// per UTC day. The day counts of a running vault are also written durably
+// with each Detokenize's record (DayCounterId), and Seed gives them back at
+// start, so a restart does not reset them.
 class RateLimiter {
  public:
   // Counts one call of `identity` at `now`; RESOURCE_EXHAUSTED (and not
@@ -228,16 +233,30 @@ class RateLimiter {
   absl::Status Admit(absl::string_view identity, const RateLimit& limit,
                      absl::Time now);
 
+  // `count` calls of `identity` already made on UTC day `day` (days since
+  // the epoch), e.g. as stored before a restart.
+  void Seed(absl::string_view identity, int64_t day, uint64_t count);
+
+  // Seeds today's counts (the day of `now`) from stored counters
+  // (DayCounterId -> count); other counters are ignored.
+  void SeedFromCounters(const std::map<std::string, uint64_t>& counters,
+                        absl::Time now);
+
  private:
   struct Window {
-    int64_t second = 0;
-    uint32_t in_second = 0;
+    double tokens = -1;  // < 0: bucket not started
+    absl::Time refilled;
     int64_t day = 0;
-    uint32_t in_day = 0;
+    uint64_t in_day = 0;
   };
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Window> windows_ ABSL_GUARDED_BY(mu_);
 };
+
+// The durable counter of `identity`'s calls on UTC day `day`:
+// "velocity/<day>/<identity>" (storage counters, token_store.h).
+std::string DayCounterId(int64_t day, absl::string_view identity);
+inline constexpr absl::string_view kDayCounterPrefix = "velocity/";
 
 }  // namespace cardvault::auth
 

@@ -58,7 +58,8 @@ struct RecordWrite {
 // token it created).
 struct WriteSet {
   std::vector<RecordWrite> records;
-  // (key id, n): n more encryptions under that key (durable use counts).
+  // (counter id, n): n more of a durable count: encryptions under a key,
+  // or a caller's Detokenize calls of one UTC day.
   std::vector<std::pair<std::string, uint64_t>> key_uses;
   // (sequence, encoded audit record).
   std::vector<std::pair<uint64_t, std::string>> audit_records;

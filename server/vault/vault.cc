@@ -665,22 +665,26 @@ absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
 
 absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
     const auth::AccessPolicy& policy, const auth::Caller& caller,
-    const DetokenizeRequest& r, absl::Time now,
-    audit::AuditEvent* event) const {
+    const DetokenizeRequest& r, absl::Time now, audit::AuditEvent* event,
+    std::string* day_counter) const {
   if (absl::Status s = policy.CheckPurpose(r.purpose); !s.ok()) return s;
   if (!IsWellFormedToken(r.token)) {
     return absl::InvalidArgumentError("token is malformed");
   }
   // Every attempt counts against the limit, found or not: the control is
   // against bulk export, including by guessing.
-  if (absl::Status s =
-          limiter_.Admit(caller.identity, policy.DetokenizeLimit(caller), now);
-      !s.ok()) {
+  const auth::RateLimit limit = policy.DetokenizeLimit(caller);
+  if (absl::Status s = limiter_.Admit(caller.identity, limit, now); !s.ok()) {
     ++velocity_denials_;
     util::LogWarning(absl::StrCat("ALERT velocity limit reached by ",
                                   caller.identity, " (",
                                   velocity_denials_.load(), " denials)"));
     return s;
+  }
+  // Written with the record, so that a restart resumes today's count.
+  if (limit.per_day != 0) {
+    *day_counter =
+        auth::DayCounterId(absl::ToUnixSeconds(now) / 86400, caller.identity);
   }
   absl::StatusOr<OpenedCard> opened = OpenRecord(r.token);
   if (!opened.ok()) return opened.status();
@@ -717,10 +721,14 @@ void Vault::DetokenizeAll(
     }
     entries[i].batch_index = static_cast<uint32_t>(i);
     RecordRequested(*policy, call->requests[i], &w.event);
+    std::string day_counter;
     absl::StatusOr<OpenedCard> opened =
         allowed.ok() ? FindForDetokenize(*policy, caller, call->requests[i],
-                                         call->now, &w.event)
+                                         call->now, &w.event, &day_counter)
                      : allowed;
+    if (!day_counter.empty()) {
+      entries[i].mutation.key_uses.push_back({std::move(day_counter), 1});
+    }
     if (opened.ok()) {
       w.opened = *std::move(opened);
     } else {

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -266,6 +267,13 @@ class Vault {
   absl::Status RecordPolicyReload(const absl::Status& outcome,
                                   absl::string_view detail) const;
 
+  // Resumes today's Detokenize counts from stored counters (the storage's
+  // counters, DayCounterId), after a restart.
+  void ResumeVelocityCounts(
+      const std::map<std::string, uint64_t>& counters) const {
+    limiter_.SeedFromCounters(counters, options_.now());
+  }
+
   // Detokenize calls refused by a velocity limit so far (for alerting).
   uint64_t velocity_denials() const { return velocity_denials_.load(); }
 
@@ -351,11 +359,14 @@ class Vault {
                      Done<std::vector<absl::StatusOr<Detokenized>>> done) const;
   // Checks one Detokenize item (purpose, token, velocity, domain) and opens
   // its record, filling in `event`.
+  // An attempt counted against a daily limit names its durable counter in
+  // `*day_counter`.
   absl::StatusOr<OpenedCard> FindForDetokenize(const auth::AccessPolicy& policy,
                                                const auth::Caller& caller,
                                                const DetokenizeRequest& r,
                                                absl::Time now,
-                                               audit::AuditEvent* event) const;
+                                               audit::AuditEvent* event,
+                                               std::string* day_counter) const;
   // Reads and opens the record of a well-formed `token` (the caller checks
   // its expiry): NOT_FOUND, UNAVAILABLE or DATA_LOSS otherwise.
   absl::StatusOr<OpenedCard> OpenRecord(absl::string_view token,

@@ -222,14 +222,14 @@ TEST(RateLimiterTest, TripsAtTheConfiguredRateAndResets) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_THAT(limiter.Admit("p", limit, t0), IsOk()) << i;
   }
-  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Milliseconds(900)),
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Milliseconds(100)),
               StatusIs(absl::StatusCode::kResourceExhausted));
   // Another identity has its own budget.
   EXPECT_THAT(limiter.Admit("q", limit, t0), IsOk());
-  // The next second resets the per-second window...
-  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Seconds(1)), IsOk());
+  // The bucket refills at 3 per second...
+  EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Milliseconds(400)), IsOk());
   EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Seconds(2)), IsOk());
-  // ...but not the daily one (5 used).
+  // ...but the day does not (5 used).
   EXPECT_THAT(limiter.Admit("p", limit, t0 + absl::Seconds(3)),
               StatusIs(absl::StatusCode::kResourceExhausted));
   // A new UTC day resets it.
@@ -238,6 +238,38 @@ TEST(RateLimiterTest, TripsAtTheConfiguredRateAndResets) {
   for (int i = 0; i < 100; ++i) {
     ASSERT_THAT(limiter.Admit("r", RateLimit{}, t0), IsOk());
   }
+}
+
+TEST(RateLimiterTest, NoWindowEdgeLetsTwiceTheRateThrough) {
+  // Fixed one-second windows would take 10 just before the edge and 10
+  // just after: 20 in 20 ms.
+  RateLimiter limiter;
+  const RateLimit limit{10, 0};
+  const absl::Time edge = absl::FromUnixSeconds(1764000001);
+  int admitted = 0;
+  for (int i = 0; i < 10; ++i) {
+    admitted += limiter.Admit("p", limit, edge - absl::Milliseconds(10)).ok();
+  }
+  for (int i = 0; i < 10; ++i) {
+    admitted += limiter.Admit("p", limit, edge + absl::Milliseconds(10)).ok();
+  }
+  EXPECT_EQ(admitted, 10);
+}
+
+TEST(RateLimiterTest, SeededDayCountsCountAgainstTheDay) {
+  RateLimiter limiter;
+  const absl::Time now = absl::FromUnixSeconds(1764000000);
+  const int64_t day = 1764000000 / 86400;
+  limiter.SeedFromCounters({{DayCounterId(day, "p"), 4},
+                            {DayCounterId(day - 1, "q"), 9},
+                            {"dek/00000001/encryptions", 7}},
+                           now);
+  const RateLimit limit{0, 5};
+  EXPECT_THAT(limiter.Admit("p", limit, now), IsOk());
+  EXPECT_THAT(limiter.Admit("p", limit, now),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // Yesterday's count does not count today.
+  EXPECT_THAT(limiter.Admit("q", limit, now), IsOk());
 }
 
 }  // namespace

@@ -301,6 +301,27 @@ TEST_F(VaultTest, VelocityLimitTripsIsAuditedAndCounted) {
             static_cast<int>(absl::StatusCode::kResourceExhausted));
 }
 
+TEST_F(VaultTest, VelocityDayCountSurvivesARestart) {
+  const std::string token =
+      vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
+  for (int i = 0; i < 15; ++i) {  // per_day is 20 for the processor
+    ASSERT_THAT(vault_->Detokenize(kProcessor, token, "authorization"), IsOk());
+  }
+  // A new vault over the same storage, as after kill -9 and a start.
+  Reopen({});
+  vault_->ResumeVelocityCounts(*db_->KeyUses());
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_THAT(vault_->Detokenize(kProcessor, token, "authorization"), IsOk());
+  }
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token, "authorization"),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // The next UTC day starts afresh, restart or not.
+  Advance(absl::Hours(24));
+  Reopen({});
+  vault_->ResumeVelocityCounts(*db_->KeyUses());
+  EXPECT_THAT(vault_->Detokenize(kProcessor, token, "authorization"), IsOk());
+}
+
 TEST_F(VaultTest, PolicyReplacementTakesEffectAtOnce) {
   const std::string token =
       vault_->Tokenize(kPos, MakeCard("4111111111111111"))->token;
