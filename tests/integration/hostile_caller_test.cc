@@ -8,7 +8,11 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <fstream>
+#include <iostream>
+#include <map>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -335,6 +339,110 @@ TEST_F(HostileCallerTest, OneIdentityCannotHoldMoreThanItsCallsInFlight) {
   EXPECT_GT(exhausted.load(), 0);
   EXPECT_EQ(other.load(), 0);
   // Another identity is served meanwhile and after.
+  EXPECT_THAT(Client("cn-lane")->Tokenize(Card()), IsOk());
+}
+
+// Resident size of process `pid` in KiB (VmRSS).
+size_t ResidentKib(pid_t pid) {
+  const std::string status =
+      testing::ReadFileOrEmpty(absl::StrCat("/proc/", pid, "/status"));
+  const size_t at = status.find("VmRSS:");
+  return at == std::string::npos
+             ? 0
+             : std::strtoul(status.c_str() + at + 6, nullptr, 10);
+}
+
+TEST_F(HostileCallerTest, StreamsOfAnUnlistedCallerAreBoundedPerConnection) {
+  // Health.Watch streams (health may be watched by any certificate of the
+  // client CA), 300 asked for on each of 8 connections.
+  constexpr int kConnections = 8;
+  constexpr int kAskedPerConnection = 300;
+  const size_t rss_before = ResidentKib(server_->pid());
+  grpc::CompletionQueue cq;
+  struct Watch {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call;
+    grpc::ByteBuffer response;
+  };
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  std::vector<std::unique_ptr<Watch>> watches;
+  for (int c = 0; c < kConnections; ++c) {
+    client::ClientOptions o =
+        testing::ClientOptionsFor(*env_, server_->address(), "stranger");
+    o.separate_connection_index = c;
+    stubs.push_back(std::make_unique<grpc::GenericStub>(
+        *client::CreateMutualTlsChannel(o)));
+    for (int i = 0; i < kAskedPerConnection; ++i) {
+      auto w = std::make_unique<Watch>();
+      w->call = stubs.back()->PrepareCall(&w->context,
+                                          "/grpc.health.v1.Health/Watch", &cq);
+      w->call->StartCall(w.get());
+      watches.push_back(std::move(w));
+    }
+  }
+  // A stream is open at the server once its first answer comes back.
+  std::map<void*, int> step;
+  int answered = 0;
+  const auto deadline =
+      std::chrono::system_clock::now() + std::chrono::seconds(3);
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.AsyncNext(&tag, &ok, deadline) ==
+         grpc::CompletionQueue::GOT_EVENT) {
+    Watch* w = static_cast<Watch*>(tag);
+    const int s = step[tag]++;
+    if (!ok) continue;
+    if (s == 0) {
+      grpc::Slice empty("", 0);
+      grpc::ByteBuffer request(&empty, 1);
+      w->call->WriteLast(request, grpc::WriteOptions(), w);
+    } else if (s == 1) {
+      w->call->Read(&w->response, w);
+    } else if (s == 2) {
+      ++answered;
+    }
+  }
+  const size_t rss_during = ResidentKib(server_->pid());
+  // At most max_concurrent_streams (100) per connection were served.
+  EXPECT_LE(answered, kConnections * 100);
+  EXPECT_GE(answered, kConnections * 90);
+  const size_t grown_kib =
+      rss_during > rss_before ? rss_during - rss_before : 0;
+  std::cerr << "streams served: " << answered << " of "
+            << kConnections * kAskedPerConnection << "; server RSS "
+            << rss_before << " -> " << rss_during << " KiB\n";
+  // The bound the README states: under 64 MiB for these 800 streams.
+  EXPECT_LT(grown_kib, 64u * 1024u);
+  // Cancel all; finish each call once it has no operation outstanding.
+  std::vector<grpc::Status> statuses(watches.size());
+  std::map<void*, size_t> index;
+  for (size_t i = 0; i < watches.size(); ++i) {
+    index[watches[i].get()] = i;
+    watches[i]->context.TryCancel();
+  }
+  auto finish = [&](void* t) {
+    step[t] = 100;
+    static_cast<Watch*>(t)->call->Finish(&statuses[index[t]], t);
+  };
+  for (auto& w : watches) {
+    if (step[w.get()] == 3) finish(w.get());  // answered: nothing pending
+  }
+  size_t finished = 0;
+  while (finished < watches.size() &&
+         cq.AsyncNext(
+             &tag, &ok,
+             std::chrono::system_clock::now() + std::chrono::seconds(10)) ==
+             grpc::CompletionQueue::GOT_EVENT) {
+    if (step[tag] < 100) {
+      finish(tag);
+    } else {
+      ++finished;
+    }
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  // The vault still serves others.
   EXPECT_THAT(Client("cn-lane")->Tokenize(Card()), IsOk());
 }
 
