@@ -9,7 +9,7 @@ PACKAGES=(
   librocksdb-dev libabsl-dev libssl-dev openssl libjemalloc-dev
   softhsm2 opensc libp11-kit-dev
   googletest libgtest-dev libgmock-dev
-  clang-format procps
+  clang-format procps curl
 )
 
 missing=()

@@ -35,6 +35,7 @@
 #include "server/service/client_trust.h"
 #include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
+#include "server/service/library_logs.h"
 #include "server/service/server_credentials.h"
 #include "server/service/token_vault_service.h"
 #include "server/service/unparsed_request_interceptor.h"
@@ -483,6 +484,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "cardvaultd --config=FILE [--listen_address=HOST:PORT] [--data_dir=DIR]");
   absl::ParseCommandLine(argc, argv);
+  // gRPC and protobuf quote what peers send: through the masking logger.
+  cardvault::service::RouteLibraryLogs();
   // Debian's abseil checks every Mutex acquisition for lock-order cycles
   // (1-2% of a Tokenize under load); the tests keep the check on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

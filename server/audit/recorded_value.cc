@@ -23,9 +23,10 @@ bool AlreadySafe(absl::string_view text, size_t max_bytes) {
   return true;
 }
 
-void MakeSafe(std::string* field, size_t max_bytes) {
+void MakeSafe(std::string* field, size_t max_bytes,
+              util::CardNumbers rule = util::CardNumbers::kAnyWithin) {
   if (!AlreadySafe(*field, max_bytes)) {
-    *field = util::SafeText(*field, max_bytes);
+    *field = util::SafeText(*field, max_bytes, rule);
   }
 }
 
@@ -47,13 +48,15 @@ void SafeEvent(::cardvault::v1::AuditEvent* e) {
   MakeSafe(e->mutable_rpc(), kMaxRecordedRpcBytes);
   MakeSafe(e->mutable_identity(), kMaxRecordedIdentityBytes);
   MakeSafe(e->mutable_peer_address(), kMaxRecordedPeerBytes);
-  MakeSafe(e->mutable_token(), kMaxRecordedTokenBytes);
+  MakeSafe(e->mutable_token(), kMaxRecordedTokenBytes,
+           util::CardNumbers::kExactRuns);
   MakeSafe(e->mutable_domain(), kMaxRecordedDomainBytes);
   MakeSafe(e->mutable_purpose(), kMaxRecordedPurposeBytes);
   MakeSafe(e->mutable_status_message(), kMaxRecordedStatusMessageBytes);
   MakeSafe(e->mutable_detail(), kMaxRecordedDetailBytes);
   for (::cardvault::v1::BatchItem& item : *e->mutable_items()) {
-    MakeSafe(item.mutable_token(), kMaxRecordedTokenBytes);
+    MakeSafe(item.mutable_token(), kMaxRecordedTokenBytes,
+             util::CardNumbers::kExactRuns);
     MakeSafe(item.mutable_domain(), kMaxRecordedDomainBytes);
     MakeSafe(item.mutable_purpose(), kMaxRecordedPurposeBytes);
     MakeSafe(item.mutable_status_message(), kMaxRecordedStatusMessageBytes);

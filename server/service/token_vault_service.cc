@@ -15,6 +15,8 @@ namespace {
 
 namespace pb = ::cardvault::v1;
 
+constexpr double kRefusalLinesPerSecond = 20;
+
 vault::TokenFormat FormatFromProto(pb::TokenFormat format) {
   switch (format) {
     case pb::TOKEN_FORMAT_UNSPECIFIED:
@@ -146,16 +148,19 @@ void AddResults(const std::vector<absl::StatusOr<Item>>& results,
 // code) and never the request.
 grpc::Status Finish(const vault::Vault& vault, absl::string_view rpc,
                     const auth::Caller* caller, const absl::Status& status) {
+  // A caller can cause one of these per call: bounded, with a count.
+  static auto* refusal_lines = new util::LogRate(kRefusalLinesPerSecond);
   if (!status.ok() && status.code() != absl::StatusCode::kInvalidArgument &&
       status.code() != absl::StatusCode::kNotFound) {
-    util::Log(status.code() == absl::StatusCode::kPermissionDenied ||
-                      status.code() == absl::StatusCode::kUnauthenticated
-                  ? util::Severity::kWarning
-                  : util::Severity::kError,
-              absl::StrCat(rpc, " by ",
-                           caller == nullptr ? "<unidentified>"
-                                             : vault.RecordedIdentity(*caller),
-                           " failed: ", status.ToString()));
+    refusal_lines->Log(
+        status.code() == absl::StatusCode::kPermissionDenied ||
+                status.code() == absl::StatusCode::kUnauthenticated
+            ? util::Severity::kWarning
+            : util::Severity::kError,
+        absl::StrCat(rpc, " by ",
+                     caller == nullptr ? "<unidentified>"
+                                       : vault.RecordedIdentity(*caller),
+                     " failed: ", status.ToString()));
   }
   return ToGrpcStatus(status);
 }

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -27,6 +29,40 @@ void WriteLine(Severity severity, absl::string_view safe_message) {
 
 void Log(Severity severity, absl::string_view message) {
   WriteLine(severity, SafeText(message, kMaxLogMessageBytes));
+}
+
+void LogLibraryMessage(Severity severity, absl::string_view message) {
+  WriteLine(severity,
+            SafeText(message, kMaxLogMessageBytes, CardNumbers::kGroupedToo));
+}
+
+void LogRate::Log(Severity severity, absl::string_view message, bool library) {
+  const absl::Time now = absl::Now();
+  uint64_t suppressed = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    tokens_ = tokens_ < 0
+                  ? per_second_
+                  : std::min(per_second_,
+                             tokens_ + absl::ToDoubleSeconds(now - refilled_) *
+                                           per_second_);
+    refilled_ = now;
+    if (tokens_ < 1) {
+      ++suppressed_;
+      return;
+    }
+    tokens_ -= 1;
+    suppressed = std::exchange(suppressed_, 0);
+  }
+  const std::string line =
+      suppressed == 0 ? std::string(message)
+                      : absl::StrCat(message, " (", suppressed,
+                                     " lines like this suppressed before)");
+  if (library) {
+    LogLibraryMessage(severity, line);
+  } else {
+    util::Log(severity, line);
+  }
 }
 
 void LogComputedValues(absl::string_view message) {

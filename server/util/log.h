@@ -10,8 +10,12 @@
 #define CARDVAULT_SERVER_UTIL_LOG_H_
 
 #include <cstddef>
+#include <cstdint>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace cardvault::util {
 
@@ -22,9 +26,35 @@ inline constexpr size_t kMaxLogMessageBytes = 4096;
 // Writes "2026-01-02T03:04:05.678Z I cardvaultd: <message>\n" to stderr.
 void Log(Severity severity, absl::string_view message);
 
+// As Log, for a message a library composed from what a peer sent (gRPC,
+// protobuf): masked also for digits grouped by separators.
+void LogLibraryMessage(Severity severity, absl::string_view message);
+
 inline void LogInfo(absl::string_view m) { Log(Severity::kInfo, m); }
 inline void LogWarning(absl::string_view m) { Log(Severity::kWarning, m); }
 inline void LogError(absl::string_view m) { Log(Severity::kError, m); }
+
+// Lines that a caller can cause, one per call or handshake (refusals,
+// library messages), let through at most `per_second` a second (and a burst
+// as large); the rest are counted and the next line written says how many.
+//
+// Thread safety: thread-safe.
+class LogRate {
+ public:
+  explicit LogRate(double per_second) : per_second_(per_second) {}
+  // Writes `message` if the rate allows, with the count of lines suppressed
+  // since the last one written.
+  // `library`: a message the server did not compose (a library's), masked
+  // with CardNumbers::kGroupedToo.
+  void Log(Severity severity, absl::string_view message, bool library = false);
+
+ private:
+  const double per_second_;
+  absl::Mutex mu_;
+  double tokens_ ABSL_GUARDED_BY(mu_) = -1;
+  absl::Time refilled_ ABSL_GUARDED_BY(mu_);
+  uint64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
 
 // As LogInfo without the card-number mask, for lines made only of values
 // the server computed, such as a chain MAC in hex whose digit runs could

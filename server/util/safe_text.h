@@ -21,20 +21,37 @@ inline constexpr size_t kMaxCardDigits = 19;
 // True if the ASCII digits `digits` pass the Luhn (mod 10) check.
 bool PassesLuhn(absl::string_view digits);
 
-// True if `text` holds a run of 12-19 ASCII digits, bounded by non-digits
-// or the ends, that passes Luhn, or any run of more than 19 digits.
+// Which digit runs SafeText masks as possible card numbers.
+enum class CardNumbers {
+  // Runs of 12-19 digits that pass Luhn (kept: their last four), runs of
+  // more than 19, and runs of 13-19 holding any 12-19 digit stretch that
+  // passes Luhn (a PAN with a CVV or a digit added). For every field but
+  // tokens.
+  kAnyWithin,
+  // Only runs of 12-19 passing Luhn and runs of more than 19: for token
+  // fields, which hold numeric tokens (Luhn-failing digit runs the vault
+  // itself drew, recorded only once found; recorded_value.h).
+  kExactRuns,
+  // As kAnyWithin, and also any stretch of digits joined by single
+  // separators (space - . _ /) holding 12 or more digits, masked whole:
+  // for text the server did not compose, such as a library's log message
+  // quoting a header ("4111 1111 1111 1111").
+  kGroupedToo,
+};
+
+// True if SafeText (kAnyWithin) would mask a digit run of `text`.
 bool HoldsCardNumber(absl::string_view text);
 
 // `text` made safe to record or log:
-//  - every maximal run of 12-19 ASCII digits passing Luhn keeps its last
-//    four digits, the others become '*' (PCI DSS 3.4.1 masking); a run of
-//    more than 19 digits, which no value the server records has, becomes
-//    '*' whole;
-//  - bytes outside printable ASCII (0x20-0x7e) and the backslash are
-//    written as "\xHH", so a value cannot end a log line or forge another;
-//  - over `max_bytes` (after escaping), cut to `max_bytes` and ended with
-//    "...", never inside an escape.
-std::string SafeText(absl::string_view text, size_t max_bytes);
+//  - bytes outside printable ASCII (0x20-0x7e) and the backslash become
+//    "\xHH", so a value cannot end a log line or forge another;
+//  - then digit runs that may be card numbers (`rule`) are masked: a run of
+//    12-19 digits passing Luhn keeps only its last four, other such runs
+//    become '*' whole;
+//  - over `max_bytes`, it is cut there and ended with "...", never inside
+//    an escape or a run of digits (no part of a number is left at the end).
+std::string SafeText(absl::string_view text, size_t max_bytes,
+                     CardNumbers rule = CardNumbers::kAnyWithin);
 
 }  // namespace cardvault::util
 

@@ -4,6 +4,7 @@
 #include <array>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -46,14 +47,14 @@ bool IsOperationId(absl::string_view id) {
 }
 
 // A reason is recorded as written, so it must be printable text and must not
-// hold a card number, even one broken up by spaces or dashes.
+// hold a card number, even one broken up by separators of any kind.
 bool IsRecordableReason(absl::string_view reason) {
-  std::string digits_joined;
+  std::string joined;
   for (char c : reason) {
     if (c < 0x20 || c > 0x7e) return false;
-    if (c != ' ' && c != '-') digits_joined.push_back(c);
+    if (absl::ascii_isalnum(static_cast<unsigned char>(c))) joined.push_back(c);
   }
-  return !util::HoldsCardNumber(digits_joined);
+  return !util::HoldsCardNumber(joined);
 }
 
 }  // namespace

@@ -688,6 +688,7 @@ absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
   }
   absl::StatusOr<OpenedCard> opened = OpenRecord(r.token);
   if (!opened.ok()) return opened.status();
+  event->set_token(r.token);  // the vault holds it: a token, not a PAN
   event->set_domain(opened->header.domain);
   if (opened->header.expires <= now ||
       !policy.MayDetokenize(caller, opened->header.domain)) {
@@ -787,7 +788,7 @@ absl::Status Vault::CheckTokenCall(const auth::AccessPolicy& policy,
                                    absl::string_view token,
                                    audit::AuditEvent* event) const {
   const bool well_formed = IsWellFormedToken(token);
-  event->set_token(deps_.audit->marker().Recorded(token, well_formed));
+  event->set_token(RecordedToken(token, false));
   // Authorise before looking at the token, so an unauthorised caller
   // learns nothing about it.
   if (absl::Status s = policy.Check(caller, permission); !s.ok()) return s;
@@ -823,6 +824,7 @@ void Vault::GetTokenInfoAsync(const auth::Caller& caller,
   }
   absl::StatusOr<OpenedCard> opened = OpenRecord(token);
   if (!opened.ok()) return refuse(opened.status());
+  event.set_token(std::string(token));
   const RecordHeader& h = opened->header;
   event.set_domain(h.domain);
   if (h.expires <= options_.now() ||
@@ -876,6 +878,7 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
       return false;
     }
     if (!opened.ok()) return Record(std::move(event), opened.status());
+    event.set_token(std::string(token));
     const RecordHeader& h = opened->header;
     event.set_domain(h.domain);
     if (!policy->MayDeleteToken(caller, h.domain)) {
@@ -965,8 +968,9 @@ absl::Status Vault::ListAuditEvents(
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   const audit::ValueMarker& marker = deps_.audit->marker();
-  event.set_token(
-      marker.Recorded(filter.token, IsWellFormedToken(filter.token)));
+  event.set_token(RecordedToken(
+      filter.token,
+      deps_.records->Get(storage::Table::kTokens, filter.token).ok()));
   event.set_detail(DescribeFilter(filter, *policy, marker));
   absl::Status allowed = policy->Check(caller, auth::Permission::kReadAudit);
   if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
@@ -994,11 +998,17 @@ void Vault::RecordRejectedAsync(const auth::Caller& caller, EventType type,
   RecordAsync(NewEvent(caller, type, rpc), status, [](absl::Status) {});
 }
 
+std::string Vault::RecordedToken(absl::string_view token, bool found) const {
+  const bool numeric = !token.empty() && token[0] >= '0' && token[0] <= '9';
+  return deps_.audit->marker().Recorded(
+      token, IsWellFormedToken(token) && (found || !numeric));
+}
+
 void Vault::RecordRequested(const auth::AccessPolicy& policy,
                             const DetokenizeRequest& r,
                             audit::AuditEvent* event) const {
   const audit::ValueMarker& marker = deps_.audit->marker();
-  event->set_token(marker.Recorded(r.token, IsWellFormedToken(r.token)));
+  event->set_token(RecordedToken(r.token, false));
   event->set_purpose(
       marker.Recorded(r.purpose, policy.KnowsPurpose(r.purpose)));
 }

@@ -305,6 +305,11 @@ class Vault {
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
                              absl::string_view rpc) const;
+  // A token a caller named, as a record may hold it (recorded_value.h): a
+  // well-formed random token as itself; a numeric one only once `found`
+  // (digits that merely fail Luhn may be a PAN with a CVV appended, or one
+  // digit off); otherwise its marker.
+  std::string RecordedToken(absl::string_view token, bool found) const;
   // Records a Detokenize item's token and purpose in `event` by the rule of
   // recorded_value.h: as themselves when well-formed (token) or listed
   // (purpose), else as markers.

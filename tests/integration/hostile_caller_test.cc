@@ -446,6 +446,28 @@ TEST_F(HostileCallerTest, StreamsOfAnUnlistedCallerAreBoundedPerConnection) {
   EXPECT_THAT(Client("cn-lane")->Tokenize(Card()), IsOk());
 }
 
+TEST_F(HostileCallerTest, MalformedMetadataQuotedByGrpcLeavesNoPanInTheLog) {
+  // gRPC's own parser logs the value of a malformed grpc-* header; sent raw
+  // over HTTP/2 (curl), as a client library would not.
+  const std::string pki = env_->pki("");
+  for (const char* value :
+       {"4111 1111 1111 1111", "5105-1051-0510-5100", "378282246310005"}) {
+    testing::RunOrDie(absl::StrCat(
+        "curl -s --http2 --max-time 5 --cacert ", pki, "ca.crt --cert ", pki,
+        "pos.crt --key ", pki, "pos.key -H 'content-type: application/grpc' ",
+        "-H 'te: trailers' -H 'grpc-encoding: ", value,
+        "' --data-binary '' -o /dev/null https://127.0.0.1:", server_->port(),
+        "/cardvault.v1.TokenVault/Tokenize || true"));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  const std::string log = testing::ReadFileOrEmpty(*log_);
+  EXPECT_THAT(log, Not(HasSubstr("4111 1111 1111 1111")));
+  EXPECT_THAT(log, Not(HasSubstr("5105-1051-0510-5100")));
+  EXPECT_THAT(log, Not(HasSubstr("378282246310005")));
+  // gRPC did log the headers, through cardvaultd's logger.
+  EXPECT_THAT(log, HasSubstr("cardvaultd: grpc "));
+}
+
 TEST(HostileFilesTest, ServerRefusesToStartWithFilesOthersMayChange) {
   auto env = testing::TestEnv::Create();
   const std::string log = env->dir() + "/server.log";

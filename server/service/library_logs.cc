@@ -1,0 +1,49 @@
+#include "server/service/library_logs.h"
+
+#include <google/protobuf/stubs/logging.h>
+#include <grpc/support/log.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "server/util/log.h"
+
+namespace cardvault::service {
+namespace {
+
+util::LogRate& LibraryRate() {
+  static auto* rate = new util::LogRate(kLibraryLinesPerSecond);
+  return *rate;
+}
+
+void FromGrpc(gpr_log_func_args* args) {
+  const util::Severity severity =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? util::Severity::kError
+      : args->severity == GPR_LOG_SEVERITY_INFO ? util::Severity::kInfo
+                                                : util::Severity::kInfo;
+  LibraryRate().Log(
+      severity,
+      absl::StrCat("grpc ", args->file == nullptr ? "" : args->file, ":",
+                   args->line, ": ",
+                   args->message == nullptr ? "" : args->message),
+      /*library=*/true);
+}
+
+void FromProtobuf(google::protobuf::LogLevel level, const char* filename,
+                  int line, const std::string& message) {
+  LibraryRate().Log(
+      level >= google::protobuf::LOGLEVEL_ERROR ? util::Severity::kError
+                                                : util::Severity::kWarning,
+      absl::StrCat("protobuf ", filename == nullptr ? "" : filename, ":", line,
+                   ": ", message),
+      /*library=*/true);
+}
+
+}  // namespace
+
+void RouteLibraryLogs() {
+  gpr_set_log_function(FromGrpc);
+  google::protobuf::SetLogHandler(FromProtobuf);
+}
+
+}  // namespace cardvault::service
