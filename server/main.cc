@@ -236,7 +236,11 @@ int Run(const sigset_t& stop_signals) {
             "key administration");
   // Revocation applies while serving: the CRLs are re-read every refresh.
   std::unique_ptr<service::ClientTrust> client_trust;
-  if (!cfg.tls().crl_directory().empty()) {
+  if (cfg.tls().crl_directory().empty()) {
+    util::LogError(
+        "ALERT tls.crl_directory is not set: revoked client certificates are "
+        "not refused; set it for production (README, Revocation)");
+  } else {
     client_trust = OrDie(
         service::ClientTrust::Create(
             {.ca_file = cfg.tls().client_ca_file(),

@@ -231,6 +231,22 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
   // The second line of recorded_value.h, on the caller's thread.
   if (batch_call.has_value()) SafeEvent(&*batch_call);
   for (Entry& e : entries) SafeEvent(&e.event);
+  // Refused items of a batch past the caller's rate are counted, not listed.
+  if (batch_call.has_value()) {
+    AuditEvent probe = *batch_call;
+    const absl::Time now = options_.now();
+    for (Entry& e : entries) {
+      if (!e.mutation.conditions.empty() || !e.mutation.writes.empty() ||
+          !e.mutation.key_uses.empty()) {
+        continue;
+      }
+      probe.set_status_code(e.event.status_code());
+      if (IsSummarisableRefusal(probe) && !refusals_.Admit(probe, now)) {
+        e.summarised = true;
+        ++summarised_refusals_;
+      }
+    }
+  }
   // A refused single call past its caller's rate is counted, not recorded.
   if (!batch_call.has_value() && entries.size() == 1) {
     const Entry& e = entries[0];
@@ -401,6 +417,10 @@ void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
     AuditEvent& call = *p->batch;
     size_t bytes = call.ByteSizeLong();
     for (Entry& e : p->entries) {
+      if (e.summarised) {
+        e.result = absl::OkStatus();
+        continue;
+      }
       if (!admit(e)) continue;
       BatchItem item = TakeItem(e);
       bytes += item.ByteSizeLong() + 8;  // with its tag and length

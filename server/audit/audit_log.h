@@ -117,6 +117,9 @@ struct Entry {
   int failed_condition = -1;
   // Position of the item in its batch call (AppendAsync of a batch only).
   uint32_t batch_index = 0;
+  // A refused batch item past its caller's recording rate: counted into a
+  // summary instead of listed (set by AppendAsync).
+  bool summarised = false;
 };
 
 // A chain position exported to compare against later.

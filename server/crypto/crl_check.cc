@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -46,9 +47,10 @@ std::optional<absl::Time> TimeOf(const ASN1_TIME* t) {
 
 std::string SerialHex(const X509* cert) {
   const ASN1_INTEGER* serial = X509_get0_serialNumber(cert);
-  return absl::BytesToHexString(absl::string_view(
+  // Uppercase, as audit records spell serials.
+  return absl::AsciiStrToUpper(absl::BytesToHexString(absl::string_view(
       reinterpret_cast<const char*>(ASN1_STRING_get0_data(serial)),
-      static_cast<size_t>(ASN1_STRING_length(serial))));
+      static_cast<size_t>(ASN1_STRING_length(serial)))));
 }
 
 }  // namespace
@@ -133,38 +135,56 @@ absl::Status ClientCaSet::CheckCertificate(absl::string_view leaf_pem,
   if (leaf == nullptr) {
     return absl::UnauthenticatedError("client certificate does not parse");
   }
-  for (const std::unique_ptr<Entry>& e : entries_) {
-    EVP_PKEY* key = X509_get0_pubkey(e->ca.get());
-    if (X509_check_issued(e->ca.get(), leaf.get()) != X509_V_OK ||
-        key == nullptr || X509_verify(leaf.get(), key) != 1) {
-      continue;
+  // Up the chain: each certificate against its issuer's CRL, to a root.
+  X509* cert = leaf.get();
+  for (int depth = 0; depth < kMaxChainDepth; ++depth) {
+    const Entry* issuer = nullptr;
+    for (const std::unique_ptr<Entry>& e : entries_) {
+      EVP_PKEY* key = X509_get0_pubkey(e->ca.get());
+      if (X509_check_issued(e->ca.get(), cert) == X509_V_OK && key != nullptr &&
+          X509_verify(cert, key) == 1) {
+        issuer = e.get();
+        break;
+      }
     }
-    const std::string who =
-        absl::StrCat("client certificate serial ", SerialHex(leaf.get()),
-                     " of CA \"", e->subject, "\"");
-    if (e->crl == nullptr) {
+    const std::string who = absl::StrCat(
+        depth == 0 ? "client certificate" : "its CA certificate", " serial ",
+        SerialHex(cert),
+        issuer == nullptr ? ""
+                          : absl::StrCat(" of CA \"", issuer->subject, "\""));
+    if (issuer == nullptr) {
+      return absl::UnauthenticatedError(
+          absl::StrCat(who,
+                       " refused: not issued by a current client CA, so its "
+                       "revocation cannot be checked"));
+    }
+    if (issuer->crl == nullptr) {
       return absl::UnauthenticatedError(
           absl::StrCat(who, " refused: the CA has no CRL"));
     }
-    if (!e->next_update.has_value() || *e->next_update <= now) {
-      return absl::UnauthenticatedError(absl::StrCat(
-          who, " refused: the CA's CRL expired at ",
-          e->next_update.has_value() ? absl::FormatTime(*e->next_update)
-                                     : "(no nextUpdate)"));
+    if (!issuer->next_update.has_value() || *issuer->next_update <= now) {
+      return absl::UnauthenticatedError(
+          absl::StrCat(who, " refused: the CA's CRL expired at ",
+                       issuer->next_update.has_value()
+                           ? absl::FormatTime(*issuer->next_update)
+                           : "(no nextUpdate)"));
     }
-    if (*e->this_update > now) {
+    if (*issuer->this_update > now) {
       return absl::UnauthenticatedError(
           absl::StrCat(who, " refused: the CA's CRL is not yet valid"));
     }
     X509_REVOKED* revoked = nullptr;
-    if (X509_CRL_get0_by_serial(e->crl.get(), &revoked,
-                                X509_get0_serialNumber(leaf.get())) == 1) {
+    if (X509_CRL_get0_by_serial(issuer->crl.get(), &revoked,
+                                X509_get0_serialNumber(cert)) == 1) {
       return absl::UnauthenticatedError(absl::StrCat(who, " is revoked"));
     }
-    return absl::OkStatus();
+    if (X509_check_issued(issuer->ca.get(), issuer->ca.get()) == X509_V_OK) {
+      return absl::OkStatus();  // a root: the chain is checked
+    }
+    cert = issuer->ca.get();
   }
   return absl::UnauthenticatedError(
-      "client certificate was not issued by a current client CA");
+      "client certificate chain is longer than the server checks");
 }
 
 std::vector<ClientCaSet::CaCrl> ClientCaSet::Cas() const {

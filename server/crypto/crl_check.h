@@ -28,6 +28,8 @@
 namespace cardvault::crypto {
 
 inline constexpr int kMaxCrlFilesPerCa = 16;
+// CA certificates above a client certificate that CheckCertificate follows.
+inline constexpr int kMaxChainDepth = 8;
 
 class ClientCaSet {
  public:
@@ -53,10 +55,11 @@ class ClientCaSet {
   absl::Status CheckCoverage(absl::Time now) const;
 
   // OK when the PEM certificate `leaf_pem` was issued (and signed) by one of
-  // the CAs, whose CRL is current at `now` and does not list its serial.
-  // UNAUTHENTICATED otherwise, saying why (revoked, the CA's CRL expired or
-  // missing, issuer not a client CA), naming the CA and the serial, never
-  // anything else of the certificate.
+  // the CAs, whose CRL is current at `now` and does not list its serial, and
+  // so on for that CA up to a self-signed root (an intermediate CA revoked by
+  // its root's CRL revokes its clients). UNAUTHENTICATED otherwise, saying
+  // why (revoked, a CRL expired or missing, an issuer not a client CA),
+  // naming the CA and the serial, never anything else of the certificate.
   absl::Status CheckCertificate(absl::string_view leaf_pem,
                                 absl::Time now) const;
 

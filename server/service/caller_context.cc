@@ -64,6 +64,20 @@ class CertificateInfoCache {
       ABSL_GUARDED_BY(mu_);
 };
 
+// The serial and SHA-256 fingerprint of the call's client certificate.
+void SetCertificate(const grpc::AuthContext& auth_context,
+                    auth::Caller* caller) {
+  auto pem = auth_context.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  if (pem.empty()) return;
+  static auto* cache = new CertificateInfoCache();
+  std::optional<crypto::CertificateInfo> info =
+      cache->Get(absl::string_view(pem.front().data(), pem.front().size()));
+  if (info.has_value()) {
+    caller->certificate_serial = std::move(info->serial_hex);
+    caller->certificate_sha256 = std::move(info->sha256_hex);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context) {
@@ -78,16 +92,7 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase& context) {
   caller.identity_is_common_name = identity->from_common_name;
   caller.peer = context.peer();
   caller.request_id = NextRequestId();
-  auto pem = auth_context->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
-  if (!pem.empty()) {
-    static auto* cache = new CertificateInfoCache();
-    std::optional<crypto::CertificateInfo> info =
-        cache->Get(absl::string_view(pem.front().data(), pem.front().size()));
-    if (info.has_value()) {
-      caller.certificate_serial = std::move(info->serial_hex);
-      caller.certificate_sha256 = std::move(info->sha256_hex);
-    }
-  }
+  SetCertificate(*auth_context, &caller);
   return caller;
 }
 
@@ -95,6 +100,11 @@ auth::Caller UnidentifiedCaller(const grpc::ServerContextBase& context) {
   auth::Caller caller;
   caller.peer = context.peer();
   caller.request_id = NextRequestId();
+  // A verified certificate that gave no usable identity still identifies
+  // the caller's key in the record (and its refusal summary).
+  if (auto auth_context = context.auth_context(); auth_context != nullptr) {
+    SetCertificate(*auth_context, &caller);
+  }
   return caller;
 }
 

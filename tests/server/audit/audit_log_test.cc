@@ -343,6 +343,48 @@ TEST_F(AuditLogTest, RefusalsPastTheRateBecomeOneSummaryRecord) {
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
+TEST_F(AuditLogTest, RefusedBatchItemsPastTheRateAreCountedNotListed) {
+  AuditLog::Options options;
+  options.refusals.per_minute = 3;
+  options.refusals.interval = absl::Hours(1);
+  Reopen('k', options);
+  // Ten malformed items and one good one in a batch call.
+  std::vector<Entry> items(11);
+  for (int i = 0; i < 10; ++i) {
+    items[i].batch_index = static_cast<uint32_t>(i);
+    items[i].event.set_status_code(
+        static_cast<int>(absl::StatusCode::kInvalidArgument));
+  }
+  items[10].batch_index = 10;
+  items[10].event.set_token("tok_good");
+  items[10].mutation = NewToken("tok_good", "rec");
+  AuditEvent call = Event("pos");
+  call.set_rpc("/cardvault.v1.TokenVault/TokenizeBatch");
+  absl::Notification done;
+  std::vector<absl::Status> results;
+  log_->AppendAsync(call, std::move(items), [&](std::vector<Entry>& written) {
+    for (const Entry& e : written) results.push_back(e.result);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  ASSERT_EQ(results.size(), 11u);
+  for (const absl::Status& r : results) EXPECT_THAT(r, IsOk());
+  log_->WriteRefusalSummaries();
+  std::vector<AuditEvent> events;
+  ASSERT_THAT(log_->Scan(1,
+                         [&](const AuditEvent& e) {
+                           events.push_back(e);
+                           return true;
+                         }),
+              IsOk());
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].items_size(), 4);  // the burst of 3, and the good one
+  EXPECT_EQ(events[1].event_type(), v1::REFUSALS_SUMMARY);
+  EXPECT_EQ(events[1].refused_calls(), 7u);
+  EXPECT_THAT(events[1].detail(),
+              HasSubstr("TokenizeBatch INVALID_ARGUMENT x7"));
+}
+
 TEST_F(AuditLogTest, CountedRefusalsAreWrittenWhenTheLogCloses) {
   AuditLog::Options options;
   options.refusals.per_minute = 1;
