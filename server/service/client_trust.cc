@@ -113,6 +113,29 @@ void ClientTrust::Reload() {
     return;
   }
   const absl::Time now = options_.now();
+  // A CRL older than the one in force would un-revoke what the newer lists
+  // (a restored backup, or an attacker's copy): keep the set in force.
+  {
+    std::shared_ptr<const crypto::ClientCaSet> current;
+    {
+      absl::MutexLock lock(&mu_);
+      current = set_;
+    }
+    for (const crypto::ClientCaSet::CaCrl& was : current->Cas()) {
+      for (const crypto::ClientCaSet::CaCrl& now_ca : (*loaded)->Cas()) {
+        if (now_ca.subject == was.subject && was.crl_this_update.has_value() &&
+            (!now_ca.crl_this_update.has_value() ||
+             *now_ca.crl_this_update < *was.crl_this_update)) {
+          util::LogError(absl::StrCat(
+              "ALERT CRL of client CA \"", was.subject,
+              "\" on disk is older than the one in force (thisUpdate ",
+              absl::FormatTime(*was.crl_this_update),
+              "): reload refused, the CAs and CRLs in force stay"));
+          return;
+        }
+      }
+    }
+  }
   for (const crypto::ClientCaSet::CaCrl& ca : (*loaded)->Cas()) {
     if (!ca.crl_next_update.has_value()) {
       util::LogError(absl::StrCat(

@@ -13,7 +13,10 @@
 //  - a CRL nearing its nextUpdate raises an ALERT line at every reload from
 //    `expiry_warning` before, and the metric of seconds left; once expired,
 //    that CA's clients are refused with an ALERT line saying why, rather
-//    than trusted without a revocation check.
+//    than trusted without a revocation check;
+//  - a reload that finds a CA's CRL older than the one in force (or none
+//    where there was one) is refused whole, with an ALERT line: an old CRL
+//    would un-revoke what the newer lists.
 //
 // Thread safety: thread-safe. One background thread re-reads the files.
 #ifndef CARDVAULT_SERVER_SERVICE_CLIENT_TRUST_H_

@@ -14,7 +14,7 @@ using grpc::experimental::InterceptionHookPoints;
 
 // The audit event type of each method the server implements.
 std::optional<pb::EventType> EventTypeOf(absl::string_view method) {
-  static constexpr std::pair<absl::string_view, pb::EventType> kMethods[] = {
+  static const std::pair<absl::string_view, pb::EventType> kMethods[] = {
       {vault::kTokenizeRpc, pb::TOKENIZE},
       {vault::kTokenizeBatchRpc, pb::TOKENIZE},
       {vault::kDetokenizeRpc, pb::DETOKENIZE},

@@ -104,6 +104,37 @@ TEST(RevocationTest,
   EXPECT_THAT(testing::ReadFileOrEmpty(log), HasSubstr("is revoked"));
 }
 
+TEST(RevocationTest, AnOlderCrlCannotUnrevokeACertificate) {
+  auto env = testing::TestEnv::Create();
+  env->IssueClient("leaver", testing::TestEnv::Identity("pos"));
+  const std::string crl = env->dir() + "/crl";
+  testing::RunOrDie(absl::StrCat(CARDVAULT_SOURCE_DIR
+                                 "/deploy/revoke-cert.sh --empty ",
+                                 env->dir(), "/ca ", crl, " >/dev/null && cp ",
+                                 crl, "/*.r0 ", env->dir(), "/old-crl.pem"));
+  FastTrustChanges(*env, crl);
+  const std::string log = env->dir() + "/server.log";
+  auto server = testing::ServerProcess::Start(env->config_path(), log);
+  ASSERT_THAT(server, IsOk());
+  absl::SleepFor(absl::Seconds(1));  // the next CRL is a second newer
+  env->Revoke("leaver");
+  EXPECT_TRUE(Eventually(absl::Seconds(5), [&] {
+    return absl::IsUnavailable(
+        TokenizeOnNewConnection(*env, **server, "leaver"));
+  }));
+  // The CRL from before the revocation, validly signed, put back.
+  testing::RunOrDie(absl::StrCat("cp ", env->dir(), "/old-crl.pem ", crl,
+                                 "/.old && mv ", crl, "/.old $(ls ", crl,
+                                 "/*.r0)"));
+  EXPECT_TRUE(Eventually(absl::Seconds(5), [&] {
+    return absl::StrContains(testing::ReadFileOrEmpty(log),
+                             "is older than the one in force");
+  }));
+  EXPECT_THAT(TokenizeOnNewConnection(*env, **server, "leaver"),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(TokenizeOnNewConnection(*env, **server, "pos"), IsOk());
+}
+
 TEST(RevocationTest, CaAddedWhileServingIsTrustedOnlyWithACurrentCrl) {
   auto env = testing::TestEnv::Create();
   const std::string crl = env->dir() + "/crl";
