@@ -13,6 +13,10 @@
 
 namespace cardvault::audit {
 
+absl::Time EventTime(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
 void SetEventTime(absl::Time t, google::protobuf::Timestamp* out) {
   const int64_t ms = absl::ToUnixMillis(t);
   out->set_seconds(ms / 1000);

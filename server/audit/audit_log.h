@@ -78,6 +78,9 @@ inline constexpr absl::string_view kServerIdentity = "cardvaultd";
 // Writes `t`, to the millisecond, into an event's timestamp.
 void SetEventTime(absl::Time t, google::protobuf::Timestamp* out);
 
+// The time an event's timestamp holds.
+absl::Time EventTime(const google::protobuf::Timestamp& t);
+
 // An event of `type` done by the server itself at `now`.
 AuditEvent ServerEvent(::cardvault::v1::EventType type, absl::Time now);
 

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/audit/audit_log.h"
 
 namespace cardvault::audit {
 namespace {
@@ -23,16 +24,6 @@ bool IsRefusalCode(int code) {
     default:
       return false;
   }
-}
-
-absl::Time TimeOf(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
-void SetTime(absl::Time t, google::protobuf::Timestamp* out) {
-  const int64_t ms = absl::ToUnixMillis(t);
-  out->set_seconds(ms / 1000);
-  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
 }
 
 }  // namespace
@@ -54,25 +45,15 @@ bool RefusalSummary::Admit(const AuditEvent& event, absl::Time now) {
       return false;
     }
     it = callers_.emplace(key, Caller{}).first;
-    it->second.tokens = options_.per_minute;
-    it->second.refilled = now;
   }
   Caller& c = it->second;
-  const double per_second = options_.per_minute / 60.0;
-  c.tokens = std::min<double>(
-      options_.per_minute,
-      c.tokens + absl::ToDoubleSeconds(now - c.refilled) * per_second);
-  c.refilled = now;
-  if (c.tokens >= 1) {
-    c.tokens -= 1;
-    return true;
-  }
+  if (c.bucket.TryTake(now, PerSecond(), options_.per_minute)) return true;
   Count(c, event, now);
   return false;
 }
 
 void RefusalSummary::Count(Caller& c, const AuditEvent& event, absl::Time now) {
-  const absl::Time at = TimeOf(event.event_time());
+  const absl::Time at = EventTime(event.event_time());
   if (c.counted == 0) {
     c.first = at;
     c.who.Clear();
@@ -85,8 +66,7 @@ void RefusalSummary::Count(Caller& c, const AuditEvent& event, absl::Time now) {
   c.last = std::max(at, now);
   ++c.counted;
   // RPC names and codes are the server's own, so this map stays small.
-  std::string rpc(event.rpc());
-  absl::string_view name = rpc;
+  absl::string_view name = event.rpc();
   if (size_t slash = name.rfind('/'); slash != absl::string_view::npos) {
     name.remove_prefix(slash + 1);
   }
@@ -106,7 +86,7 @@ std::vector<AuditEvent> RefusalSummary::Take(absl::Time now) {
       e.set_identity("<other callers>");
     }
     e.set_event_type(::cardvault::v1::REFUSALS_SUMMARY);
-    SetTime(c.first, e.mutable_event_time());
+    SetEventTime(c.first, e.mutable_event_time());
     e.set_refused_calls(c.counted);
     std::vector<std::string> parts;
     for (const auto& [what, n] : c.by_rpc_and_code) {
@@ -125,9 +105,7 @@ std::vector<AuditEvent> RefusalSummary::Take(absl::Time now) {
   for (auto it = callers_.begin(); it != callers_.end();) {
     Caller& c = it->second;
     summarise(c, false);
-    const double refill =
-        absl::ToDoubleSeconds(now - c.refilled) * options_.per_minute / 60.0;
-    if (c.tokens + refill >= options_.per_minute) {
+    if (c.bucket.FullAt(now, PerSecond(), options_.per_minute)) {
       callers_.erase(it++);
     } else {
       ++it;
@@ -142,15 +120,17 @@ void RefusalSummary::PutBack(std::vector<AuditEvent> summaries) {
   for (AuditEvent& e : summaries) {
     const std::string key =
         absl::StrCat(e.identity(), "\n", e.certificate_sha256());
-    Caller& c = callers_[key];
+    auto [it, inserted] = callers_.try_emplace(key);
+    Caller& c = it->second;
     if (c.counted == 0) {
       c.who = e;
       c.who.clear_detail();
       c.who.clear_refused_calls();
-      c.first = TimeOf(e.event_time());
+      c.first = EventTime(e.event_time());
       c.last = c.first;
-      c.refilled = c.first;
     }
+    // A caller forgotten since: its bucket starts empty at the summary.
+    if (inserted) c.bucket.Start(c.first, 0);
     c.counted += e.refused_calls();
     c.by_rpc_and_code["(summary not written before)"] += e.refused_calls();
   }

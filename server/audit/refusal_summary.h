@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.pb.h"
+#include "server/util/token_bucket.h"
 
 namespace cardvault::audit {
 
@@ -61,14 +62,14 @@ class RefusalSummary {
 
  private:
   struct Caller {
-    double tokens = 0;
-    absl::Time refilled;
+    util::TokenBucket bucket;
     uint64_t counted = 0;
     absl::Time first;
     absl::Time last;
     ::cardvault::v1::AuditEvent who;  // identity, certificate, peer
     std::map<std::string, uint64_t> by_rpc_and_code;
   };
+  double PerSecond() const { return options_.per_minute / 60.0; }
   void Count(Caller& c, const ::cardvault::v1::AuditEvent& event,
              absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

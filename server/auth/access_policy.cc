@@ -311,21 +311,12 @@ absl::Status RateLimiter::Admit(absl::string_view identity,
   absl::MutexLock lock(&mu_);
   Window& w = windows_[identity];
   if (w.day != day) w.day = day, w.in_day = 0;
-  if (limit.per_second != 0) {
-    const double capacity = limit.per_second;
-    w.tokens =
-        w.tokens < 0
-            ? capacity
-            : std::min(capacity,
-                       w.tokens +
-                           absl::ToDoubleSeconds(now - w.refilled) * capacity);
-    w.refilled = now;
-  }
-  if ((limit.per_second != 0 && w.tokens < 1) ||
+  const double per_second = limit.per_second;
+  if ((per_second != 0 && w.second.Refill(now, per_second, per_second) < 1) ||
       (limit.per_day != 0 && w.in_day >= limit.per_day)) {
     return absl::ResourceExhaustedError("Detokenize rate limit reached");
   }
-  if (limit.per_second != 0) w.tokens -= 1;
+  if (per_second != 0) w.second.Take();
   ++w.in_day;
   return absl::OkStatus();
 }

@@ -21,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/util/token_bucket.h"
 
 namespace cardvault::auth {
 
@@ -244,8 +245,7 @@ class RateLimiter {
 
  private:
   struct Window {
-    double tokens = -1;  // < 0: bucket not started
-    absl::Time refilled;
+    util::TokenBucket second;
     int64_t day = 0;
     uint64_t in_day = 0;
   };

@@ -41,17 +41,10 @@ void LogRate::Log(Severity severity, absl::string_view message, bool library) {
   uint64_t suppressed = 0;
   {
     absl::MutexLock lock(&mu_);
-    tokens_ = tokens_ < 0
-                  ? per_second_
-                  : std::min(per_second_,
-                             tokens_ + absl::ToDoubleSeconds(now - refilled_) *
-                                           per_second_);
-    refilled_ = now;
-    if (tokens_ < 1) {
+    if (!bucket_.TryTake(now, per_second_, per_second_)) {
       ++suppressed_;
       return;
     }
-    tokens_ -= 1;
     suppressed = std::exchange(suppressed_, 0);
   }
   const std::string line =

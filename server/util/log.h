@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/util/token_bucket.h"
 
 namespace cardvault::util {
 
@@ -51,8 +52,7 @@ class LogRate {
  private:
   const double per_second_;
   absl::Mutex mu_;
-  double tokens_ ABSL_GUARDED_BY(mu_) = -1;
-  absl::Time refilled_ ABSL_GUARDED_BY(mu_);
+  TokenBucket bucket_ ABSL_GUARDED_BY(mu_);
   uint64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -21,12 +21,8 @@ namespace {
 
 using ::cardvault::v1::EventType;
 
-absl::Time TimeOf(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
 bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
-  const absl::Time t = TimeOf(e.event_time());
+  const absl::Time t = audit::EventTime(e.event_time());
   return (!f.start_time || t >= *f.start_time) &&
          (!f.end_time || t < *f.end_time) &&
          (f.identity.empty() || e.identity() == f.identity) &&
