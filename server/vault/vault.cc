@@ -119,8 +119,14 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
 
 audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
                                   absl::string_view rpc) const {
-  return CallerEvent(caller, *deps_.policy->Current(), deps_.audit->marker(),
-                     type, rpc, options_.now());
+  return NewEvent(*deps_.policy->Current(), caller, type, rpc);
+}
+
+audit::AuditEvent Vault::NewEvent(const auth::AccessPolicy& policy,
+                                  const auth::Caller& caller, EventType type,
+                                  absl::string_view rpc) const {
+  return CallerEvent(caller, policy, deps_.audit->marker(), type, rpc,
+                     options_.now());
 }
 
 std::string Vault::RecordedIdentity(const auth::Caller& caller) const {
@@ -129,11 +135,12 @@ std::string Vault::RecordedIdentity(const auth::Caller& caller) const {
 }
 
 std::optional<audit::AuditEvent> Vault::BatchEvent(
-    const auth::Caller& caller, EventType type, absl::string_view rpc) const {
+    const auth::AccessPolicy& policy, const auth::Caller& caller,
+    EventType type, absl::string_view rpc) const {
   if (rpc != kTokenizeBatchRpc && rpc != kDetokenizeBatchRpc) {
     return std::nullopt;
   }
-  audit::AuditEvent event = NewEvent(caller, type, rpc);
+  audit::AuditEvent event = NewEvent(policy, caller, type, rpc);
   SetOutcome(absl::OkStatus(), &event);
   return event;
 }
@@ -508,14 +515,14 @@ void Vault::TokenizeAll(
   // nothing about validation.
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kTokenize);
-  call->batch_event = BatchEvent(caller, v1::TOKENIZE, rpc);
+  call->batch_event = BatchEvent(*policy, caller, v1::TOKENIZE, rpc);
   call->work.resize(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
     TokenizeWork& w = call->work[i];
     w.request = &call->requests[i];
     w.now = call->now;
     if (!call->batch_event.has_value()) {
-      w.event = NewEvent(caller, v1::TOKENIZE, rpc);
+      w.event = NewEvent(*policy, caller, v1::TOKENIZE, rpc);
     }
     if (!allowed.ok()) {
       w.refusal = allowed;
@@ -708,13 +715,13 @@ void Vault::DetokenizeAll(
   const absl::Status allowed =
       policy->Check(caller, auth::Permission::kDetokenize);
   std::optional<audit::AuditEvent> batch_event =
-      BatchEvent(caller, v1::DETOKENIZE, rpc);
+      BatchEvent(*policy, caller, v1::DETOKENIZE, rpc);
   call->work.resize(call->requests.size());
   std::vector<audit::Entry> entries(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
     DetokenizeWork& w = call->work[i];
     if (!batch_event.has_value()) {
-      w.event = NewEvent(caller, v1::DETOKENIZE, rpc);
+      w.event = NewEvent(*policy, caller, v1::DETOKENIZE, rpc);
     }
     entries[i].batch_index = static_cast<uint32_t>(i);
     RecordRequested(*policy, call->requests[i], &w.event);
@@ -803,7 +810,10 @@ absl::StatusOr<TokenInfo> Vault::GetTokenInfo(const auth::Caller& caller,
 void Vault::GetTokenInfoAsync(const auth::Caller& caller,
                               absl::string_view token,
                               Done<absl::StatusOr<TokenInfo>> done) const {
-  audit::AuditEvent event = NewEvent(caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  audit::AuditEvent event =
+      NewEvent(*policy, caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
   // A refusal: recorded, then answered.
   auto refuse = [&](absl::Status status) {
     RecordAsync(std::move(event), std::move(status),
@@ -811,8 +821,6 @@ void Vault::GetTokenInfoAsync(const auth::Caller& caller,
                   std::move(done)(std::move(s));
                 });
   };
-  const std::shared_ptr<const auth::AccessPolicy> policy =
-      deps_.policy->Current();
   if (absl::Status s = CheckTokenCall(
           *policy, caller, auth::Permission::kReadTokenInfo, token, &event);
       !s.ok()) {
@@ -855,9 +863,10 @@ void Vault::GetTokenInfoAsync(const auth::Caller& caller,
 
 absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
                                         absl::string_view token) const {
-  audit::AuditEvent event = NewEvent(caller, v1::DELETE_TOKEN, kDeleteTokenRpc);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
+  audit::AuditEvent event =
+      NewEvent(*policy, caller, v1::DELETE_TOKEN, kDeleteTokenRpc);
   if (absl::Status s = CheckTokenCall(
           *policy, caller, auth::Permission::kDeleteToken, token, &event);
       !s.ok()) {
@@ -960,9 +969,10 @@ void Vault::RotateDueDataKey() const {
 absl::Status Vault::ListAuditEvents(
     const auth::Caller& caller, const AuditFilter& filter,
     const std::function<bool(const audit::AuditEvent&)>& visit) const {
-  audit::AuditEvent event = NewEvent(caller, v1::LIST_EVENTS, kListEventsRpc);
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
+  audit::AuditEvent event =
+      NewEvent(*policy, caller, v1::LIST_EVENTS, kListEventsRpc);
   const audit::ValueMarker& marker = deps_.audit->marker();
   event.set_token(RecordedToken(
       filter.token,

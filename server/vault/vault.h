@@ -305,6 +305,12 @@ class Vault {
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
                              absl::string_view rpc) const;
+  // As NewEvent, under the policy a call already holds (one read of the
+  // policy per call, not per event).
+  audit::AuditEvent NewEvent(const auth::AccessPolicy& policy,
+                             const auth::Caller& caller,
+                             ::cardvault::v1::EventType type,
+                             absl::string_view rpc) const;
   // A token a caller named, as a record may hold it (recorded_value.h): a
   // well-formed random token as itself; a numeric one only once `found`
   // (digits that merely fail Luhn may be a PAN with a CVV appended, or one
@@ -318,7 +324,8 @@ class Vault {
                        audit::AuditEvent* event) const;
   // The one audit event of a batch call of `rpc`, which lists its items and
   // leaves them only what differs between them; none for single calls.
-  std::optional<audit::AuditEvent> BatchEvent(const auth::Caller& caller,
+  std::optional<audit::AuditEvent> BatchEvent(const auth::AccessPolicy& policy,
+                                              const auth::Caller& caller,
                                               ::cardvault::v1::EventType type,
                                               absl::string_view rpc) const;
   // An event of the server itself (start, stop, keys, policy).
