@@ -72,6 +72,17 @@ class AuditLogTest : public ::testing::Test {
     ASSERT_THAT(log, IsOk());
     log_ = *std::move(log);
   }
+  // Every event stored, in order.
+  std::vector<AuditEvent> Stored() {
+    std::vector<AuditEvent> out;
+    EXPECT_THAT(log_->Scan(1,
+                           [&](const AuditEvent& e) {
+                             out.push_back(e);
+                             return true;
+                           }),
+                IsOk());
+    return out;
+  }
   void AppendMany(int n) {
     for (int i = 0; i < n; ++i) {
       ASSERT_THAT(log_->Append(Event(absl::StrCat("id-", i))), IsOk());
@@ -303,13 +314,7 @@ TEST_F(AuditLogTest, RecordedStringsAreMaskedAndEscapedBeforeTheyAreChained) {
   AuditEvent event = Event("pos", "tok_x");
   event.set_detail("note 4111111111111111\nforged");
   ASSERT_THAT(log_->Append(event), IsOk());
-  std::vector<AuditEvent> stored;
-  ASSERT_THAT(log_->Scan(1,
-                         [&](const AuditEvent& e) {
-                           stored.push_back(e);
-                           return true;
-                         }),
-              IsOk());
+  std::vector<AuditEvent> stored = Stored();
   ASSERT_EQ(stored.size(), 1u);
   EXPECT_EQ(stored[0].detail(), "note ************1111\\x0aforged");
   EXPECT_TRUE(log_->Verify()->intact);
@@ -329,13 +334,7 @@ TEST_F(AuditLogTest, RefusalsPastTheRateBecomeOneSummaryRecord) {
   EXPECT_EQ(log_->Verify()->records_checked, 3u);
   EXPECT_EQ(log_->summarised_refusals(), 47u);
   log_->WriteRefusalSummaries();
-  std::vector<AuditEvent> stored;
-  ASSERT_THAT(log_->Scan(1,
-                         [&](const AuditEvent& e) {
-                           stored.push_back(e);
-                           return true;
-                         }),
-              IsOk());
+  std::vector<AuditEvent> stored = Stored();
   ASSERT_EQ(stored.size(), 4u);
   EXPECT_EQ(stored[3].event_type(), v1::REFUSALS_SUMMARY);
   EXPECT_EQ(stored[3].refused_calls(), 47u);
@@ -370,13 +369,7 @@ TEST_F(AuditLogTest, RefusedBatchItemsPastTheRateAreCountedNotListed) {
   ASSERT_EQ(results.size(), 11u);
   for (const absl::Status& r : results) EXPECT_THAT(r, IsOk());
   log_->WriteRefusalSummaries();
-  std::vector<AuditEvent> events;
-  ASSERT_THAT(log_->Scan(1,
-                         [&](const AuditEvent& e) {
-                           events.push_back(e);
-                           return true;
-                         }),
-              IsOk());
+  std::vector<AuditEvent> events = Stored();
   ASSERT_EQ(events.size(), 2u);
   EXPECT_EQ(events[0].items_size(), 4);  // the burst of 3, and the good one
   EXPECT_EQ(events[1].event_type(), v1::REFUSALS_SUMMARY);
@@ -455,13 +448,7 @@ TEST_F(AuditLogTest, BatchIsOneRecordListingTheItemsWritten) {
   EXPECT_THAT(results,
               ::testing::ElementsAre(
                   IsOk(), StatusIs(absl::StatusCode::kAborted), IsOk()));
-  std::vector<AuditEvent> events;
-  ASSERT_THAT(log_->Scan(1,
-                         [&](const AuditEvent& e) {
-                           events.push_back(e);
-                           return true;
-                         }),
-              IsOk());
+  std::vector<AuditEvent> events = Stored();
   ASSERT_EQ(events.size(), 2u);  // the first token's record, the batch's
   const AuditEvent& batch = events[1];
   EXPECT_EQ(batch.identity(), "pos");
