@@ -3,6 +3,7 @@
 #   make-pki.sh OUT_DIR CA_DIR [TRUST_DOMAIN]
 #     OUT_DIR gets exactly: ca.crt server.crt server.key pos.crt pos.key
 #     processor.crt processor.key auditor.crt auditor.key admin.crt admin.key
+#     watchdog.crt watchdog.key (the listener watchdog's own client, no role)
 #     CA_DIR keeps ca.key (never copied into OUT_DIR).
 #   make-pki.sh --client NAME URI_SAN OUT_DIR CA_DIR [--not-before TIME]
 #       [--not-after TIME] [--eku PURPOSE]
@@ -113,7 +114,7 @@ issue server localhost "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1" "$out" "$ca"
-for name in pos processor auditor admin; do
+for name in pos processor auditor admin watchdog; do
   issue "$name" "$name" "$(client_ext "spiffe://$domain/$name")" "$out" "$ca"
 done
 echo "make-pki: PKI ready in $out"

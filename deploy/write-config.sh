@@ -62,5 +62,13 @@ policy {
 metrics {
   file: "$state/cardvault.prom"
 }
+listener {
+  # Proves every 5 s that the port still completes mutual TLS; after 60 s
+  # of failures cardvaultd stops cleanly and exits 3 for a restart.
+  watchdog {
+    client_cert_file: "$state/pki/watchdog.crt"
+    client_key_file: "$state/pki/watchdog.key"
+  }
+}
 CONF
 echo "write-config: wrote $out"

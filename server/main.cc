@@ -5,6 +5,7 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -31,16 +32,21 @@
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
 #include "server/crypto/sha256.h"
+#include "server/net/connection_table.h"
+#include "server/net/tcp_listener.h"
 #include "server/service/audit_log_service.h"
 #include "server/service/client_trust.h"
 #include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
 #include "server/service/library_logs.h"
+#include "server/service/listener_watchdog.h"
 #include "server/service/server_credentials.h"
+#include "server/service/serving_gate.h"
 #include "server/service/token_vault_service.h"
 #include "server/service/unparsed_request_interceptor.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/util/blocking_executor.h"
+#include "server/util/descriptor_budget.h"
 #include "server/util/log.h"
 #include "server/util/metrics_file.h"
 #include "server/util/process_hardening.h"
@@ -69,6 +75,8 @@ namespace {
 
 constexpr char kServiceName[] = "cardvault.v1.TokenVault";
 constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
+// Exit status when the listener watchdog gave up (the supervisor restarts).
+constexpr int kExitListenerStuck = 3;
 
 // Checkpoints go to the server log, where operators export them (e.g. to a
 // SIEM) so that a truncated audit trail can be proven later.
@@ -122,6 +130,18 @@ int Run(const sigset_t& stop_signals) {
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
     cfg.mutable_storage()->set_data_dir(absl::GetFlag(FLAGS_data_dir));
   }
+  // Descriptors for the database, the HSM and the logs are kept out of the
+  // connections' share before anything opens them.
+  const uint64_t reserved_descriptors =
+      cfg.listener().reserved_descriptors() != 0
+          ? cfg.listener().reserved_descriptors()
+          : util::kBaseReservedDescriptors +
+                std::max<uint64_t>(
+                    1024, 2 * util::FilesUnder(cfg.storage().data_dir()));
+  const util::DescriptorBudget budget = OrDie(
+      util::RaiseDescriptorLimit(reserved_descriptors), "descriptor budget");
+  util::LogInfo(absl::StrCat("process hardening: ", util::HardeningReport(),
+                             " ", budget.Report()));
   if (absl::GetFlag(FLAGS_compact_and_exit)) {
     auto storage =
         OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
@@ -266,10 +286,28 @@ int Run(const sigset_t& stop_signals) {
   service::AuditLogService audit_service(vault.get(), &calls_in_flight);
   service::KeyAdminService key_admin_service(key_admin.get(), vault.get(),
                                              &calls_in_flight);
+  // cardvaultd accepts TCP itself: gRPC gets only admitted connections.
+  const config::v1::ListenerConfig& listener_cfg = cfg.listener();
+  const absl::Duration handshake_timeout =
+      absl::Seconds(listener_cfg.handshake_timeout_seconds());
+  auto listener = OrDie(
+      net::TcpListener::Create(
+          {.address = cfg.listen_address(),
+           .admission = OrDie(
+               net::AdmissionLimits(
+                   budget.for_connections, listener_cfg.max_connections(),
+                   listener_cfg.max_connections_per_source(),
+                   listener_cfg.max_pending_handshakes(), handshake_timeout),
+               "listener limits")}),
+      "listener");
+  const int port = listener->port();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(cfg.listen_address(), credentials, &port);
+  std::shared_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor =
+      builder.experimental().AddExternalConnectionAcceptor(
+          grpc::ServerBuilder::experimental_type::ExternalConnectionType::
+              FROM_FD,
+          credentials);
   builder.RegisterService(&token_vault);
   builder.RegisterService(&audit_service);
   builder.RegisterService(&key_admin_service);
@@ -297,7 +335,10 @@ int Run(const sigset_t& stop_signals) {
         std::pair{
             GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
             static_cast<int>(limits.min_client_ping_interval_seconds() * 1000)},
-        std::pair{GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2}}) {
+        std::pair{GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2},
+        std::pair{
+            GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+            static_cast<int>(absl::ToInt64Milliseconds(handshake_timeout))}}) {
     builder.AddChannelArgument(name, value);
   }
   // Requests that do not parse get INVALID_ARGUMENT and a record.
@@ -310,12 +351,20 @@ int Run(const sigset_t& stop_signals) {
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc::ResourceQuota quota("cardvaultd");
   quota.SetMaxThreads(static_cast<int>(cfg.limits().max_server_threads()));
+  quota.Resize(size_t{listener_cfg.memory_limit_mb()} << 20);
   builder.SetResourceQuota(quota);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    util::LogError(absl::StrCat("cannot listen on ", cfg.listen_address()));
+    util::LogError(absl::StrCat("cannot serve on ", cfg.listen_address()));
     return 1;
   }
+  listener->Start([acceptor](int listener_fd, int fd) {
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters
+        connection;
+    connection.listener_fd = listener_fd;
+    connection.fd = fd;
+    acceptor->HandleNewConnection(&connection);
+  });
   if (absl::Status s = vault->RecordLifecycle(
           v1::SERVER_START,
           absl::StrCat("policy sha256=", crypto::Sha256Hex(policy_text)));
@@ -386,6 +435,45 @@ int Run(const sigset_t& stop_signals) {
         }
         (void)vault->RecordPolicyReload(reload.outcome, detail);
       });
+  // Health is served while the HSM answers and the listener accepts.
+  service::ServingGate serving(
+      server->GetHealthCheckService(),
+      {"", kServiceName, "cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"});
+  std::atomic<bool> listener_ready{true};
+  absl::Mutex give_up_mu;
+  std::string give_up_reason;
+  std::unique_ptr<service::ListenerWatchdog> watchdog;
+  if (listener_cfg.watchdog().client_cert_file().empty()) {
+    util::LogError(
+        "ALERT listener.watchdog is not set: a listener that stops accepting "
+        "is not detected and the process is not restarted (README, "
+        "Connections)");
+  } else {
+    const config::v1::WatchdogConfig& w = listener_cfg.watchdog();
+    watchdog =
+        OrDie(service::ListenerWatchdog::Start(
+                  {.target = service::ProbeTarget(cfg.listen_address(), port),
+                   .client_cert_file = w.client_cert_file(),
+                   .client_key_file = w.client_key_file(),
+                   .server_ca_file = w.server_ca_file(),
+                   .server_name = w.server_name(),
+                   .interval = absl::Seconds(w.interval_seconds()),
+                   .exit_after = absl::Seconds(w.exit_after_seconds())},
+                  [&](bool ready) {
+                    listener_ready = ready;
+                    serving.Set("listener", ready);
+                  },
+                  [&](absl::string_view reason) {
+                    util::LogError(absl::StrCat("ALERT ", reason,
+                                                ": stopping for a restart"));
+                    {
+                      absl::MutexLock lock(&give_up_mu);
+                      give_up_reason = std::string(reason);
+                    }
+                    kill(getpid(), SIGTERM);
+                  }),
+              "listener watchdog");
+  }
   std::optional<util::MetricsFile> metrics;
   if (!cfg.metrics().file().empty()) {
     metrics.emplace(
@@ -432,6 +520,49 @@ int Run(const sigset_t& stop_signals) {
              [&] {
                return client_trust ? client_trust->refused_handshakes() : 0;
              }},
+            {"cardvault_connections_admitted_total",
+             "TCP connections admitted and handed to gRPC for mutual TLS.",
+             [&] { return listener->stats().admitted; }},
+            {"cardvault_connections_refused_total",
+             "TCP connections reset before TLS because listener."
+             "max_connections was reached.",
+             [&] { return listener->stats().refused_total; }},
+            {"cardvault_connections_refused_per_source_total",
+             "TCP connections reset before TLS because their source "
+             "address had listener.max_connections_per_source open.",
+             [&] { return listener->stats().refused_per_source; }},
+            {"cardvault_connections_refused_pending_total",
+             "TCP connections reset before TLS because listener."
+             "max_pending_handshakes was reached.",
+             [&] { return listener->stats().refused_pending; }},
+            {"cardvault_connections_evicted_total",
+             "Connections still in their handshake closed to admit one from "
+             "an address holding fewer.",
+             [&] { return listener->stats().evicted; }},
+            {"cardvault_accept_failures_total",
+             "accept(2) calls that failed (the listener backs off and "
+             "retries).",
+             [&] { return listener->stats().accept_failures; }},
+            {"cardvault_descriptor_exhaustion_total",
+             "Times a descriptor could not be had (EMFILE or ENFILE).",
+             [] { return util::DescriptorExhaustions(); }},
+            {"cardvault_connections_open",
+             "Client connections open (handed to gRPC, not yet closed).",
+             [&] { return listener->stats().open; }, /*gauge=*/true},
+            {"cardvault_connections_pending",
+             "Client connections younger than the handshake deadline.",
+             [&] { return listener->stats().pending; }, /*gauge=*/true},
+            {"cardvault_connection_descriptor_budget",
+             "Descriptors the budget leaves for client connections.",
+             [&] { return budget.for_connections; }, /*gauge=*/true},
+            {"cardvault_listener_ready",
+             "1 while the listener watchdog's mutual-TLS health calls to "
+             "the vault's own port succeed.",
+             [&] { return uint64_t{listener_ready.load() ? 1u : 0u}; },
+             /*gauge=*/true},
+            {"cardvault_listener_probe_failures_total",
+             "Listener watchdog probes that failed.",
+             [&] { return watchdog ? watchdog->failures() : 0; }},
             {"cardvault_client_crl_seconds_until_expiry",
              "Seconds until the first client CA's CRL reaches its "
              "nextUpdate (0: one has, and its clients are refused).",
@@ -443,14 +574,11 @@ int Run(const sigset_t& stop_signals) {
         },
         absl::Seconds(cfg.metrics().interval_seconds()));
   }
-  server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
-  for (const char* name : {"cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"}) {
-    server->GetHealthCheckService()->SetServingStatus(name, true);
-  }
+  serving.Set("hsm", true);
   // The HSM is watched from now on: health follows it.
   service::HsmHealthMonitor hsm_monitor(
-      [&token] { return token->Probe(); }, server->GetHealthCheckService(),
-      {"", kServiceName, "cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"},
+      [&token] { return token->Probe(); },
+      [&serving](bool ok) { serving.Set("hsm", ok); },
       {.interval = absl::Seconds(cfg.hsm().health_check_interval_seconds())});
   util::LogInfo(absl::StrCat("data keys loaded: ", keys->size(),
                              ", primary version ", keys->primary_version()));
@@ -462,14 +590,23 @@ int Run(const sigset_t& stop_signals) {
   sigwait(&stop_signals, &signal_number);
   util::LogInfo(
       absl::StrCat("signal ", signal_number, " received: draining requests"));
+  std::string stop_reason;
+  {
+    absl::MutexLock lock(&give_up_mu);
+    stop_reason = give_up_reason;
+  }
+  metrics.reset();
+  watchdog.reset();
+  listener.reset();
   server->GetHealthCheckService()->Shutdown();
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
   server->Wait();
-  if (!vault->RecordLifecycle(v1::SERVER_STOP).ok()) {
+  if (!vault->RecordLifecycle(v1::SERVER_STOP, stop_reason).ok()) {
     util::LogError("cannot record server stop in the audit trail");
   }
-  util::LogInfo("stopped");
-  return 0;
+  util::LogInfo(stop_reason.empty() ? std::string("stopped")
+                                    : absl::StrCat("stopped: ", stop_reason));
+  return stop_reason.empty() ? 0 : kExitListenerStuck;
 }
 
 }  // namespace
@@ -497,8 +634,6 @@ int main(int argc, char** argv) {
     cardvault::util::LogError(s.ToString());
     return 1;
   }
-  cardvault::util::LogInfo(
-      absl::StrCat("process hardening: ", cardvault::util::HardeningReport()));
   if (absl::GetFlag(FLAGS_config).empty()) {
     cardvault::util::LogError("--config is required");
     return 2;

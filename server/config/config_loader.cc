@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -102,6 +103,23 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "limits.max_connection_age_seconds must be 2 to 86400");
   check(c.limits().max_concurrent_streams() <= 10000,
         "limits.max_concurrent_streams must be at most 10000");
+  const auto& listener = c.listener();
+  check(listener.handshake_timeout_seconds() <= 60,
+        "listener.handshake_timeout_seconds must be 1 to 60");
+  check(
+      listener.memory_limit_mb() == 0 || (listener.memory_limit_mb() >= 64 &&
+                                          listener.memory_limit_mb() <= 65536),
+      "listener.memory_limit_mb must be 64 to 65536");
+  check(listener.watchdog().client_cert_file().empty() ==
+            listener.watchdog().client_key_file().empty(),
+        "listener.watchdog needs both client_cert_file and client_key_file");
+  check(listener.watchdog().interval_seconds() <= 300,
+        "listener.watchdog.interval_seconds must be 1 to 300");
+  check(listener.watchdog().exit_after_seconds() == 0 ||
+            listener.watchdog().exit_after_seconds() >=
+                2 * std::max(1u, listener.watchdog().interval_seconds()),
+        "listener.watchdog.exit_after_seconds must be at least twice its "
+        "interval_seconds");
   check(!c.policy().file().empty(), "policy.file is required");
   check(c.policy().reload_interval_seconds() <= 3600,
         "policy.reload_interval_seconds must be at most 3600");
@@ -183,6 +201,21 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
     if (value == 0) (limits->*set)(fallback);
   }
   if (tls->crl_expiry_warning_days() == 0) tls->set_crl_expiry_warning_days(7);
+  auto* listen = c.mutable_listener();
+  if (listen->handshake_timeout_seconds() == 0) {
+    listen->set_handshake_timeout_seconds(5);
+  }
+  if (listen->memory_limit_mb() == 0) listen->set_memory_limit_mb(1024);
+  auto* watchdog = listen->mutable_watchdog();
+  if (watchdog->server_ca_file().empty()) {
+    watchdog->set_server_ca_file(tls->client_ca_file());
+  }
+  if (watchdog->server_name().empty()) watchdog->set_server_name("localhost");
+  if (watchdog->interval_seconds() == 0) watchdog->set_interval_seconds(5);
+  if (watchdog->exit_after_seconds() == 0) {
+    watchdog->set_exit_after_seconds(
+        std::max(60u, 2 * watchdog->interval_seconds()));
+  }
   return absl::OkStatus();
 }
 

@@ -9,12 +9,10 @@
 namespace cardvault::service {
 
 HsmHealthMonitor::HsmHealthMonitor(std::function<absl::Status()> probe,
-                                   grpc::HealthCheckServiceInterface* health,
-                                   std::vector<std::string> services,
+                                   std::function<void(bool)> on_change,
                                    Options options)
     : probe_(std::move(probe)),
-      health_(health),
-      services_(std::move(services)),
+      on_change_(std::move(on_change)),
       options_(options) {
   thread_ = std::thread([this] { Run(); });
 }
@@ -40,9 +38,7 @@ void HsmHealthMonitor::Run() {
         util::LogError(absl::StrCat("ALERT HSM unavailable, not serving: ",
                                     status.ToString()));
       }
-      for (const std::string& name : services_) {
-        health_->SetServingStatus(name, ok);
-      }
+      on_change_(ok);
     }
     // interval, then 2x, 4x... of it while the device keeps failing.
     consecutive_failures = ok ? 0 : consecutive_failures + 1;

@@ -7,8 +7,6 @@
 #ifndef CARDVAULT_SERVER_SERVICE_HSM_HEALTH_MONITOR_H_
 #define CARDVAULT_SERVER_SERVICE_HSM_HEALTH_MONITOR_H_
 
-#include <grpcpp/health_check_service_interface.h>
-
 #include <atomic>
 #include <functional>
 #include <string>
@@ -30,11 +28,10 @@ class HsmHealthMonitor {
     absl::Duration max_backoff = absl::Seconds(60);
   };
 
-  // Starts probing. `health` must outlive the monitor; `services` are the
-  // names whose status follows the HSM.
+  // Starts probing; `on_change(healthy)` runs when the HSM's state changes
+  // (main sets the "hsm" condition of the ServingGate).
   HsmHealthMonitor(std::function<absl::Status()> probe,
-                   grpc::HealthCheckServiceInterface* health,
-                   std::vector<std::string> services, Options options);
+                   std::function<void(bool)> on_change, Options options);
   HsmHealthMonitor(const HsmHealthMonitor&) = delete;
   HsmHealthMonitor& operator=(const HsmHealthMonitor&) = delete;
   ~HsmHealthMonitor();
@@ -47,8 +44,7 @@ class HsmHealthMonitor {
   void Run();
 
   const std::function<absl::Status()> probe_;
-  grpc::HealthCheckServiceInterface* const health_;
-  const std::vector<std::string> services_;
+  const std::function<void(bool)> on_change_;
   const Options options_;
   std::atomic<bool> healthy_{true};
   std::atomic<uint64_t> failures_{0};

@@ -18,7 +18,7 @@ run_setup
 first=$(snapshot)
 tokens_first=$(ls "$work/softhsm/tokens")
 
-expected="admin.crt admin.key auditor.crt auditor.key ca.crt pos.crt pos.key processor.crt processor.key server.crt server.key"
+expected="admin.crt admin.key auditor.crt auditor.key ca.crt pos.crt pos.key processor.crt processor.key server.crt server.key watchdog.crt watchdog.key"
 actual=$(ls "$work/pki" | sort | tr '\n' ' ' | sed 's/ $//')
 [[ "$actual" == "$expected" ]] || fail "pki has [$actual], want [$expected]"
 [[ ! -e "$work/pki/ca.key" ]] || fail "CA key must not be in the PKI directory"
@@ -32,7 +32,7 @@ openssl verify -CAfile "$work/pki/ca.crt" "$work"/pki/*.crt >/dev/null || fail "
 san=$(openssl x509 -in "$work/pki/server.crt" -noout -ext subjectAltName)
 grep -q "DNS:localhost" <<<"$san" || fail "server SAN lacks localhost: $san"
 grep -q "IP Address:127.0.0.1" <<<"$san" || fail "server SAN lacks 127.0.0.1: $san"
-for role in pos processor auditor admin; do
+for role in pos processor auditor admin watchdog; do
   san=$(openssl x509 -in "$work/pki/$role.crt" -noout -ext subjectAltName)
   grep -q "URI:spiffe://cardvault.dev/$role" <<<"$san" || fail "$role SAN: $san"
   openssl x509 -in "$work/pki/$role.crt" -noout -ext extendedKeyUsage | grep -q "Client Authentication" \

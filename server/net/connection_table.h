@@ -1,0 +1,129 @@
+// Which TCP connections the listener admits, decided before gRPC owns a
+// socket: at most `max_connections` open, `max_per_source` from one source
+// address, and `max_pending` that may still be in their TLS handshake.
+//
+// A connection counts as pending for `handshake_deadline` after admission,
+// finished or not: gRPC closes one still handshaking then, so this is an
+// upper bound on what gRPC can be handshaking. When the pending (or total)
+// budget is full, a newcomer takes the place of the oldest pending
+// connection of the source holding the most pending ones, if that source
+// holds more than the newcomer's: a flood from some addresses cannot lock
+// the others out. Established connections are never evicted.
+//
+// Thread safety: thread-compatible; the listener's thread owns it.
+#ifndef CARDVAULT_SERVER_NET_CONNECTION_TABLE_H_
+#define CARDVAULT_SERVER_NET_CONNECTION_TABLE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace cardvault::net {
+
+// An open socket as the table knows it: the descriptor number and the inode
+// behind it, so a number reused for another file is never mistaken for it.
+struct Connection {
+  int fd = -1;
+  uint64_t inode = 0;
+  bool operator==(const Connection& o) const {
+    return fd == o.fd && inode == o.inode;
+  }
+};
+
+class ConnectionTable {
+ public:
+  struct Options {
+    // Most connections open at once. Default 1024.
+    size_t max_connections = 1024;
+    // Most connections open from one source address. Default 256.
+    size_t max_per_source = 256;
+    // Most connections younger than the handshake deadline. Default 512.
+    size_t max_pending = 512;
+    // How long a connection may take to complete TLS and send its HTTP/2
+    // preface (gRPC's GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS). Default 5 s.
+    absl::Duration handshake_deadline = absl::Seconds(5);
+  };
+
+  enum class Refusal { kNone, kTotal, kPerSource, kPending };
+
+  struct Decision {
+    bool admitted = false;
+    Refusal refusal = Refusal::kNone;
+    // A pending connection the newcomer replaces: already out of the table;
+    // the caller shuts it down.
+    std::optional<Connection> evicted;
+  };
+
+  explicit ConnectionTable(Options options) : options_(options) {}
+
+  // Admits `connection` from `source` (an address, no port) at `now`, or
+  // refuses it. An admitted connection is in the table until Remove or
+  // Sweep finds it closed. A table entry with the same descriptor number is
+  // replaced: the number was free again, so that connection has closed.
+  Decision Admit(absl::string_view source, Connection connection,
+                 absl::Time now);
+
+  // Forgets a connection that has closed.
+  void Remove(int fd);
+
+  // Forgets every connection for which `still_open` is false.
+  void Sweep(const std::function<bool(const Connection&)>& still_open);
+
+  size_t open() const { return connections_.size(); }
+  // Connections younger than the handshake deadline at `now`.
+  size_t pending(absl::Time now);
+  size_t sources() const { return sources_.size(); }
+  const Options& options() const { return options_; }
+
+ private:
+  struct Entry {
+    std::string source;
+    uint64_t inode = 0;
+    absl::Time admitted;
+    bool pending = true;
+  };
+  struct Source {
+    size_t open = 0;
+    size_t pending = 0;
+    // Descriptors admitted while pending, oldest first; entries no longer
+    // pending (or gone) are skipped when met.
+    std::deque<std::pair<int, uint64_t>> pending_order;
+  };
+
+  // Ages out pending connections older than the deadline.
+  void Expire(absl::Time now);
+  void EndPending(const std::string& source, Source& s);
+  void Erase(int fd);
+  std::optional<Connection> Evict(absl::string_view newcomer_source);
+
+  const Options options_;
+  absl::flat_hash_map<int, Entry> connections_;
+  absl::flat_hash_map<std::string, Source> sources_;
+  // (pending count, source): the source with the most pending last.
+  std::set<std::pair<size_t, std::string>> by_pending_;
+  // Every admission while pending, oldest first (for expiry).
+  std::deque<std::pair<int, uint64_t>> admission_order_;
+  size_t pending_ = 0;
+};
+
+// The admission limits for `descriptors` available to connections: each
+// limit given (non-zero) is kept, the others derive from it (documented
+// with ListenerConfig). INVALID_ARGUMENT when a given limit is over the
+// budget, or a per-source or pending limit over the total.
+absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
+    uint64_t descriptors, uint64_t max_connections, uint64_t max_per_source,
+    uint64_t max_pending, absl::Duration handshake_deadline);
+
+}  // namespace cardvault::net
+
+#endif  // CARDVAULT_SERVER_NET_CONNECTION_TABLE_H_

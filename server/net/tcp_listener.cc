@@ -1,0 +1,354 @@
+#include "server/net/tcp_listener.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "server/util/descriptor_budget.h"
+
+namespace cardvault::net {
+namespace {
+
+// Accepts per wake-up per socket, so one busy socket cannot starve the
+// sweep.
+constexpr int kMaxAcceptsPerWake = 256;
+constexpr absl::Duration kFirstBackoff = absl::Milliseconds(10);
+
+absl::Status SplitHostPort(absl::string_view address, std::string* host,
+                           std::string* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon + 1 == address.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address \"", address, "\" is not host:port"));
+  }
+  absl::string_view h = address.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
+    h = h.substr(1, h.size() - 2);
+  }
+  *host = std::string(h);
+  *port = std::string(address.substr(colon + 1));
+  int unused = 0;
+  if (!absl::SimpleAtoi(*port, &unused) || unused < 0 || unused > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address \"", address, "\" has no valid port"));
+  }
+  return absl::OkStatus();
+}
+
+int BoundPort(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
+  if (addr.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  }
+  return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+}
+
+void SetPort(addrinfo* ai, int port) {
+  if (ai->ai_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_port = htons(port);
+  } else if (ai->ai_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_port = htons(port);
+  }
+}
+
+// Closes with a reset: the refused peer learns at once, and no TIME_WAIT
+// is left on the server's side.
+void Reset(int fd) {
+  linger l{.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  close(fd);
+}
+
+uint64_t InodeOf(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+  return st.st_ino;
+}
+
+absl::string_view RefusalName(ConnectionTable::Refusal r) {
+  switch (r) {
+    case ConnectionTable::Refusal::kTotal:
+      return "max_connections";
+    case ConnectionTable::Refusal::kPerSource:
+      return "max_connections_per_source";
+    case ConnectionTable::Refusal::kPending:
+      return "max_pending_handshakes";
+    case ConnectionTable::Refusal::kNone:
+      break;
+  }
+  return "none";
+}
+
+}  // namespace
+
+std::string SourceAddress(const sockaddr_storage& peer) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (peer.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+    inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+  } else if (peer.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
+    } else {
+      inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+    }
+  } else {
+    return "unknown";
+  }
+  return text;
+}
+
+absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(
+    Options options) {
+  std::string host, port_text;
+  if (absl::Status s = SplitHostPort(options.address, &host, &port_text);
+      !s.ok()) {
+    return s;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(),
+                           port_text.c_str(), &hints, &found);
+      rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot resolve listen address \"", options.address,
+                     "\": ", gai_strerror(rc)));
+  }
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> owner(found,
+                                                           &freeaddrinfo);
+  size_t count = 0;
+  for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) ++count;
+  std::vector<int> fds;
+  auto close_all = [&fds] {
+    for (int fd : fds) close(fd);
+  };
+  int port = 0;
+  std::string last_error;
+  for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
+    if (port != 0) SetPort(ai, port);
+    int fd =
+        socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+               ai->ai_protocol);
+    if (fd < 0) {
+      last_error = std::strerror(errno);
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (ai->ai_family == AF_INET6) {
+      // Dual-stack only when the name resolves to this address alone.
+      const int v6only = count > 1 ? 1 : 0;
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+    }
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 ||
+        listen(fd, options.backlog) != 0) {
+      last_error = std::strerror(errno);
+      close(fd);
+      continue;
+    }
+    if (port == 0) port = BoundPort(fd);
+    fds.push_back(fd);
+  }
+  if (fds.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.address, ": ", last_error));
+  }
+  const int wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  const int spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (wake < 0 || spare < 0) {
+    close_all();
+    if (wake >= 0) close(wake);
+    if (spare >= 0) close(spare);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("listener descriptors: ", std::strerror(errno)));
+  }
+  return std::unique_ptr<TcpListener>(
+      new TcpListener(std::move(options), std::move(fds), port, wake, spare));
+}
+
+TcpListener::TcpListener(Options options, std::vector<int> listen_fds, int port,
+                         int wake_fd, int spare_fd)
+    : options_(std::move(options)),
+      listen_fds_(std::move(listen_fds)),
+      port_(port),
+      wake_fd_(wake_fd),
+      spare_fd_(spare_fd),
+      table_(options_.admission) {}
+
+TcpListener::~TcpListener() {
+  stop_ = true;
+  const uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+  if (thread_.joinable()) thread_.join();
+  for (int fd : listen_fds_) close(fd);
+  close(wake_fd_);
+  if (spare_fd_ >= 0) close(spare_fd_);
+}
+
+void TcpListener::Start(Handoff handoff) {
+  handoff_ = std::move(handoff);
+  thread_ = std::thread([this] { Run(); });
+}
+
+TcpListener::Stats TcpListener::stats() const {
+  return {.admitted = admitted_.load(),
+          .refused_total = refused_total_.load(),
+          .refused_per_source = refused_per_source_.load(),
+          .refused_pending = refused_pending_.load(),
+          .evicted = evicted_.load(),
+          .accept_failures = accept_failures_.load(),
+          .open = open_.load(),
+          .pending = pending_.load()};
+}
+
+void TcpListener::Run() {
+  std::vector<pollfd> polled;
+  for (int fd : listen_fds_) polled.push_back({fd, POLLIN, 0});
+  polled.push_back({wake_fd_, POLLIN, 0});
+  absl::Time next_sweep = options_.now();
+  while (!stop_) {
+    const absl::Time now = options_.now();
+    if (now >= next_sweep) {
+      SweepClosed();
+      next_sweep = now + options_.sweep_interval;
+    }
+    // While backing off, only the wake-up descriptor is watched.
+    const absl::Duration wait =
+        backoff_ > absl::ZeroDuration()
+            ? backoff_
+            : std::max(absl::ZeroDuration(), next_sweep - now);
+    const nfds_t watched = backoff_ > absl::ZeroDuration()
+                               ? 0
+                               : static_cast<nfds_t>(listen_fds_.size());
+    pollfd* first = watched == 0 ? &polled.back() : polled.data();
+    const int ready =
+        poll(first, watched + 1,
+             static_cast<int>(absl::ToInt64Milliseconds(wait)) + 1);
+    if (stop_) break;
+    if (ready < 0) continue;  // EINTR
+    if (watched == 0) {
+      // The backoff has passed: try the sockets again.
+      for (size_t i = 0; i < listen_fds_.size(); ++i)
+        polled[i].revents = POLLIN;
+    }
+    bool failed = false;
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      if ((polled[i].revents & POLLIN) != 0 && !AcceptSome(listen_fds_[i])) {
+        failed = true;
+      }
+      polled[i].revents = 0;
+    }
+    backoff_ = failed ? std::min(options_.max_backoff,
+                                 std::max(kFirstBackoff, backoff_ * 2))
+                      : absl::ZeroDuration();
+  }
+}
+
+bool TcpListener::AcceptSome(int listen_fd) {
+  for (int i = 0; i < kMaxAcceptsPerWake; ++i) {
+    sockaddr_storage peer{};
+    socklen_t len = sizeof(peer);
+    const int fd = accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len,
+                           SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      Admit(listen_fd, fd, peer);
+      continue;
+    }
+    const int error = errno;
+    switch (error) {
+      case EAGAIN:
+        return true;
+      case EINTR:
+      case ECONNABORTED:
+      case EPROTO:
+        continue;
+      default:
+        break;
+    }
+    ++accept_failures_;
+    if (error == EMFILE || error == ENFILE) {
+      util::NoteDescriptorExhaustion("accepting connections");
+      // Sheds the connection at the head of the queue: without it the
+      // queue stays full and every later handshake times out.
+      if (spare_fd_ >= 0) {
+        close(spare_fd_);
+        const int shed = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (shed >= 0) Reset(shed);
+        spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      }
+    }
+    failure_log_.Log(
+        util::Severity::kError,
+        absl::StrCat("ALERT accepting a connection failed (",
+                     std::strerror(error), "); retrying after a backoff"));
+    return false;
+  }
+  return true;
+}
+
+void TcpListener::Admit(int listen_fd, int fd, const sockaddr_storage& peer) {
+  const std::string source = SourceAddress(peer);
+  const ConnectionTable::Decision decision =
+      table_.Admit(source, Connection{fd, InodeOf(fd)}, options_.now());
+  if (!decision.admitted) {
+    Reset(fd);
+    switch (decision.refusal) {
+      case ConnectionTable::Refusal::kTotal:
+        ++refused_total_;
+        break;
+      case ConnectionTable::Refusal::kPerSource:
+        ++refused_per_source_;
+        break;
+      default:
+        ++refused_pending_;
+        break;
+    }
+    refusal_log_.Log(
+        util::Severity::kWarning,
+        absl::StrCat("connection from ", source, " refused: listener.",
+                     RefusalName(decision.refusal), " reached"));
+    return;
+  }
+  if (decision.evicted.has_value()) {
+    // Only if the number still holds that socket: it may have closed and
+    // been reused since the last sweep.
+    const Connection& victim = *decision.evicted;
+    if (InodeOf(victim.fd) == victim.inode) shutdown(victim.fd, SHUT_RDWR);
+    ++evicted_;
+  }
+  ++admitted_;
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  handoff_(listen_fd, fd);
+}
+
+void TcpListener::SweepClosed() {
+  table_.Sweep([](const Connection& c) { return InodeOf(c.fd) == c.inode; });
+  open_ = table_.open();
+  pending_ = table_.pending(options_.now());
+}
+
+}  // namespace cardvault::net

@@ -1,0 +1,114 @@
+// The vault's TCP listener: accepts connections itself, admits them by the
+// ConnectionTable's limits and hands each admitted socket to its owner
+// (gRPC, over mutual TLS); refused peers are reset at once, before TLS, so
+// a peer without a certificate costs no handshake and no gRPC memory.
+//
+// It never stops accepting: a failed accept (EMFILE, ENFILE, ENOBUFS, ...)
+// is counted, logged at a bounded rate and retried after a backoff, and on
+// EMFILE a spare descriptor is given up to shed the waiting connection, so
+// the accept queue drains instead of filling (gRPC 1.51's own listener stops
+// for good there). Handed-off sockets are watched by descriptor and inode:
+// when gRPC closes one, its place is free again.
+//
+// Thread safety: thread-safe; one accept thread, started by Start.
+#ifndef CARDVAULT_SERVER_NET_TCP_LISTENER_H_
+#define CARDVAULT_SERVER_NET_TCP_LISTENER_H_
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/net/connection_table.h"
+#include "server/util/log.h"
+
+namespace cardvault::net {
+
+class TcpListener {
+ public:
+  struct Options {
+    // Required. host:port ("127.0.0.1:9443", "[::]:9443", "localhost:0");
+    // every address the host resolves to is bound, port 0 picks one.
+    std::string address;
+    // Kernel accept queue per listening socket. Default 1024.
+    int backlog = 1024;
+    ConnectionTable::Options admission;
+    // How often handed-off sockets are checked for having closed.
+    // Default 200 ms.
+    absl::Duration sweep_interval = absl::Milliseconds(200);
+    // Longest pause after failed accepts; the first is 10 ms, doubling.
+    absl::Duration max_backoff = absl::Seconds(1);
+    std::function<absl::Time()> now = [] { return absl::Now(); };
+  };
+
+  // Receives each admitted socket (non-blocking, close-on-exec) and owns it
+  // from then on; `listener_fd` is the socket it was accepted on.
+  using Handoff = std::function<void(int listener_fd, int fd)>;
+
+  // Counters since start, and the table's state at the last sweep.
+  struct Stats {
+    uint64_t admitted = 0;
+    uint64_t refused_total = 0;       // max_connections reached
+    uint64_t refused_per_source = 0;  // max_per_source reached
+    uint64_t refused_pending = 0;     // max_pending reached
+    uint64_t evicted = 0;             // pending ones replaced by newcomers
+    uint64_t accept_failures = 0;     // accept(2) errors of any kind
+    uint64_t open = 0;
+    uint64_t pending = 0;
+  };
+
+  // Binds and listens (so the port is known, and a bad address fails start)
+  // but accepts nothing until Start.
+  static absl::StatusOr<std::unique_ptr<TcpListener>> Create(Options options);
+
+  TcpListener(const TcpListener&) = delete;
+  TcpListener& operator=(const TcpListener&) = delete;
+  // Stops accepting and closes the listening sockets; handed-off sockets
+  // stay with their owner.
+  ~TcpListener();
+
+  void Start(Handoff handoff);
+  int port() const { return port_; }
+  Stats stats() const;
+
+ private:
+  TcpListener(Options options, std::vector<int> listen_fds, int port,
+              int wake_fd, int spare_fd);
+  void Run();
+  // Accepts what is waiting on `listen_fd`; false when accept failed.
+  bool AcceptSome(int listen_fd);
+  void Admit(int listen_fd, int fd, const sockaddr_storage& peer);
+  void SweepClosed();
+
+  const Options options_;
+  const std::vector<int> listen_fds_;
+  const int port_;
+  const int wake_fd_;  // eventfd: Stop wakes the accept thread
+  int spare_fd_;       // given up on EMFILE to shed one waiting connection
+  Handoff handoff_;
+  ConnectionTable table_;  // accept thread only
+  absl::Duration backoff_ = absl::ZeroDuration();
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> admitted_{0}, refused_total_{0}, refused_per_source_{0},
+      refused_pending_{0}, evicted_{0}, accept_failures_{0}, open_{0},
+      pending_{0};
+  util::LogRate refusal_log_{1};
+  util::LogRate failure_log_{1};
+  std::thread thread_;
+};
+
+// The source address of `peer` as text, without the port; an IPv4 address
+// mapped into IPv6 is written as IPv4, so one host has one key.
+std::string SourceAddress(const sockaddr_storage& peer);
+
+}  // namespace cardvault::net
+
+#endif  // CARDVAULT_SERVER_NET_TCP_LISTENER_H_
