@@ -68,7 +68,9 @@ std::optional<Connection> ConnectionTable::Evict(
   auto newcomer = sources_.find(newcomer_source);
   const size_t newcomer_pending =
       newcomer == sources_.end() ? 0 : newcomer->second.pending;
-  if (most <= newcomer_pending) return std::nullopt;
+  // One fewer there and one more for the newcomer must not merely swap
+  // their places, or two sources would take turns evicting each other.
+  if (most <= newcomer_pending + 1) return std::nullopt;
   Source& s = sources_[source];
   PopStale(s.pending_order, connections_);
   if (s.pending_order.empty()) return std::nullopt;  // Unreachable.

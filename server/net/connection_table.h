@@ -7,8 +7,8 @@
 // upper bound on what gRPC can be handshaking. When the pending (or total)
 // budget is full, a newcomer takes the place of the oldest pending
 // connection of the source holding the most pending ones, if that source
-// holds more than the newcomer's: a flood from some addresses cannot lock
-// the others out. Established connections are never evicted.
+// holds at least two more than the newcomer's: a flood from some addresses
+// cannot lock the others out. Established connections are never evicted.
 //
 // Thread safety: thread-compatible; the listener's thread owns it.
 #ifndef CARDVAULT_SERVER_NET_CONNECTION_TABLE_H_

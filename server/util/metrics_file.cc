@@ -1,9 +1,11 @@
 #include "server/util/metrics_file.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "server/util/descriptor_budget.h"
 #include "server/util/log.h"
 
 namespace cardvault::util {
@@ -34,7 +36,11 @@ absl::Status MetricsFile::WriteNow() const {
   }
   const std::string tmp = path_ + ".tmp";
   {
+    errno = 0;
     std::ofstream out(tmp, std::ios::trunc);
+    if (!out && (errno == EMFILE || errno == ENFILE)) {
+      NoteDescriptorExhaustion("writing the metrics file");
+    }
     out << text;
     if (!out) {
       return absl::UnavailableError(

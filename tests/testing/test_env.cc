@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -172,7 +173,8 @@ int PickUnusedPort() {
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
-    const std::string& config, const std::string& log_path, int port) {
+    const std::string& config, const std::string& log_path, int port,
+    uint64_t max_descriptors) {
   if (port == 0) port = PickUnusedPort();
   const std::string listen = absl::StrCat("--listen_address=127.0.0.1:", port);
   const std::string config_flag = "--config=" + config;
@@ -183,6 +185,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
+    if (max_descriptors != 0) {
+      const rlimit limit{max_descriptors, max_descriptors};
+      if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(126);
+    }
     execl(CARDVAULTD_PATH, CARDVAULTD_PATH, config_flag.c_str(), listen.c_str(),
           static_cast<char*>(nullptr));
     _exit(127);

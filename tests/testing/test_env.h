@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -81,9 +82,11 @@ class TestEnv {
 class ServerProcess {
  public:
   // Starts cardvaultd with `config` on a free loopback port and waits for its
-  // ready line (or its exit).
+  // ready line (or its exit). `max_descriptors` (when not 0) is the soft and
+  // hard RLIMIT_NOFILE it starts with.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
-      const std::string& config, const std::string& log_path, int port = 0);
+      const std::string& config, const std::string& log_path, int port = 0,
+      uint64_t max_descriptors = 0);
   ~ServerProcess();
 
   const std::string& address() const { return address_; }
@@ -94,6 +97,8 @@ class ServerProcess {
   void Kill9();
   // SIGTERM and wait; returns the exit status as waitpid reports it.
   int Terminate();
+  // The process has been reaped by the caller (it exited by itself).
+  void Forget() { pid_ = -1; }
 
  private:
   ServerProcess(pid_t pid, int port)

@@ -1,0 +1,160 @@
+#include "server/net/connection_table.h"
+
+#include <string>
+
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace cardvault::net {
+namespace {
+
+using ::cardvault::testing::StatusIs;
+using Refusal = ConnectionTable::Refusal;
+
+const absl::Time kStart = absl::FromUnixSeconds(1'800'000'000);
+
+ConnectionTable::Options Small() {
+  return {.max_connections = 6,
+          .max_per_source = 4,
+          .max_pending = 4,
+          .handshake_deadline = absl::Seconds(5)};
+}
+
+Connection C(int fd) { return {fd, static_cast<uint64_t>(1000 + fd)}; }
+
+TEST(ConnectionTableTest, AdmitsUpToThePerSourceLimit) {
+  ConnectionTable table(Small());
+  for (int fd = 10; fd < 14; ++fd) {
+    EXPECT_TRUE(table.Admit("10.0.0.1", C(fd), kStart).admitted);
+  }
+  const auto refused = table.Admit("10.0.0.1", C(14), kStart);
+  EXPECT_FALSE(refused.admitted);
+  EXPECT_EQ(refused.refusal, Refusal::kPerSource);
+  EXPECT_FALSE(refused.evicted.has_value());
+  EXPECT_EQ(table.open(), 4u);
+}
+
+TEST(ConnectionTableTest, NewcomerReplacesOldestPendingOfTheBusiestSource) {
+  ConnectionTable table(Small());
+  for (int fd = 10; fd < 14; ++fd) {
+    ASSERT_TRUE(table.Admit("10.0.0.1", C(fd), kStart + absl::Seconds(fd - 10))
+                    .admitted);
+  }
+  ASSERT_EQ(table.pending(kStart + absl::Seconds(4)), 4u);
+  const auto d = table.Admit("10.0.0.9", C(20), kStart + absl::Seconds(4));
+  ASSERT_TRUE(d.admitted);
+  ASSERT_TRUE(d.evicted.has_value());
+  EXPECT_EQ(*d.evicted, C(10));
+  EXPECT_EQ(table.open(), 4u);
+}
+
+TEST(ConnectionTableTest, SourceNoBusierThanTheNewcomerIsNotEvicted) {
+  ConnectionTable table(Small());
+  ASSERT_TRUE(table.Admit("a", C(1), kStart).admitted);
+  ASSERT_TRUE(table.Admit("a", C(2), kStart).admitted);
+  ASSERT_TRUE(table.Admit("b", C(3), kStart).admitted);
+  ASSERT_TRUE(table.Admit("b", C(4), kStart).admitted);
+  // Pending budget full; "a" and "b" hold two each, as many as "b".
+  const auto d = table.Admit("b", C(5), kStart);
+  EXPECT_FALSE(d.admitted);
+  EXPECT_EQ(d.refusal, Refusal::kPending);
+  EXPECT_FALSE(d.evicted.has_value());
+}
+
+TEST(ConnectionTableTest, ConnectionsPastTheDeadlineAreNoLongerPending) {
+  ConnectionTable table(Small());
+  for (int fd = 1; fd <= 4; ++fd) {
+    ASSERT_TRUE(table.Admit(std::to_string(fd), C(fd), kStart).admitted);
+  }
+  EXPECT_EQ(table.pending(kStart + absl::Seconds(4)), 4u);
+  EXPECT_EQ(table.pending(kStart + absl::Seconds(5)), 0u);
+  // Room for pending again; the total (6) now binds.
+  EXPECT_TRUE(table.Admit("x", C(5), kStart + absl::Seconds(5)).admitted);
+  EXPECT_TRUE(table.Admit("y", C(6), kStart + absl::Seconds(5)).admitted);
+  const auto d = table.Admit("z", C(7), kStart + absl::Seconds(5));
+  // "x" and "y" are pending, one each, as many as "z" would be: refused.
+  EXPECT_FALSE(d.admitted);
+  EXPECT_EQ(d.refusal, Refusal::kTotal);
+}
+
+TEST(ConnectionTableTest, EstablishedConnectionsAreNeverEvicted) {
+  ConnectionTable table(Small());
+  for (int fd = 1; fd <= 4; ++fd) {
+    ASSERT_TRUE(table.Admit("a", C(fd), kStart).admitted);
+  }
+  ASSERT_TRUE(table.Admit("b", C(5), kStart + absl::Seconds(10)).admitted);
+  ASSERT_TRUE(table.Admit("b", C(6), kStart + absl::Seconds(10)).admitted);
+  // Total full: "a" holds four established, "b" two pending.
+  const auto d = table.Admit("c", C(7), kStart + absl::Seconds(10));
+  ASSERT_TRUE(d.admitted);
+  ASSERT_TRUE(d.evicted.has_value());
+  EXPECT_EQ(*d.evicted, C(5));
+}
+
+TEST(ConnectionTableTest, SweepForgetsClosedConnections) {
+  ConnectionTable table(Small());
+  for (int fd = 1; fd <= 4; ++fd) {
+    ASSERT_TRUE(table.Admit("a", C(fd), kStart).admitted);
+  }
+  table.Sweep([](const Connection& c) { return c.fd % 2 == 0; });
+  EXPECT_EQ(table.open(), 2u);
+  EXPECT_EQ(table.pending(kStart), 2u);
+  EXPECT_TRUE(table.Admit("a", C(7), kStart).admitted);
+  EXPECT_TRUE(table.Admit("a", C(8), kStart).admitted);
+}
+
+TEST(ConnectionTableTest, ReusedDescriptorNumberReplacesTheClosedEntry) {
+  ConnectionTable table(Small());
+  ASSERT_TRUE(table.Admit("a", C(3), kStart).admitted);
+  // The number came back from accept: the old socket has closed.
+  ASSERT_TRUE(table.Admit("b", Connection{3, 77}, kStart).admitted);
+  EXPECT_EQ(table.open(), 1u);
+  EXPECT_EQ(table.sources(), 1u);
+  EXPECT_EQ(table.pending(kStart), 1u);
+}
+
+TEST(ConnectionTableTest, ManyChurningSourcesKeepTheCountsExact) {
+  ConnectionTable table({.max_connections = 64,
+                         .max_per_source = 8,
+                         .max_pending = 32,
+                         .handshake_deadline = absl::Seconds(1)});
+  absl::Time now = kStart;
+  int fd = 0;
+  for (int round = 0; round < 2000; ++round) {
+    now += absl::Milliseconds(7);
+    const std::string source = std::to_string(round % 13);
+    (void)table.Admit(source, C(fd % 200), now);
+    ++fd;
+    if (round % 5 == 0) table.Remove((fd * 7) % 200);
+    ASSERT_LE(table.open(), 64u);
+    ASSERT_LE(table.pending(now), 32u);
+  }
+  table.Sweep([](const Connection&) { return false; });
+  EXPECT_EQ(table.open(), 0u);
+  EXPECT_EQ(table.sources(), 0u);
+  EXPECT_EQ(table.pending(now), 0u);
+}
+
+TEST(AdmissionLimitsTest, DerivesFromTheBudget) {
+  auto o = AdmissionLimits(1000, 0, 0, 0, absl::Seconds(5));
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->max_connections, 1000u);
+  EXPECT_EQ(o->max_per_source, 250u);
+  EXPECT_EQ(o->max_pending, 500u);
+  auto small = AdmissionLimits(20, 0, 0, 0, absl::Seconds(5));
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(small->max_per_source, 8u);
+  EXPECT_EQ(small->max_pending, 16u);
+}
+
+TEST(AdmissionLimitsTest, RefusesLimitsOverTheBudget) {
+  EXPECT_THAT(AdmissionLimits(1000, 1001, 0, 0, absl::Seconds(5)).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(AdmissionLimits(1000, 100, 200, 0, absl::Seconds(5)).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace cardvault::net
