@@ -295,12 +295,20 @@ int Run(const sigset_t& stop_signals) {
           {.address = cfg.listen_address(),
            .admission = OrDie(
                net::AdmissionLimits(
-                   budget.for_connections, listener_cfg.max_connections(),
+                   budget.for_connections,
+                   uint64_t{listener_cfg.memory_limit_mb()} << 20,
+                   listener_cfg.max_connections(),
                    listener_cfg.max_connections_per_source(),
                    listener_cfg.max_pending_handshakes(), handshake_timeout),
                "listener limits")}),
       "listener");
   const int port = listener->port();
+  util::LogInfo(absl::StrCat(
+      "listener admission: max_connections=",
+      listener->admission().max_connections,
+      " max_connections_per_source=", listener->admission().max_per_source,
+      " max_pending_handshakes=", listener->admission().max_pending,
+      " handshake_timeout=", absl::FormatDuration(handshake_timeout)));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor =

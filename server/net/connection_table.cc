@@ -83,7 +83,8 @@ std::optional<Connection> ConnectionTable::Evict(
 
 ConnectionTable::Decision ConnectionTable::Admit(absl::string_view source,
                                                  Connection connection,
-                                                 absl::Time now) {
+                                                 absl::Time now,
+                                                 bool from_this_host) {
   Expire(now);
   Erase(connection.fd);
   Decision decision;
@@ -99,7 +100,11 @@ ConnectionTable::Decision ConnectionTable::Admit(absl::string_view source,
                                                           : Refusal::kNone;
   if (full != Refusal::kNone) {
     decision.evicted = Evict(source);
-    if (!decision.evicted.has_value()) {
+    const bool host_room =
+        from_this_host &&
+        connections_.size() < options_.max_connections + kHostReserve &&
+        pending_ < options_.max_pending + kHostReserve;
+    if (!decision.evicted.has_value() && !host_room) {
       decision.refusal = full;
       return decision;
     }
@@ -136,8 +141,9 @@ size_t ConnectionTable::pending(absl::Time now) {
 }
 
 absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
-    uint64_t descriptors, uint64_t max_connections, uint64_t max_per_source,
-    uint64_t max_pending, absl::Duration handshake_deadline) {
+    uint64_t descriptors, uint64_t memory_bytes, uint64_t max_connections,
+    uint64_t max_per_source, uint64_t max_pending,
+    absl::Duration handshake_deadline) {
   if (max_connections > descriptors) {
     return absl::InvalidArgumentError(absl::StrCat(
         "listener.max_connections ", max_connections, " is over the ",
@@ -146,7 +152,11 @@ absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
         "or lower it)"));
   }
   ConnectionTable::Options o;
-  o.max_connections = max_connections != 0 ? max_connections : descriptors;
+  o.max_connections =
+      max_connections != 0
+          ? max_connections
+          : std::max<uint64_t>(
+                16, std::min(descriptors, memory_bytes / kConnectionCostBytes));
   o.max_per_source = max_per_source != 0
                          ? max_per_source
                          : std::max<uint64_t>(8, o.max_connections / 4);

@@ -70,8 +70,14 @@ class ConnectionTable {
   // refuses it. An admitted connection is in the table until Remove or
   // Sweep finds it closed. A table entry with the same descriptor number is
   // replaced: the number was free again, so that connection has closed.
+  // `from_this_host` (the peer's address is the one it connected to: the
+  // watchdog, an operator on the box) may go kHostReserve over the total
+  // and pending limits, so a flood from elsewhere cannot make the watchdog
+  // restart a vault that is serving; the per-source limit still holds.
   Decision Admit(absl::string_view source, Connection connection,
-                 absl::Time now);
+                 absl::Time now, bool from_this_host = false);
+
+  static constexpr size_t kHostReserve = 4;
 
   // Forgets a connection that has closed.
   void Remove(int fd);
@@ -116,13 +122,22 @@ class ConnectionTable {
   size_t pending_ = 0;
 };
 
-// The admission limits for `descriptors` available to connections: each
-// limit given (non-zero) is kept, the others derive from it (documented
-// with ListenerConfig). INVALID_ARGUMENT when a given limit is over the
-// budget, or a per-source or pending limit over the total.
+// What one client connection costs the server, resident: an idle
+// mutual-TLS connection measured 88 KiB with gRPC 1.51 and OpenSSL 3.0
+// (TLS buffers, which gRPC's ResourceQuota does not count, are most of it);
+// one still in its handshake 16 KiB (docs/benchmarks.md).
+inline constexpr uint64_t kConnectionCostBytes = 96 << 10;
+
+// The admission limits for `descriptors` available to connections and
+// `memory_bytes` they may hold: each limit given (non-zero) is kept, the
+// others derive (documented with ListenerConfig); max_connections at most
+// memory_bytes / kConnectionCostBytes. INVALID_ARGUMENT when a given limit
+// is over the descriptor budget, or a per-source or pending limit over the
+// total.
 absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
-    uint64_t descriptors, uint64_t max_connections, uint64_t max_per_source,
-    uint64_t max_pending, absl::Duration handshake_deadline);
+    uint64_t descriptors, uint64_t memory_bytes, uint64_t max_connections,
+    uint64_t max_per_source, uint64_t max_pending,
+    absl::Duration handshake_deadline);
 
 }  // namespace cardvault::net
 

@@ -311,8 +311,13 @@ bool TcpListener::AcceptSome(int listen_fd) {
 
 void TcpListener::Admit(int listen_fd, int fd, const sockaddr_storage& peer) {
   const std::string source = SourceAddress(peer);
-  const ConnectionTable::Decision decision =
-      table_.Admit(source, Connection{fd, InodeOf(fd)}, options_.now());
+  sockaddr_storage local{};
+  socklen_t local_len = sizeof(local);
+  const bool from_this_host =
+      getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0 &&
+      SourceAddress(local) == source;
+  const ConnectionTable::Decision decision = table_.Admit(
+      source, Connection{fd, InodeOf(fd)}, options_.now(), from_this_host);
   if (!decision.admitted) {
     Reset(fd);
     switch (decision.refusal) {

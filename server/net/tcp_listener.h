@@ -77,6 +77,9 @@ class TcpListener {
 
   void Start(Handoff handoff);
   int port() const { return port_; }
+  const ConnectionTable::Options& admission() const {
+    return options_.admission;
+  }
   Stats stats() const;
 
  private:

@@ -93,6 +93,23 @@ TEST(ConnectionTableTest, EstablishedConnectionsAreNeverEvicted) {
   EXPECT_EQ(*d.evicted, C(5));
 }
 
+TEST(ConnectionTableTest, ThisHostGetsInWhenAFloodLeavesNoOneToEvict) {
+  ConnectionTable table(Small());
+  // Four sources with one pending each: nobody is busier by two.
+  for (int fd = 1; fd <= 4; ++fd) {
+    ASSERT_TRUE(table.Admit(std::to_string(fd), C(fd), kStart).admitted);
+  }
+  EXPECT_FALSE(table.Admit("127.0.0.1", C(5), kStart).admitted);
+  for (int fd = 5; fd < 5 + static_cast<int>(ConnectionTable::kHostReserve);
+       ++fd) {
+    EXPECT_TRUE(table.Admit("127.0.0.1", C(fd), kStart, true).admitted) << fd;
+  }
+  const auto over = table.Admit("127.0.0.1", C(9), kStart, true);
+  EXPECT_FALSE(over.admitted);
+  // Per source still binds: 127.0.0.1 holds four.
+  EXPECT_EQ(over.refusal, Refusal::kPerSource);
+}
+
 TEST(ConnectionTableTest, SweepForgetsClosedConnections) {
   ConnectionTable table(Small());
   for (int fd = 1; fd <= 4; ++fd) {
@@ -137,23 +154,37 @@ TEST(ConnectionTableTest, ManyChurningSourcesKeepTheCountsExact) {
   EXPECT_EQ(table.pending(now), 0u);
 }
 
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
 TEST(AdmissionLimitsTest, DerivesFromTheBudget) {
-  auto o = AdmissionLimits(1000, 0, 0, 0, absl::Seconds(5));
+  auto o = AdmissionLimits(1000, kGiB, 0, 0, 0, absl::Seconds(5));
   ASSERT_TRUE(o.ok());
   EXPECT_EQ(o->max_connections, 1000u);
   EXPECT_EQ(o->max_per_source, 250u);
   EXPECT_EQ(o->max_pending, 500u);
-  auto small = AdmissionLimits(20, 0, 0, 0, absl::Seconds(5));
+  auto small = AdmissionLimits(20, kGiB, 0, 0, 0, absl::Seconds(5));
   ASSERT_TRUE(small.ok());
   EXPECT_EQ(small->max_per_source, 8u);
   EXPECT_EQ(small->max_pending, 16u);
 }
 
+TEST(AdmissionLimitsTest, MemoryBoundsTheDerivedTotal) {
+  auto o = AdmissionLimits(100000, kGiB, 0, 0, 0, absl::Seconds(5));
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->max_connections, kGiB / kConnectionCostBytes);
+  // A limit given explicitly is the operator's.
+  auto given = AdmissionLimits(100000, kGiB, 50000, 0, 0, absl::Seconds(5));
+  ASSERT_TRUE(given.ok());
+  EXPECT_EQ(given->max_connections, 50000u);
+}
+
 TEST(AdmissionLimitsTest, RefusesLimitsOverTheBudget) {
-  EXPECT_THAT(AdmissionLimits(1000, 1001, 0, 0, absl::Seconds(5)).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(AdmissionLimits(1000, 100, 200, 0, absl::Seconds(5)).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      AdmissionLimits(1000, kGiB, 1001, 0, 0, absl::Seconds(5)).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      AdmissionLimits(1000, kGiB, 100, 200, 0, absl::Seconds(5)).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace
