@@ -9,12 +9,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -417,6 +419,203 @@ TEST_F(ConnectionAdmissionTest, WatchdogExitsForRestartWhenListenerIsStuck) {
     EXPECT_THAT(processor->Detokenize(token, "authorization").status(), IsOk())
         << token;
   }
+}
+
+
+// ATTACK: one idle TCP connection (no TLS, no certificate) from each of
+// 200 addresses keeps the pending budget full with no address "busier"
+// than the watchdog's 127.0.0.1, so the watchdog's probe is refused every
+// time and nothing is evicted for it. The listener itself is fine (an
+// established connection is served all along), yet the watchdog must not
+// make the process exit: that turns a connection flood into a restart loop
+// that also kills every established connection.
+TEST_F(ConnectionAdmissionTest, DistributedPendingFloodDoesNotKillProcess) {
+  env_->AddToConfig("watchdog", "exit_after_seconds: 2");
+  env_->AddToConfig("watchdog", "interval_seconds: 1");
+  auto server = StartServer();
+  ASSERT_THAT(server.status(), IsOk());
+  const int port = (*server)->port();
+  const pid_t pid = (*server)->pid();
+  auto open_client = testing::ClientFor(*env_, (*server)->address(), "pos");
+  ASSERT_THAT(open_client->Tokenize(TestCard(), "dev-merchant/pos").status(),
+              IsOk());
+
+  constexpr int kSources = 200;  // > max_pending (176 here)
+  // Per address the connection the server counts as pending, and its
+  // successor, tried shortly before that one ages out: reset (refused)
+  // until then, it takes the place the moment it is free.
+  struct Held {
+    int fd = -1, next = -1;
+    absl::Time since, next_since;
+  };
+  std::vector<Held> held(kSources);
+  std::vector<int> aged;  // past the deadline; the server closes them
+  const absl::Time attack_start = absl::Now();
+  int status = 0;
+  bool exited = false;
+  uint64_t served_during = 0;
+  absl::Time last_call = absl::Now();
+  while (absl::Now() - attack_start < absl::Seconds(10)) {
+    const absl::Time now = absl::Now();
+    for (int i = 0; i < kSources; ++i) {
+      Held& h = held[i];
+      const std::string source = absl::StrCat("127.0.0.", 2 + i);
+      if (h.fd >= 0 && PeerClosed(h.fd)) {
+        close(h.fd);
+        h.fd = -1;
+      }
+      if (h.fd < 0) {
+        h.fd = ConnectFrom(source, port);
+        h.since = now;
+        continue;
+      }
+      if (now - h.since < absl::Milliseconds(4800)) continue;
+      if (h.next >= 0 && PeerClosed(h.next)) {
+        close(h.next);
+        h.next = -1;
+      }
+      if (h.next < 0) {
+        h.next = ConnectFrom(source, port);
+        h.next_since = now;
+      } else if (now - h.next_since > absl::Milliseconds(50)) {
+        aged.push_back(h.fd);  // admitted: the successor holds the place
+        h.fd = h.next;
+        h.since = h.next_since;
+        h.next = -1;
+      }
+    }
+    if (now - last_call > absl::Milliseconds(500)) {
+      last_call = now;
+      if (open_client->Tokenize(TestCard(), "dev-merchant/pos").ok()) {
+        ++served_during;
+      }
+    }
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      (*server)->Forget();
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  for (int fd : aged) close(fd);
+  for (Held& h : held) {
+    if (h.fd >= 0) close(h.fd);
+    if (h.next >= 0) close(h.next);
+  }
+  std::cerr << "attack ran " << (absl::Now() - attack_start)
+            << ", established-connection calls served: " << served_during
+            << "\n";
+  EXPECT_FALSE(exited) << "the watchdog killed a healthy vault, exit status "
+                       << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  EXPECT_GT(served_during, 0u);
+  EXPECT_THAT(testing::ReadFileOrEmpty(log_),
+              ::testing::Not(HasSubstr("stopped: listener watchdog")));
+}
+
+// ATTACK: a caller that opened 4 connections (a small pool) from 127.0.0.1
+// has finished mutual TLS on each and is being served; it stays "pending"
+// for the handshake deadline. 172 idle TCP connections from as many other
+// addresses fill the pending budget; 3 more from fresh addresses each evict
+// the caller's oldest "pending" (i.e. established) connection.
+TEST_F(ConnectionAdmissionTest, EstablishedConnectionsAreNotEvicted) {
+  auto server = StartServer();
+  ASSERT_THAT(server.status(), IsOk());
+  const int port = (*server)->port();
+  std::vector<std::shared_ptr<grpc::Channel>> pool;
+  for (int i = 0; i < 4; ++i) {
+    client::ClientOptions o =
+        testing::ClientOptionsFor(*env_, (*server)->address(), "auditor");
+    o.separate_connection_index = 100 + i;
+    auto channel = client::CreateMutualTlsChannel(o);
+    ASSERT_THAT(channel.status(), IsOk());
+    ASSERT_THAT(client::CheckHealth(*channel, "", absl::Seconds(3)).status(),
+                IsOk());
+    ASSERT_EQ((*channel)->GetState(false), GRPC_CHANNEL_READY);
+    pool.push_back(*channel);
+  }
+  std::vector<int> flood;
+  for (int i = 0; i < 175; ++i) {
+    const int fd = ConnectFrom(absl::StrCat("127.0.0.", 2 + i), port);
+    if (fd >= 0) flood.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  int dropped = 0;
+  for (auto& channel : pool) {
+    if (channel->GetState(false) != GRPC_CHANNEL_READY) ++dropped;
+  }
+  for (int fd : flood) close(fd);
+  std::cerr << "established connections dropped: " << dropped << " of "
+            << pool.size() << ", evicted metric: "
+            << Metric(metrics(), "cardvault_connections_evicted_total")
+            << "\n";
+  EXPECT_EQ(dropped, 0) << "the attacker closed a serving connection";
+}
+
+
+// ATTACK: the watchdog probes from 127.0.0.1, and so does anything on the
+// vault's host or behind a local TCP proxy/sidecar. 100 idle TCP
+// connections from 127.0.0.1 (no TLS), re-opened when the server closes
+// them, hold max_connections_per_source (88 here): the probe is refused
+// by the per-source limit (checked before any eviction) and the watchdog
+// stops a vault whose listener works.
+TEST_F(ConnectionAdmissionTest, LoopbackPerSourceFloodDoesNotKillProcess) {
+  env_->AddToConfig("watchdog", "exit_after_seconds: 2");
+  env_->AddToConfig("watchdog", "interval_seconds: 1");
+  auto server = StartServer();
+  ASSERT_THAT(server.status(), IsOk());
+  const int port = (*server)->port();
+  const pid_t pid = (*server)->pid();
+  std::vector<int> held(150, -1);
+  const absl::Time attack_start = absl::Now();
+  int status = 0;
+  bool exited = false;
+  while (absl::Now() - attack_start < absl::Seconds(8)) {
+    for (int& fd : held) {
+      if (fd >= 0 && !PeerClosed(fd)) continue;
+      if (fd >= 0) close(fd);
+      fd = ConnectFrom("127.0.0.1", port);
+    }
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      (*server)->Forget();
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  for (int fd : held) {
+    if (fd >= 0) close(fd);
+  }
+  std::cerr << "attack ran " << (absl::Now() - attack_start) << "\n";
+  EXPECT_FALSE(exited) << "the watchdog killed a healthy vault, exit status "
+                       << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+
+// kill -9 in the middle of a flood (half of it mid-TLS), then a restart on
+// the same port: the port binds again (SO_REUSEADDR) and serves.
+TEST_F(ConnectionAdmissionTest, RestartOnSamePortAfterKillDuringFlood) {
+  auto server = StartServer();
+  ASSERT_THAT(server.status(), IsOk());
+  const int port = (*server)->port();
+  ASSERT_THAT(TokenizeOnNewConnection(**server, absl::Seconds(5)).status(),
+              IsOk());
+  std::vector<int> flood;
+  for (int i = 0; i < 200; ++i) {
+    const int fd = ConnectFrom(absl::StrCat("127.0.0.", 2 + i % 50), port);
+    if (fd < 0) continue;
+    if (i % 2 == 0) send(fd, "\x16\x03\x01\x01\x00", 5, MSG_NOSIGNAL);
+    flood.push_back(fd);
+  }
+  const pid_t pid = (*server)->pid();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  (*server)->Forget();
+  auto restarted = StartServer(port);
+  for (int fd : flood) close(fd);
+  ASSERT_THAT(restarted.status(), IsOk());
+  EXPECT_THAT(TokenizeOnNewConnection(**restarted, absl::Seconds(5)).status(),
+              IsOk());
 }
 
 }  // namespace
