@@ -40,6 +40,7 @@
 #include "server/service/key_admin_service.h"
 #include "server/service/library_logs.h"
 #include "server/service/listener_watchdog.h"
+#include "server/service/served_connection_observer.h"
 #include "server/service/server_credentials.h"
 #include "server/service/serving_gate.h"
 #include "server/service/token_vault_service.h"
@@ -290,6 +291,14 @@ int Run(const sigset_t& stop_signals) {
   const config::v1::ListenerConfig& listener_cfg = cfg.listener();
   const absl::Duration handshake_timeout =
       absl::Seconds(listener_cfg.handshake_timeout_seconds());
+  // The watchdog's probes come in through a socket only this user can
+  // reach, never through the public port's admission.
+  std::string probe_dir = "/tmp/cardvaultd-probe-XXXXXX";
+  if (mkdtemp(probe_dir.data()) == nullptr) {
+    util::LogError("cannot make the watchdog's probe directory in /tmp");
+    return 1;
+  }
+  const std::string probe_socket = probe_dir + "/probe.sock";
   auto listener = OrDie(
       net::TcpListener::Create(
           {.address = cfg.listen_address(),
@@ -299,8 +308,11 @@ int Run(const sigset_t& stop_signals) {
                    uint64_t{listener_cfg.memory_limit_mb()} << 20,
                    listener_cfg.max_connections(),
                    listener_cfg.max_connections_per_source(),
-                   listener_cfg.max_pending_handshakes(), handshake_timeout),
-               "listener limits")}),
+                   listener_cfg.max_pending_handshakes(),
+                   listener_cfg.max_new_connections_per_second_per_source(),
+                   handshake_timeout),
+               "listener limits"),
+           .probe_socket_path = probe_socket}),
       "listener");
   const int port = listener->port();
   util::LogInfo(absl::StrCat(
@@ -356,6 +368,10 @@ int Run(const sigset_t& stop_signals) {
   interceptors.push_back(
       std::make_unique<service::UnparsedRequestInterceptorFactory>(
           vault.get()));
+  // Connections that carry a call are established: never evicted.
+  interceptors.push_back(std::make_unique<service::ServedConnectionObserver>(
+      [&listener] { return listener->WantsServedPeers(); },
+      [&listener](absl::string_view peer) { listener->NoteServed(peer); }));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc::ResourceQuota quota("cardvaultd");
   quota.SetMaxThreads(static_cast<int>(cfg.limits().max_server_threads()));
@@ -458,29 +474,28 @@ int Run(const sigset_t& stop_signals) {
         "Connections)");
   } else {
     const config::v1::WatchdogConfig& w = listener_cfg.watchdog();
-    watchdog =
-        OrDie(service::ListenerWatchdog::Start(
-                  {.target = service::ProbeTarget(cfg.listen_address(), port),
-                   .client_cert_file = w.client_cert_file(),
-                   .client_key_file = w.client_key_file(),
-                   .server_ca_file = w.server_ca_file(),
-                   .server_name = w.server_name(),
-                   .interval = absl::Seconds(w.interval_seconds()),
-                   .exit_after = absl::Seconds(w.exit_after_seconds())},
-                  [&](bool ready) {
-                    listener_ready = ready;
-                    serving.Set("listener", ready);
-                  },
-                  [&](absl::string_view reason) {
-                    util::LogError(absl::StrCat("ALERT ", reason,
-                                                ": stopping for a restart"));
-                    {
-                      absl::MutexLock lock(&give_up_mu);
-                      give_up_reason = std::string(reason);
-                    }
-                    kill(getpid(), SIGTERM);
-                  }),
-              "listener watchdog");
+    watchdog = OrDie(service::ListenerWatchdog::Start(
+                         {.target = absl::StrCat("unix:", probe_socket),
+                          .client_cert_file = w.client_cert_file(),
+                          .client_key_file = w.client_key_file(),
+                          .server_ca_file = w.server_ca_file(),
+                          .server_name = w.server_name(),
+                          .interval = absl::Seconds(w.interval_seconds()),
+                          .exit_after = absl::Seconds(w.exit_after_seconds())},
+                         [&](bool ready) {
+                           listener_ready = ready;
+                           serving.Set("listener", ready);
+                         },
+                         [&](absl::string_view reason) {
+                           util::LogError(absl::StrCat(
+                               "ALERT ", reason, ": stopping for a restart"));
+                           {
+                             absl::MutexLock lock(&give_up_mu);
+                             give_up_reason = std::string(reason);
+                           }
+                           kill(getpid(), SIGTERM);
+                         }),
+                     "listener watchdog");
   }
   std::optional<util::MetricsFile> metrics;
   if (!cfg.metrics().file().empty()) {
@@ -543,6 +558,10 @@ int Run(const sigset_t& stop_signals) {
              "TCP connections reset before TLS because listener."
              "max_pending_handshakes was reached.",
              [&] { return listener->stats().refused_pending; }},
+            {"cardvault_connections_refused_rate_total",
+             "TCP connections reset before TLS because their source opened "
+             "more than listener.max_new_connections_per_second_per_source.",
+             [&] { return listener->stats().refused_rate; }},
             {"cardvault_connections_evicted_total",
              "Connections still in their handshake closed to admit one from "
              "an address holding fewer.",
@@ -606,6 +625,7 @@ int Run(const sigset_t& stop_signals) {
   metrics.reset();
   watchdog.reset();
   listener.reset();
+  rmdir(probe_dir.c_str());
   server->GetHealthCheckService()->Shutdown();
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
   server->Wait();

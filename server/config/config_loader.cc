@@ -206,6 +206,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
     listen->set_handshake_timeout_seconds(5);
   }
   if (listen->memory_limit_mb() == 0) listen->set_memory_limit_mb(1024);
+  if (listen->max_new_connections_per_second_per_source() == 0) {
+    listen->set_max_new_connections_per_second_per_source(200);
+  }
   auto* watchdog = listen->mutable_watchdog();
   if (watchdog->server_ca_file().empty()) {
     watchdog->set_server_ca_file(tls->client_ca_file());

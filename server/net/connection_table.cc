@@ -28,7 +28,21 @@ void ConnectionTable::EndPending(const std::string& source, Source& s) {
   by_pending_.erase({s.pending, source});
   --s.pending;
   --pending_;
-  if (s.pending > 0) by_pending_.insert({s.pending, source});
+  if (s.pending > 0) {
+    by_pending_.insert({s.pending, source});
+  } else {
+    s.pending_order.clear();
+  }
+}
+
+void ConnectionTable::MarkServed(const Connection& connection) {
+  auto it = connections_.find(connection.fd);
+  if (it == connections_.end() || it->second.inode != connection.inode ||
+      !it->second.pending) {
+    return;
+  }
+  it->second.pending = false;
+  EndPending(it->second.source, sources_[it->second.source]);
 }
 
 void ConnectionTable::Erase(int fd) {
@@ -83,11 +97,15 @@ std::optional<Connection> ConnectionTable::Evict(
 
 ConnectionTable::Decision ConnectionTable::Admit(absl::string_view source,
                                                  Connection connection,
-                                                 absl::Time now,
-                                                 bool from_this_host) {
+                                                 absl::Time now) {
   Expire(now);
   Erase(connection.fd);
   Decision decision;
+  const double rate = options_.max_new_per_second;
+  if (rate > 0 && !rates_[source].TryTake(now, rate, 2 * rate)) {
+    decision.refusal = Refusal::kRate;
+    return decision;
+  }
   auto existing = sources_.find(source);
   if (existing != sources_.end() &&
       existing->second.open >= options_.max_per_source) {
@@ -100,11 +118,7 @@ ConnectionTable::Decision ConnectionTable::Admit(absl::string_view source,
                                                           : Refusal::kNone;
   if (full != Refusal::kNone) {
     decision.evicted = Evict(source);
-    const bool host_room =
-        from_this_host &&
-        connections_.size() < options_.max_connections + kHostReserve &&
-        pending_ < options_.max_pending + kHostReserve;
-    if (!decision.evicted.has_value() && !host_room) {
+    if (!decision.evicted.has_value()) {
       decision.refusal = full;
       return decision;
     }
@@ -127,12 +141,20 @@ ConnectionTable::Decision ConnectionTable::Admit(absl::string_view source,
 void ConnectionTable::Remove(int fd) { Erase(fd); }
 
 void ConnectionTable::Sweep(
-    const std::function<bool(const Connection&)>& still_open) {
+    const std::function<bool(const Connection&)>& still_open, absl::Time now) {
   std::vector<int> closed;
   for (const auto& [fd, entry] : connections_) {
     if (!still_open(Connection{fd, entry.inode})) closed.push_back(fd);
   }
   for (int fd : closed) Erase(fd);
+  const double rate = options_.max_new_per_second;
+  if (rates_.size() > options_.max_connections) {
+    rates_.clear();
+    return;
+  }
+  absl::erase_if(rates_, [&](const auto& entry) {
+    return entry.second.FullAt(now, rate, 2 * rate);
+  });
 }
 
 size_t ConnectionTable::pending(absl::Time now) {
@@ -142,7 +164,7 @@ size_t ConnectionTable::pending(absl::Time now) {
 
 absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
     uint64_t descriptors, uint64_t memory_bytes, uint64_t max_connections,
-    uint64_t max_per_source, uint64_t max_pending,
+    uint64_t max_per_source, uint64_t max_pending, uint64_t max_new_per_second,
     absl::Duration handshake_deadline) {
   if (max_connections > descriptors) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -171,6 +193,7 @@ absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
         ") must not be over max_connections (", o.max_connections, ")"));
   }
   o.handshake_deadline = handshake_deadline;
+  o.max_new_per_second = static_cast<double>(max_new_per_second);
   return o;
 }
 

@@ -2,13 +2,16 @@
 // socket: at most `max_connections` open, `max_per_source` from one source
 // address, and `max_pending` that may still be in their TLS handshake.
 //
-// A connection counts as pending for `handshake_deadline` after admission,
-// finished or not: gRPC closes one still handshaking then, so this is an
-// upper bound on what gRPC can be handshaking. When the pending (or total)
-// budget is full, a newcomer takes the place of the oldest pending
-// connection of the source holding the most pending ones, if that source
-// holds at least two more than the newcomer's: a flood from some addresses
-// cannot lock the others out. Established connections are never evicted.
+// A connection is pending from admission until its first call (the server
+// saw a request on it: mutual TLS done) or the handshake deadline, when
+// gRPC closes one still handshaking; so this bounds what gRPC can be
+// handshaking. When the pending (or total) budget is full, a newcomer takes
+// the place of the oldest pending connection of the source holding the most
+// pending ones, if that source holds at least two more than the
+// newcomer's: a flood from some addresses cannot lock the others out. A
+// connection that has carried a call is never evicted. Each source may open
+// `max_new_per_second` connections a second (a burst of twice as many), so
+// one address cannot keep the server busy with TLS handshakes.
 //
 // Thread safety: thread-compatible; the listener's thread owns it.
 #ifndef CARDVAULT_SERVER_NET_CONNECTION_TABLE_H_
@@ -27,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/util/token_bucket.h"
 
 namespace cardvault::net {
 
@@ -52,9 +56,11 @@ class ConnectionTable {
     // How long a connection may take to complete TLS and send its HTTP/2
     // preface (gRPC's GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS). Default 5 s.
     absl::Duration handshake_deadline = absl::Seconds(5);
+    // New connections one source may open per second. Default 200.
+    double max_new_per_second = 200;
   };
 
-  enum class Refusal { kNone, kTotal, kPerSource, kPending };
+  enum class Refusal { kNone, kTotal, kPerSource, kPending, kRate };
 
   struct Decision {
     bool admitted = false;
@@ -70,25 +76,26 @@ class ConnectionTable {
   // refuses it. An admitted connection is in the table until Remove or
   // Sweep finds it closed. A table entry with the same descriptor number is
   // replaced: the number was free again, so that connection has closed.
-  // `from_this_host` (the peer's address is the one it connected to: the
-  // watchdog, an operator on the box) may go kHostReserve over the total
-  // and pending limits, so a flood from elsewhere cannot make the watchdog
-  // restart a vault that is serving; the per-source limit still holds.
   Decision Admit(absl::string_view source, Connection connection,
-                 absl::Time now, bool from_this_host = false);
+                 absl::Time now);
 
-  static constexpr size_t kHostReserve = 4;
+  // `connection` has carried a call: no longer pending, never evicted.
+  void MarkServed(const Connection& connection);
 
   // Forgets a connection that has closed.
   void Remove(int fd);
 
-  // Forgets every connection for which `still_open` is false.
-  void Sweep(const std::function<bool(const Connection&)>& still_open);
+  // Forgets every connection for which `still_open` is false, and the
+  // new-connection rates of sources that have not connected for a while.
+  void Sweep(const std::function<bool(const Connection&)>& still_open,
+             absl::Time now);
 
   size_t open() const { return connections_.size(); }
   // Connections younger than the handshake deadline at `now`.
   size_t pending(absl::Time now);
   size_t sources() const { return sources_.size(); }
+  // Sources whose new-connection rate is remembered.
+  size_t rated_sources() const { return rates_.size(); }
   const Options& options() const { return options_; }
 
  private:
@@ -120,6 +127,10 @@ class ConnectionTable {
   // Every admission while pending, oldest first (for expiry).
   std::deque<std::pair<int, uint64_t>> admission_order_;
   size_t pending_ = 0;
+  // New-connection rate per source; dropped once full again, and all of
+  // them if there are more than max_connections (a flood from that many
+  // addresses is not slowed by a per-source rate anyway).
+  absl::flat_hash_map<std::string, util::TokenBucket> rates_;
 };
 
 // What one client connection costs the server, resident: an idle
@@ -136,7 +147,7 @@ inline constexpr uint64_t kConnectionCostBytes = 96 << 10;
 // total.
 absl::StatusOr<ConnectionTable::Options> AdmissionLimits(
     uint64_t descriptors, uint64_t memory_bytes, uint64_t max_connections,
-    uint64_t max_per_source, uint64_t max_pending,
+    uint64_t max_per_source, uint64_t max_pending, uint64_t max_new_per_second,
     absl::Duration handshake_deadline);
 
 }  // namespace cardvault::net

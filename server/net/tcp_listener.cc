@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,8 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -40,11 +43,17 @@ absl::Status SplitHostPort(absl::string_view address, std::string* host,
   absl::string_view h = address.substr(0, colon);
   if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
     h = h.substr(1, h.size() - 2);
+  } else if (absl::StrContains(h, ':')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address \"", address,
+                     "\": an IPv6 address needs brackets, as [::1]:9443"));
   }
   *host = std::string(h);
   *port = std::string(address.substr(colon + 1));
   int unused = 0;
-  if (!absl::SimpleAtoi(*port, &unused) || unused < 0 || unused > 65535) {
+  if (port->size() > 5 ||
+      !std::all_of(port->begin(), port->end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(*port, &unused) || unused > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("listen address \"", address, "\" has no valid port"));
   }
@@ -91,6 +100,8 @@ absl::string_view RefusalName(ConnectionTable::Refusal r) {
       return "max_connections_per_source";
     case ConnectionTable::Refusal::kPending:
       return "max_pending_handshakes";
+    case ConnectionTable::Refusal::kRate:
+      return "max_new_connections_per_second_per_source";
     case ConnectionTable::Refusal::kNone:
       break;
   }
@@ -109,12 +120,34 @@ std::string SourceAddress(const sockaddr_storage& peer) {
     if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
       inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
     } else {
-      inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+      in6_addr prefix = in6->sin6_addr;
+      std::memset(&prefix.s6_addr[8], 0, 8);
+      inet_ntop(AF_INET6, &prefix, text, sizeof(text));
+      return absl::StrCat(text, "/64");
     }
   } else {
     return "unknown";
   }
   return text;
+}
+
+std::string GrpcPeerName(const sockaddr_storage& peer) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (peer.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+    inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+    return absl::StrCat("ipv4:", text, ":", ntohs(in->sin_port));
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
+      return absl::StrCat("ipv4:", text, ":", ntohs(in6->sin6_port));
+    }
+    inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+    return absl::StrCat("ipv6:[", text, "]:", ntohs(in6->sin6_port));
+  }
+  return "";
 }
 
 absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(
@@ -127,7 +160,7 @@ absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* found = nullptr;
   if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(),
                            port_text.c_str(), &hints, &found);
@@ -176,27 +209,58 @@ absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options.address, ": ", last_error));
   }
+  int probe = -1;
+  if (!options.probe_socket_path.empty()) {
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    if (options.probe_socket_path.size() >= sizeof(un.sun_path)) {
+      close_all();
+      return absl::InvalidArgumentError("probe socket path is too long");
+    }
+    std::memcpy(un.sun_path, options.probe_socket_path.data(),
+                options.probe_socket_path.size());
+    unlink(options.probe_socket_path.c_str());
+    probe = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (probe < 0 ||
+        bind(probe, reinterpret_cast<sockaddr*>(&un), sizeof(un)) != 0 ||
+        chmod(options.probe_socket_path.c_str(), 0600) != 0 ||
+        listen(probe, static_cast<int>(kMaxProbeConnections)) != 0) {
+      const std::string error = std::strerror(errno);
+      if (probe >= 0) close(probe);
+      close_all();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on the probe socket ",
+                       options.probe_socket_path, ": ", error));
+    }
+  }
   const int wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   const int spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (wake < 0 || spare < 0) {
     close_all();
+    if (probe >= 0) close(probe);
     if (wake >= 0) close(wake);
     if (spare >= 0) close(spare);
     return absl::ResourceExhaustedError(
         absl::StrCat("listener descriptors: ", std::strerror(errno)));
   }
-  return std::unique_ptr<TcpListener>(
-      new TcpListener(std::move(options), std::move(fds), port, wake, spare));
+  return std::unique_ptr<TcpListener>(new TcpListener(
+      std::move(options), std::move(fds), probe, port, wake, spare));
 }
 
-TcpListener::TcpListener(Options options, std::vector<int> listen_fds, int port,
-                         int wake_fd, int spare_fd)
+TcpListener::TcpListener(Options options, std::vector<int> listen_fds,
+                         int probe_fd, int port, int wake_fd, int spare_fd)
     : options_(std::move(options)),
       listen_fds_(std::move(listen_fds)),
+      probe_fd_(probe_fd),
       port_(port),
       wake_fd_(wake_fd),
       spare_fd_(spare_fd),
-      table_(options_.admission) {}
+      table_(options_.admission),
+      probe_table_({.max_connections = kMaxProbeConnections,
+                    .max_per_source = kMaxProbeConnections,
+                    .max_pending = kMaxProbeConnections,
+                    .handshake_deadline = options_.admission.handshake_deadline,
+                    .max_new_per_second = 0}) {}
 
 TcpListener::~TcpListener() {
   stop_ = true;
@@ -204,6 +268,10 @@ TcpListener::~TcpListener() {
   (void)!write(wake_fd_, &one, sizeof(one));
   if (thread_.joinable()) thread_.join();
   for (int fd : listen_fds_) close(fd);
+  if (probe_fd_ >= 0) {
+    close(probe_fd_);
+    unlink(options_.probe_socket_path.c_str());
+  }
   close(wake_fd_);
   if (spare_fd_ >= 0) close(spare_fd_);
 }
@@ -218,6 +286,7 @@ TcpListener::Stats TcpListener::stats() const {
           .refused_total = refused_total_.load(),
           .refused_per_source = refused_per_source_.load(),
           .refused_pending = refused_pending_.load(),
+          .refused_rate = refused_rate_.load(),
           .evicted = evicted_.load(),
           .accept_failures = accept_failures_.load(),
           .open = open_.load(),
@@ -225,8 +294,10 @@ TcpListener::Stats TcpListener::stats() const {
 }
 
 void TcpListener::Run() {
+  std::vector<int> accepting = listen_fds_;
+  if (probe_fd_ >= 0) accepting.push_back(probe_fd_);
   std::vector<pollfd> polled;
-  for (int fd : listen_fds_) polled.push_back({fd, POLLIN, 0});
+  for (int fd : accepting) polled.push_back({fd, POLLIN, 0});
   polled.push_back({wake_fd_, POLLIN, 0});
   absl::Time next_sweep = options_.now();
   while (!stop_) {
@@ -242,7 +313,7 @@ void TcpListener::Run() {
             : std::max(absl::ZeroDuration(), next_sweep - now);
     const nfds_t watched = backoff_ > absl::ZeroDuration()
                                ? 0
-                               : static_cast<nfds_t>(listen_fds_.size());
+                               : static_cast<nfds_t>(accepting.size());
     pollfd* first = watched == 0 ? &polled.back() : polled.data();
     const int ready =
         poll(first, watched + 1,
@@ -251,12 +322,11 @@ void TcpListener::Run() {
     if (ready < 0) continue;  // EINTR
     if (watched == 0) {
       // The backoff has passed: try the sockets again.
-      for (size_t i = 0; i < listen_fds_.size(); ++i)
-        polled[i].revents = POLLIN;
+      for (size_t i = 0; i < accepting.size(); ++i) polled[i].revents = POLLIN;
     }
     bool failed = false;
-    for (size_t i = 0; i < listen_fds_.size(); ++i) {
-      if ((polled[i].revents & POLLIN) != 0 && !AcceptSome(listen_fds_[i])) {
+    for (size_t i = 0; i < accepting.size(); ++i) {
+      if ((polled[i].revents & POLLIN) != 0 && !AcceptSome(accepting[i])) {
         failed = true;
       }
       polled[i].revents = 0;
@@ -274,7 +344,11 @@ bool TcpListener::AcceptSome(int listen_fd) {
     const int fd = accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len,
                            SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      Admit(listen_fd, fd, peer);
+      if (listen_fd == probe_fd_) {
+        AdmitProbe(fd);
+      } else {
+        Admit(listen_fd, fd, peer);
+      }
       continue;
     }
     const int error = errno;
@@ -309,15 +383,42 @@ bool TcpListener::AcceptSome(int listen_fd) {
   return true;
 }
 
+void TcpListener::NoteServed(absl::string_view peer) {
+  absl::MutexLock lock(&served_mu_);
+  auto it = awaiting_call_by_peer_.find(peer);
+  if (it == awaiting_call_by_peer_.end()) return;
+  served_.push_back(it->second.first);
+  awaiting_call_by_peer_.erase(it);
+  awaiting_call_ = awaiting_call_by_peer_.size();
+}
+
+void TcpListener::TakeServed() {
+  std::vector<Connection> served;
+  {
+    absl::MutexLock lock(&served_mu_);
+    served.swap(served_);
+  }
+  for (const Connection& c : served) table_.MarkServed(c);
+}
+
+void TcpListener::AdmitProbe(int fd) {
+  const absl::Time now = options_.now();
+  if (!probe_table_.Admit("probe", Connection{fd, InodeOf(fd)}, now).admitted) {
+    Reset(fd);
+    refusal_log_.Log(util::Severity::kWarning,
+                     "probe connection refused: too many open");
+    return;
+  }
+  handoff_(probe_fd_, fd);
+}
+
 void TcpListener::Admit(int listen_fd, int fd, const sockaddr_storage& peer) {
+  TakeServed();
   const std::string source = SourceAddress(peer);
-  sockaddr_storage local{};
-  socklen_t local_len = sizeof(local);
-  const bool from_this_host =
-      getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0 &&
-      SourceAddress(local) == source;
-  const ConnectionTable::Decision decision = table_.Admit(
-      source, Connection{fd, InodeOf(fd)}, options_.now(), from_this_host);
+  const absl::Time now = options_.now();
+  const Connection connection{fd, InodeOf(fd)};
+  const ConnectionTable::Decision decision =
+      table_.Admit(source, connection, now);
   if (!decision.admitted) {
     Reset(fd);
     switch (decision.refusal) {
@@ -326,6 +427,9 @@ void TcpListener::Admit(int listen_fd, int fd, const sockaddr_storage& peer) {
         break;
       case ConnectionTable::Refusal::kPerSource:
         ++refused_per_source_;
+        break;
+      case ConnectionTable::Refusal::kRate:
+        ++refused_rate_;
         break;
       default:
         ++refused_pending_;
@@ -345,15 +449,34 @@ void TcpListener::Admit(int listen_fd, int fd, const sockaddr_storage& peer) {
     ++evicted_;
   }
   ++admitted_;
+  {
+    absl::MutexLock lock(&served_mu_);
+    awaiting_call_by_peer_[GrpcPeerName(peer)] = {connection, now};
+    awaiting_call_ = awaiting_call_by_peer_.size();
+  }
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   handoff_(listen_fd, fd);
 }
 
 void TcpListener::SweepClosed() {
-  table_.Sweep([](const Connection& c) { return InodeOf(c.fd) == c.inode; });
+  TakeServed();
+  const absl::Time now = options_.now();
+  const auto still_open = [](const Connection& c) {
+    return InodeOf(c.fd) == c.inode;
+  };
+  table_.Sweep(still_open, now);
+  probe_table_.Sweep(still_open, now);
+  {
+    // Past the deadline a connection is no longer pending either way.
+    absl::MutexLock lock(&served_mu_);
+    absl::erase_if(awaiting_call_by_peer_, [&](const auto& entry) {
+      return now - entry.second.second >= options_.admission.handshake_deadline;
+    });
+    awaiting_call_ = awaiting_call_by_peer_.size();
+  }
   open_ = table_.open();
-  pending_ = table_.pending(options_.now());
+  pending_ = table_.pending(now);
 }
 
 }  // namespace cardvault::net

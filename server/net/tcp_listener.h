@@ -3,6 +3,12 @@
 // (gRPC, over mutual TLS); refused peers are reset at once, before TLS, so
 // a peer without a certificate costs no handshake and no gRPC memory.
 //
+// A second, private socket (a Unix socket in a directory only the vault's
+// user may enter) takes the watchdog's probes through the same accept loop
+// and the same gRPC credentials, with a small limit of its own: no flood on
+// the public port can crowd the probe out and make the watchdog restart a
+// vault that is serving.
+//
 // It never stops accepting: a failed accept (EMFILE, ENFILE, ENOBUFS, ...)
 // is counted, logged at a bounded rate and retried after a backoff, and on
 // EMFILE a spare descriptor is given up to shed the waiting connection, so
@@ -22,9 +28,14 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/net/connection_table.h"
@@ -47,7 +58,13 @@ class TcpListener {
     // Longest pause after failed accepts; the first is 10 ms, doubling.
     absl::Duration max_backoff = absl::Seconds(1);
     std::function<absl::Time()> now = [] { return absl::Now(); };
+    // Where to create the probe socket ("" = none). Its directory must exist
+    // and be private.
+    std::string probe_socket_path;
   };
+
+  // Probe connections open at once (the watchdog needs one).
+  static constexpr size_t kMaxProbeConnections = 4;
 
   // Receives each admitted socket (non-blocking, close-on-exec) and owns it
   // from then on; `listener_fd` is the socket it was accepted on.
@@ -59,6 +76,7 @@ class TcpListener {
     uint64_t refused_total = 0;       // max_connections reached
     uint64_t refused_per_source = 0;  // max_per_source reached
     uint64_t refused_pending = 0;     // max_pending reached
+    uint64_t refused_rate = 0;        // max_new_per_second reached
     uint64_t evicted = 0;             // pending ones replaced by newcomers
     uint64_t accept_failures = 0;     // accept(2) errors of any kind
     uint64_t open = 0;
@@ -82,35 +100,57 @@ class TcpListener {
   }
   Stats stats() const;
 
+  // Whether NoteServed has anything to look up (cheap; any thread).
+  bool WantsServedPeers() const { return awaiting_call_.load() > 0; }
+  // A call arrived on the connection of gRPC peer `peer`
+  // ("ipv4:10.0.0.7:51234", "ipv6:[2001:db8::1]:443"): its handshake is
+  // done, it is no longer pending. Thread-safe.
+  void NoteServed(absl::string_view peer);
+
  private:
-  TcpListener(Options options, std::vector<int> listen_fds, int port,
-              int wake_fd, int spare_fd);
+  TcpListener(Options options, std::vector<int> listen_fds, int probe_fd,
+              int port, int wake_fd, int spare_fd);
   void Run();
   // Accepts what is waiting on `listen_fd`; false when accept failed.
   bool AcceptSome(int listen_fd);
   void Admit(int listen_fd, int fd, const sockaddr_storage& peer);
+  void AdmitProbe(int fd);
+  // Marks in the table what NoteServed reported.
+  void TakeServed();
   void SweepClosed();
 
   const Options options_;
   const std::vector<int> listen_fds_;
+  const int probe_fd_;  // -1 without a probe socket
   const int port_;
   const int wake_fd_;  // eventfd: Stop wakes the accept thread
   int spare_fd_;       // given up on EMFILE to shed one waiting connection
   Handoff handoff_;
-  ConnectionTable table_;  // accept thread only
+  ConnectionTable table_;        // accept thread only
+  ConnectionTable probe_table_;  // accept thread only
+  // Pending connections by gRPC peer string, and those NoteServed found.
+  absl::Mutex served_mu_;
+  absl::flat_hash_map<std::string, std::pair<Connection, absl::Time>>
+      awaiting_call_by_peer_ ABSL_GUARDED_BY(served_mu_);
+  std::vector<Connection> served_ ABSL_GUARDED_BY(served_mu_);
+  std::atomic<size_t> awaiting_call_{0};
   absl::Duration backoff_ = absl::ZeroDuration();
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> admitted_{0}, refused_total_{0}, refused_per_source_{0},
-      refused_pending_{0}, evicted_{0}, accept_failures_{0}, open_{0},
-      pending_{0};
+      refused_pending_{0}, refused_rate_{0}, evicted_{0}, accept_failures_{0},
+      open_{0}, pending_{0};
   util::LogRate refusal_log_{1};
   util::LogRate failure_log_{1};
   std::thread thread_;
 };
 
-// The source address of `peer` as text, without the port; an IPv4 address
-// mapped into IPv6 is written as IPv4, so one host has one key.
+// The source of `peer` as the limits count it, without the port: an IPv4
+// address (one mapped into IPv6 too, so one host has one key), or an IPv6
+// /64 ("2001:db8:1:2::/64"), since one host may hold a whole /64.
 std::string SourceAddress(const sockaddr_storage& peer);
+
+// `peer` as gRPC names it: "ipv4:ADDRESS:PORT" or "ipv6:[ADDRESS]:PORT".
+std::string GrpcPeerName(const sockaddr_storage& peer);
 
 }  // namespace cardvault::net
 

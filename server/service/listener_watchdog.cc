@@ -14,13 +14,6 @@
 
 namespace cardvault::service {
 
-std::string ProbeTarget(absl::string_view listen_address, int port) {
-  absl::string_view host = listen_address.substr(0, listen_address.rfind(':'));
-  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
-  if (host == "[::]" || host == "::") host = "[::1]";
-  return absl::StrCat(host, ":", port);
-}
-
 absl::StatusOr<std::unique_ptr<ListenerWatchdog>> ListenerWatchdog::Start(
     Options options, std::function<void(bool)> on_change,
     std::function<void(absl::string_view)> on_give_up) {

@@ -1,6 +1,7 @@
 // Proves, from inside, that the vault can still be reached as its clients
-// reach it: every interval a new TCP connection to the vault's own port, a
-// full mutual-TLS handshake with a certificate of the client CA, and a
+// reach it: every interval a new connection through the listener's accept
+// loop (its private probe socket, see net/tcp_listener.h), a full
+// mutual-TLS handshake with a certificate of the client CA, and a
 // grpc.health.v1 Check. Any answer counts (the HSM's state is not the
 // listener's). Readiness follows the probes; when they have failed for
 // `exit_after`, `on_give_up` runs once: main then stops the vault as on
@@ -31,8 +32,8 @@ namespace cardvault::service {
 class ListenerWatchdog {
  public:
   struct Options {
-    // Required. host:port of the vault's own listener (a wildcard address
-    // is probed on loopback).
+    // Required. gRPC target of the vault's own listener: its probe socket
+    // ("unix:/tmp/cardvaultd-probe-.../probe.sock").
     std::string target;
     // Required. PEM files: the probe's client certificate and key, and the
     // CA the server certificate is checked against.
@@ -79,10 +80,6 @@ class ListenerWatchdog {
   absl::Notification stop_;
   std::thread thread_;
 };
-
-// The address to probe a listener bound to `listen_address` at `port` on:
-// loopback for a wildcard host.
-std::string ProbeTarget(absl::string_view listen_address, int port);
 
 }  // namespace cardvault::service
 

@@ -421,7 +421,6 @@ TEST_F(ConnectionAdmissionTest, WatchdogExitsForRestartWhenListenerIsStuck) {
   }
 }
 
-
 // ATTACK: one idle TCP connection (no TLS, no certificate) from each of
 // 200 addresses keeps the pending budget full with no address "busier"
 // than the watchdog's 127.0.0.1, so the watchdog's probe is refused every
@@ -546,11 +545,9 @@ TEST_F(ConnectionAdmissionTest, EstablishedConnectionsAreNotEvicted) {
   for (int fd : flood) close(fd);
   std::cerr << "established connections dropped: " << dropped << " of "
             << pool.size() << ", evicted metric: "
-            << Metric(metrics(), "cardvault_connections_evicted_total")
-            << "\n";
+            << Metric(metrics(), "cardvault_connections_evicted_total") << "\n";
   EXPECT_EQ(dropped, 0) << "the attacker closed a serving connection";
 }
-
 
 // ATTACK: the watchdog probes from 127.0.0.1, and so does anything on the
 // vault's host or behind a local TCP proxy/sidecar. 100 idle TCP
@@ -589,7 +586,6 @@ TEST_F(ConnectionAdmissionTest, LoopbackPerSourceFloodDoesNotKillProcess) {
   EXPECT_FALSE(exited) << "the watchdog killed a healthy vault, exit status "
                        << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 }
-
 
 // kill -9 in the middle of a flood (half of it mid-TLS), then a restart on
 // the same port: the port binds again (SO_REUSEADDR) and serves.

@@ -96,21 +96,58 @@ TEST(ConnectionTableTest, EstablishedConnectionsAreNeverEvicted) {
   EXPECT_EQ(*d.evicted, C(5));
 }
 
-TEST(ConnectionTableTest, ThisHostGetsInWhenAFloodLeavesNoOneToEvict) {
-  ConnectionTable table(Small());
-  // Four sources with one pending each: nobody is busier by two.
+TEST(ConnectionTableTest, ServedConnectionsAreNeverEvicted) {
+  ConnectionTable table({.max_connections = 10,
+                         .max_per_source = 10,
+                         .max_pending = 4,
+                         .handshake_deadline = absl::Seconds(5)});
   for (int fd = 1; fd <= 4; ++fd) {
-    ASSERT_TRUE(table.Admit(std::to_string(fd), C(fd), kStart).admitted);
+    ASSERT_TRUE(table.Admit("a", C(fd), kStart).admitted);
   }
-  EXPECT_FALSE(table.Admit("127.0.0.1", C(5), kStart).admitted);
-  for (int fd = 5; fd < 5 + static_cast<int>(ConnectionTable::kHostReserve);
-       ++fd) {
-    EXPECT_TRUE(table.Admit("127.0.0.1", C(fd), kStart, true).admitted) << fd;
+  table.MarkServed(C(1));
+  table.MarkServed(C(2));
+  EXPECT_EQ(table.pending(kStart), 2u);
+  ASSERT_TRUE(table.Admit("a", C(5), kStart).admitted);
+  ASSERT_TRUE(table.Admit("a", C(6), kStart).admitted);
+  // Pending full again: newcomers take "a"'s pending ones, oldest first,
+  // never the two that carried calls.
+  std::vector<int> evicted;
+  for (int fd = 7; fd < 12; ++fd) {
+    const auto d = table.Admit("n" + std::to_string(fd), C(fd), kStart);
+    if (d.evicted.has_value()) evicted.push_back(d.evicted->fd);
   }
-  const auto over = table.Admit("127.0.0.1", C(9), kStart, true);
-  EXPECT_FALSE(over.admitted);
-  // Per source still binds: 127.0.0.1 holds four.
-  EXPECT_EQ(over.refusal, Refusal::kPerSource);
+  EXPECT_THAT(evicted, ::testing::ElementsAre(3, 4, 5));
+  // A mark for another socket under the same number changes nothing.
+  table.MarkServed(Connection{6, 9});
+  EXPECT_EQ(table.pending(kStart), 4u);
+}
+
+TEST(ConnectionTableTest, EachSourceOpensABoundedNumberOfConnectionsASecond) {
+  ConnectionTable::Options o{.max_connections = 10000,
+                             .max_per_source = 10000,
+                             .max_pending = 10000,
+                             .handshake_deadline = absl::Seconds(5),
+                             .max_new_per_second = 10};
+  ConnectionTable table(o);
+  int fd = 0;
+  int admitted = 0;
+  for (; fd < 100; ++fd) {
+    const auto d = table.Admit("a", C(fd), kStart);
+    if (d.admitted) {
+      ++admitted;
+    } else {
+      EXPECT_EQ(d.refusal, Refusal::kRate);
+    }
+  }
+  EXPECT_EQ(admitted, 20);  // the burst: twice the rate
+  EXPECT_TRUE(table.Admit("b", C(fd++), kStart).admitted);
+  EXPECT_FALSE(table.Admit("a", C(fd++), kStart).admitted);
+  EXPECT_TRUE(
+      table.Admit("a", C(fd++), kStart + absl::Milliseconds(100)).admitted);
+  table.Sweep([](const Connection&) { return true; }, kStart);
+  EXPECT_EQ(table.rated_sources(), 2u);
+  table.Sweep([](const Connection&) { return true; }, kStart + absl::Hours(1));
+  EXPECT_EQ(table.rated_sources(), 0u);
 }
 
 TEST(ConnectionTableTest, SweepForgetsClosedConnections) {
@@ -118,7 +155,7 @@ TEST(ConnectionTableTest, SweepForgetsClosedConnections) {
   for (int fd = 1; fd <= 4; ++fd) {
     ASSERT_TRUE(table.Admit("a", C(fd), kStart).admitted);
   }
-  table.Sweep([](const Connection& c) { return c.fd % 2 == 0; });
+  table.Sweep([](const Connection& c) { return c.fd % 2 == 0; }, kStart);
   EXPECT_EQ(table.open(), 2u);
   EXPECT_EQ(table.pending(kStart), 2u);
   EXPECT_TRUE(table.Admit("a", C(7), kStart).admitted);
@@ -151,7 +188,8 @@ TEST(ConnectionTableTest, ManyChurningSourcesKeepTheCountsExact) {
     ASSERT_LE(table.open(), 64u);
     ASSERT_LE(table.pending(now), 32u);
   }
-  table.Sweep([](const Connection&) { return false; });
+  table.Sweep([](const Connection&) { return false; }, now + absl::Hours(1));
+  EXPECT_EQ(table.rated_sources(), 0u);
   EXPECT_EQ(table.open(), 0u);
   EXPECT_EQ(table.sources(), 0u);
   EXPECT_EQ(table.pending(now), 0u);
@@ -160,36 +198,36 @@ TEST(ConnectionTableTest, ManyChurningSourcesKeepTheCountsExact) {
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 TEST(AdmissionLimitsTest, DerivesFromTheBudget) {
-  auto o = AdmissionLimits(1000, kGiB, 0, 0, 0, absl::Seconds(5));
+  auto o = AdmissionLimits(1000, kGiB, 0, 0, 0, 200, absl::Seconds(5));
   ASSERT_TRUE(o.ok());
   EXPECT_EQ(o->max_connections, 1000u);
   EXPECT_EQ(o->max_per_source, 250u);
   EXPECT_EQ(o->max_pending, 500u);
-  auto small = AdmissionLimits(20, kGiB, 0, 0, 0, absl::Seconds(5));
+  auto small = AdmissionLimits(20, kGiB, 0, 0, 0, 200, absl::Seconds(5));
   ASSERT_TRUE(small.ok());
   EXPECT_EQ(small->max_per_source, 8u);
   EXPECT_EQ(small->max_pending, 16u);
 }
 
 TEST(AdmissionLimitsTest, MemoryBoundsTheDerivedTotal) {
-  auto o = AdmissionLimits(100000, kGiB, 0, 0, 0, absl::Seconds(5));
+  auto o = AdmissionLimits(100000, kGiB, 0, 0, 0, 200, absl::Seconds(5));
   ASSERT_TRUE(o.ok());
   EXPECT_EQ(o->max_connections, kGiB / kConnectionCostBytes);
   // A limit given explicitly is the operator's.
-  auto given = AdmissionLimits(100000, kGiB, 50000, 0, 0, absl::Seconds(5));
+  auto given =
+      AdmissionLimits(100000, kGiB, 50000, 0, 0, 200, absl::Seconds(5));
   ASSERT_TRUE(given.ok());
   EXPECT_EQ(given->max_connections, 50000u);
 }
 
 TEST(AdmissionLimitsTest, RefusesLimitsOverTheBudget) {
   EXPECT_THAT(
-      AdmissionLimits(1000, kGiB, 1001, 0, 0, absl::Seconds(5)).status(),
+      AdmissionLimits(1000, kGiB, 1001, 0, 0, 200, absl::Seconds(5)).status(),
       StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(
-      AdmissionLimits(1000, kGiB, 100, 200, 0, absl::Seconds(5)).status(),
+      AdmissionLimits(1000, kGiB, 100, 200, 0, 200, absl::Seconds(5)).status(),
       StatusIs(absl::StatusCode::kInvalidArgument));
 }
-
 
 // LEAK: a source holding one established connection whose other
 // connections close before their deadline (a load balancer's TCP checks, a
@@ -198,7 +236,9 @@ TEST(AdmissionLimitsTest, RefusesLimitsOverTheBudget) {
 // an expiry of a pending connection of that source, or an eviction, pops
 // it. 2M admissions must not leave megabytes behind.
 TEST(ConnectionTableTest, ChurnBesideAnEstablishedConnectionDoesNotGrow) {
-  ConnectionTable table(Small());
+  ConnectionTable::Options unrated = Small();
+  unrated.max_new_per_second = 0;
+  ConnectionTable table(unrated);
   ASSERT_TRUE(table.Admit("10.0.0.1", C(1), kStart).admitted);
   const absl::Time later = kStart + absl::Seconds(10);
   ASSERT_EQ(table.pending(later), 0u);  // fd 1 is established
