@@ -57,8 +57,10 @@ release
 echo "after release: resident $(rss) KiB, open $(metric cardvault_connections_open)"
 
 before=$(metric cardvault_connections_admitted_total)
+rate_before=$(metric cardvault_connections_refused_rate_total)
+source_before=$(metric cardvault_connections_refused_per_source_total)
 hold --count 6000 --sources 1
-echo "one address, 6000 TCP connections: admitted $(( $(metric cardvault_connections_admitted_total) - before )), refused per source $(metric cardvault_connections_refused_per_source_total)"
+echo "one address, 6000 TCP connections at once: admitted $(( $(metric cardvault_connections_admitted_total) - before )), refused for the rate $(( $(metric cardvault_connections_refused_rate_total) - rate_before )), per source $(( $(metric cardvault_connections_refused_per_source_total) - source_before ))"
 kill "$holder"; wait "$holder" 2>/dev/null || true; holder=
 start=$(date +%s%N)
 until echo 4111111111111111 | build/client/cardvault tokenize \

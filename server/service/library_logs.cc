@@ -5,7 +5,9 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/util/descriptor_budget.h"
 #include "server/util/log.h"
 
 namespace cardvault::service {
@@ -17,6 +19,11 @@ util::LogRate& LibraryRate() {
 }
 
 void FromGrpc(gpr_log_func_args* args) {
+  // gRPC reports errno only as text (e.g. "Too many open files").
+  if (args->message != nullptr &&
+      absl::StrContains(args->message, "Too many open files")) {
+    util::NoteDescriptorExhaustion("in gRPC");
+  }
   const util::Severity severity =
       args->severity == GPR_LOG_SEVERITY_ERROR  ? util::Severity::kError
       : args->severity == GPR_LOG_SEVERITY_INFO ? util::Severity::kInfo
