@@ -624,7 +624,8 @@ int Run(const sigset_t& stop_signals) {
   }
   metrics.reset();
   watchdog.reset();
-  listener.reset();
+  // No new connections; calls still running may report theirs to it.
+  listener->Stop();
   rmdir(probe_dir.c_str());
   server->GetHealthCheckService()->Shutdown();
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));

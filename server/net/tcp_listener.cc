@@ -263,7 +263,13 @@ TcpListener::TcpListener(Options options, std::vector<int> listen_fds,
                     .max_new_per_second = 0}) {}
 
 TcpListener::~TcpListener() {
-  stop_ = true;
+  Stop();
+  close(wake_fd_);
+  if (spare_fd_ >= 0) close(spare_fd_);
+}
+
+void TcpListener::Stop() {
+  if (stop_.exchange(true)) return;
   const uint64_t one = 1;
   (void)!write(wake_fd_, &one, sizeof(one));
   if (thread_.joinable()) thread_.join();
@@ -272,8 +278,6 @@ TcpListener::~TcpListener() {
     close(probe_fd_);
     unlink(options_.probe_socket_path.c_str());
   }
-  close(wake_fd_);
-  if (spare_fd_ >= 0) close(spare_fd_);
 }
 
 void TcpListener::Start(Handoff handoff) {

@@ -94,6 +94,9 @@ class TcpListener {
   ~TcpListener();
 
   void Start(Handoff handoff);
+  // Stops accepting and closes the listening sockets (also done by the
+  // destructor); NoteServed and stats stay usable until destruction.
+  void Stop();
   int port() const { return port_; }
   const ConnectionTable::Options& admission() const {
     return options_.admission;
