@@ -552,6 +552,56 @@ TEST_F(ConnectionAdmissionTest, EstablishedConnectionsAreNotEvicted) {
   EXPECT_EQ(dropped, 0) << "the attacker closed a serving connection";
 }
 
+// ATTACK: gRPC 1.51 names an IPv6 peer "ipv6:%5B::1%5D:PORT" (the brackets
+// URI-escaped, grpc/grpc#30852), GrpcPeerName "ipv6:[::1]:PORT": on a
+// dual-stack "[::]" listener a connection from IPv6 that has carried calls
+// is never marked served; it stays pending for the whole handshake deadline
+// and a certless IPv4 flood from other addresses evicts it.
+TEST_F(ConnectionAdmissionTest, Ipv6EstablishedConnectionsAreMarkedServed) {
+  env_->AddToConfig("listener", "handshake_timeout_seconds: 10");
+  auto server = testing::ServerProcess::Start(
+      env_->config_path(), log_, 0, kServerDescriptors, "[::]");
+  ASSERT_THAT(server.status(), IsOk());
+  const int port = (*server)->port();
+  std::vector<std::shared_ptr<grpc::Channel>> pool;
+  for (int i = 0; i < 4; ++i) {
+    client::ClientOptions o = testing::ClientOptionsFor(
+        *env_, absl::StrCat("[::1]:", port), "auditor");
+    o.server_name_override = "localhost";
+    o.separate_connection_index = 200 + i;
+    auto channel = client::CreateMutualTlsChannel(o);
+    ASSERT_THAT(channel.status(), IsOk());
+    ASSERT_THAT(client::CheckHealth(*channel, "", absl::Seconds(3)).status(),
+                IsOk());
+    ASSERT_EQ((*channel)->GetState(false), GRPC_CHANNEL_READY);
+    pool.push_back(*channel);
+  }
+  // Every one has carried a call: none is pending any more.
+  const bool marked = Eventually(absl::Seconds(3), [&] {
+    return Metric(metrics(), "cardvault_connections_open") == 4 &&
+           Metric(metrics(), "cardvault_connections_pending") == 0;
+  });
+  EXPECT_TRUE(marked) << "open "
+                      << Metric(metrics(), "cardvault_connections_open")
+                      << ", pending "
+                      << Metric(metrics(), "cardvault_connections_pending");
+  std::vector<int> flood;
+  for (int i = 0; i < 175; ++i) {
+    const int fd = ConnectFrom(absl::StrCat("127.0.0.", 2 + i), port);
+    if (fd >= 0) flood.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  int dropped = 0;
+  for (auto& channel : pool) {
+    if (channel->GetState(false) != GRPC_CHANNEL_READY) ++dropped;
+  }
+  for (int fd : flood) close(fd);
+  std::cerr << "IPv6 established connections dropped: " << dropped << " of "
+            << pool.size() << ", evicted metric: "
+            << Metric(metrics(), "cardvault_connections_evicted_total") << "\n";
+  EXPECT_EQ(dropped, 0) << "the attacker closed a serving IPv6 connection";
+}
+
 // ATTACK: the watchdog probes from 127.0.0.1, and so does anything on the
 // vault's host or behind a local TCP proxy/sidecar. 100 idle TCP
 // connections from 127.0.0.1 (no TLS), re-opened when the server closes

@@ -174,9 +174,10 @@ int PickUnusedPort() {
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::string& config, const std::string& log_path, int port,
-    uint64_t max_descriptors) {
+    uint64_t max_descriptors, const std::string& listen_host) {
   if (port == 0) port = PickUnusedPort();
-  const std::string listen = absl::StrCat("--listen_address=127.0.0.1:", port);
+  const std::string listen =
+      absl::StrCat("--listen_address=", listen_host, ":", port);
   const std::string config_flag = "--config=" + config;
   const size_t log_offset = ReadFileOrEmpty(log_path).size();
   pid_t pid = fork();

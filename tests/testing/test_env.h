@@ -86,7 +86,8 @@ class ServerProcess {
   // hard RLIMIT_NOFILE it starts with.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::string& config, const std::string& log_path, int port = 0,
-      uint64_t max_descriptors = 0);
+      uint64_t max_descriptors = 0,
+      const std::string& listen_host = "127.0.0.1");
   ~ServerProcess();
 
   const std::string& address() const { return address_; }
