@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -148,6 +149,34 @@ TEST(ConnectionTableTest, EachSourceOpensABoundedNumberOfConnectionsASecond) {
   EXPECT_EQ(table.rated_sources(), 2u);
   table.Sweep([](const Connection&) { return true; }, kStart + absl::Hours(1));
   EXPECT_EQ(table.rated_sources(), 0u);
+}
+
+// ATTACK: one connection each from more than max_connections other
+// addresses (refused or not, each leaves a rate) between two sweeps makes
+// Sweep forget every rate: the flooding source gets a new burst each sweep
+// (200 ms in the listener), 5x burst a second instead of the rate.
+TEST(ConnectionTableTest, ManySourcesDoNotResetAnotherSourcesRate) {
+  ConnectionTable::Options o{.max_connections = 8,
+                             .max_per_source = 8,
+                             .max_pending = 8,
+                             .handshake_deadline = absl::Seconds(5),
+                             .max_new_per_second = 2};
+  ConnectionTable table(o);
+  int fd = 0;
+  const auto all_closed = [](const Connection&) { return false; };
+  int admitted = 0;
+  for (int sweep = 0; sweep < 10; ++sweep) {
+    const absl::Time now = kStart + absl::Milliseconds(10 * sweep);
+    for (int i = 0; i < 4; ++i) {
+      if (table.Admit("flooder", C(fd++), now).admitted) ++admitted;
+    }
+    for (int i = 0; i < 9; ++i) {
+      (void)table.Admit(absl::StrCat("10.0.", sweep, ".", i), C(fd++), now);
+    }
+    table.Sweep(all_closed, now);
+  }
+  // 100 ms: the burst (4) and a fraction of a token at most.
+  EXPECT_LE(admitted, 4) << "the flooder's rate was forgotten";
 }
 
 TEST(ConnectionTableTest, SweepForgetsClosedConnections) {
