@@ -293,11 +293,8 @@ int Run(const sigset_t& stop_signals) {
       absl::Seconds(listener_cfg.handshake_timeout_seconds());
   // The watchdog's probes come in through a socket only this user can
   // reach, never through the public port's admission.
-  std::string probe_dir = "/tmp/cardvaultd-probe-XXXXXX";
-  if (mkdtemp(probe_dir.data()) == nullptr) {
-    util::LogError("cannot make the watchdog's probe directory in /tmp");
-    return 1;
-  }
+  const std::string probe_dir =
+      OrDie(net::MakeProbeDirectory(), "watchdog probe directory");
   const std::string probe_socket = probe_dir + "/probe.sock";
   auto listener = OrDie(
       net::TcpListener::Create(

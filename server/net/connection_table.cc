@@ -148,13 +148,24 @@ void ConnectionTable::Sweep(
   }
   for (int fd : closed) Erase(fd);
   const double rate = options_.max_new_per_second;
-  if (rates_.size() > options_.max_connections) {
-    rates_.clear();
-    return;
-  }
   absl::erase_if(rates_, [&](const auto& entry) {
     return entry.second.FullAt(now, rate, 2 * rate);
   });
+  // Still too many: forget the fullest half, so a flood from many
+  // addresses never gives back the burst of one that has been using it.
+  if (rates_.size() > options_.max_connections) {
+    std::vector<double> tokens;
+    tokens.reserve(rates_.size());
+    for (const auto& [source, bucket] : rates_) {
+      tokens.push_back(bucket.TokensAt(now, rate, 2 * rate));
+    }
+    auto middle = tokens.begin() + tokens.size() / 2;
+    std::nth_element(tokens.begin(), middle, tokens.end());
+    const double median = *middle;
+    absl::erase_if(rates_, [&](const auto& entry) {
+      return entry.second.TokensAt(now, rate, 2 * rate) >= median;
+    });
+  }
 }
 
 size_t ConnectionTable::pending(absl::Time now) {

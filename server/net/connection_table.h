@@ -127,9 +127,8 @@ class ConnectionTable {
   // Every admission while pending, oldest first (for expiry).
   std::deque<std::pair<int, uint64_t>> admission_order_;
   size_t pending_ = 0;
-  // New-connection rate per source; dropped once full again, and all of
-  // them if there are more than max_connections (a flood from that many
-  // addresses is not slowed by a per-source rate anyway).
+  // New-connection rate per source; dropped once full again, and the fullest
+  // half when there are more than max_connections.
   absl::flat_hash_map<std::string, util::TokenBucket> rates_;
 };
 

@@ -1,11 +1,13 @@
 #include "server/net/tcp_listener.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -22,7 +24,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "server/util/descriptor_budget.h"
 
 namespace cardvault::net {
@@ -148,6 +152,38 @@ std::string GrpcPeerName(const sockaddr_storage& peer) {
     return absl::StrCat("ipv6:[", text, "]:", ntohs(in6->sin6_port));
   }
   return "";
+}
+
+absl::StatusOr<std::string> MakeProbeDirectory() {
+  constexpr absl::string_view kPrefix = "cardvaultd-probe-";
+  if (DIR* tmp = opendir("/tmp")) {
+    while (dirent* e = readdir(tmp)) {
+      absl::string_view name = e->d_name;
+      if (!absl::ConsumePrefix(&name, kPrefix)) continue;
+      int pid = 0;
+      const size_t dash = name.find('-');
+      if (dash == absl::string_view::npos ||
+          !absl::SimpleAtoi(name.substr(0, dash), &pid) || pid <= 0 ||
+          kill(pid, 0) == 0 || errno != ESRCH) {
+        continue;
+      }
+      const std::string dir = absl::StrCat("/tmp/", e->d_name);
+      struct stat st {};
+      if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+          st.st_uid != geteuid()) {
+        continue;
+      }
+      unlink((dir + "/probe.sock").c_str());
+      rmdir(dir.c_str());
+    }
+    closedir(tmp);
+  }
+  std::string dir = absl::StrCat("/tmp/", kPrefix, getpid(), "-XXXXXX");
+  if (mkdtemp(dir.data()) == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot make the probe directory in /tmp: ", std::strerror(errno)));
+  }
+  return dir;
 }
 
 absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(
@@ -388,8 +424,12 @@ bool TcpListener::AcceptSome(int listen_fd) {
 }
 
 void TcpListener::NoteServed(absl::string_view peer) {
+  // gRPC 1.51 URI-escapes an IPv6 peer ("ipv6:%5B::1%5D:443").
+  const std::string name = absl::StrReplaceAll(
+      peer,
+      {{"%5B", "["}, {"%5D", "]"}, {"%5b", "["}, {"%5d", "]"}, {"%25", "%"}});
   absl::MutexLock lock(&served_mu_);
-  auto it = awaiting_call_by_peer_.find(peer);
+  auto it = awaiting_call_by_peer_.find(name);
   if (it == awaiting_call_by_peer_.end()) return;
   served_.push_back(it->second.first);
   awaiting_call_by_peer_.erase(it);
@@ -454,8 +494,12 @@ void TcpListener::Admit(int listen_fd, int fd, const sockaddr_storage& peer) {
   }
   ++admitted_;
   {
+    // Two pending connections under one peer name (the same source port to
+    // two local addresses): neither is marked, both age out as pending.
     absl::MutexLock lock(&served_mu_);
-    awaiting_call_by_peer_[GrpcPeerName(peer)] = {connection, now};
+    auto [it, inserted] =
+        awaiting_call_by_peer_.try_emplace(GrpcPeerName(peer), connection, now);
+    if (!inserted) awaiting_call_by_peer_.erase(it);
     awaiting_call_ = awaiting_call_by_peer_.size();
   }
   const int one = 1;

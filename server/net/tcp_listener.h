@@ -155,6 +155,11 @@ std::string SourceAddress(const sockaddr_storage& peer);
 // `peer` as gRPC names it: "ipv4:ADDRESS:PORT" or "ipv6:[ADDRESS]:PORT".
 std::string GrpcPeerName(const sockaddr_storage& peer);
 
+// A new private directory (0700) for the probe socket,
+// /tmp/cardvaultd-probe-PID-XXXXXX; those of processes no longer running
+// (killed with -9, so never cleaned) owned by this user are removed first.
+absl::StatusOr<std::string> MakeProbeDirectory();
+
 }  // namespace cardvault::net
 
 #endif  // CARDVAULT_SERVER_NET_TCP_LISTENER_H_

@@ -18,6 +18,17 @@ util::LogRate& LibraryRate() {
   return *rate;
 }
 
+// Messages any peer without a certificate can cause at will, once or more
+// per connection, get a budget of their own, so that they cannot use up
+// every other message's share.
+util::LogRate* PeerNoiseRate(absl::string_view message) {
+  static auto* rate = new util::LogRate(kPeerNoiseLinesPerSecond);
+  for (absl::string_view noise : {"No match found for server name"}) {
+    if (absl::StrContains(message, noise)) return rate;
+  }
+  return nullptr;
+}
+
 void FromGrpc(gpr_log_func_args* args) {
   // gRPC reports errno only as text (e.g. "Too many open files").
   if (args->message != nullptr &&
@@ -28,12 +39,14 @@ void FromGrpc(gpr_log_func_args* args) {
       args->severity == GPR_LOG_SEVERITY_ERROR  ? util::Severity::kError
       : args->severity == GPR_LOG_SEVERITY_INFO ? util::Severity::kInfo
                                                 : util::Severity::kInfo;
-  LibraryRate().Log(
-      severity,
-      absl::StrCat("grpc ", args->file == nullptr ? "" : args->file, ":",
-                   args->line, ": ",
-                   args->message == nullptr ? "" : args->message),
-      /*library=*/true);
+  const absl::string_view message =
+      args->message == nullptr ? "" : args->message;
+  util::LogRate* rate = PeerNoiseRate(message);
+  (rate == nullptr ? LibraryRate() : *rate)
+      .Log(severity,
+           absl::StrCat("grpc ", args->file == nullptr ? "" : args->file, ":",
+                        args->line, ": ", message),
+           /*library=*/true);
 }
 
 void FromProtobuf(google::protobuf::LogLevel level, const char* filename,

@@ -38,9 +38,14 @@ class TokenBucket {
 
   // Whether it would be full at `now` without taking anything.
   bool FullAt(absl::Time now, double per_second, double capacity) const {
-    return tokens_ < 0 ||
-           tokens_ + absl::ToDoubleSeconds(now - refilled_) * per_second >=
-               capacity;
+    return TokensAt(now, per_second, capacity) >= capacity;
+  }
+
+  // The tokens it would hold at `now`, without refilling.
+  double TokensAt(absl::Time now, double per_second, double capacity) const {
+    if (tokens_ < 0) return capacity;
+    return std::min(capacity, tokens_ + absl::ToDoubleSeconds(now - refilled_) *
+                                            per_second);
   }
 
   // Starts it with `tokens` at `at` instead of full.

@@ -558,9 +558,20 @@ TEST_F(ConnectionAdmissionTest, EstablishedConnectionsAreNotEvicted) {
 // is never marked served; it stays pending for the whole handshake deadline
 // and a certless IPv4 flood from other addresses evicts it.
 TEST_F(ConnectionAdmissionTest, Ipv6EstablishedConnectionsAreMarkedServed) {
+  {
+    const int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 loopback{};
+    loopback.sin6_family = AF_INET6;
+    loopback.sin6_addr = in6addr_loopback;
+    const bool has_ipv6 =
+        probe >= 0 && bind(probe, reinterpret_cast<sockaddr*>(&loopback),
+                           sizeof(loopback)) == 0;
+    if (probe >= 0) close(probe);
+    if (!has_ipv6) GTEST_SKIP() << "no IPv6 loopback on this machine";
+  }
   env_->AddToConfig("listener", "handshake_timeout_seconds: 10");
-  auto server = testing::ServerProcess::Start(
-      env_->config_path(), log_, 0, kServerDescriptors, "[::]");
+  auto server = testing::ServerProcess::Start(env_->config_path(), log_, 0,
+                                              kServerDescriptors, "[::]");
   ASSERT_THAT(server.status(), IsOk());
   const int port = (*server)->port();
   std::vector<std::shared_ptr<grpc::Channel>> pool;

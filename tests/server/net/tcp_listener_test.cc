@@ -4,11 +4,13 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -75,6 +77,29 @@ TEST(TcpListenerTest, PeerNamesAreGrpcs) {
   EXPECT_EQ(GrpcPeerName(V4("10.1.2.3", 443)), "ipv4:10.1.2.3:443");
   EXPECT_EQ(GrpcPeerName(V6("::ffff:10.1.2.3", 443)), "ipv4:10.1.2.3:443");
   EXPECT_EQ(GrpcPeerName(V6("2001:db8::1", 443)), "ipv6:[2001:db8::1]:443");
+}
+
+TEST(TcpListenerTest, ProbeDirectoriesOfDeadProcessesAreRemoved) {
+  // A pid that is not running: a child reaped at once.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  waitpid(dead, nullptr, 0);
+  const std::string stale =
+      absl::StrCat("/tmp/cardvaultd-probe-", dead, "-test00");
+  ASSERT_EQ(mkdir(stale.c_str(), 0700), 0);
+  const std::string mine =
+      absl::StrCat("/tmp/cardvaultd-probe-", getpid(), "-test00");
+  ASSERT_EQ(mkdir(mine.c_str(), 0700), 0);
+  auto made = MakeProbeDirectory();
+  ASSERT_THAT(made.status(), IsOk());
+  struct stat st {};
+  EXPECT_NE(stat(stale.c_str(), &st), 0) << "stale directory left";
+  EXPECT_EQ(stat(mine.c_str(), &st), 0) << "a live process's directory";
+  ASSERT_EQ(stat(made->c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  rmdir(mine.c_str());
+  rmdir(made->c_str());
 }
 
 TEST(TcpListenerTest, ProbeSocketIsTheOwnersOnly) {

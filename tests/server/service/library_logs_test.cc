@@ -66,6 +66,26 @@ TEST(LibraryLogsTest, AFloodOfLibraryLinesIsBounded) {
   EXPECT_LE(lines, static_cast<size_t>(kLibraryLinesPerSecond) * 3);
 }
 
+// A message any peer can cause at will (a bad TLS server name, twice a
+// connection) does not take the share of every other message.
+TEST(LibraryLogsTest, PeerCausedNoiseLeavesRoomForOtherLines) {
+  RouteLibraryLogs();
+  absl::SleepFor(absl::Seconds(1));  // the shared budget refills
+  const std::string out = Stderr([] {
+    for (int i = 0; i < 5000; ++i) {
+      gpr_log(GPR_INFO, "No match found for server name: x%d.", i);
+    }
+    for (int i = 0; i < 5; ++i) gpr_log(GPR_ERROR, "a different message %d", i);
+  });
+  size_t noise = 0;
+  for (size_t at = out.find("No match found"); at != std::string::npos;
+       at = out.find("No match found", at + 1)) {
+    ++noise;
+  }
+  EXPECT_LE(noise, static_cast<size_t>(kPeerNoiseLinesPerSecond) * 3);
+  EXPECT_THAT(out, HasSubstr("a different message 4"));
+}
+
 TEST(LogRateTest, SaysHowManyLinesItSuppressed) {
   util::LogRate rate(2);
   const std::string out = Stderr([&] {
