@@ -10,12 +10,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/clients.h"
+#include "tests/testing/eventually.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_env.h"
 
 namespace cardvault {
 namespace {
 
+using ::cardvault::testing::Eventually;
 using ::cardvault::testing::IsOk;
 using ::cardvault::testing::StatusIs;
 using ::testing::HasSubstr;
@@ -39,17 +41,6 @@ absl::Status TokenizeOnNewConnection(const testing::TestEnv& env,
   client::ClientOptions o = Options(env, server, name);
   o.deadline = absl::Seconds(3);
   return (*client::VaultClient::Create(o))->Tokenize(TestCard()).status();
-}
-
-// Polls `f` every 100 ms until it returns true or `limit` passes.
-template <typename F>
-bool Eventually(absl::Duration limit, F f) {
-  const absl::Time deadline = absl::Now() + limit;
-  while (absl::Now() < deadline) {
-    if (f()) return true;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  return f();
 }
 
 // Appends a config block (the generated config has no `limits` block).
