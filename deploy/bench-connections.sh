@@ -56,6 +56,12 @@ for op in health tokenize detokenize; do bench "10000 idle connections held" $op
 release
 echo "after release: resident $(rss) KiB, open $(metric cardvault_connections_open)"
 
+limit=$(grep -o 'max_connections=[0-9]*' "$state/server.log" | head -1 | cut -d= -f2)
+total_before=$(metric cardvault_connections_refused_total)
+hold --count $((limit + 600)) --sources 6 --tls
+echo "$(cat "$state/holder.out") of $((limit + 600)) mutual-TLS connections held with max_connections=$limit: resident $(rss) KiB, refused for the total $(( $(metric cardvault_connections_refused_total) - total_before ))"
+release
+
 before=$(metric cardvault_connections_admitted_total)
 rate_before=$(metric cardvault_connections_refused_rate_total)
 source_before=$(metric cardvault_connections_refused_per_source_total)
