@@ -463,13 +463,12 @@ TEST_F(ConnectionAdmissionTest, WatchdogExitsForRestartWhenListenerIsStuck) {
   }
 }
 
-// ATTACK: one idle TCP connection (no TLS, no certificate) from each of
-// 200 addresses keeps the pending budget full with no address "busier"
-// than the watchdog's 127.0.0.1, so the watchdog's probe is refused every
-// time and nothing is evicted for it. The listener itself is fine (an
-// established connection is served all along), yet the watchdog must not
-// make the process exit: that turns a connection flood into a restart loop
-// that also kills every established connection.
+// ATTACK (found by an outside review): one idle TCP connection, no
+// certificate, from each of 200 addresses keeps the pending budget full
+// with no address busier than another, so nothing can be evicted for a
+// newcomer. Before the probe socket the watchdog's own probe was refused
+// and the process exited: a flood became a restart loop that also killed
+// every established connection. The vault must keep serving and live.
 TEST_F(ConnectionAdmissionTest, DistributedPendingFloodDoesNotKillProcess) {
   env_->AddToConfig("watchdog", "exit_after_seconds: 2");
   env_->AddToConfig("watchdog", "interval_seconds: 1");
@@ -610,12 +609,11 @@ TEST_F(ConnectionAdmissionTest, Ipv6EstablishedConnectionsAreMarkedServed) {
   EXPECT_EQ(dropped, 0) << "the attacker closed a serving IPv6 connection";
 }
 
-// ATTACK: the watchdog probes from 127.0.0.1, and so does anything on the
-// vault's host or behind a local TCP proxy/sidecar. 100 idle TCP
-// connections from 127.0.0.1 (no TLS), re-opened when the server closes
-// them, hold max_connections_per_source (88 here): the probe is refused
-// by the per-source limit (checked before any eviction) and the watchdog
-// stops a vault whose listener works.
+// ATTACK (found by an outside review): 150 idle TCP connections from
+// 127.0.0.1, re-opened when the server closes them, hold that address's
+// max_connections_per_source. A watchdog probing the public port from
+// 127.0.0.1 was refused and stopped a vault whose listener works; through
+// its private socket it is not.
 TEST_F(ConnectionAdmissionTest, LoopbackPerSourceFloodDoesNotKillProcess) {
   env_->AddToConfig("watchdog", "exit_after_seconds: 2");
   env_->AddToConfig("watchdog", "interval_seconds: 1");
