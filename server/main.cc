@@ -460,7 +460,7 @@ int Run(const sigset_t& stop_signals) {
   service::ServingGate serving(
       server->GetHealthCheckService(),
       {"", kServiceName, "cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"});
-  std::atomic<bool> listener_ready{true};
+
   absl::Mutex give_up_mu;
   std::string give_up_reason;
   std::unique_ptr<service::ListenerWatchdog> watchdog;
@@ -479,10 +479,7 @@ int Run(const sigset_t& stop_signals) {
                           .server_name = w.server_name(),
                           .interval = absl::Seconds(w.interval_seconds()),
                           .exit_after = absl::Seconds(w.exit_after_seconds())},
-                         [&](bool ready) {
-                           listener_ready = ready;
-                           serving.Set("listener", ready);
-                         },
+                         [&](bool ready) { serving.Set("listener", ready); },
                          [&](absl::string_view reason) {
                            util::LogError(absl::StrCat(
                                "ALERT ", reason, ": stopping for a restart"));
@@ -574,7 +571,8 @@ int Run(const sigset_t& stop_signals) {
              "Client connections open (handed to gRPC, not yet closed).",
              [&] { return listener->stats().open; }, /*gauge=*/true},
             {"cardvault_connections_pending",
-             "Client connections younger than the handshake deadline.",
+             "Client connections that have carried no call yet and are "
+             "younger than the handshake deadline.",
              [&] { return listener->stats().pending; }, /*gauge=*/true},
             {"cardvault_connection_descriptor_budget",
              "Descriptors the budget leaves for client connections.",
@@ -582,7 +580,7 @@ int Run(const sigset_t& stop_signals) {
             {"cardvault_listener_ready",
              "1 while the listener watchdog's mutual-TLS health calls to "
              "the vault's own port succeed.",
-             [&] { return uint64_t{listener_ready.load() ? 1u : 0u}; },
+             [&] { return uint64_t{!watchdog || watchdog->ready() ? 1u : 0u}; },
              /*gauge=*/true},
             {"cardvault_listener_probe_failures_total",
              "Listener watchdog probes that failed.",

@@ -112,46 +112,59 @@ absl::string_view RefusalName(ConnectionTable::Refusal r) {
   return "none";
 }
 
-}  // namespace
+// A peer's address and port, an IPv4 address mapped into IPv6 unmapped, so
+// that one host has one form in every key made from it.
+struct PeerAddress {
+  int family = AF_UNSPEC;
+  in_addr v4{};
+  in6_addr v6{};
+  uint16_t port = 0;
+};
 
-std::string SourceAddress(const sockaddr_storage& peer) {
-  char text[INET6_ADDRSTRLEN] = {};
+PeerAddress Unmapped(const sockaddr_storage& peer) {
+  PeerAddress a;
   if (peer.ss_family == AF_INET) {
     const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
-    inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+    a.family = AF_INET;
+    a.v4 = in->sin_addr;
+    a.port = ntohs(in->sin_port);
   } else if (peer.ss_family == AF_INET6) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    a.port = ntohs(in6->sin6_port);
     if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-      inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
+      a.family = AF_INET;
+      std::memcpy(&a.v4, &in6->sin6_addr.s6_addr[12], sizeof(a.v4));
     } else {
-      in6_addr prefix = in6->sin6_addr;
-      std::memset(&prefix.s6_addr[8], 0, 8);
-      inet_ntop(AF_INET6, &prefix, text, sizeof(text));
-      return absl::StrCat(text, "/64");
+      a.family = AF_INET6;
+      a.v6 = in6->sin6_addr;
     }
-  } else {
-    return "unknown";
   }
+  return a;
+}
+
+std::string AddressText(int family, const void* address) {
+  char text[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family, address, text, sizeof(text));
   return text;
 }
 
+}  // namespace
+
+std::string SourceAddress(const sockaddr_storage& peer) {
+  PeerAddress a = Unmapped(peer);
+  if (a.family == AF_INET) return AddressText(AF_INET, &a.v4);
+  if (a.family != AF_INET6) return "unknown";
+  std::memset(&a.v6.s6_addr[8], 0, 8);
+  return absl::StrCat(AddressText(AF_INET6, &a.v6), "/64");
+}
+
 std::string GrpcPeerName(const sockaddr_storage& peer) {
-  char text[INET6_ADDRSTRLEN] = {};
-  if (peer.ss_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
-    inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
-    return absl::StrCat("ipv4:", text, ":", ntohs(in->sin_port));
+  const PeerAddress a = Unmapped(peer);
+  if (a.family == AF_INET) {
+    return absl::StrCat("ipv4:", AddressText(AF_INET, &a.v4), ":", a.port);
   }
-  if (peer.ss_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-      inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
-      return absl::StrCat("ipv4:", text, ":", ntohs(in6->sin6_port));
-    }
-    inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
-    return absl::StrCat("ipv6:[", text, "]:", ntohs(in6->sin6_port));
-  }
-  return "";
+  if (a.family != AF_INET6) return "";
+  return absl::StrCat("ipv6:[", AddressText(AF_INET6, &a.v6), "]:", a.port);
 }
 
 absl::StatusOr<std::string> MakeProbeDirectory() {
@@ -340,6 +353,7 @@ void TcpListener::Run() {
   for (int fd : accepting) polled.push_back({fd, POLLIN, 0});
   polled.push_back({wake_fd_, POLLIN, 0});
   absl::Time next_sweep = options_.now();
+  absl::Duration backoff = absl::ZeroDuration();
   while (!stop_) {
     const absl::Time now = options_.now();
     if (now >= next_sweep) {
@@ -348,10 +362,10 @@ void TcpListener::Run() {
     }
     // While backing off, only the wake-up descriptor is watched.
     const absl::Duration wait =
-        backoff_ > absl::ZeroDuration()
-            ? backoff_
+        backoff > absl::ZeroDuration()
+            ? backoff
             : std::max(absl::ZeroDuration(), next_sweep - now);
-    const nfds_t watched = backoff_ > absl::ZeroDuration()
+    const nfds_t watched = backoff > absl::ZeroDuration()
                                ? 0
                                : static_cast<nfds_t>(accepting.size());
     pollfd* first = watched == 0 ? &polled.back() : polled.data();
@@ -371,9 +385,9 @@ void TcpListener::Run() {
       }
       polled[i].revents = 0;
     }
-    backoff_ = failed ? std::min(options_.max_backoff,
-                                 std::max(kFirstBackoff, backoff_ * 2))
-                      : absl::ZeroDuration();
+    backoff = failed ? std::min(options_.max_backoff,
+                                std::max(kFirstBackoff, backoff * 2))
+                     : absl::ZeroDuration();
   }
 }
 

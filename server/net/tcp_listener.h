@@ -137,7 +137,6 @@ class TcpListener {
       awaiting_call_by_peer_ ABSL_GUARDED_BY(served_mu_);
   std::vector<Connection> served_ ABSL_GUARDED_BY(served_mu_);
   std::atomic<size_t> awaiting_call_{0};
-  absl::Duration backoff_ = absl::ZeroDuration();
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> admitted_{0}, refused_total_{0}, refused_per_source_{0},
       refused_pending_{0}, refused_rate_{0}, evicted_{0}, accept_failures_{0},

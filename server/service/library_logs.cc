@@ -30,10 +30,8 @@ util::LogRate* PeerNoiseRate(absl::string_view message) {
 }
 
 void FromGrpc(gpr_log_func_args* args) {
-  // gRPC reports errno only as text (e.g. "Too many open files").
-  if (args->message != nullptr &&
-      absl::StrContains(args->message, "Too many open files")) {
-    util::NoteDescriptorExhaustion("in gRPC");
+  if (args->message != nullptr) {
+    util::NoteIfOutOfDescriptors(args->message, "in gRPC");
   }
   const util::Severity severity =
       args->severity == GPR_LOG_SEVERITY_ERROR  ? util::Severity::kError

@@ -2,7 +2,6 @@
 
 #include <string>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/util/descriptor_budget.h"
 
@@ -13,10 +12,8 @@ absl::Status FromRocksDb(const rocksdb::Status& status,
   if (status.ok()) return absl::OkStatus();
   const std::string message =
       absl::StrCat("storage ", operation, " failed: ", status.ToString());
-  // RocksDB reports errno only as strerror text in the message.
-  if (status.IsIOError() && absl::StrContains(message, "Too many open files")) {
-    util::NoteDescriptorExhaustion("in the database");
-  }
+  if (status.IsIOError())
+    util::NoteIfOutOfDescriptors(message, "in the database");
   switch (status.code()) {
     case rocksdb::Status::kNotFound:
       return absl::NotFoundError(message);

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/util/log.h"
 
@@ -84,6 +85,15 @@ void NoteDescriptorExhaustion(absl::string_view where) {
       absl::StrCat("ALERT out of file descriptors (EMFILE/ENFILE) ", where,
                    ": see cardvault_descriptor_exhaustion_total"
                    " and the start-up descriptor budget"));
+}
+
+void NoteIfOutOfDescriptors(absl::string_view message,
+                            absl::string_view where) {
+  // strerror(EMFILE) is "Too many open files", strerror(ENFILE) "Too many
+  // open files in system".
+  if (absl::StrContains(message, "Too many open files")) {
+    NoteDescriptorExhaustion(where);
+  }
 }
 
 uint64_t DescriptorExhaustions() { return exhaustions.load(); }

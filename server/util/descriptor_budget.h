@@ -49,6 +49,9 @@ uint64_t FilesUnder(const std::string& dir);
 // EMFILE or ENFILE met `where` ("accepting connections", "writing the
 // metrics file", ...): counted, and an ALERT line at a bounded rate.
 void NoteDescriptorExhaustion(absl::string_view where);
+// The same for a library's error `message` that reports EMFILE or ENFILE
+// only as strerror text (RocksDB statuses, gRPC log lines).
+void NoteIfOutOfDescriptors(absl::string_view message, absl::string_view where);
 uint64_t DescriptorExhaustions();
 
 }  // namespace cardvault::util
