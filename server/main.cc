@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/util/json_util.h"
 #include "hsm/pkcs11_key_wrapper.h"
 #include "hsm/pkcs11_token.h"
 #include "server/audit/audit_log.h"
@@ -35,6 +36,7 @@
 #include "server/net/connection_table.h"
 #include "server/net/tcp_listener.h"
 #include "server/service/audit_log_service.h"
+#include "server/service/backup_admin_service.h"
 #include "server/service/client_trust.h"
 #include "server/service/hsm_health_monitor.h"
 #include "server/service/key_admin_service.h"
@@ -45,18 +47,21 @@
 #include "server/service/serving_gate.h"
 #include "server/service/token_vault_service.h"
 #include "server/service/unparsed_request_interceptor.h"
+#include "server/storage/rocksdb_backup.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/util/blocking_executor.h"
 #include "server/util/descriptor_budget.h"
 #include "server/util/log.h"
 #include "server/util/metrics_file.h"
 #include "server/util/process_hardening.h"
+#include "server/vault/backups.h"
 #include "server/vault/cvv_cache.h"
 #include "server/vault/index_entry.h"
 #include "server/vault/kek_manager.h"
 #include "server/vault/key_admin.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/reencryptor.h"
+#include "server/vault/restore.h"
 #include "server/vault/vault.h"
 #include "server/vault/wrapped_keys.h"
 
@@ -66,6 +71,17 @@ ABSL_FLAG(std::string, listen_address, "",
           "Overrides listen_address from the configuration.");
 ABSL_FLAG(std::string, data_dir, "",
           "Overrides storage.data_dir from the configuration.");
+ABSL_FLAG(uint32_t, restore_backup, 0,
+          "Disaster recovery, with the vault stopped: puts backup ID of "
+          "backup.directory in place of the data directory (the old one is "
+          "moved aside, never deleted), then exits; the next start records "
+          "the restore in the audit trail.");
+ABSL_FLAG(uint32_t, verify_backup, 0,
+          "Verifies backup ID of backup.directory without touching the live "
+          "data, prints the result as JSON and exits: 0 if it verifies, 4 if "
+          "not.");
+ABSL_FLAG(bool, verify_all_records, false,
+          "--verify_backup: open every card record instead of a sample.");
 ABSL_FLAG(bool, compact_and_exit, false,
           "Maintenance, with the vault stopped: compacts the token data down "
           "to the last level (expired and deleted values are dropped), then "
@@ -78,6 +94,8 @@ constexpr char kServiceName[] = "cardvault.v1.TokenVault";
 constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 // Exit status when the listener watchdog gave up (the supervisor restarts).
 constexpr int kExitListenerStuck = 3;
+// Exit status of --verify_backup when the backup does not verify.
+constexpr int kExitBackupBad = 4;
 
 // Checkpoints go to the server log, where operators export them (e.g. to a
 // SIEM) so that a truncated audit trail can be proven later.
@@ -103,6 +121,84 @@ storage::RocksDbStorage::Options StorageOptions(
     const config::ServerConfig& cfg) {
   return {.data_dir = cfg.storage().data_dir(),
           .expiry_of = vault::StoredExpiry};
+}
+
+storage::RocksDbBackupStore::Options BackupStoreOptions(
+    const config::ServerConfig& cfg, bool read_only) {
+  const config::v1::BackupConfig& b = cfg.backup();
+  return {.directory = b.directory(),
+          .staging_dir = b.staging_directory().empty()
+                             ? cfg.storage().data_dir() + ".staging"
+                             : b.staging_directory(),
+          .rate_limit_bytes_per_second = b.rate_limit_bytes_per_second(),
+          .read_only = read_only};
+}
+
+vault::VerifyOptions BackupVerifyOptions(const config::ServerConfig& cfg) {
+  return {.all_records = absl::GetFlag(FLAGS_verify_all_records),
+          .sample_records = cfg.backup().verify_sample_records(),
+          .keys_in_hsm = cfg.hsm().seal_in_hsm(),
+          .audit_retention = absl::Hours(24 * cfg.audit().retention_days()),
+          .now = absl::Now()};
+}
+
+// --verify_backup and --restore_backup: maintenance with the HSM open.
+int RunBackupTool(const config::ServerConfig& cfg,
+                  const hsm::KeyWrapper& wrapper) {
+  if (cfg.backup().directory().empty()) {
+    util::LogError("backup.directory is not set in the configuration");
+    return 1;
+  }
+  auto backups =
+      OrDie(storage::RocksDbBackupStore::Open(
+                nullptr, BackupStoreOptions(cfg, /*read_only=*/true)),
+            "backup directory");
+  if (const uint32_t id = absl::GetFlag(FLAGS_verify_backup); id != 0) {
+    vault::BackupVerification v = OrDie(
+        vault::VerifyBackup(*backups, id, wrapper, BackupVerifyOptions(cfg)),
+        "verify backup");
+    v1::BackupVerification out;
+    service::VerificationToProto(v, &out);
+    std::string json;
+    google::protobuf::util::JsonPrintOptions json_options;
+    json_options.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(out, &json, json_options);
+    std::printf("%s\n", json.c_str());
+    std::fflush(stdout);
+    return v.ok ? 0 : kExitBackupBad;
+  }
+  const uint32_t id = absl::GetFlag(FLAGS_restore_backup);
+  absl::StatusOr<v1::RestoreRecord> restored = vault::RestoreFromBackup(
+      {.backups = backups.get(),
+       .wrapper = &wrapper,
+       .open_read_only = storage::OpenReadOnlyView,
+       .check_not_in_use = storage::RocksDbStorage::CheckNotInUse},
+      id,
+      {.data_dir = cfg.storage().data_dir(),
+       .verify = BackupVerifyOptions(cfg),
+       .now = absl::Now()});
+  if (!restored.ok()) {
+    util::LogError(
+        absl::StrCat("restore refused: ", restored.status().ToString()));
+    return 1;
+  }
+  util::LogInfo(absl::StrCat(
+      "backup ", id, " restored into ", cfg.storage().data_dir(),
+      restored->previous_data_dir().empty()
+          ? std::string()
+          : absl::StrCat("; the old data directory is ",
+                         restored->previous_data_dir()),
+      "; records lost: ",
+      restored->lost_through() > 0
+          ? absl::StrCat(restored->lost_from(), "..", restored->lost_through())
+          : (restored->lost_from() == 0 ? std::string("none")
+                                        : std::string("unknown")),
+      "; deletions undone: ", restored->deletions_undone(),
+      restored->deletions_undone() > 0
+          ? absl::StrCat(" (tokens listed in ", restored->previous_data_dir(),
+                         ".deletions-undone: delete them again)")
+          : std::string()));
+  return 0;
 }
 
 int Run(const sigset_t& stop_signals) {
@@ -162,14 +258,23 @@ int Run(const sigset_t& stop_signals) {
       "HSM");
   auto wrapper =
       OrDie(hsm::Pkcs11KeyWrapper::Create(token->sessions()), "HSM wrapper");
+  if (absl::GetFlag(FLAGS_verify_backup) != 0 ||
+      absl::GetFlag(FLAGS_restore_backup) != 0) {
+    return RunBackupTool(cfg, *wrapper);
+  }
   auto storage =
       OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
-  // Completes (or rolls back) a KEK rotation a crash interrupted.
+  const bool backups_on = !cfg.backup().directory().empty();
+  const bool restored = vault::RestorePending(cfg.storage().data_dir());
+  // Completes (or rolls back) a KEK rotation a crash interrupted; after a
+  // restore, rolls forward to the KEKs the vault rotated to since.
   vault::KekManager::OpenReport kek_report;
   auto kek = OrDie(vault::KekManager::Open(
                        storage.get(), wrapper.get(),
                        {.initial_label = cfg.hsm().kek_label(),
-                        .create_if_missing = cfg.hsm().create_kek_if_missing()},
+                        .create_if_missing = cfg.hsm().create_kek_if_missing(),
+                        .retain_old_keks = backups_on,
+                        .adopt_newer_keks = restored},
                        &kek_report),
                    "HSM key-encryption key");
   bool created_data_key = false;
@@ -188,6 +293,12 @@ int Run(const sigset_t& stop_signals) {
       OrDie(vault::LoadMacKey(kek.get(), vault::kAuditKeyPrefix), "audit key");
   const bool audit_key_created = audit_key.created;
   const uint32_t audit_key_version = audit_key.version;
+  // A restore's marker is checked under the audit key before the trail
+  // takes the key; a forged one stops the start.
+  const std::optional<v1::RestoreRecord> restore_record =
+      OrDie(vault::ReadRestoreMarker(cfg.storage().data_dir(), *audit_key.mac,
+                                     audit_key.version),
+            "restore marker");
   vault::MacKey index_key = OrDie(
       vault::LoadMacKey(kek.get(), vault::kPanIndexKeyPrefix), "PAN index key");
   vault::MacKey fingerprint_key =
@@ -208,6 +319,16 @@ int Run(const sigset_t& stop_signals) {
            .refusals = {.per_minute =
                             cfg.limits().refusals_recorded_per_minute()}}),
       "audit trail");
+  // The restore is the first thing the restored trail records.
+  if (restore_record.has_value()) {
+    if (absl::Status s =
+            vault::RecordRestore(cfg.storage().data_dir(), *restore_record,
+                                 *audit_log, *storage, absl::Now());
+        !s.ok()) {
+      util::LogError(absl::StrCat("cannot record the restore: ", s.ToString()));
+      return 1;
+    }
+  }
   vault::Vault::Options vault_options;
   vault_options.idempotency_window =
       absl::Seconds(cfg.tokens().idempotency_window_seconds());
@@ -255,6 +376,23 @@ int Run(const sigset_t& stop_signals) {
                 {.required_approvals = cfg.keys().required_approvals(),
                  .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours())}),
             "key administration");
+  std::unique_ptr<storage::RocksDbBackupStore> backup_store;
+  std::unique_ptr<vault::Backups> backups;
+  if (backups_on) {
+    backup_store = OrDie(storage::RocksDbBackupStore::Open(
+                             storage.get(), BackupStoreOptions(cfg, false)),
+                         "backup directory");
+    backups =
+        OrDie(vault::Backups::Create(
+                  {.store = backup_store.get(),
+                   .wrapper = wrapper.get(),
+                   .policy = &policy,
+                   .audit = audit_log.get()},
+                  {.interval = absl::Seconds(cfg.backup().interval_seconds()),
+                   .keep = cfg.backup().keep(),
+                   .verify = BackupVerifyOptions(cfg)}),
+              "backups");
+  }
   // Revocation applies while serving: the CRLs are re-read every refresh.
   std::unique_ptr<service::ClientTrust> client_trust;
   if (cfg.tls().crl_directory().empty()) {
@@ -286,6 +424,8 @@ int Run(const sigset_t& stop_signals) {
       {.start_on_executor = cfg.hsm().seal_in_hsm()});
   service::AuditLogService audit_service(vault.get(), &calls_in_flight);
   service::KeyAdminService key_admin_service(key_admin.get(), vault.get(),
+                                             &calls_in_flight);
+  service::BackupAdminService backup_service(backups.get(), vault.get(),
                                              &calls_in_flight);
   // cardvaultd accepts TCP itself: gRPC gets only admitted connections.
   const config::v1::ListenerConfig& listener_cfg = cfg.listener();
@@ -328,6 +468,7 @@ int Run(const sigset_t& stop_signals) {
   builder.RegisterService(&token_vault);
   builder.RegisterService(&audit_service);
   builder.RegisterService(&key_admin_service);
+  builder.RegisterService(&backup_service);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(cfg.limits().max_request_bytes()));
   builder.SetSyncServerOption(
@@ -405,6 +546,12 @@ int Run(const sigset_t& stop_signals) {
                   absl::StrCat("completed the KEK rotation a stop "
                                "interrupted: every key is wrapped under \"",
                                kek_label, "\", the old KEK destroyed")},
+        std::pair{kek_report.adopted > 0,
+                  absl::StrCat("after the restore, rolled forward ",
+                               kek_report.adopted,
+                               " KEK generation(s) the vault rotated to since "
+                               "the backup: every key is wrapped under \"",
+                               kek_label, "\"")},
         std::pair{kek_report.rolled_back,
                   std::string("destroyed an unused KEK a stopped rotation "
                               "left in the HSM (rotation rolled back)")},
@@ -459,7 +606,8 @@ int Run(const sigset_t& stop_signals) {
   // Health is served while the HSM answers and the listener accepts.
   service::ServingGate serving(
       server->GetHealthCheckService(),
-      {"", kServiceName, "cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin"});
+      {"", kServiceName, "cardvault.v1.AuditLog", "cardvault.v1.KeyAdmin",
+       "cardvault.v1.BackupAdmin"});
 
   absl::Mutex give_up_mu;
   std::string give_up_reason;
@@ -585,6 +733,21 @@ int Run(const sigset_t& stop_signals) {
             {"cardvault_listener_probe_failures_total",
              "Listener watchdog probes that failed.",
              [&] { return watchdog ? watchdog->failures() : 0; }},
+            {"cardvault_backups_total",
+             "Backups taken since start (on demand and scheduled).",
+             [&] { return backups ? backups->taken() : 0; }},
+            {"cardvault_backup_failures_total",
+             "Backups that failed since start (each also an ALERT line when "
+             "scheduled, and a BACKUP audit record).",
+             [&] { return backups ? backups->failures() : 0; }},
+            {"cardvault_last_backup_timestamp_seconds",
+             "Unix time of the last backup taken since start (0: none).",
+             [&] {
+               return backups
+                          ? static_cast<uint64_t>(backups->last_success_unix())
+                          : 0;
+             },
+             /*gauge=*/true},
             {"cardvault_client_crl_seconds_until_expiry",
              "Seconds until the first client CA's CRL reaches its "
              "nextUpdate (0: one has, and its clients are refused).",
@@ -647,7 +810,8 @@ const char* malloc_conf =
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "cardvaultd --config=FILE [--listen_address=HOST:PORT] [--data_dir=DIR]");
+      "cardvaultd --config=FILE [--listen_address=HOST:PORT] [--data_dir=DIR] "
+      "[--restore_backup=ID | --verify_backup=ID [--verify_all_records]]");
   absl::ParseCommandLine(argc, argv);
   // gRPC and protobuf quote what peers send: through the masking logger.
   cardvault::service::RouteLibraryLogs();

@@ -110,6 +110,18 @@ absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record) {
   return event;
 }
 
+absl::StatusOr<std::string> RecordMac(absl::string_view record) {
+  absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
+  if (!parsed.ok()) return parsed.status();
+  return std::string(parsed->mac);
+}
+
+absl::StatusOr<uint32_t> RecordKeyVersion(absl::string_view record) {
+  absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
+  if (!parsed.ok()) return parsed.status();
+  return parsed->key_version;
+}
+
 absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     const storage::AuditStore* store, const storage::RecordStore* records,
     std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
@@ -530,6 +542,17 @@ absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
 absl::StatusOr<ChainReport> AuditLog::Verify(
     const std::optional<Checkpoint>& checkpoint) const {
   absl::MutexLock purge_lock(&purge_mu_);
+  return VerifyStoredChain(*store_, *key_, key_version_, options_.retention,
+                           absl::Now(), checkpoint);
+}
+
+absl::StatusOr<ChainReport> VerifyStoredChain(
+    const storage::AuditStore& store, const crypto::HmacSha256& key,
+    uint32_t key_version, absl::Duration retention, absl::Time now,
+    const std::optional<Checkpoint>& checkpoint) {
+  const storage::AuditStore* store_ = &store;
+  const crypto::HmacSha256* key_ = &key;
+  const uint32_t key_version_ = key_version;
   ChainReport report;
   std::string previous = kZeroMac;
   std::string checkpoint_mac;
@@ -550,7 +573,7 @@ absl::StatusOr<ChainReport> AuditLog::Verify(
     const uint64_t sequence = util::ReadBigEndian64(a.substr(5, 8));
     const int64_t time_ms =
         static_cast<int64_t>(util::ReadBigEndian64(a.substr(13, 8)));
-    if (absl::FromUnixMillis(time_ms) > absl::Now() - options_.retention) {
+    if (absl::FromUnixMillis(time_ms) > now - retention) {
       report.intact = false;
       report.first_bad_sequence = 1;
       report.problem = "records were purged before the retention period ended";
@@ -589,6 +612,11 @@ absl::StatusOr<ChainReport> AuditLog::Verify(
       return fail(sequence, "event does not decode to its own sequence");
     }
     previous = std::string(parsed->mac);
+    if (event.event_type() == v1::RESTORE) {
+      report.restores.push_back({.sequence = sequence,
+                                 .time = EventTime(event.event_time()),
+                                 .restore = event.restore()});
+    }
     if (checkpoint.has_value() && sequence == checkpoint->sequence) {
       checkpoint_mac = previous;
     }
@@ -599,7 +627,26 @@ absl::StatusOr<ChainReport> AuditLog::Verify(
     return true;
   });
   if (!scanned.ok()) return scanned;
-  if (report.intact && checkpoint.has_value() && checkpoint->sequence > 0) {
+  if (report.intact && checkpoint.has_value() && checkpoint->sequence > 0 &&
+      checkpoint_mac != checkpoint->mac) {
+    // A restore from a backup replaced the records after the backup's head;
+    // a checkpoint exported before it may lie in what it lost. That is
+    // reported as the restore, not as truncation.
+    for (const RestoreMark& r : report.restores) {
+      const uint64_t from = r.restore.lost_from();
+      const uint64_t through = r.restore.lost_through();
+      if (checkpoint->sequence >= from && from > 0 &&
+          (through == 0 || checkpoint->sequence <= through) &&
+          (checkpoint->sequence != through ||
+           r.restore.lost_head_mac().empty() ||
+           r.restore.lost_head_mac() == checkpoint->mac)) {
+        report.checkpoint_lost_in_restore = r.sequence;
+        break;
+      }
+    }
+  }
+  if (report.intact && checkpoint.has_value() && checkpoint->sequence > 0 &&
+      report.checkpoint_lost_in_restore == 0) {
     if (checkpoint->sequence > report.head_sequence) {
       report.intact = false;
       report.first_bad_sequence = report.head_sequence + 1;

@@ -131,6 +131,13 @@ struct Checkpoint {
   std::string mac;
 };
 
+// A restore from a backup, as the chain records it (RESTORE event).
+struct RestoreMark {
+  uint64_t sequence = 0;
+  absl::Time time;
+  ::cardvault::v1::RestoreRecord restore;
+};
+
 // Result of a chain verification.
 struct ChainReport {
   bool intact = true;
@@ -139,6 +146,11 @@ struct ChainReport {
   uint64_t records_checked = 0;
   uint64_t head_sequence = 0;  // last record that verified
   std::string head_mac;
+  // Restores the chain records, oldest first.
+  std::vector<RestoreMark> restores;
+  // The RESTORE event whose lost range holds the checkpoint asked about,
+  // when a restore (not truncation) is why the chain no longer holds it.
+  uint64_t checkpoint_lost_in_restore = 0;
 };
 
 class AuditLog {
@@ -298,6 +310,19 @@ class AuditLog {
   absl::Notification stop_summaries_;
   std::thread summarizer_;
 };
+
+// Verifies the chain stored in `store` under `key` (AuditLog::Verify, for a
+// store no log writes to, such as a backup's): records purged by retention
+// must be older than `now - retention`.
+absl::StatusOr<ChainReport> VerifyStoredChain(
+    const storage::AuditStore& store, const crypto::HmacSha256& key,
+    uint32_t key_version, absl::Duration retention, absl::Time now,
+    const std::optional<Checkpoint>& checkpoint = std::nullopt);
+
+// The chain MAC a stored record carries; DATA_LOSS if malformed.
+absl::StatusOr<std::string> RecordMac(absl::string_view record);
+// The audit key version a stored record names; DATA_LOSS if malformed.
+absl::StatusOr<uint32_t> RecordKeyVersion(absl::string_view record);
 
 // Decodes a stored record's event without verifying its MAC.
 absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record);

@@ -27,7 +27,8 @@ uint32_t GrantsOf(Role role) {
              Bit(Permission::kReadKeyInventory);
     case Role::kAdmin:
       return Bit(Permission::kReadKeyInventory) |
-             Bit(Permission::kAdministerKeys);
+             Bit(Permission::kAdministerKeys) |
+             Bit(Permission::kAdministerBackups);
   }
   return 0;
 }
@@ -81,6 +82,8 @@ absl::string_view PermissionName(Permission permission) {
       return "read the key inventory";
     case Permission::kAdministerKeys:
       return "administer keys";
+    case Permission::kAdministerBackups:
+      return "administer backups";
   }
   return "unknown";
 }

@@ -34,8 +34,9 @@ enum class Permission {
   kReadAudit,
   kReadTokenInfo,  // card metadata (never the PAN) by token
   kDeleteToken,
-  kReadKeyInventory,  // key states and use, never key material
-  kAdministerKeys,    // rotate, propose and approve key operations
+  kReadKeyInventory,   // key states and use, never key material
+  kAdministerKeys,     // rotate, propose and approve key operations
+  kAdministerBackups,  // take, list, verify and delete backups
 };
 
 absl::string_view PermissionName(Permission permission);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -120,6 +121,14 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
                 2 * std::max(1u, listener.watchdog().interval_seconds()),
         "listener.watchdog.exit_after_seconds must be at least twice its "
         "interval_seconds");
+  check(
+      c.backup().interval_seconds() == 0 || c.backup().interval_seconds() >= 60,
+      "backup.interval_seconds must be 0 or at least 60");
+  check(c.backup().directory().empty() ||
+            (c.backup().directory() != c.storage().data_dir() &&
+             !absl::StartsWith(c.backup().directory(),
+                               c.storage().data_dir() + "/")),
+        "backup.directory must be outside storage.data_dir");
   check(!c.policy().file().empty(), "policy.file is required");
   check(c.policy().reload_interval_seconds() <= 3600,
         "policy.reload_interval_seconds must be at most 3600");
@@ -160,6 +169,12 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
     keys->set_reencrypt_chunk_records(kDefaultReencryptChunk);
   }
   if (keys->required_approvals() == 0) keys->set_required_approvals(2);
+  config::v1::BackupConfig* backup = c.mutable_backup();
+  if (backup->keep() == 0) backup->set_keep(7);
+  if (backup->verify_sample_records() == 0) {
+    backup->set_verify_sample_records(1000);
+  }
+
   if (keys->proposal_ttl_hours() == 0) keys->set_proposal_ttl_hours(24);
   auto* tokens = c.mutable_tokens();
   if (tokens->cvv_ttl_seconds() == 0) {

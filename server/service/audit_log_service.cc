@@ -7,6 +7,7 @@
 #include "server/service/status_conversion.h"
 
 namespace cardvault::service {
+namespace pb = ::cardvault::v1;
 
 grpc::Status AuditLogService::ListEvents(
     grpc::ServerContext* context,
@@ -58,13 +59,25 @@ grpc::Status AuditLogService::VerifyChain(
   absl::StatusOr<audit::ChainReport> report =
       vault_->VerifyAuditChain(*caller, checkpoint);
   if (!report.ok()) return ToGrpcStatus(report.status());
-  response->set_intact(report->intact);
-  response->set_first_bad_sequence(report->first_bad_sequence);
-  response->set_problem(report->problem);
-  response->set_records_checked(report->records_checked);
-  response->mutable_head()->set_sequence(report->head_sequence);
-  response->mutable_head()->set_mac(report->head_mac);
+  ChainReportToProto(*report, response);
   return grpc::Status::OK;
+}
+
+void ChainReportToProto(const audit::ChainReport& report,
+                        pb::VerifyChainResponse* response) {
+  response->set_intact(report.intact);
+  response->set_first_bad_sequence(report.first_bad_sequence);
+  response->set_problem(report.problem);
+  response->set_records_checked(report.records_checked);
+  response->mutable_head()->set_sequence(report.head_sequence);
+  response->mutable_head()->set_mac(report.head_mac);
+  for (const audit::RestoreMark& r : report.restores) {
+    pb::ChainRestore* out = response->add_restores();
+    out->set_sequence(r.sequence);
+    audit::SetEventTime(r.time, out->mutable_event_time());
+    *out->mutable_restore() = r.restore;
+  }
+  response->set_checkpoint_lost_in_restore(report.checkpoint_lost_in_restore);
 }
 
 }  // namespace cardvault::service

@@ -31,6 +31,10 @@ class AuditLogService final : public ::cardvault::v1::AuditLog::Service {
   CallsInFlight* const calls_;
 };
 
+// The chain report as the API returns it (VerifyChain, VerifyBackup).
+void ChainReportToProto(const audit::ChainReport& report,
+                        ::cardvault::v1::VerifyChainResponse* response);
+
 }  // namespace cardvault::service
 
 #endif  // CARDVAULT_SERVER_SERVICE_AUDIT_LOG_SERVICE_H_

@@ -1,5 +1,8 @@
 #include "server/storage/rocksdb_storage.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <system_error>
@@ -83,15 +86,18 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
     return absl::InvalidArgumentError("storage data_dir is empty");
   }
   std::error_code ec;
-  std::filesystem::create_directories(options.data_dir, ec);
-  if (ec) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot create data dir ", options.data_dir, ": ", ec.message()));
+  if (!options.read_only) {
+    std::filesystem::create_directories(options.data_dir, ec);
+    if (ec) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot create data dir ", options.data_dir, ": ", ec.message()));
+    }
+    std::filesystem::permissions(options.data_dir,
+                                 std::filesystem::perms::owner_all, ec);
   }
-  std::filesystem::permissions(options.data_dir,
-                               std::filesystem::perms::owner_all, ec);
 
   rocksdb::DBOptions db_options;
+  if (options.env != nullptr) db_options.env = options.env;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.paranoid_checks = true;
@@ -165,28 +171,57 @@ absl::StatusOr<std::unique_ptr<RocksDbStorage>> RocksDbStorage::Open(
   descriptors.emplace_back(kAuditCf, audit_options);
   std::vector<rocksdb::ColumnFamilyHandle*> raw_handles;
   rocksdb::DB* raw_db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(db_options, options.data_dir,
-                                        descriptors, &raw_handles, &raw_db);
+  rocksdb::Status s =
+      options.read_only
+          ? rocksdb::DB::OpenForReadOnly(db_options, options.data_dir,
+                                         descriptors, &raw_handles, &raw_db)
+          : rocksdb::DB::Open(db_options, options.data_dir, descriptors,
+                              &raw_handles, &raw_db);
   if (!s.ok()) return FromRocksDb(s, "open");
   std::unique_ptr<rocksdb::DB> db(raw_db);
   std::vector<CfHandle> handles;
   for (rocksdb::ColumnFamilyHandle* h : raw_handles) handles.emplace_back(h);
-  return std::unique_ptr<RocksDbStorage>(new RocksDbStorage(
-      std::move(filters), std::move(db), std::move(handles)));
+  return std::unique_ptr<RocksDbStorage>(
+      new RocksDbStorage(std::move(filters), std::move(db), std::move(handles),
+                         options.read_only));
+}
+
+absl::Status RocksDbStorage::CheckNotInUse(const std::string& data_dir) {
+  const std::string lock_path = data_dir + "/LOCK";
+  const int fd = open(lock_path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return absl::OkStatus();  // no database there yet
+  // RocksDB holds an fcntl write lock on LOCK while the database is open.
+  struct flock lock = {};
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET;
+  const bool free = fcntl(fd, F_SETLK, &lock) == 0;
+  if (free) {
+    lock.l_type = F_UNLCK;
+    (void)fcntl(fd, F_SETLK, &lock);
+  }
+  close(fd);
+  if (!free) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the database in ", data_dir, " is open in a running cardvaultd"));
+  }
+  return absl::OkStatus();
 }
 
 RocksDbStorage::RocksDbStorage(
     std::vector<std::unique_ptr<ExpiryFilter>> filters,
-    std::unique_ptr<rocksdb::DB> db, std::vector<CfHandle> handles)
+    std::unique_ptr<rocksdb::DB> db, std::vector<CfHandle> handles,
+    bool read_only)
     : filters_(std::move(filters)),
       db_(std::move(db)),
       handles_(std::move(handles)),
       tables_{handles_[1].get(), handles_[2].get(), handles_[3].get()},
       keys_(handles_[1 + kNumTables].get()),
       key_usage_(handles_[2 + kNumTables].get()),
-      audit_(handles_[3 + kNumTables].get()) {}
+      audit_(handles_[3 + kNumTables].get()),
+      read_only_(read_only) {}
 
 RocksDbStorage::~RocksDbStorage() {
+  if (read_only_) return;
   // A clean stop leaves nothing in the WAL to replay at the next start.
   std::vector<rocksdb::ColumnFamilyHandle*> all;
   for (const CfHandle& h : handles_) all.push_back(h.get());

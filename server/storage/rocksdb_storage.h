@@ -54,6 +54,13 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
     // Every token-data file is recompacted (and so filtered) at least this
     // often. Default one day.
     absl::Duration periodic_compaction = absl::Hours(24);
+    // Opens without writing anything (no lock, no recovery written back):
+    // a backup opened in place, or a stopped vault's directory read by a
+    // restore. Writes then fail. Default false.
+    bool read_only = false;
+    // Environment to open through (a backup's, which maps its shared
+    // files); null = the default one.
+    rocksdb::Env* env = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<RocksDbStorage>> Open(
@@ -82,6 +89,10 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
                          const std::function<bool(uint64_t, absl::string_view)>&
                              visit) const override;
 
+  // OK if no process holds the database in `data_dir` open for writing
+  // (or there is none); FAILED_PRECONDITION if one does.
+  static absl::Status CheckNotInUse(const std::string& data_dir);
+
   // Flushes memtables to SST files (used by tests that inspect files).
   absl::Status Flush() const;
 
@@ -90,11 +101,12 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   absl::Status CompactTokenData() const;
 
  private:
+  friend class RocksDbBackupStore;
   using CfHandle = std::unique_ptr<rocksdb::ColumnFamilyHandle>;
   class ExpiryFilter;
   RocksDbStorage(std::vector<std::unique_ptr<ExpiryFilter>> filters,
-                 std::unique_ptr<rocksdb::DB> db,
-                 std::vector<CfHandle> handles);
+                 std::unique_ptr<rocksdb::DB> db, std::vector<CfHandle> handles,
+                 bool read_only);
   rocksdb::ColumnFamilyHandle* HandleOf(Table table) const;
 
   // Outlive the database, which calls them from compaction threads.
@@ -106,6 +118,7 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   rocksdb::ColumnFamilyHandle* keys_;
   rocksdb::ColumnFamilyHandle* key_usage_;
   rocksdb::ColumnFamilyHandle* audit_;
+  const bool read_only_;
   // Key updates are reads then a write, and rare: one lock makes each
   // atomic against every other.
   mutable absl::Mutex keys_mu_;

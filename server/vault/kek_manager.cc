@@ -1,5 +1,6 @@
 #include "server/vault/kek_manager.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -26,7 +27,9 @@ absl::Time Millis(absl::Time t) {
 }  // namespace
 
 std::string EncodeKekState(const KekState& state) {
-  std::string out(1, static_cast<char>(kKekStateFormatV1));
+  std::string out(
+      1, static_cast<char>(state.retained.empty() ? kKekStateFormatV1
+                                                  : kKekStateFormatV2));
   util::AppendBigEndian32(state.generation, &out);
   out.push_back(static_cast<char>(state.phase));
   util::AppendUnixMillis(state.current_since, &out);
@@ -37,6 +40,14 @@ std::string EncodeKekState(const KekState& state) {
   out.append(state.current);
   out.push_back(static_cast<char>(state.other.size()));
   out.append(state.other);
+  if (!state.retained.empty()) {
+    out.push_back(static_cast<char>(state.retained.size()));
+    for (const auto& [generation, label] : state.retained) {
+      util::AppendBigEndian32(generation, &out);
+      out.push_back(static_cast<char>(label.size()));
+      out.append(label);
+    }
+  }
   return out;
 }
 
@@ -45,9 +56,11 @@ absl::StatusOr<KekState> DecodeKekState(absl::string_view record) {
     return absl::DataLossError(absl::StrCat("KEK state record: ", why));
   };
   if (record.size() < kFixedBytes ||
-      static_cast<uint8_t>(record[0]) != kKekStateFormatV1) {
+      (static_cast<uint8_t>(record[0]) != kKekStateFormatV1 &&
+       static_cast<uint8_t>(record[0]) != kKekStateFormatV2)) {
     return bad("unknown format");
   }
+  const bool v2 = static_cast<uint8_t>(record[0]) == kKekStateFormatV2;
   KekState state;
   state.generation = util::ReadBigEndian32(record.substr(1, 4));
   const uint8_t phase = static_cast<uint8_t>(record[5]);
@@ -66,13 +79,32 @@ absl::StatusOr<KekState> DecodeKekState(absl::string_view record) {
   }
   state.current = std::string(record.substr(23, current_len));
   const size_t other_len = static_cast<uint8_t>(record[23 + current_len]);
+  const size_t v1_size = kFixedBytes + current_len + other_len;
   if (other_len > kMaxKekLabelBytes ||
-      record.size() != kFixedBytes + current_len + other_len ||
+      (v2 ? record.size() <= v1_size : record.size() != v1_size) ||
       (other_len == 0) != (state.phase == KekPhase::kSteady) ||
       state.generation == 0) {
     return bad("bad lengths");
   }
   state.other = std::string(record.substr(24 + current_len, other_len));
+  if (v2) {
+    size_t at = v1_size;
+    const size_t count = static_cast<uint8_t>(record[at++]);
+    if (count == 0 || count > kMaxRetainedKeks) return bad("bad retained");
+    for (size_t i = 0; i < count; ++i) {
+      if (record.size() < at + 5) return bad("bad retained");
+      const uint32_t generation = util::ReadBigEndian32(record.substr(at, 4));
+      const size_t len = static_cast<uint8_t>(record[at + 4]);
+      at += 5;
+      if (len == 0 || len > kMaxKekLabelBytes || record.size() < at + len) {
+        return bad("bad retained");
+      }
+      state.retained.emplace_back(generation,
+                                  std::string(record.substr(at, len)));
+      at += len;
+    }
+    if (at != record.size()) return bad("bad lengths");
+  }
   state.record = std::string(record);
   return state;
 }
@@ -134,6 +166,23 @@ absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(
     report->resumed = true;
     state = ReadKekState(keys);
     if (!state.ok()) return state.status();
+  } else if (manager->options_.adopt_newer_keks) {
+    // After a restore: the vault rotated after the backup, and backups
+    // taken since need the newer KEKs. Rewrap forward to the newest.
+    absl::MutexLock lock(&manager->mu_);
+    while (wrapper->CheckKek(manager->LabelOf(state->generation + 1)).ok()) {
+      KekState rewrapping = *state;
+      rewrapping.phase = KekPhase::kRewrapping;
+      rewrapping.phase_started = Millis(manager->options_.now());
+      rewrapping.other = manager->LabelOf(state->generation + 1);
+      state = manager->Write(*state, std::move(rewrapping));
+      if (!state.ok()) return state.status();
+      absl::StatusOr<std::string> done = manager->Complete(*std::move(state));
+      if (!done.ok()) return done.status();
+      ++report->adopted;
+      state = ReadKekState(keys);
+      if (!state.ok()) return state.status();
+    }
   } else {
     // A KEK of the next generation exists only if a rotation crashed before
     // naming it: nothing is wrapped under it.
@@ -147,6 +196,55 @@ absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(
   if (absl::Status s = wrapper->CheckKek(state->current); !s.ok()) return s;
   report->kek_label = state->current;
   return manager;
+}
+
+absl::StatusOr<std::unique_ptr<KekManager>> KekManager::OpenReadOnly(
+    const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
+    Options options) {
+  std::unique_ptr<KekManager> manager(
+      new KekManager(keys, wrapper, std::move(options)));
+  absl::StatusOr<KekState> state = ReadKekState(keys);
+  if (!state.ok()) return state.status();
+  for (const std::string* label : {&state->current, &state->other}) {
+    if (label->empty()) continue;
+    if (absl::Status s = wrapper->CheckKek(*label); !s.ok()) {
+      if (absl::IsNotFound(s)) {
+        return absl::NotFoundError(
+            absl::StrCat("the HSM has no KEK \"", *label, "\""));
+      }
+      return s;
+    }
+  }
+  return manager;
+}
+
+absl::StatusOr<std::string> KekManager::DestroyRetained(
+    uint32_t generation) const {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<KekState> state = ReadKekState(keys_);
+  if (!state.ok()) return state.status();
+  KekState after = *state;
+  auto it = std::find_if(after.retained.begin(), after.retained.end(),
+                         [&](const auto& r) { return r.first == generation; });
+  if (it == after.retained.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("no retained KEK of generation ", generation));
+  }
+  const std::string label = it->second;
+  after.retained.erase(it);
+  // A crash after the HSM destroy leaves a label that is gone; a second
+  // destroy finds nothing and drops it.
+  if (absl::Status s = wrapper_->DestroyKek(label);
+      !s.ok() && !absl::IsNotFound(s)) {
+    return s;
+  }
+  if (absl::StatusOr<KekState> written = Write(*state, std::move(after));
+      !written.ok()) {
+    return written.status();
+  }
+  util::LogInfo(
+      absl::StrCat("retained KEK \"", label, "\" destroyed in the HSM"));
+  return label;
 }
 
 absl::StatusOr<KekState> KekManager::Write(const KekState& from,
@@ -258,12 +356,25 @@ absl::StatusOr<KekState> KekManager::Retire(const KekState& state) const {
           "\", not the current one; not destroying \"", state.other, "\""));
     }
   }
-  if (absl::Status s = wrapper_->DestroyKek(state.other); !s.ok()) return s;
-  util::LogInfo(
-      absl::StrCat("KEK rotation: \"", state.other, "\" destroyed in the HSM"));
   KekState steady = state;
   steady.phase = KekPhase::kSteady;
   steady.other.clear();
+  if (options_.retain_old_keks) {
+    if (steady.retained.size() >= kMaxRetainedKeks) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          kMaxRetainedKeks,
+          " old KEKs are retained for backups: destroy one (dual control) "
+          "before rotating again"));
+    }
+    steady.retained.emplace_back(state.generation - 1, state.other);
+    util::LogInfo(absl::StrCat("KEK rotation: \"", state.other,
+                               "\" retained in the HSM, decrypt-only, for "
+                               "backups taken before the rotation"));
+  } else {
+    if (absl::Status s = wrapper_->DestroyKek(state.other); !s.ok()) return s;
+    util::LogInfo(absl::StrCat("KEK rotation: \"", state.other,
+                               "\" destroyed in the HSM"));
+  }
   return Write(state, std::move(steady));
 }
 

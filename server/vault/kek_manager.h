@@ -17,6 +17,12 @@
 //   23+C    1     other KEK label length O: 0 steady; the next KEK while
 //                 rewrapping; the old KEK while retiring
 //   24+C    O     other KEK label
+// Format 2 (kKekStateFormatV2, written when old KEKs are retained) adds:
+//   24+C+O  1     retained KEK count R, 0..kMaxRetainedKeks
+//   then R times: generation (4, big-endian), label length L (1), label (L)
+// Retained KEKs are old KEKs kept in the HSM, decrypt-only (nothing live is
+// wrapped under them, nothing new ever is), because backups still hold keys
+// wrapped under them (Options::retain_old_keks).
 //
 // Rotation from KEK A (generation g) to B (generation g+1):
 //   1. B is generated in the HSM (if a crashed attempt left it, it is
@@ -25,7 +31,8 @@
 //   2. Every wrapped key still under A is rewrapped under B inside the HSM
 //      and all of them are written, with the state retiring(B, old A), in
 //      one atomic compare-and-set write.
-//   3. A is destroyed in the HSM; the state becomes steady(B).
+//   3. A is destroyed in the HSM (or, with Options::retain_old_keks, kept
+//      and listed as retained); the state becomes steady(B).
 // Every step is idempotent. A crash before step 1's write leaves steady(A)
 // and perhaps an unused B, which start-up destroys (rolled back); a crash
 // after it leaves rewrapping or retiring, which start-up completes (rolled
@@ -41,6 +48,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -55,7 +64,9 @@ namespace cardvault::vault {
 
 inline constexpr absl::string_view kKekStateId = "kek-state";
 inline constexpr uint8_t kKekStateFormatV1 = 0x01;
+inline constexpr uint8_t kKekStateFormatV2 = 0x02;
 inline constexpr size_t kMaxKekLabelBytes = 64;
+inline constexpr size_t kMaxRetainedKeks = 32;
 
 enum class KekPhase : uint8_t { kSteady = 0, kRewrapping = 1, kRetiring = 2 };
 
@@ -67,6 +78,8 @@ struct KekState {
   std::string current;
   std::string other;   // next (rewrapping) or old (retiring); empty if steady
   std::string record;  // as stored (compare-and-set); empty if not yet
+  // Old KEKs kept for backups: (generation, label), oldest first.
+  std::vector<std::pair<uint32_t, std::string>> retained;
 
   // The KEK new keys are wrapped under: the next one while rewrapping.
   const std::string& wrapping_label() const {
@@ -95,6 +108,17 @@ class KekManager {
     // the HSM. Off by default: production KEKs come from a key ceremony, and
     // a missing one must stop start-up.
     bool create_if_missing = false;
+    // Keep the old KEK in the HSM after a rotation (retained, decrypt-only)
+    // instead of destroying it, so that backups taken before the rotation
+    // stay readable; DestroyRetained removes it later. Default false; on
+    // when backups are configured.
+    bool retain_old_keks = false;
+    // On the first start after a restore: KEKs of later generations than
+    // the restored state's current one exist in the HSM because the vault
+    // rotated after the backup. Roll forward to the newest (rewrap every key
+    // under it) instead of treating the next one as a crashed rotation's
+    // leftover and destroying it. Default false.
+    bool adopt_newer_keks = false;
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
@@ -103,6 +127,7 @@ class KekManager {
     bool created_kek = false;  // generated the first KEK
     bool resumed = false;      // completed a rotation a crash interrupted
     bool rolled_back = false;  // destroyed a KEK a crashed rotation left
+    uint32_t adopted = 0;      // newer KEKs rolled forward to (restore)
     std::string kek_label;     // current after Open
   };
 
@@ -114,12 +139,23 @@ class KekManager {
       const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
       Options options, OpenReport* report = nullptr);
 
+  // Reads the stored state and checks that the HSM holds the KEKs it names;
+  // never writes (to the store or the HSM). For a backup opened to be
+  // verified. NOT_FOUND names a missing KEK.
+  static absl::StatusOr<std::unique_ptr<KekManager>> OpenReadOnly(
+      const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
+      Options options);
+
   KekManager(const KekManager&) = delete;
   KekManager& operator=(const KekManager&) = delete;
 
   // Rotates to a new KEK (steps 1-3 above). Returns the new KEK's label.
   // A failure leaves a state the next Rotate or start-up completes.
   absl::StatusOr<std::string> Rotate() const;
+
+  // Destroys the retained KEK of `generation` in the HSM and drops it from
+  // the state; returns its label. NOT_FOUND if none is retained.
+  absl::StatusOr<std::string> DestroyRetained(uint32_t generation) const;
 
   // The state as stored now.
   absl::StatusOr<KekState> State() const { return ReadKekState(keys_); }

@@ -52,10 +52,11 @@ absl::StatusOr<std::shared_ptr<const crypto::Aead>> AeadOf(StoredKey stored) {
 }  // namespace
 
 absl::StatusOr<MacKey> LoadMacKey(const KekManager* kek,
-                                  absl::string_view prefix) {
+                                  absl::string_view prefix,
+                                  bool create_if_missing) {
   bool created = false;
   absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> plain =
-      LoadWrappedKeys(kek, prefix, /*create_first=*/true, &created);
+      LoadWrappedKeys(kek, prefix, create_if_missing, &created);
   if (!plain.ok()) return plain.status();
   if (plain->empty()) {
     return absl::FailedPreconditionError(
