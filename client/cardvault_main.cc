@@ -13,11 +13,14 @@
 //   cardvault keys propose --kind=destroy_data_key|reencrypt_all|rotate_kek
 //       [--key_version=N] --reason=TEXT
 //   cardvault keys approve OPERATION_ID
+//   cardvault backup create|list
+//   cardvault backup verify [--all_records] ID
+//   cardvault backup delete ID
 //
 // The PAN (and a CVV) is read from stdin, never from argv (argv is visible to
 // every user in /proc). Certificate flags default to the dev PKI: pos for
 // tokenize, info and delete, processor for detokenize, auditor for audit,
-// admin for keys. Audit
+// admin for keys and backup. Audit
 // events are printed as JSON lines, ready for a SIEM.
 #include <iostream>
 #include <string>
@@ -70,10 +73,14 @@ ABSL_FLAG(std::string, since, "", "audit list: from this RFC 3339 time.");
 ABSL_FLAG(std::string, until, "", "audit list: before this RFC 3339 time.");
 ABSL_FLAG(uint32_t, max_events, 0, "audit list: at most this many events.");
 ABSL_FLAG(std::string, kind, "",
-          "keys propose: destroy_data_key, reencrypt_all or rotate_kek.");
+          "keys propose: destroy_data_key, reencrypt_all, rotate_kek or "
+          "destroy_kek.");
 ABSL_FLAG(uint32_t, key_version, 0,
-          "keys propose: the data key version (destroy_data_key).");
+          "keys propose: the data key version (destroy_data_key) or the "
+          "retained KEK's generation (destroy_kek).");
 ABSL_FLAG(std::string, reason, "", "keys propose: why, for the audit trail.");
+ABSL_FLAG(bool, all_records, false,
+          "backup verify: open every card record instead of a sample.");
 ABSL_FLAG(std::string, checkpoint, "",
           "audit verify: a checkpoint \"SEQUENCE:MAC_HEX\" (as the server "
           "logs it) that the chain must still hold.");
@@ -252,13 +259,54 @@ int Keys(const std::vector<char*>& args) {
       request.set_kind(cardvault::v1::REENCRYPT_ALL);
     } else if (kind == "rotate_kek") {
       request.set_kind(cardvault::v1::ROTATE_KEK);
+    } else if (kind == "destroy_kek") {
+      request.set_kind(cardvault::v1::DESTROY_KEK);
     } else {
       return Fail(absl::InvalidArgumentError(
-          "--kind must be destroy_data_key, reencrypt_all or rotate_kek"));
+          "--kind must be destroy_data_key, reencrypt_all, rotate_kek or "
+          "destroy_kek"));
     }
     request.set_key_version(absl::GetFlag(FLAGS_key_version));
     request.set_reason(absl::GetFlag(FLAGS_reason));
     return PrintJson((*client)->ProposeOperation(request));
+  }
+  std::cerr << absl::ProgramUsageMessage() << "\n";
+  return 2;
+}
+
+int Backup(const std::vector<char*>& args) {
+  auto client = cardvault::client::VaultClient::Create(Options("admin"));
+  if (!client.ok()) return Fail(client.status());
+  const std::string what = args[2];
+  if (what == "create" && args.size() == 3) {
+    absl::StatusOr<cardvault::v1::Backup> b = (*client)->CreateBackup();
+    if (!b.ok()) return Fail(b.status());
+    std::cout << Json(*b) << "\n" << b->id() << "\n";
+    return 0;
+  }
+  if (what == "list" && args.size() == 3) {
+    return PrintJson((*client)->ListBackups());
+  }
+  uint32_t id = 0;
+  if (args.size() == 4 && !absl::SimpleAtoi(args[3], &id)) {
+    return Fail(absl::InvalidArgumentError("backup id must be a number"));
+  }
+  if (what == "verify" && args.size() == 4) {
+    absl::StatusOr<cardvault::v1::BackupVerification> v =
+        (*client)->VerifyBackup(id, absl::GetFlag(FLAGS_all_records));
+    if (!v.ok()) return Fail(v.status());
+    // Every field, "ok": false included, for an operator's alert.
+    std::string out;
+    google::protobuf::util::JsonPrintOptions options;
+    options.preserve_proto_field_names = true;
+    options.always_print_primitive_fields = true;
+    (void)google::protobuf::util::MessageToJsonString(*v, &out, options);
+    std::cout << out << "\n";
+    return v->ok() ? 0 : 4;
+  }
+  if (what == "delete" && args.size() == 4) {
+    if (absl::Status s = (*client)->DeleteBackup(id); !s.ok()) return Fail(s);
+    return 0;
   }
   std::cerr << absl::ProgramUsageMessage() << "\n";
   return 2;
@@ -278,7 +326,10 @@ int main(int argc, char** argv) {
       "       cardvault audit verify\n"
       "       cardvault keys list|operations|rotate\n"
       "       cardvault keys propose --kind=K [--key_version=N] --reason=R\n"
-      "       cardvault keys approve OPERATION_ID");
+      "       cardvault keys approve OPERATION_ID\n"
+      "       cardvault backup create|list\n"
+      "       cardvault backup verify [--all_records] ID\n"
+      "       cardvault backup delete ID");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
@@ -325,6 +376,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "keys" && args.size() >= 3) return Keys(args);
+  if (command == "backup" && args.size() >= 3) return Backup(args);
   if (command == "audit" && args.size() == 3 &&
       (std::string(args[2]) == "list" || std::string(args[2]) == "verify")) {
     return Audit(args[2]);

@@ -76,6 +76,7 @@ VaultClient::VaultClient(std::shared_ptr<grpc::Channel> channel,
       stub_(::cardvault::v1::TokenVault::NewStub(channel_)),
       audit_stub_(::cardvault::v1::AuditLog::NewStub(channel_)),
       admin_stub_(::cardvault::v1::KeyAdmin::NewStub(channel_)),
+      backup_stub_(::cardvault::v1::BackupAdmin::NewStub(channel_)),
       deadline_(deadline) {}
 
 absl::StatusOr<std::string> VaultClient::Tokenize(
@@ -203,6 +204,36 @@ VaultClient::VerifyAuditChain(
   grpc::Status status = audit_stub_->VerifyChain(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
+}
+
+absl::StatusOr<::cardvault::v1::Backup> VaultClient::CreateBackup() const {
+  return Call(backup_stub_.get(),
+              &::cardvault::v1::BackupAdmin::Stub::CreateBackup,
+              ::cardvault::v1::CreateBackupRequest());
+}
+
+absl::StatusOr<::cardvault::v1::ListBackupsResponse> VaultClient::ListBackups()
+    const {
+  return Call(backup_stub_.get(),
+              &::cardvault::v1::BackupAdmin::Stub::ListBackups,
+              ::cardvault::v1::ListBackupsRequest());
+}
+
+absl::StatusOr<::cardvault::v1::BackupVerification> VaultClient::VerifyBackup(
+    uint32_t id, bool all_records) const {
+  ::cardvault::v1::VerifyBackupRequest request;
+  request.set_id(id);
+  request.set_all_records(all_records);
+  return Call(backup_stub_.get(),
+              &::cardvault::v1::BackupAdmin::Stub::VerifyBackup, request);
+}
+
+absl::Status VaultClient::DeleteBackup(uint32_t id) const {
+  ::cardvault::v1::DeleteBackupRequest request;
+  request.set_id(id);
+  return Call(backup_stub_.get(),
+              &::cardvault::v1::BackupAdmin::Stub::DeleteBackup, request)
+      .status();
 }
 
 }  // namespace cardvault::client

@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.grpc.pb.h"
+#include "cardvault/v1/backup_admin.grpc.pb.h"
 #include "cardvault/v1/key_admin.grpc.pb.h"
 #include "cardvault/v1/vault.grpc.pb.h"
 
@@ -102,6 +103,13 @@ class VaultClient {
   absl::StatusOr<::cardvault::v1::ListOperationsResponse> ListOperations()
       const;
 
+  // BackupAdmin, message for message (admin role).
+  absl::StatusOr<::cardvault::v1::Backup> CreateBackup() const;
+  absl::StatusOr<::cardvault::v1::ListBackupsResponse> ListBackups() const;
+  absl::StatusOr<::cardvault::v1::BackupVerification> VerifyBackup(
+      uint32_t id, bool all_records) const;
+  absl::Status DeleteBackup(uint32_t id) const;
+
   grpc::Channel* channel() const { return channel_.get(); }
 
  private:
@@ -126,6 +134,7 @@ class VaultClient {
   const std::unique_ptr<::cardvault::v1::TokenVault::Stub> stub_;
   const std::unique_ptr<::cardvault::v1::AuditLog::Stub> audit_stub_;
   const std::unique_ptr<::cardvault::v1::KeyAdmin::Stub> admin_stub_;
+  const std::unique_ptr<::cardvault::v1::BackupAdmin::Stub> backup_stub_;
   const absl::Duration deadline_;
 };
 

@@ -3,6 +3,7 @@
 # (STATE/policy.textproto), for a state directory laid out by
 # init-softhsm.sh (STATE/softhsm) and make-pki.sh (STATE/pki).
 #   write-config.sh STATE_DIR TOKEN_LABEL LISTEN_ADDRESS OUT_FILE [TRUST_DOMAIN]
+# Hourly backups go to STATE/backups (WRITE_CONFIG_BACKUPS=0 leaves them out).
 # Keeps existing files (a re-run must not change a running set-up).
 set -euo pipefail
 state=$(cd "${1:?}" && pwd); label=${2:?}; listen=${3:?}; out=${4:?}
@@ -71,4 +72,15 @@ listener {
   }
 }
 CONF
+if [[ "${WRITE_CONFIG_BACKUPS:-1}" != 0 ]]; then
+  cat >>"$out" <<CONF
+backup {
+  # Online, incremental backups (README, Backups). Keep them on another disk
+  # and copy them offsite (docs/operations.md).
+  directory: "$state/backups"
+  interval_seconds: 3600
+  keep: 24
+}
+CONF
+fi
 echo "write-config: wrote $out"

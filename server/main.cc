@@ -162,6 +162,7 @@ int RunBackupTool(const config::ServerConfig& cfg,
     std::string json;
     google::protobuf::util::JsonPrintOptions json_options;
     json_options.preserve_proto_field_names = true;
+    json_options.always_print_primitive_fields = true;
     (void)google::protobuf::util::MessageToJsonString(out, &json, json_options);
     std::printf("%s\n", json.c_str());
     std::fflush(stdout);
@@ -364,18 +365,6 @@ int Run(const sigset_t& stop_signals) {
                           .purpose = purpose,
                           .algorithm = "HMAC-SHA256"});
   }
-  auto key_admin =
-      OrDie(vault::KeyAdmin::Create(
-                {.keys = keys.get(),
-                 .kek = kek.get(),
-                 .reencryptor = reencryptor.get(),
-                 .vault = vault.get(),
-                 .policy = &policy,
-                 .audit = audit_log.get(),
-                 .other_keys = std::move(other_keys)},
-                {.required_approvals = cfg.keys().required_approvals(),
-                 .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours())}),
-            "key administration");
   std::unique_ptr<storage::RocksDbBackupStore> backup_store;
   std::unique_ptr<vault::Backups> backups;
   if (backups_on) {
@@ -393,6 +382,19 @@ int Run(const sigset_t& stop_signals) {
                    .verify = BackupVerifyOptions(cfg)}),
               "backups");
   }
+  auto key_admin =
+      OrDie(vault::KeyAdmin::Create(
+                {.keys = keys.get(),
+                 .kek = kek.get(),
+                 .reencryptor = reencryptor.get(),
+                 .vault = vault.get(),
+                 .policy = &policy,
+                 .audit = audit_log.get(),
+                 .other_keys = std::move(other_keys),
+                 .backups = backup_store.get()},
+                {.required_approvals = cfg.keys().required_approvals(),
+                 .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours())}),
+            "key administration");
   // Revocation applies while serving: the CRLs are re-read every refresh.
   std::unique_ptr<service::ClientTrust> client_trust;
   if (cfg.tls().crl_directory().empty()) {

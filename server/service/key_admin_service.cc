@@ -39,6 +39,8 @@ pb::OperationKind KindToProto(vault::OperationKind kind) {
       return pb::REENCRYPT_ALL;
     case vault::OperationKind::kRotateKek:
       return pb::ROTATE_KEK;
+    case vault::OperationKind::kDestroyKek:
+      return pb::DESTROY_KEK;
   }
   return pb::OPERATION_KIND_UNSPECIFIED;
 }
@@ -119,6 +121,9 @@ grpc::Status KeyAdminService::ProposeOperation(
       break;
     case pb::ROTATE_KEK:
       kind = vault::OperationKind::kRotateKek;
+      break;
+    case pb::DESTROY_KEK:
+      kind = vault::OperationKind::kDestroyKek;
       break;
     default:
       kind = static_cast<vault::OperationKind>(0);  // refused by KeyAdmin

@@ -184,8 +184,9 @@ absl::StatusOr<std::vector<StoredBackup>> RocksDbBackupStore::ListLocked()
                    .files = info.number_files,
                    .metadata = info.app_metadata};
     for (const rocksdb::BackupFileInfo& f : info.file_details) {
-      const std::string name = f.directory + "/" + f.relative_filename;
-      if (seen.insert(name).second) {
+      // Shared files have the same relative name in every backup holding
+      // them; private ones are each backup's own.
+      if (seen.insert(f.relative_filename).second) {
         b.new_bytes += f.size;
         ++b.new_files;
       }

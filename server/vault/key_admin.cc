@@ -12,6 +12,7 @@
 #include "server/crypto/random.h"
 #include "server/util/safe_text.h"
 #include "server/vault/audit_event.h"
+#include "server/vault/backups.h"
 
 namespace cardvault::vault {
 
@@ -23,6 +24,8 @@ absl::string_view OperationKindName(OperationKind kind) {
       return "re-encrypt all records";
     case OperationKind::kRotateKek:
       return "rotate KEK";
+    case OperationKind::kDestroyKek:
+      return "destroy retained KEK";
   }
   return "unknown";
 }
@@ -33,6 +36,8 @@ std::string Describe(const Operation& op) {
   return absl::StrCat("operation ", op.id, " (", OperationKindName(op.kind),
                       op.kind == OperationKind::kDestroyDataKey
                           ? absl::StrCat(" ", DataKeyId(op.key_version))
+                      : op.kind == OperationKind::kDestroyKek
+                          ? absl::StrCat(" of generation ", op.key_version)
                           : "",
                       "): ", op.approvers.size(), " of ", op.required_approvals,
                       " approvals");
@@ -118,6 +123,9 @@ absl::StatusOr<std::vector<KeyInfo>> KeyAdmin::ListKeys(
     add_kek(kek->other, kek->generation + 1, KeyState::kActive,
             kek->phase_started);
   } else {
+    for (const auto& [generation, label] : kek->retained) {
+      add_kek(label, generation, KeyState::kDecryptOnly, absl::InfinitePast());
+    }
     if (kek->phase == KekPhase::kRetiring) {
       add_kek(kek->other, kek->generation - 1, KeyState::kRetired,
               absl::InfinitePast());
@@ -165,7 +173,7 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
       deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
   if (allowed.ok() && kind != OperationKind::kDestroyDataKey &&
       kind != OperationKind::kReencryptAll &&
-      kind != OperationKind::kRotateKek) {
+      kind != OperationKind::kRotateKek && kind != OperationKind::kDestroyKek) {
     allowed = absl::InvalidArgumentError("unknown operation kind");
   }
   if (allowed.ok() && reason.size() > kMaxReasonBytes) {
@@ -182,6 +190,26 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
           "key_version is not a decrypt-only or retired data key");
     }
   }
+  std::string consequence;
+  if (allowed.ok() && kind == OperationKind::kDestroyKek) {
+    absl::StatusOr<KekState> state = deps_.kek->State();
+    const std::string* label = nullptr;
+    if (state.ok()) {
+      for (const auto& [generation, l] : state->retained) {
+        if (generation == key_version) label = &l;
+      }
+    }
+    if (label == nullptr) {
+      allowed = absl::InvalidArgumentError(
+          "key_version is not the generation of a retained KEK");
+    } else {
+      const std::vector<uint32_t> lost = BackupsNeeding(*label);
+      consequence = lost.empty()
+                        ? "; no backup kept needs it"
+                        : absl::StrCat("; backups it makes unreadable: ",
+                                       absl::StrJoin(lost, ", "));
+    }
+  }
   if (!allowed.ok()) {
     return Record(caller, kProposeOperationRpc, "propose operation", allowed);
   }
@@ -194,17 +222,21 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
       "op_", absl::BytesToHexString(absl::string_view(
                  reinterpret_cast<const char*>(random.data()), random.size())));
   op.kind = kind;
-  op.key_version = kind == OperationKind::kDestroyDataKey ? key_version : 0;
+  op.key_version = kind == OperationKind::kDestroyDataKey ||
+                           kind == OperationKind::kDestroyKek
+                       ? key_version
+                       : 0;
   op.reason = std::string(reason);
   op.proposer = caller.identity;
   op.approvers = {caller.identity};
   op.required_approvals = options_.required_approvals;
   op.proposed = options_.now();
   op.expires = op.proposed + options_.proposal_ttl;
-  if (absl::Status s = Record(
-          caller, kProposeOperationRpc,
-          absl::StrCat("proposed ", Describe(op), "; reason: ", op.reason),
-          absl::OkStatus());
+  if (absl::Status s =
+          Record(caller, kProposeOperationRpc,
+                 absl::StrCat("proposed ", Describe(op), consequence,
+                              "; reason: ", op.reason),
+                 absl::OkStatus());
       !s.ok()) {
     return s;
   }
@@ -294,9 +326,26 @@ absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
           !label.ok()) {
         outcome = label.status();
       } else {
-        outcome =
-            absl::StrCat("every key rewrapped in the HSM under the new KEK \"",
-                         *label, "\"; the old KEK destroyed in the HSM");
+        outcome = absl::StrCat(
+            "every key rewrapped in the HSM under the new KEK \"", *label,
+            deps_.backups != nullptr
+                ? "\"; the old KEK retained in the HSM, decrypt-only, for "
+                  "backups"
+                : "\"; the old KEK destroyed in the HSM");
+      }
+      break;
+    case OperationKind::kDestroyKek:
+      if (absl::StatusOr<std::string> label =
+              deps_.kek->DestroyRetained(op.key_version);
+          !label.ok()) {
+        outcome = label.status();
+      } else {
+        const std::vector<uint32_t> lost = BackupsNeeding(*label);
+        outcome = absl::StrCat(
+            "destroyed retained KEK \"", *label, "\" in the HSM",
+            lost.empty() ? std::string("; no backup kept needed it")
+                         : absl::StrCat("; backups now unreadable: ",
+                                        absl::StrJoin(lost, ", ")));
       }
       break;
   }
@@ -308,6 +357,19 @@ absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
                             outcome.ok() ? absl::StrCat(": ", *outcome) : ""),
                outcome.status());
   return outcome;
+}
+
+std::vector<uint32_t> KeyAdmin::BackupsNeeding(absl::string_view label) const {
+  std::vector<uint32_t> out;
+  if (deps_.backups == nullptr) return out;
+  absl::StatusOr<std::vector<BackupSummary>> all = ListBackups(*deps_.backups);
+  if (!all.ok()) return out;
+  for (const BackupSummary& b : *all) {
+    for (const auto& k : b.manifest.keks()) {
+      if (k.label() == label) out.push_back(b.stored.id);
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<Operation>> KeyAdmin::ListOperations(

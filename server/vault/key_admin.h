@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "server/audit/audit_log.h"
 #include "server/auth/access_policy.h"
+#include "server/storage/backup_store.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/reencryptor.h"
 #include "server/vault/vault.h"
@@ -49,6 +50,7 @@ enum class OperationKind {
   kDestroyDataKey = 1,
   kReencryptAll = 2,
   kRotateKek = 3,
+  kDestroyKek = 4,  // a KEK retained for backups; key_version = generation
 };
 enum class OperationState { kPending, kExecuted, kFailed, kExpired };
 
@@ -86,6 +88,9 @@ class KeyAdmin {
     // Keys outside the data-key ring and the KEKs (HMAC keys), for the
     // inventory.
     std::vector<KeyInfo> other_keys;
+    // The backups kept (null: backups off), to say which a KEK's
+    // destruction makes unreadable.
+    const storage::BackupStore* backups = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<KeyAdmin>> Create(Dependencies deps,
@@ -121,6 +126,8 @@ class KeyAdmin {
   // Runs an approved operation; what it did.
   absl::StatusOr<std::string> Execute(const Operation& op) const;
   void ExpireLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ids of the backups whose wrapped keys need KEK `label`.
+  std::vector<uint32_t> BackupsNeeding(absl::string_view label) const;
 
   const Dependencies deps_;
   const Options options_;

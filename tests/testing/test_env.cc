@@ -78,9 +78,10 @@ std::unique_ptr<TestEnv> TestEnv::Create() {
   setenv("SOFTHSM2_CONF", (tmpl + "/softhsm/softhsm2.conf").c_str(), 1);
   RunOrDie(absl::StrCat(deploy, "/make-pki.sh ", tmpl, "/pki ", tmpl, "/ca ",
                         kTrustDomain, " >/dev/null"));
-  RunOrDie(absl::StrCat(deploy, "/write-config.sh ", tmpl, " ",
-                        env->token_label(), " 127.0.0.1:1 ", env->config_path(),
-                        " ", kTrustDomain, " >/dev/null"));
+  // Backups are off unless a test turns them on (BackupConfig).
+  RunOrDie(absl::StrCat("WRITE_CONFIG_BACKUPS=0 ", deploy, "/write-config.sh ",
+                        tmpl, " ", env->token_label(), " 127.0.0.1:1 ",
+                        env->config_path(), " ", kTrustDomain, " >/dev/null"));
   if (SealInHsm()) env->AddToConfig("hsm", "seal_in_hsm: true");
   return env;
 }
