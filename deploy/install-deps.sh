@@ -10,6 +10,7 @@ PACKAGES=(
   softhsm2 opensc libp11-kit-dev
   googletest libgtest-dev libgmock-dev
   clang-format procps curl
+  restic
 )
 
 missing=()

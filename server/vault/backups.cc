@@ -190,11 +190,8 @@ absl::StatusOr<std::unique_ptr<Backups>> Backups::Create(Dependencies deps,
       deps.policy == nullptr || deps.audit == nullptr || !options.now) {
     return absl::InvalidArgumentError("backup dependencies must be set");
   }
-  if (options.interval < absl::ZeroDuration() ||
-      (options.interval > absl::ZeroDuration() &&
-       options.interval < absl::Minutes(1))) {
-    return absl::InvalidArgumentError(
-        "backup interval must be zero or at least one minute");
+  if (options.interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("backup interval must not be negative");
   }
   std::unique_ptr<Backups> backups(new Backups(deps, std::move(options)));
   if (backups->options_.interval > absl::ZeroDuration()) {

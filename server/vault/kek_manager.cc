@@ -322,6 +322,7 @@ absl::StatusOr<KekState> KekManager::Rewrap(const KekState& state) const {
     retiring.phase_started = retiring.current_since;
     retiring.current = state.other;
     retiring.other = state.current;
+    retiring.retained = state.retained;
     retiring.record = EncodeKekState(retiring);
     updates.push_back({.key_id = std::string(kKekStateId),
                        .expected = state.record,

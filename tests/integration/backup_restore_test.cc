@@ -445,6 +445,23 @@ TEST_F(BackupRestoreTest, RestoreIsRefusedNamingTheMissingKek) {
               IsOk());
 }
 
+TEST_F(BackupRestoreTest, RestoreIsRefusedWhileTheVaultRuns) {
+  Start();
+  TokenizeAll(testing::MakePans(3, 5));
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());
+  const auto files = Listing(env_->data_dir());
+  ToolRun restore = Cardvaultd("--restore_backup=1");
+  EXPECT_NE(restore.exit_code, 0);
+  EXPECT_THAT(restore.output, HasSubstr("stop the vault before restoring"));
+  EXPECT_THAT(Client("pos")->Tokenize(CardFor("4111111111111111")), IsOk());
+  Stop();
+  EXPECT_FALSE(std::filesystem::exists(env_->data_dir() + ".restoring"));
+  EXPECT_EQ(Listing(env_->data_dir())
+                .count(env_->data_dir() + "/" + "RESTORE-PENDING"),
+            0u);
+  (void)files;
+}
+
 TEST_F(BackupRestoreTest, OfflineVerifyPrintsJsonAndExitStatus) {
   Start();
   TokenizeAll(testing::MakePans(10, 4));
@@ -583,6 +600,49 @@ TEST_F(BackupRestoreTest, ForgedRestoreMarkerStopsTheStart) {
   EXPECT_FALSE(server.ok());
   EXPECT_THAT(testing::ReadFileOrEmpty(log_),
               HasSubstr("does not verify under the audit key"));
+}
+
+TEST_F(BackupRestoreTest, BackupShippedThroughResticRestoresOnALostDisk) {
+  Start();
+  const std::vector<std::string> pans = testing::MakePans(30, 12);
+  const std::vector<std::string> tokens = TokenizeAll(pans);
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());
+  Stop();
+  // Offsite: the backup directory into a restic repository (encrypted again
+  // by restic), as docs/operations.md shows.
+  const std::string repo = env_->dir() + "/restic-repo";
+  const std::string password = env_->dir() + "/restic.pass";
+  std::ofstream(password) << "test passphrase for restic\n";
+  const std::string restic = absl::StrCat("RESTIC_REPOSITORY=", repo,
+                                          " RESTIC_PASSWORD_FILE=", password,
+                                          " restic --no-cache --quiet ");
+  ToolRun init = RunTool(restic + "init");
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  ToolRun shipped = RunTool(restic + "backup " + backup_dir());
+  ASSERT_EQ(shipped.exit_code, 0) << shipped.output;
+  // The disk dies: data and local backups are gone.
+  std::filesystem::remove_all(env_->data_dir());
+  std::filesystem::remove_all(backup_dir());
+  const std::string target = env_->dir() + "/from-restic";
+  ToolRun fetched =
+      RunTool(absl::StrCat(restic, "restore latest --target ", target));
+  ASSERT_EQ(fetched.exit_code, 0) << fetched.output;
+  std::filesystem::rename(target + backup_dir(), backup_dir());
+  ToolRun restore = Cardvaultd("--restore_backup=1");
+  ASSERT_EQ(restore.exit_code, 0) << restore.output;
+  EXPECT_THAT(restore.output, HasSubstr("records lost: unknown"));
+  Start();
+  auto processor = Client("processor");
+  for (size_t i = 0; i < pans.size(); ++i) {
+    absl::StatusOr<v1::Card> card =
+        processor->Detokenize(tokens[i], "authorization");
+    ASSERT_THAT(card, IsOk());
+    EXPECT_EQ(card->pan(), pans[i]);
+  }
+  std::vector<v1::AuditEvent> restores = Events(v1::RESTORE);
+  ASSERT_EQ(restores.size(), 1u);
+  EXPECT_EQ(restores[0].restore().lost_through(), 0u);
+  EXPECT_THAT(restores[0].detail(), HasSubstr("an unknown range"));
 }
 
 TEST_F(BackupRestoreTest, KeepDeletesTheOldestBackups) {

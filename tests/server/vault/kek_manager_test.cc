@@ -273,5 +273,103 @@ TEST_F(KekManagerTest, StateRecordRoundTripsAndRejectsDamage) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("phase")));
 }
 
+TEST_F(KekManagerTest, RetainedStateRecordRoundTripsAndRejectsDamage) {
+  KekState s;
+  s.generation = 3;
+  s.current = "kek/00000003";
+  s.retained = {{1, "kek"}, {2, "kek/00000002"}};
+  const std::string record = EncodeKekState(s);
+  EXPECT_EQ(static_cast<uint8_t>(record[0]), kKekStateFormatV2);
+  auto back = DecodeKekState(record);
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(back->retained, s.retained);
+  for (size_t cut = 25; cut < record.size(); ++cut) {
+    EXPECT_THAT(DecodeKekState(record.substr(0, cut)),
+                StatusIs(absl::StatusCode::kDataLoss))
+        << cut;
+  }
+  EXPECT_THAT(DecodeKekState(record + "x"),
+              StatusIs(absl::StatusCode::kDataLoss));
+  // Without retained KEKs the record stays in format 1, byte for byte.
+  s.retained.clear();
+  EXPECT_EQ(static_cast<uint8_t>(EncodeKekState(s)[0]), kKekStateFormatV1);
+}
+
+TEST_F(KekManagerTest, RotationWithBackupsRetainsTheOldKekUntilDestroyed) {
+  auto kek = KekManager::Open(db_.get(), wrapper_.get(),
+                              {.initial_label = kKek, .retain_old_keks = true});
+  ASSERT_THAT(kek, IsOk());
+  const std::map<std::string, std::string> keys = MakeKeys(**kek);
+  ASSERT_THAT((*kek)->Rotate(), IsOk());
+  // The old KEK stays in the HSM; nothing live is wrapped under it.
+  EXPECT_THAT(wrapper_->keks(), ElementsAre(kKek, kNextKek));
+  EXPECT_THAT(LabelsInUse(), ElementsAre(kNextKek));
+  EXPECT_EQ(LoadKeys(**kek), keys);
+  auto state = (*kek)->State();
+  ASSERT_THAT(state, IsOk());
+  EXPECT_EQ(state->phase, KekPhase::kSteady);
+  ASSERT_EQ(state->retained.size(), 1u);
+  EXPECT_EQ(state->retained[0].first, 1u);
+  EXPECT_EQ(state->retained[0].second, kKek);
+  // A restart keeps it too (it is not the orphan of a crashed rotation).
+  kek = KekManager::Open(db_.get(), wrapper_.get(),
+                         {.initial_label = kKek, .retain_old_keks = true});
+  ASSERT_THAT(kek, IsOk());
+  EXPECT_THAT(wrapper_->keks(), ElementsAre(kKek, kNextKek));
+
+  EXPECT_THAT((*kek)->DestroyRetained(2),
+              StatusIs(absl::StatusCode::kNotFound));
+  auto destroyed = (*kek)->DestroyRetained(1);
+  ASSERT_THAT(destroyed, IsOk());
+  EXPECT_EQ(*destroyed, kKek);
+  EXPECT_THAT(wrapper_->keks(), ElementsAre(kNextKek));
+  EXPECT_TRUE((*kek)->State()->retained.empty());
+  EXPECT_EQ(LoadKeys(**kek), keys);
+  // Later rotations add to what is retained.
+  ASSERT_THAT((*kek)->Rotate(), IsOk());
+  ASSERT_THAT((*kek)->Rotate(), IsOk());
+  EXPECT_EQ((*kek)->State()->retained.size(), 2u);
+  EXPECT_EQ(LoadKeys(**kek), keys);
+}
+
+TEST_F(KekManagerTest, AfterARestoreNewerKeksAreAdoptedNotDestroyed) {
+  auto kek = KekManager::Open(db_.get(), wrapper_.get(),
+                              {.initial_label = kKek, .retain_old_keks = true});
+  ASSERT_THAT(kek, IsOk());
+  const std::map<std::string, std::string> keys = MakeKeys(**kek);
+  // What a restored store looks like: its state names generation 1 while
+  // the vault rotated twice after the backup (the HSM holds 2 and 3).
+  ASSERT_THAT(wrapper_->CreateKek(kNextKek), IsOk());
+  ASSERT_THAT(wrapper_->CreateKek("fake-kek/00000003"), IsOk());
+  kek->reset();
+  KekManager::OpenReport report;
+  kek = KekManager::Open(db_.get(), wrapper_.get(),
+                         {.initial_label = kKek,
+                          .retain_old_keks = true,
+                          .adopt_newer_keks = true},
+                         &report);
+  ASSERT_THAT(kek, IsOk());
+  EXPECT_EQ(report.adopted, 2u);
+  EXPECT_EQ(report.kek_label, "fake-kek/00000003");
+  EXPECT_THAT(LabelsInUse(), ElementsAre("fake-kek/00000003"));
+  EXPECT_THAT(wrapper_->keks(),
+              ElementsAre(kKek, kNextKek, "fake-kek/00000003"));
+  EXPECT_EQ(LoadKeys(**kek), keys);
+  EXPECT_EQ((*kek)->State()->retained.size(), 2u);
+}
+
+TEST_F(KekManagerTest, ReadOnlyOpenWritesNothingAndNamesAMissingKek) {
+  ASSERT_THAT(Open(), IsOk());
+  auto before = db_->ListKeys();
+  ASSERT_THAT(before, IsOk());
+  ASSERT_THAT(wrapper_->CreateKek(kNextKek), IsOk());  // an orphan
+  ASSERT_THAT(KekManager::OpenReadOnly(db_.get(), wrapper_.get(), {}), IsOk());
+  EXPECT_THAT(wrapper_->keks(), ElementsAre(kKek, kNextKek));
+  EXPECT_EQ(*db_->ListKeys(), *before);
+  ASSERT_THAT(wrapper_->DestroyKek(kKek), IsOk());
+  EXPECT_THAT(KekManager::OpenReadOnly(db_.get(), wrapper_.get(), {}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("\"fake-kek\"")));
+}
+
 }  // namespace
 }  // namespace cardvault::vault
