@@ -309,7 +309,17 @@ absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
           !s.ok()) {
         outcome = s;
       } else {
-        outcome = absl::StrCat("destroyed ", DataKeyId(op.key_version));
+        // Backups carry their own wrapped copy: crypto-shredding completes
+        // only once they are deleted.
+        const std::vector<uint32_t> holding =
+            BackupsHoldingDataKey(op.key_version);
+        outcome = absl::StrCat(
+            "destroyed ", DataKeyId(op.key_version),
+            holding.empty()
+                ? std::string()
+                : absl::StrCat("; backups that still hold it (their records "
+                               "stay readable until they are deleted): ",
+                               absl::StrJoin(holding, ", ")));
       }
       break;
     case OperationKind::kReencryptAll:
@@ -367,6 +377,19 @@ std::vector<uint32_t> KeyAdmin::BackupsNeeding(absl::string_view label) const {
   for (const BackupSummary& b : *all) {
     for (const auto& k : b.manifest.keks()) {
       if (k.label() == label) out.push_back(b.stored.id);
+    }
+  }
+  return out;
+}
+
+std::vector<uint32_t> KeyAdmin::BackupsHoldingDataKey(uint32_t version) const {
+  std::vector<uint32_t> out;
+  if (deps_.backups == nullptr) return out;
+  absl::StatusOr<std::vector<BackupSummary>> all = ListBackups(*deps_.backups);
+  if (!all.ok()) return out;
+  for (const BackupSummary& b : *all) {
+    for (uint32_t v : b.manifest.data_key_versions()) {
+      if (v == version) out.push_back(b.stored.id);
     }
   }
   return out;

@@ -128,6 +128,8 @@ class KeyAdmin {
   void ExpireLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ids of the backups whose wrapped keys need KEK `label`.
   std::vector<uint32_t> BackupsNeeding(absl::string_view label) const;
+  // Ids of the backups that hold data key `version` (not destroyed there).
+  std::vector<uint32_t> BackupsHoldingDataKey(uint32_t version) const;
 
   const Dependencies deps_;
   const Options options_;

@@ -51,6 +51,9 @@ TEST(ConfigLoaderTest, ParsesGoodConfigAndFillsDefaults) {
   EXPECT_EQ(config->tokens().max_batch_items(), 1000u);
   EXPECT_EQ(config->policy().reload_interval_seconds(), 2u);
   EXPECT_EQ(config->audit().retention_days(), 400u);
+  EXPECT_TRUE(config->backup().directory().empty());
+  EXPECT_EQ(config->backup().keep(), 7u);
+  EXPECT_EQ(config->backup().interval_seconds(), 0u);
 }
 
 TEST(ConfigLoaderTest, UnknownKeyNamesFileLineAndKey) {
@@ -72,6 +75,12 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
       {absl::StrCat(kGood, "limits { max_request_bytes: 10 }"),
        "max_request_bytes"},
       {absl::StrCat(kGood, "audit { retention_days: 90 }"), "retention_days"},
+      {absl::StrCat(kGood, "backup { directory: \"/b\" interval_seconds: 30 }"),
+       "backup.interval_seconds"},
+      {absl::StrCat(kGood, "backup { directory: \"/data\" }"),
+       "backup.directory must be outside"},
+      {absl::StrCat(kGood, "backup { directory: \"/data/backups\" }"),
+       "backup.directory must be outside"},
   };
   for (const auto& [text, field] : cases) {
     EXPECT_THAT(ParseConfig(text, "c"),
