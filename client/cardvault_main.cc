@@ -22,6 +22,7 @@
 // tokenize, info and delete, processor for detokenize, auditor for audit,
 // admin for keys and backup. Audit
 // events are printed as JSON lines, ready for a SIEM.
+#include <algorithm>
 #include <iostream>
 #include <string>
 
@@ -275,7 +276,10 @@ int Keys(const std::vector<char*>& args) {
 }
 
 int Backup(const std::vector<char*>& args) {
-  auto client = cardvault::client::VaultClient::Create(Options("admin"));
+  // A backup or a full verification of millions of records takes minutes.
+  cardvault::client::ClientOptions options = Options("admin");
+  options.deadline = std::max(options.deadline, absl::Hours(1));
+  auto client = cardvault::client::VaultClient::Create(options);
   if (!client.ok()) return Fail(client.status());
   const std::string what = args[2];
   if (what == "create" && args.size() == 3) {

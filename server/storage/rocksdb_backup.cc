@@ -1,6 +1,12 @@
 #include "server/storage/rocksdb_backup.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <system_error>
@@ -74,6 +80,7 @@ absl::StatusOr<std::unique_ptr<RocksDbBackupStore>> RocksDbBackupStore::Open(
   engine_options.max_background_operations = 2;
   std::unique_ptr<rocksdb::BackupEngine> engine;
   std::unique_ptr<rocksdb::BackupEngineReadOnly> reader;
+  int lock_fd = -1;
   if (options.read_only) {
     if (!std::filesystem::is_directory(options.directory)) {
       return absl::NotFoundError(
@@ -94,21 +101,41 @@ absl::StatusOr<std::unique_ptr<RocksDbBackupStore>> RocksDbBackupStore::Open(
     }
     std::filesystem::permissions(options.directory,
                                  std::filesystem::perms::owner_all, ec);
+    const std::string lock_path = options.directory + "/cardvault.lock";
+    lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot open ", lock_path, ": ", std::strerror(errno)));
+    }
+    if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      close(lock_fd);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "backup directory ", options.directory,
+          " is in use by another cardvaultd (one writer per directory)"));
+    }
     rocksdb::BackupEngine* raw = nullptr;
     rocksdb::IOStatus s = rocksdb::BackupEngine::Open(rocksdb::Env::Default(),
                                                       engine_options, &raw);
-    if (!s.ok()) return FromRocksDb(s, "open backup directory");
+    if (!s.ok()) {
+      close(lock_fd);
+      return FromRocksDb(s, "open backup directory");
+    }
     engine.reset(raw);
   }
   return std::unique_ptr<RocksDbBackupStore>(new RocksDbBackupStore(
-      live, std::move(options), std::move(engine), std::move(reader)));
+      live, std::move(options), std::move(engine), std::move(reader), lock_fd));
+}
+
+RocksDbBackupStore::~RocksDbBackupStore() {
+  if (lock_fd_ >= 0) close(lock_fd_);
 }
 
 RocksDbBackupStore::RocksDbBackupStore(
     const RocksDbStorage* live, Options options,
     std::unique_ptr<rocksdb::BackupEngine> engine,
-    std::unique_ptr<rocksdb::BackupEngineReadOnly> reader)
+    std::unique_ptr<rocksdb::BackupEngineReadOnly> reader, int lock_fd)
     : live_(live),
+      lock_fd_(lock_fd),
       options_(std::move(options)),
       engine_(std::move(engine)),
       reader_(std::move(reader)) {}

@@ -16,7 +16,8 @@
 //      after a crash).
 // Backup directory layout (RocksDB's): meta/<id> (file list, checksums,
 // manifest as hex), shared_checksum/*.sst, private/<id>/ (MANIFEST,
-// OPTIONS, CURRENT). Every file is written once and never changed.
+// OPTIONS, CURRENT); and cardvault.lock, held by the one process that may
+// add or delete backups. Every file is written once and never changed.
 //
 // Thread safety: thread-safe; operations are serialised.
 #ifndef CARDVAULT_SERVER_STORAGE_ROCKSDB_BACKUP_H_
@@ -61,7 +62,7 @@ class RocksDbBackupStore : public BackupStore {
 
   RocksDbBackupStore(const RocksDbBackupStore&) = delete;
   RocksDbBackupStore& operator=(const RocksDbBackupStore&) = delete;
-  ~RocksDbBackupStore() override = default;
+  ~RocksDbBackupStore() override;
 
   absl::StatusOr<StoredBackup> Create(const Describe& describe) override;
   absl::StatusOr<std::vector<StoredBackup>> List() const override;
@@ -75,13 +76,17 @@ class RocksDbBackupStore : public BackupStore {
  private:
   RocksDbBackupStore(const RocksDbStorage* live, Options options,
                      std::unique_ptr<rocksdb::BackupEngine> engine,
-                     std::unique_ptr<rocksdb::BackupEngineReadOnly> reader);
+                     std::unique_ptr<rocksdb::BackupEngineReadOnly> reader,
+                     int lock_fd);
   const rocksdb::BackupEngineReadOnlyBase& Reader() const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<StoredBackup>> ListLocked() const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const RocksDbStorage* const live_;
+  // flock(2) on <directory>/cardvault.lock while a writer has it open: two
+  // BackupEngines appending to one directory could trash it. -1 if none.
+  const int lock_fd_;
   const Options options_;
   mutable absl::Mutex mu_;
   // One of the two is set (read_only chooses).

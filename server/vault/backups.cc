@@ -208,8 +208,10 @@ Backups::~Backups() {
 
 void Backups::ScheduleLoop() {
   while (!stop_.WaitForNotificationWithTimeout(options_.interval)) {
+    // A refusal because an admin's backup is running is not a failure.
+    const uint64_t failed_before = failures_.load();
     absl::StatusOr<BackupSummary> b = TakeBackup("schedule");
-    if (!b.ok()) {
+    if (!b.ok() && failures_.load() != failed_before) {
       util::LogError(absl::StrCat("ALERT scheduled backup failed: ",
                                   b.status().ToString()));
     }
@@ -232,6 +234,19 @@ absl::Status Backups::Record(const auth::Caller& caller,
 }
 
 absl::StatusOr<BackupSummary> Backups::TakeBackup(absl::string_view by) const {
+  // One backup at a time; another asked for meanwhile is refused, not
+  // queued, so a burst of requests costs one backup.
+  if (!taking_.TryLock()) {
+    return absl::UnavailableError(
+        "a backup is being taken; ask again when it is done");
+  }
+  absl::StatusOr<BackupSummary> result = TakeBackupLocked(by);
+  taking_.Unlock();
+  return result;
+}
+
+absl::StatusOr<BackupSummary> Backups::TakeBackupLocked(
+    absl::string_view by) const {
   auth::Caller server;
   server.identity = std::string(audit::kServerIdentity);
   absl::StatusOr<BackupSummary> result;
@@ -291,16 +306,20 @@ absl::StatusOr<BackupSummary> Backups::Create(
   absl::Status allowed = deps_.policy->Current()->Check(
       caller, auth::Permission::kAdministerBackups);
   if (!allowed.ok()) {
-    return Record(caller, v1::BACKUP, kCreateBackupRpc, "create backup",
+    return Record(caller, v1::BACKUP_ADMIN, kCreateBackupRpc, "create backup",
                   allowed);
   }
-  if (absl::Status s = Record(caller, v1::BACKUP_ADMIN, kCreateBackupRpc,
-                              "create backup", absl::OkStatus());
+  absl::StatusOr<BackupSummary> b = TakeBackup(RecordedIdentity(
+      caller, *deps_.policy->Current(), deps_.audit->marker()));
+  if (absl::Status s =
+          Record(caller, v1::BACKUP_ADMIN, kCreateBackupRpc,
+                 b.ok() ? absl::StrCat("create backup: backup ", b->stored.id)
+                        : std::string("create backup"),
+                 b.status());
       !s.ok()) {
     return s;
   }
-  return TakeBackup(RecordedIdentity(caller, *deps_.policy->Current(),
-                                     deps_.audit->marker()));
+  return b;
 }
 
 absl::StatusOr<std::vector<BackupSummary>> Backups::List(

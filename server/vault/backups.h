@@ -140,11 +140,15 @@ class Backups {
   absl::Status Record(const auth::Caller& caller, ::cardvault::v1::EventType,
                       absl::string_view rpc, absl::string_view detail,
                       const absl::Status& status) const;
+  absl::StatusOr<BackupSummary> TakeBackupLocked(absl::string_view by) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(taking_);
   void ScheduleLoop();
 
   const Dependencies deps_;
   const Options options_;
-  // One backup, verify or delete at a time.
+  // Held for the whole of one backup.
+  mutable absl::Mutex taking_;
+  // One store operation (backup, list, verify, delete) at a time.
   mutable absl::Mutex mu_;
   mutable std::atomic<uint64_t> taken_{0};
   mutable std::atomic<uint64_t> failures_{0};

@@ -132,6 +132,11 @@ TEST_F(RocksDbBackupStoreTest, ReadOnlyStoreListsButCannotBackUpOrDelete) {
   EXPECT_THAT(RocksDbBackupStore::Open(
                   nullptr, {.directory = dir_ + "/none", .read_only = true}),
               StatusIs(absl::StatusCode::kNotFound));
+  // One writer per directory.
+  EXPECT_THAT(
+      RocksDbBackupStore::Open(nullptr, {.directory = dir_ + "/backups"}),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               ::testing::HasSubstr("in use")));
 }
 
 }  // namespace

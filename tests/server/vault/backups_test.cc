@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -60,6 +61,18 @@ class FailingBackupStore : public storage::BackupStore {
     return absl::NotFoundError("none");
   }
   std::atomic<int> attempts{0};
+};
+
+// A backup store whose backups take until released.
+class SlowBackupStore : public FailingBackupStore {
+ public:
+  absl::StatusOr<storage::StoredBackup> Create(const Describe&) override {
+    started.Notify();
+    release.WaitForNotification();
+    return storage::StoredBackup{.id = 1};
+  }
+  absl::Notification started;
+  absl::Notification release;
 };
 
 class BackupsTest : public ::testing::Test {
@@ -224,6 +237,25 @@ TEST_F(BackupsTest, FailedScheduledBackupsAreCountedAndRecorded) {
   const audit::AuditEvent e = Events(v1::BACKUP)[0];
   EXPECT_EQ(e.status_code(), static_cast<int>(absl::StatusCode::kUnavailable));
   EXPECT_THAT(e.detail(), HasSubstr("backup (schedule) failed"));
+}
+
+TEST_F(BackupsTest, ABackupAskedForWhileOneRunsIsRefusedNotQueued) {
+  SlowBackupStore slow;
+  backups_ = *Backups::Create({.store = &slow,
+                               .wrapper = &wrapper_,
+                               .policy = policy_.get(),
+                               .audit = audit_.get()},
+                              {});
+  std::thread first(
+      [&] { EXPECT_THAT(backups_->Create(Named("admin")), IsOk()); });
+  slow.started.WaitForNotification();
+  EXPECT_THAT(
+      backups_->Create(Named("admin")),
+      StatusIs(absl::StatusCode::kUnavailable, HasSubstr("being taken")));
+  slow.release.Notify();
+  first.join();
+  EXPECT_EQ(backups_->failures(), 0u);
+  EXPECT_EQ(backups_->taken(), 1u);
 }
 
 TEST_F(BackupsTest, KeepDeletesTheOldestAfterEachBackup) {
