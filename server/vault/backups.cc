@@ -1,5 +1,9 @@
 #include "server/vault/backups.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -204,6 +208,7 @@ absl::StatusOr<std::unique_ptr<Backups>> Backups::Create(Dependencies deps,
 Backups::~Backups() {
   stop_.Notify();
   if (scheduler_.joinable()) scheduler_.join();
+  worker_.reset();
 }
 
 void Backups::ScheduleLoop() {
@@ -236,16 +241,25 @@ absl::Status Backups::Record(const auth::Caller& caller,
 absl::StatusOr<BackupSummary> Backups::TakeBackup(absl::string_view by) const {
   // One backup at a time; another asked for meanwhile is refused, not
   // queued, so a burst of requests costs one backup.
-  if (!taking_.TryLock()) {
+  if (taking_.exchange(true)) {
     return absl::UnavailableError(
         "a backup is being taken; ask again when it is done");
   }
-  absl::StatusOr<BackupSummary> result = TakeBackupLocked(by);
-  taking_.Unlock();
+  absl::StatusOr<BackupSummary> result;
+  absl::Notification done;
+  if (!worker_->Schedule([&] {
+        result = TakeBackupNow(by);
+        done.Notify();
+      })) {
+    result = absl::UnavailableError("backup worker is stopping");
+    done.Notify();
+  }
+  done.WaitForNotification();
+  taking_ = false;
   return result;
 }
 
-absl::StatusOr<BackupSummary> Backups::TakeBackupLocked(
+absl::StatusOr<BackupSummary> Backups::TakeBackupNow(
     absl::string_view by) const {
   auth::Caller server;
   server.identity = std::string(audit::kServerIdentity);

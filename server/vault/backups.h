@@ -35,6 +35,7 @@
 #include "server/audit/audit_log.h"
 #include "server/auth/access_policy.h"
 #include "server/storage/backup_store.h"
+#include "server/util/blocking_executor.h"
 #include "server/vault/backup_manifest.h"
 
 namespace cardvault::vault {
@@ -97,6 +98,10 @@ class Backups {
     // 7; 0 = keep all.
     uint32_t keep = 7;
     VerifyOptions verify;
+    // Nice value of the thread that takes backups (reads every record for
+    // the manifest), so that a backup yields the CPU to the calls being
+    // served. Default 10.
+    int worker_nice = 10;
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
   struct Dependencies {
@@ -140,19 +145,21 @@ class Backups {
   absl::Status Record(const auth::Caller& caller, ::cardvault::v1::EventType,
                       absl::string_view rpc, absl::string_view detail,
                       const absl::Status& status) const;
-  absl::StatusOr<BackupSummary> TakeBackupLocked(absl::string_view by) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(taking_);
+  // Runs on worker_.
+  absl::StatusOr<BackupSummary> TakeBackupNow(absl::string_view by) const;
   void ScheduleLoop();
 
   const Dependencies deps_;
   const Options options_;
-  // Held for the whole of one backup.
-  mutable absl::Mutex taking_;
+  // Set for the whole of one backup.
+  mutable std::atomic<bool> taking_{false};
   // One store operation (backup, list, verify, delete) at a time.
   mutable absl::Mutex mu_;
   mutable std::atomic<uint64_t> taken_{0};
   mutable std::atomic<uint64_t> failures_{0};
   mutable std::atomic<int64_t> last_success_{0};
+  // One thread, at Options::worker_nice, takes every backup.
+  std::unique_ptr<util::BlockingExecutor> worker_;
   absl::Notification stop_;
   std::thread scheduler_;
 };
