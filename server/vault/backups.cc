@@ -198,6 +198,16 @@ absl::StatusOr<std::unique_ptr<Backups>> Backups::Create(Dependencies deps,
     return absl::InvalidArgumentError("backup interval must not be negative");
   }
   std::unique_ptr<Backups> backups(new Backups(deps, std::move(options)));
+  absl::StatusOr<std::unique_ptr<util::BlockingExecutor>> worker =
+      util::BlockingExecutor::Create({.threads = 1, .max_queued = 2});
+  if (!worker.ok()) return worker.status();
+  backups->worker_ = *std::move(worker);
+  // Lowering a thread's priority needs no privilege (raising it back would).
+  const int nice = backups->options_.worker_nice;
+  (void)backups->worker_->Schedule([nice] {
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)),
+                      nice);
+  });
   if (backups->options_.interval > absl::ZeroDuration()) {
     backups->scheduler_ =
         std::thread([b = backups.get()] { b->ScheduleLoop(); });
@@ -251,7 +261,7 @@ absl::StatusOr<BackupSummary> Backups::TakeBackup(absl::string_view by) const {
         result = TakeBackupNow(by);
         done.Notify();
       })) {
-    result = absl::UnavailableError("backup worker is stopping");
+    result = absl::UnavailableError("the backup worker is stopping or busy");
     done.Notify();
   }
   done.WaitForNotification();
