@@ -631,12 +631,15 @@ absl::StatusOr<ChainReport> VerifyStoredChain(
       checkpoint_mac != checkpoint->mac) {
     // A restore from a backup replaced the records after the backup's head;
     // a checkpoint exported before it may lie in what it lost. That is
-    // reported as the restore, not as truncation.
+    // reported as the restore, not as truncation. Only when the restore
+    // knew what it lost: the records written after a restore take the
+    // sequences from its lost_from on, so an unknown (unbounded) range would
+    // excuse every later checkpoint cut off by truncation.
     for (const RestoreMark& r : report.restores) {
       const uint64_t from = r.restore.lost_from();
       const uint64_t through = r.restore.lost_through();
-      if (checkpoint->sequence >= from && from > 0 &&
-          (through == 0 || checkpoint->sequence <= through) &&
+      if (checkpoint->sequence >= from && from > 0 && through > 0 &&
+          checkpoint->sequence <= through &&
           (checkpoint->sequence != through ||
            r.restore.lost_head_mac().empty() ||
            r.restore.lost_head_mac() == checkpoint->mac)) {
@@ -657,6 +660,15 @@ absl::StatusOr<ChainReport> VerifyStoredChain(
       report.intact = false;
       report.first_bad_sequence = checkpoint->sequence;
       report.problem = "record differs from the checkpoint";
+    }
+    for (const RestoreMark& r : report.restores) {
+      if (!report.intact && r.restore.lost_from() > 0 &&
+          r.restore.lost_through() == 0 &&
+          checkpoint->sequence >= r.restore.lost_from()) {
+        absl::StrAppend(&report.problem, "; or lost in the restore at ",
+                        r.sequence, ", whose lost range (from ",
+                        r.restore.lost_from(), ") is unknown");
+      }
     }
   }
   return report;

@@ -150,6 +150,8 @@ struct ChainReport {
   std::vector<RestoreMark> restores;
   // The RESTORE event whose lost range holds the checkpoint asked about,
   // when a restore (not truncation) is why the chain no longer holds it.
+  // Only a known range (lost_through set) excuses a checkpoint: records
+  // written after a restore reuse the sequences from lost_from on.
   uint64_t checkpoint_lost_in_restore = 0;
 };
 

@@ -544,6 +544,34 @@ TEST_F(AuditLogTest, TruncationIsDetectedAgainstAnExportedCheckpoint) {
   EXPECT_FALSE(log_->Verify(Checkpoint{5, std::string(32, 'x')})->intact);
 }
 
+// A restore whose lost range is unknown (the old data directory was gone)
+// must not excuse, for ever after, a checkpoint exported after the restore
+// and then cut off: that is truncation of records written since.
+TEST_F(AuditLogTest, RestoreOfUnknownRangeDoesNotExcuseLaterTruncation) {
+  AppendMany(5);  // the backup's head is 5
+  AuditEvent restore = Event("cardvaultd");
+  restore.set_event_type(v1::RESTORE);
+  restore.mutable_restore()->set_backup_id(1);
+  restore.mutable_restore()->mutable_backup_head()->set_sequence(5);
+  restore.mutable_restore()->set_lost_from(6);  // lost_through 0: unknown
+  ASSERT_THAT(log_->Append(restore), IsOk());   // 6
+  AppendMany(20);                               // 7..26, after the restore
+  auto before = log_->Verify();
+  ASSERT_THAT(before, IsOk());
+  ASSERT_EQ(before->head_sequence, 26u);
+  const Checkpoint exported{before->head_sequence, before->head_mac};
+  Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
+    for (uint64_t seq = 10; seq <= 26; ++seq) {
+      ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), audit, Key8(seq)).ok());
+    }
+  });
+  auto report = log_->Verify(exported);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_FALSE(report->intact);
+  EXPECT_EQ(report->checkpoint_lost_in_restore, 0u);
+  EXPECT_THAT(report->problem, HasSubstr("truncated"));
+}
+
 TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
   AppendMany(10);
   // An attacker with file access but no HSM rewrites the whole trail with a
