@@ -226,7 +226,8 @@ int Run(const sigset_t& stop_signals) {
     cfg.set_listen_address(absl::GetFlag(FLAGS_listen_address));
   }
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
-    cfg.mutable_storage()->set_data_dir(absl::GetFlag(FLAGS_data_dir));
+    cfg.mutable_storage()->set_data_dir(
+        config::NormalizeDirectory(absl::GetFlag(FLAGS_data_dir)));
   }
   // Descriptors for the database, the HSM and the logs are kept out of the
   // connections' share before anything opens them.

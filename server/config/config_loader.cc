@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <tuple>
@@ -56,6 +57,18 @@ bool IsHostPort(absl::string_view address) {
 }
 
 absl::Status Validate(ServerConfig& c, absl::string_view src) {
+  if (!c.storage().data_dir().empty()) {
+    c.mutable_storage()->set_data_dir(
+        NormalizeDirectory(c.storage().data_dir()));
+  }
+  if (!c.backup().directory().empty()) {
+    c.mutable_backup()->set_directory(
+        NormalizeDirectory(c.backup().directory()));
+  }
+  if (!c.backup().staging_directory().empty()) {
+    c.mutable_backup()->set_staging_directory(
+        NormalizeDirectory(c.backup().staging_directory()));
+  }
   absl::Status s;
   auto check = [&](bool ok, absl::string_view message) {
     if (s.ok()) s = Require(ok, src, message);
@@ -238,6 +251,13 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
 }
 
 }  // namespace
+
+std::string NormalizeDirectory(absl::string_view path) {
+  std::string out =
+      std::filesystem::path(std::string(path)).lexically_normal().string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out.empty() ? std::string(path) : out;
+}
 
 absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
                                          absl::string_view source) {

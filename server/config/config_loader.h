@@ -19,6 +19,12 @@ using ServerConfig = ::cardvault::config::v1::ServerConfig;
 absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
                                          absl::string_view source);
 
+// `path` without "." and ".." steps, doubled slashes or a trailing slash
+// ("/srv/data/" and "/srv/./data" are "/srv/data"): the data directory's
+// siblings ("<dir>.staging", "<dir>.restoring", "<dir>.before-restore-...")
+// are named by appending to it, and must land beside it, not inside it.
+std::string NormalizeDirectory(absl::string_view path);
+
 // Reads `path` and calls ParseConfig.
 absl::StatusOr<ServerConfig> LoadConfigFile(const std::string& path);
 

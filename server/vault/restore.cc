@@ -88,7 +88,9 @@ bool RestorePending(const std::string& data_dir) {
 absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
     const RestoreDependencies& deps, uint32_t backup_id,
     const RestoreOptions& options) {
-  const std::string& data_dir = options.data_dir;
+  // "<data dir>/" + ".restoring" would be inside the data directory.
+  std::string data_dir = options.data_dir;
+  while (data_dir.size() > 1 && data_dir.back() == '/') data_dir.pop_back();
   if (absl::Status s = deps.check_not_in_use(data_dir); !s.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat(s.message(), ": stop the vault before restoring"));

@@ -445,6 +445,37 @@ TEST_F(BackupRestoreTest, RestoreIsRefusedNamingTheMissingKek) {
               IsOk());
 }
 
+// A data directory configured (or passed) with a trailing slash is the same
+// directory: the restore's copy and the old directory go beside it, not
+// into it.
+TEST_F(BackupRestoreTest, RestoreIntoADataDirectoryWithATrailingSlash) {
+  Start();
+  const std::vector<std::string> pans = testing::MakePans(5, 33);
+  const std::vector<std::string> tokens = TokenizeAll(pans);
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());
+  TokenizeAll(testing::MakePans(5, 34));
+  Stop();
+  ToolRun restore = Cardvaultd(
+      absl::StrCat("--restore_backup=1 --data_dir=", env_->data_dir(), "/"));
+  ASSERT_EQ(restore.exit_code, 0) << restore.output;
+  for (const auto& e : std::filesystem::directory_iterator(env_->data_dir())) {
+    EXPECT_FALSE(absl::StartsWith(e.path().filename().string(), "."))
+        << e.path();
+  }
+  int kept = 0;
+  for (const auto& e : std::filesystem::directory_iterator(env_->dir())) {
+    if (absl::StrContains(e.path().filename().string(),
+                          "data.before-restore-")) {
+      ++kept;
+    }
+  }
+  EXPECT_EQ(kept, 1);
+  Start();
+  EXPECT_THAT(Client("processor")->Detokenize(tokens[0], "authorization"),
+              IsOk());
+  EXPECT_EQ(Events(v1::RESTORE).size(), 1u);
+}
+
 TEST_F(BackupRestoreTest, RestoreIsRefusedWhileTheVaultRuns) {
   Start();
   TokenizeAll(testing::MakePans(3, 5));
