@@ -72,6 +72,17 @@ absl::StatusOr<std::string> SwapInDirectory(const std::string& restored,
   return aside;
 }
 
+absl::Status RenameDurably(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::symlink_status(to, ec))) {
+    return absl::FailedPreconditionError(absl::StrCat(to, " exists"));
+  }
+  if (rename(from.c_str(), to.c_str()) != 0) {
+    return Errno("cannot rename into place", to);
+  }
+  return SyncDirectory(ParentOf(to));
+}
+
 absl::Status WriteFileDurably(const std::string& path,
                               absl::string_view bytes) {
   const std::string tmp = path + ".tmp";

@@ -20,6 +20,10 @@ absl::StatusOr<std::string> SwapInDirectory(const std::string& restored,
                                             const std::string& data_dir,
                                             const std::string& aside);
 
+// Renames `from` to `to` (which must not exist: FAILED_PRECONDITION) and
+// fsyncs the parent of `to`.
+absl::Status RenameDurably(const std::string& from, const std::string& to);
+
 // Writes `bytes` to `path` (mode 0600) through a temporary file, fsynced and
 // renamed into place, and fsyncs the directory.
 absl::Status WriteFileDurably(const std::string& path, absl::string_view bytes);

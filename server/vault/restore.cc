@@ -151,16 +151,37 @@ absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
     }
   }
 
+  // "<data dir>.restoring" is what the exchange swaps with the data
+  // directory: after a crash between the exchange and the rename it holds
+  // the OLD data directory, so it is never removed here. Only the copy in
+  // "<data dir>.restoring.partial", which this function alone writes, is.
   const std::string restoring = data_dir + ".restoring";
-  std::filesystem::remove_all(restoring, ec);  // a crashed restore's copy
-  if (absl::Status s = deps.backups->RestoreTo(backup_id, restoring); !s.ok()) {
+  const std::string partial = restoring + ".partial";
+  if (std::filesystem::exists(std::filesystem::symlink_status(restoring, ec))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        restoring,
+        " exists: an earlier restore was interrupted. If the data directory "
+        "holds a restore marker (",
+        kRestoreMarkerFile, "), ", restoring,
+        " is the data directory from before that restore: move it aside and "
+        "keep it; otherwise it is an unused restored copy. Nothing was "
+        "changed"));
+  }
+  const std::string aside =
+      absl::StrCat(data_dir, ".before-restore-", UtcStamp(options.now));
+  if (std::filesystem::exists(std::filesystem::symlink_status(aside, ec))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(aside, " exists; nothing was changed"));
+  }
+  std::filesystem::remove_all(partial, ec);  // a crashed restore's copy
+  if (absl::Status s = deps.backups->RestoreTo(backup_id, partial); !s.ok()) {
     return s;
   }
   // The marker is authenticated under the backup's own audit key.
   absl::StatusOr<MacKey> audit_key;
   {
     absl::StatusOr<std::unique_ptr<storage::StoreView>> copy =
-        deps.open_read_only(restoring);
+        deps.open_read_only(partial);
     if (!copy.ok()) return copy.status();
     absl::StatusOr<std::unique_ptr<KekManager>> kek =
         KekManager::OpenReadOnly(&(*copy)->keys(), deps.wrapper, {});
@@ -168,8 +189,6 @@ absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
     audit_key = LoadMacKey(kek->get(), kAuditKeyPrefix, false);
     if (!audit_key.ok()) return audit_key.status();
   }
-  const std::string aside =
-      absl::StrCat(data_dir, ".before-restore-", UtcStamp(options.now));
   if (std::filesystem::exists(data_dir, ec)) {
     record.set_previous_data_dir(aside);
   }
@@ -180,8 +199,11 @@ absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
   marker.append(
       audit_key->mac->Compute(absl::StrCat(kMarkerLabel, marker, body)));
   marker.append(body);
-  if (absl::Status s = storage::WriteFileDurably(MarkerPath(restoring), marker);
+  if (absl::Status s = storage::WriteFileDurably(MarkerPath(partial), marker);
       !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = storage::RenameDurably(partial, restoring); !s.ok()) {
     return s;
   }
   absl::StatusOr<std::string> moved =

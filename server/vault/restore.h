@@ -9,10 +9,14 @@
 //   3. reads what the old data directory's trail holds after the backup's
 //      head (the range the restore loses, and the DeleteToken calls in it
 //      whose deletions it undoes), if it is still readable;
-//   4. writes the backup into "<data dir>.restoring", with the restore
-//      marker below in it, and exchanges it atomically with the data
-//      directory; the old one is moved to "<data dir>.before-restore-<UTC
-//      time>", never deleted. Tokens whose deletion was undone are listed,
+//   4. writes the backup into "<data dir>.restoring.partial" (a crashed
+//      restore's partial copy there is removed first), with the restore
+//      marker below in it, renames it to "<data dir>.restoring", and
+//      exchanges that atomically with the data directory; the old one is
+//      moved to "<data dir>.before-restore-<UTC time>", never deleted.
+//      Refused, with nothing changed, when "<data dir>.restoring" exists:
+//      after a crash between the exchange and the rename it IS the old data
+//      directory. Tokens whose deletion was undone are listed,
 //      one per line, in "<that directory>.deletions-undone".
 // The first start then appends the RESTORE event (before anything else is
 // recorded) and removes the marker (ReadRestoreMarker, RecordRestore).

@@ -445,6 +445,49 @@ TEST_F(BackupRestoreTest, RestoreIsRefusedNamingTheMissingKek) {
               IsOk());
 }
 
+// The restore exchanges "<data dir>.restoring" with the data directory and
+// then renames what it swapped out aside: a crash between the two leaves the
+// OLD data directory at "<data dir>.restoring". Running the restore again
+// must not take it for a stale copy and remove it.
+TEST_F(BackupRestoreTest, RetriedRestoreAfterACrashKeepsTheOldDataDirectory) {
+  Start();
+  TokenizeAll(testing::MakePans(5, 31));
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());
+  const std::vector<std::string> later_pans = testing::MakePans(5, 32);
+  const std::vector<std::string> later = TokenizeAll(later_pans);
+  Stop();
+  ToolRun restore = Cardvaultd("--restore_backup=1");
+  ASSERT_EQ(restore.exit_code, 0) << restore.output;
+  std::string aside;
+  for (const auto& e : std::filesystem::directory_iterator(env_->dir())) {
+    if (absl::StrContains(e.path().filename().string(),
+                          "data.before-restore-") &&
+        e.is_directory()) {
+      aside = e.path().string();
+    }
+  }
+  ASSERT_FALSE(aside.empty());
+  // The state the crash leaves: restored data in place (marker included),
+  // the old data directory still under the exchange's name.
+  const std::string restoring = env_->data_dir() + ".restoring";
+  std::filesystem::rename(aside, restoring);
+  const auto old_files = Listing(restoring);
+  ASSERT_FALSE(old_files.empty());
+
+  ToolRun again = Cardvaultd("--restore_backup=1");
+  EXPECT_NE(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr(".restoring exists"));
+  EXPECT_EQ(Listing(restoring), old_files);
+  // The old data directory still serves what was written after the backup.
+  std::filesystem::remove_all(env_->data_dir());
+  std::filesystem::rename(restoring, env_->data_dir());
+  Start();
+  absl::StatusOr<v1::Card> card =
+      Client("processor")->Detokenize(later[0], "authorization");
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->pan(), later_pans[0]);
+}
+
 // A data directory configured (or passed) with a trailing slash is the same
 // directory: the restore's copy and the old directory go beside it, not
 // into it.
