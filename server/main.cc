@@ -311,16 +311,19 @@ int Run(const sigset_t& stop_signals) {
                 {.ttl = absl::Seconds(cfg.tokens().cvv_ttl_seconds()),
                  .max_entries = cfg.tokens().max_cvv_entries()}),
             "CVV cache");
-  auto audit_log = OrDie(
-      audit::AuditLog::Open(
-          storage.get(), storage.get(), std::move(audit_key.mac),
-          audit_key.version,
-          {.on_checkpoint = LogCheckpoint,
-           .retention = absl::Hours(24 * cfg.audit().retention_days()),
-           .purge_interval = absl::Hours(24),
-           .refusals = {.per_minute =
-                            cfg.limits().refusals_recorded_per_minute()}}),
-      "audit trail");
+  auto audit_log =
+      OrDie(audit::AuditLog::Open(
+                storage.get(), storage.get(), std::move(audit_key.mac),
+                audit_key.version,
+                {.on_checkpoint = LogCheckpoint,
+                 .retention = absl::Hours(24 * cfg.audit().retention_days()),
+                 .purge_interval = absl::Hours(24),
+                 .refusals = {.per_minute =
+                                  cfg.limits().refusals_recorded_per_minute()},
+                 .resume_after_sequence = restore_record.has_value()
+                                              ? restore_record->lost_through()
+                                              : 0}),
+            "audit trail");
   // The restore is the first thing the restored trail records.
   if (restore_record.has_value()) {
     if (absl::Status s =

@@ -133,6 +133,9 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   std::unique_ptr<AuditLog> log(new AuditLog(
       store, records, std::move(key), key_version, options, 1, kZeroMac));
   if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
+  if (options.resume_after_sequence >= log->next_sequence_) {
+    log->next_sequence_ = options.resume_after_sequence + 1;
+  }
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
   log->completer_ = std::thread([raw = log.get()] { raw->CompletionLoop(); });
   if (options.refusals.per_minute > 0) {
@@ -590,12 +593,29 @@ absl::StatusOr<ChainReport> VerifyStoredChain(
   };
   absl::Status scanned = store_->ScanAudit(1, [&](uint64_t sequence,
                                                   absl::string_view record) {
-    if (sequence != expected) {
-      return fail(expected,
-                  absl::StrCat("record ", expected, " is missing (next is ",
-                               sequence, ")"));
-    }
     absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
+    if (sequence != expected) {
+      // The one gap a chain may have: the range a restore lost, skipped by
+      // the RESTORE event that follows it (its MAC, checked below, covers
+      // its sequence and links it to the backup's head).
+      AuditEvent restore;
+      const bool skipped =
+          parsed.ok() &&
+          restore.ParseFromArray(
+              parsed->event_bytes.data(),
+              static_cast<int>(parsed->event_bytes.size())) &&
+          restore.event_type() == v1::RESTORE &&
+          restore.restore().lost_from() == expected &&
+          restore.restore().lost_through() + 1 == sequence &&
+          restore.restore().backup_head().sequence() + 1 == expected &&
+          restore.restore().backup_head().mac() == previous;
+      if (!skipped) {
+        return fail(expected,
+                    absl::StrCat("record ", expected, " is missing (next is ",
+                                 sequence, ")"));
+      }
+      expected = sequence;
+    }
     if (!parsed.ok()) return fail(sequence, parsed.status().message());
     if (parsed->key_version != key_version_) {
       return fail(sequence, "record names an unknown audit key");

@@ -17,6 +17,11 @@
 //             version (1) || key version (4) || sequence (8, BE) ||
 //             previous record's chain MAC (32; zeros for sequence 1) || event)
 //
+// Restore: the records a restore lost (after the restored backup's head) are
+// never numbered again. The RESTORE event takes the sequence after the last
+// lost one and is chained to the backup's head; Verify accepts that one gap
+// because the event names it (lost_from, lost_through, backup head).
+//
 // Retention: records older than Options::retention (default 400 days, PCI
 // DSS 10.5.1) may be purged, oldest first, never the newest. The purge
 // replaces them with an anchor (key: sequence 0) so that the chain still
@@ -179,6 +184,11 @@ class AuditLog {
     // Refused calls past this rate per caller are counted into summary
     // records instead (refusal_summary.h).
     RefusalSummary::Options refusals;
+    // After a restore that lost records up to this sequence: the next record
+    // takes the sequence after it, so that no sequence is used twice and a
+    // checkpoint exported after the restore can never be taken for one it
+    // lost. 0 (the default): the next after the head.
+    uint64_t resume_after_sequence = 0;
     // Clock of event times that the log makes itself (summaries, purges).
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };

@@ -369,6 +369,13 @@ absl::StatusOr<BackupVerification> Backups::Verify(const auth::Caller& caller,
   if (!allowed.ok()) {
     return Record(caller, v1::BACKUP_ADMIN, kVerifyBackupRpc, what, allowed);
   }
+  // One verification at a time: a flood of them (each may read every
+  // record) is refused, not queued.
+  if (verifying_.exchange(true)) {
+    return Record(caller, v1::BACKUP_ADMIN, kVerifyBackupRpc, what,
+                  absl::UnavailableError(
+                      "a backup verification is in progress; try again later"));
+  }
   absl::StatusOr<BackupVerification> v;
   {
     absl::MutexLock lock(&mu_);
@@ -377,6 +384,7 @@ absl::StatusOr<BackupVerification> Backups::Verify(const auth::Caller& caller,
     verify.now = options_.now();
     v = VerifyBackup(*deps_.store, id, *deps_.wrapper, verify);
   }
+  verifying_ = false;
   const std::string outcome =
       !v.ok() ? what
       : v->ok ? absl::StrCat(what, ": ok, ", v->records_opened, " of ",

@@ -123,7 +123,8 @@ class Backups {
   // Admin.
   absl::StatusOr<std::vector<BackupSummary>> List(
       const auth::Caller& caller) const;
-  // Admin. NOT_FOUND for an unknown id.
+  // Admin. NOT_FOUND for an unknown id; UNAVAILABLE while another
+  // verification runs.
   absl::StatusOr<BackupVerification> Verify(const auth::Caller& caller,
                                             uint32_t id,
                                             bool all_records) const;
@@ -153,6 +154,8 @@ class Backups {
   const Options options_;
   // Set for the whole of one backup.
   mutable std::atomic<bool> taking_{false};
+  // Set for the whole of one verification.
+  mutable std::atomic<bool> verifying_{false};
   // One store operation (backup, list, verify, delete) at a time.
   mutable absl::Mutex mu_;
   mutable std::atomic<uint64_t> taken_{0};

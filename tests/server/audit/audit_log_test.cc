@@ -572,6 +572,90 @@ TEST_F(AuditLogTest, RestoreOfUnknownRangeDoesNotExcuseLaterTruncation) {
   EXPECT_THAT(report->problem, HasSubstr("truncated"));
 }
 
+// A restored chain: records 1..5 (the backup), records 6..9 lost, then the
+// RESTORE event at 10 and more after it, as the first start after a restore
+// writes them. Returns the RESTORE event's sequence.
+uint64_t WriteRestoredChain(AuditLogTest* test, AuditLog* log,
+                            const std::string& backup_head_mac) {
+  AuditEvent restore = Event("cardvaultd");
+  restore.set_event_type(v1::RESTORE);
+  restore.mutable_restore()->set_backup_id(1);
+  restore.mutable_restore()->mutable_backup_head()->set_sequence(5);
+  restore.mutable_restore()->mutable_backup_head()->set_mac(backup_head_mac);
+  restore.mutable_restore()->set_lost_from(6);
+  restore.mutable_restore()->set_lost_through(9);
+  EXPECT_THAT(log->Append(restore), IsOk());
+  return 10;
+}
+
+TEST_F(AuditLogTest, RestoreSkipsTheLostSequencesAndVerifies) {
+  AppendMany(9);
+  auto full = log_->Verify();
+  ASSERT_THAT(full, IsOk());
+  const Checkpoint lost_head{9, full->head_mac};
+  // Back to the backup: records 6..9 gone, the log resumes after them.
+  Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
+    for (uint64_t seq = 6; seq <= 9; ++seq) {
+      ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), audit, Key8(seq)).ok());
+    }
+  });
+  Reopen('k', {.resume_after_sequence = 9});
+  auto at_backup = log_->Verify();
+  ASSERT_THAT(at_backup, IsOk());
+  ASSERT_EQ(at_backup->head_sequence, 9u - 4u);
+  WriteRestoredChain(this, log_.get(), at_backup->head_mac);
+  AppendMany(3);  // 11..13
+  auto report = log_->Verify();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact) << report->problem;
+  EXPECT_EQ(report->head_sequence, 13u);
+  ASSERT_EQ(report->restores.size(), 1u);
+  EXPECT_EQ(report->restores[0].sequence, 10u);
+  // The checkpoint of the lost head is reported as lost in the restore...
+  auto lost = log_->Verify(lost_head);
+  ASSERT_THAT(lost, IsOk());
+  EXPECT_TRUE(lost->intact) << lost->problem;
+  EXPECT_EQ(lost->checkpoint_lost_in_restore, 10u);
+  // ...one exported after the restore, then cut off, is truncation, even
+  // though its sequence is small.
+  const Checkpoint after{report->head_sequence, report->head_mac};
+  Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
+    for (uint64_t seq = 12; seq <= 13; ++seq) {
+      ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), audit, Key8(seq)).ok());
+    }
+  });
+  Reopen('k');
+  auto cut = log_->Verify(after);
+  ASSERT_THAT(cut, IsOk());
+  EXPECT_FALSE(cut->intact);
+  EXPECT_EQ(cut->checkpoint_lost_in_restore, 0u);
+}
+
+TEST_F(AuditLogTest, AGapNotNamedByARestoreIsDetected) {
+  AppendMany(5);
+  auto head = log_->Verify();
+  ASSERT_THAT(head, IsOk());
+  // A RESTORE event that claims another range than the gap before it.
+  Reopen('k', {.resume_after_sequence = 9});
+  AuditEvent restore = Event("cardvaultd");
+  restore.set_event_type(v1::RESTORE);
+  restore.mutable_restore()->mutable_backup_head()->set_sequence(5);
+  restore.mutable_restore()->mutable_backup_head()->set_mac(head->head_mac);
+  restore.mutable_restore()->set_lost_from(6);
+  restore.mutable_restore()->set_lost_through(8);
+  ASSERT_THAT(log_->Append(restore), IsOk());  // at 10: 9 is unexplained
+  auto report = log_->Verify();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_FALSE(report->intact);
+  EXPECT_EQ(report->first_bad_sequence, 6u);
+  // And a gap with an ordinary event after it is a deletion.
+  Reopen('k', {.resume_after_sequence = 20});
+  AppendMany(1);
+  report = log_->Verify();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_FALSE(report->intact);
+}
+
 TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
   AppendMany(10);
   // An attacker with file access but no HSM rewrites the whole trail with a

@@ -75,6 +75,18 @@ class SlowBackupStore : public FailingBackupStore {
   absl::Notification release;
 };
 
+// A backup store whose lookups take until released (a long verification).
+class SlowLookupStore : public FailingBackupStore {
+ public:
+  absl::StatusOr<storage::StoredBackup> Get(uint32_t) const override {
+    started.Notify();
+    release.WaitForNotification();
+    return absl::NotFoundError("none");
+  }
+  mutable absl::Notification started;
+  absl::Notification release;
+};
+
 class BackupsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -256,6 +268,31 @@ TEST_F(BackupsTest, ABackupAskedForWhileOneRunsIsRefusedNotQueued) {
   first.join();
   EXPECT_EQ(backups_->failures(), 0u);
   EXPECT_EQ(backups_->taken(), 1u);
+}
+
+TEST_F(BackupsTest, AVerificationAskedForWhileOneRunsIsRefused) {
+  SlowLookupStore slow;
+  backups_ = *Backups::Create({.store = &slow,
+                               .wrapper = &wrapper_,
+                               .policy = policy_.get(),
+                               .audit = audit_.get()},
+                              {});
+  std::thread first([&] {
+    EXPECT_THAT(backups_->Verify(Named("admin"), 1, true),
+                StatusIs(absl::StatusCode::kNotFound));
+  });
+  slow.started.WaitForNotification();
+  EXPECT_THAT(
+      backups_->Verify(Named("admin"), 1, true),
+      StatusIs(absl::StatusCode::kUnavailable, HasSubstr("in progress")));
+  slow.release.Notify();
+  first.join();
+  int refused = 0;
+  for (const audit::AuditEvent& e : Events(v1::BACKUP_ADMIN)) {
+    refused +=
+        e.status_code() == static_cast<int>(absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(refused, 1);
 }
 
 TEST_F(BackupsTest, KeepDeletesTheOldestAfterEachBackup) {
