@@ -265,6 +265,14 @@ class AuditLog {
   // Options::refusals.interval, and when the log closes).
   void WriteRefusalSummaries() const;
 
+  // The audit key's MAC of `data`, for what the vault keeps beside its
+  // trail and must be able to prove unchanged (backup manifests). `data`
+  // must begin with a label of its own kind, so that no such MAC is ever
+  // valid as a chain MAC or a marker.
+  std::string Authenticate(absl::string_view data) const {
+    return key_->Compute(data);
+  }
+
   // Markers of unverified values, under this log's key (recorded_value.h).
   const ValueMarker& marker() const { return marker_; }
 

@@ -56,7 +56,13 @@ class TableSummer {
 
 }  // namespace
 
-std::string EncodeBackupManifest(const BackupManifest& manifest) {
+namespace {
+constexpr size_t kManifestMacBytes = 32;
+}  // namespace
+
+std::string EncodeBackupManifest(
+    const BackupManifest& manifest,
+    const std::function<std::string(absl::string_view)>& authenticate) {
   std::string body;
   {
     google::protobuf::io::StringOutputStream stream(&body);
@@ -64,22 +70,31 @@ std::string EncodeBackupManifest(const BackupManifest& manifest) {
     coded.SetSerializationDeterministic(true);
     manifest.SerializeToCodedStream(&coded);
   }
-  return absl::StrCat(
-      absl::string_view(reinterpret_cast<const char*>(&kBackupManifestFormatV1),
-                        1),
-      body);
+  std::string out(1, static_cast<char>(kBackupManifestFormatV1));
+  out.append(authenticate(absl::StrCat(kBackupManifestMacLabel, body)));
+  out.append(body);
+  return out;
 }
 
 absl::StatusOr<BackupManifest> DecodeBackupManifest(absl::string_view bytes) {
   BackupManifest manifest;
-  if (bytes.empty() ||
+  if (bytes.size() < 1 + kManifestMacBytes ||
       static_cast<uint8_t>(bytes[0]) != kBackupManifestFormatV1 ||
-      bytes.size() > 1 + kMaxBackupManifestBytes ||
-      !manifest.ParseFromArray(bytes.data() + 1,
-                               static_cast<int>(bytes.size() - 1))) {
+      bytes.size() > 1 + kManifestMacBytes + kMaxBackupManifestBytes ||
+      !manifest.ParseFromArray(
+          bytes.data() + 1 + kManifestMacBytes,
+          static_cast<int>(bytes.size() - 1 - kManifestMacBytes))) {
     return absl::DataLossError("backup manifest is missing or malformed");
   }
   return manifest;
+}
+
+bool VerifyBackupManifestMac(absl::string_view bytes,
+                             const crypto::HmacSha256& key) {
+  if (bytes.size() < 1 + kManifestMacBytes) return false;
+  return key.Verify(absl::StrCat(kBackupManifestMacLabel,
+                                 bytes.substr(1 + kManifestMacBytes)),
+                    bytes.substr(1, kManifestMacBytes));
 }
 
 uint32_t KekGenerationOf(absl::string_view label) {

@@ -116,6 +116,25 @@ absl::StatusOr<BackupVerification> VerifyBackup(
           actual->audit_head_mac() != manifest->audit_head_mac()) {
         problem("audit head differs from the manifest");
       }
+      auto labels = [](const BackupManifest& x) {
+        std::vector<std::string> out;
+        for (const auto& k : x.keks()) out.push_back(k.label());
+        return out;
+      };
+      if (labels(*actual) != labels(*manifest) ||
+          actual->kek_generation() != manifest->kek_generation()) {
+        problem("the KEKs the backup needs differ from the manifest's");
+      }
+      if (!std::equal(actual->data_key_versions().begin(),
+                      actual->data_key_versions().end(),
+                      manifest->data_key_versions().begin(),
+                      manifest->data_key_versions().end()) ||
+          !std::equal(actual->destroyed_data_key_versions().begin(),
+                      actual->destroyed_data_key_versions().end(),
+                      manifest->destroyed_data_key_versions().begin(),
+                      manifest->destroyed_data_key_versions().end())) {
+        problem("the data keys differ from the manifest's");
+      }
     }
   }
   v.records_total = RecordsOf(v.backup.manifest, "tokens");
@@ -139,6 +158,9 @@ absl::StatusOr<BackupVerification> VerifyBackup(
   if (!audit_key.ok()) {
     problem(absl::StrCat("audit key: ", audit_key.status().message()));
   } else {
+    if (!VerifyBackupManifestMac(stored->metadata, *audit_key->mac)) {
+      problem("the manifest does not verify under the backup's audit key");
+    }
     absl::StatusOr<audit::ChainReport> chain = audit::VerifyStoredChain(
         (*view)->audit(), *audit_key->mac, audit_key->version,
         options.audit_retention, options.now);
@@ -281,7 +303,9 @@ absl::StatusOr<BackupSummary> Backups::TakeBackupNow(
           absl::StatusOr<BackupManifest> m =
               DescribeStore(copy, options_.now());
           if (!m.ok()) return m.status();
-          return EncodeBackupManifest(*m);
+          return EncodeBackupManifest(*m, [this](absl::string_view data) {
+            return deps_.audit->Authenticate(data);
+          });
         });
     if (stored.ok()) {
       BackupSummary s;

@@ -574,6 +574,28 @@ TEST_F(BackupRestoreTest, OfflineVerifyPrintsJsonAndExitStatus) {
   EXPECT_NE(missing.exit_code, 4);
 }
 
+TEST_F(BackupRestoreTest, AnEditedManifestDoesNotVerify) {
+  Start();
+  TokenizeAll(testing::MakePans(5, 6));
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());
+  Stop();
+  // Someone with write access to the backup directory edits the manifest
+  // (kept hex-encoded in RocksDB's meta file): one byte of its MAC.
+  const std::string meta = backup_dir() + "/meta/1";
+  std::string text = testing::ReadFileOrEmpty(meta);
+  const size_t at = text.find("metadata ");
+  ASSERT_NE(at, std::string::npos);
+  const size_t hex_at = at + 9 + 2 * 5;  // the MAC's fifth byte
+  text[hex_at] = text[hex_at] == '0' ? '1' : '0';
+  std::ofstream(meta, std::ios::trunc) << text;
+  ToolRun v = Cardvaultd("--verify_backup=1");
+  EXPECT_EQ(v.exit_code, 4) << v.output;
+  EXPECT_THAT(v.output, HasSubstr("manifest does not verify"));
+  ToolRun restore = Cardvaultd("--restore_backup=1");
+  EXPECT_NE(restore.exit_code, 0);
+  EXPECT_THAT(restore.output, HasSubstr("does not verify"));
+}
+
 TEST_F(BackupRestoreTest, BackupsHoldNoPanOrCvvAsBytesOrThroughRocksDb) {
   Start();
   // Card data in every field a caller controls, a CVV among them.

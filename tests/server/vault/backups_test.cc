@@ -308,14 +308,28 @@ TEST_F(BackupsTest, KeepDeletesTheOldestAfterEachBackup) {
 TEST_F(BackupsTest, ManifestDecodingRejectsDamage) {
   BackupManifest m;
   m.set_audit_head_sequence(7);
-  const std::string bytes = EncodeBackupManifest(m);
+  auto key =
+      *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'm')));
+  const std::string bytes = EncodeBackupManifest(
+      m, [&](absl::string_view data) { return key->Compute(data); });
   EXPECT_EQ(static_cast<uint8_t>(bytes[0]), kBackupManifestFormatV1);
   EXPECT_THAT(DecodeBackupManifest(bytes), IsOk());
+  EXPECT_TRUE(VerifyBackupManifestMac(bytes, *key));
+  // An edited manifest, or one under another key, does not verify.
+  BackupManifest edited = m;
+  edited.set_audit_head_sequence(8);
+  std::string forged = bytes.substr(0, 33) + edited.SerializeAsString();
+  EXPECT_THAT(DecodeBackupManifest(forged), IsOk());
+  EXPECT_FALSE(VerifyBackupManifestMac(forged, *key));
+  auto other =
+      *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'o')));
+  EXPECT_FALSE(VerifyBackupManifestMac(bytes, *other));
   EXPECT_THAT(DecodeBackupManifest(""), StatusIs(absl::StatusCode::kDataLoss));
   std::string bad = bytes;
   bad[0] = 0x02;
   EXPECT_THAT(DecodeBackupManifest(bad), StatusIs(absl::StatusCode::kDataLoss));
-  EXPECT_THAT(DecodeBackupManifest(std::string(1, '\x01') + "\xff\xff"),
+  EXPECT_THAT(DecodeBackupManifest(std::string(1, '\x01') +
+                                   std::string(32, 'm') + "\xff\xff"),
               StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_EQ(KekGenerationOf("cardvault-kek"), 1u);
   EXPECT_EQ(KekGenerationOf("cardvault-kek/0000000a"), 10u);
