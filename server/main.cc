@@ -228,6 +228,10 @@ int Run(const sigset_t& stop_signals) {
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
     cfg.mutable_storage()->set_data_dir(
         config::NormalizeDirectory(absl::GetFlag(FLAGS_data_dir)));
+    if (absl::Status s = config::CheckBackupDirectory(cfg); !s.ok()) {
+      util::LogError(s.ToString());
+      return 1;
+    }
   }
   // Descriptors for the database, the HSM and the logs are kept out of the
   // connections' share before anything opens them.

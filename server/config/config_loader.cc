@@ -137,10 +137,7 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   check(
       c.backup().interval_seconds() == 0 || c.backup().interval_seconds() >= 60,
       "backup.interval_seconds must be 0 or at least 60");
-  check(c.backup().directory().empty() ||
-            (c.backup().directory() != c.storage().data_dir() &&
-             !absl::StartsWith(c.backup().directory(),
-                               c.storage().data_dir() + "/")),
+  check(CheckBackupDirectory(c).ok(),
         "backup.directory must be outside storage.data_dir");
   check(!c.policy().file().empty(), "policy.file is required");
   check(c.policy().reload_interval_seconds() <= 3600,
@@ -251,6 +248,19 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
 }
 
 }  // namespace
+
+absl::Status CheckBackupDirectory(const ServerConfig& c) {
+  const std::string& backups = c.backup().directory();
+  const std::string& data = c.storage().data_dir();
+  if (backups.empty()) return absl::OkStatus();
+  if (backups == data || absl::StartsWith(backups, data + "/") ||
+      absl::StartsWith(data, backups + "/")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backup.directory ", backups, " must be outside storage.data_dir ",
+        data, " (and not hold it)"));
+  }
+  return absl::OkStatus();
+}
 
 std::string NormalizeDirectory(absl::string_view path) {
   std::string out =

@@ -25,6 +25,10 @@ absl::StatusOr<ServerConfig> ParseConfig(absl::string_view text,
 // are named by appending to it, and must land beside it, not inside it.
 std::string NormalizeDirectory(absl::string_view path);
 
+// INVALID_ARGUMENT when backups would live inside the data directory (or
+// hold it): a disk loss must not take both.
+absl::Status CheckBackupDirectory(const ServerConfig& config);
+
 // Reads `path` and calls ParseConfig.
 absl::StatusOr<ServerConfig> LoadConfigFile(const std::string& path);
 

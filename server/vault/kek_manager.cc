@@ -5,8 +5,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "server/util/big_endian.h"
 #include "server/util/log.h"
 #include "server/vault/wrapped_keys.h"
@@ -127,6 +129,17 @@ std::string KekManager::LabelOf(uint32_t generation) const {
   return absl::StrFormat("%s/%08x", options_.initial_label, generation);
 }
 
+uint32_t KekManager::GenerationOf(absl::string_view label) const {
+  absl::string_view rest = label;
+  uint32_t generation = 0;
+  if (absl::ConsumePrefix(&rest, options_.initial_label) &&
+      absl::ConsumePrefix(&rest, "/") && rest.size() == 8 &&
+      absl::SimpleHexAtoi(rest, &generation) && generation > 1) {
+    return generation;
+  }
+  return 1;
+}
+
 absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(
     const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,
     Options options, OpenReport* report) {
@@ -168,20 +181,36 @@ absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(
     if (!state.ok()) return state.status();
   } else if (manager->options_.adopt_newer_keks) {
     // After a restore: the vault rotated after the backup, and backups
-    // taken since need the newer KEKs. Rewrap forward to the newest.
+    // taken since need the newer KEKs. Rewrap forward to the newest (a
+    // generation destroyed meanwhile is skipped) and retain the others.
     absl::MutexLock lock(&manager->mu_);
-    while (wrapper->CheckKek(manager->LabelOf(state->generation + 1)).ok()) {
+    std::vector<uint32_t> found;
+    for (uint32_t g = state->generation + 1;
+         g <= state->generation + kMaxRetainedKeks + 1; ++g) {
+      if (wrapper->CheckKek(manager->LabelOf(g)).ok()) found.push_back(g);
+    }
+    if (!found.empty()) {
       KekState rewrapping = *state;
       rewrapping.phase = KekPhase::kRewrapping;
       rewrapping.phase_started = Millis(manager->options_.now());
-      rewrapping.other = manager->LabelOf(state->generation + 1);
+      rewrapping.other = manager->LabelOf(found.back());
       state = manager->Write(*state, std::move(rewrapping));
       if (!state.ok()) return state.status();
       absl::StatusOr<std::string> done = manager->Complete(*std::move(state));
       if (!done.ok()) return done.status();
-      ++report->adopted;
+      report->adopted = static_cast<uint32_t>(found.size());
       state = ReadKekState(keys);
       if (!state.ok()) return state.status();
+      KekState with_skipped = *state;
+      for (size_t i = 0; i + 1 < found.size(); ++i) {
+        if (with_skipped.retained.size() >= kMaxRetainedKeks) break;
+        with_skipped.retained.emplace_back(found[i],
+                                           manager->LabelOf(found[i]));
+      }
+      if (with_skipped.retained.size() != state->retained.size()) {
+        state = manager->Write(*state, std::move(with_skipped));
+        if (!state.ok()) return state.status();
+      }
     }
   } else {
     // A KEK of the next generation exists only if a rotation crashed before
@@ -316,7 +345,7 @@ absl::StatusOr<KekState> KekManager::Rewrap(const KekState& state) const {
                          .record = *std::move(rewrapped)});
     }
     KekState retiring;
-    retiring.generation = state.generation + 1;
+    retiring.generation = GenerationOf(state.other);
     retiring.phase = KekPhase::kRetiring;
     retiring.current_since = Millis(options_.now());
     retiring.phase_started = retiring.current_since;
@@ -367,7 +396,7 @@ absl::StatusOr<KekState> KekManager::Retire(const KekState& state) const {
           " old KEKs are retained for backups: destroy one (dual control) "
           "before rotating again"));
     }
-    steady.retained.emplace_back(state.generation - 1, state.other);
+    steady.retained.emplace_back(GenerationOf(state.other), state.other);
     util::LogInfo(absl::StrCat("KEK rotation: \"", state.other,
                                "\" retained in the HSM, decrypt-only, for "
                                "backups taken before the rotation"));

@@ -127,7 +127,7 @@ class KekManager {
     bool created_kek = false;  // generated the first KEK
     bool resumed = false;      // completed a rotation a crash interrupted
     bool rolled_back = false;  // destroyed a KEK a crashed rotation left
-    uint32_t adopted = 0;      // newer KEKs rolled forward to (restore)
+    uint32_t adopted = 0;      // newer KEKs found after a restore
     std::string kek_label;     // current after Open
   };
 
@@ -163,8 +163,9 @@ class KekManager {
   const hsm::KeyWrapper* wrapper() const { return wrapper_; }
   const storage::KeyStore* keys() const { return keys_; }
 
-  // Label of generation `generation`.
+  // Label of generation `generation`, and back (1 for the initial label).
   std::string LabelOf(uint32_t generation) const;
+  uint32_t GenerationOf(absl::string_view label) const;
 
  private:
   KekManager(const storage::KeyStore* keys, const hsm::KeyWrapper* wrapper,

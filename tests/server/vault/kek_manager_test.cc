@@ -358,6 +358,38 @@ TEST_F(KekManagerTest, AfterARestoreNewerKeksAreAdoptedNotDestroyed) {
   EXPECT_EQ((*kek)->State()->retained.size(), 2u);
 }
 
+TEST_F(KekManagerTest, AfterARestoreADestroyedGenerationIsSkipped) {
+  auto kek = KekManager::Open(db_.get(), wrapper_.get(),
+                              {.initial_label = kKek, .retain_old_keks = true});
+  ASSERT_THAT(kek, IsOk());
+  const std::map<std::string, std::string> keys = MakeKeys(**kek);
+  // The vault rotated to 2, then 3, and generation 2 was destroyed.
+  ASSERT_THAT(wrapper_->CreateKek("fake-kek/00000003"), IsOk());
+  kek->reset();
+  KekManager::OpenReport report;
+  kek = KekManager::Open(db_.get(), wrapper_.get(),
+                         {.initial_label = kKek,
+                          .retain_old_keks = true,
+                          .adopt_newer_keks = true},
+                         &report);
+  ASSERT_THAT(kek, IsOk());
+  EXPECT_EQ(report.kek_label, "fake-kek/00000003");
+  auto state = (*kek)->State();
+  ASSERT_THAT(state, IsOk());
+  EXPECT_EQ(state->generation, 3u);
+  ASSERT_EQ(state->retained.size(), 1u);
+  EXPECT_EQ(state->retained[0].first, 1u);
+  EXPECT_EQ(LoadKeys(**kek), keys);
+  // A later start does not take generation 4's absence, or 3, for a
+  // crashed rotation's leftover.
+  kek = KekManager::Open(db_.get(), wrapper_.get(),
+                         {.initial_label = kKek, .retain_old_keks = true});
+  ASSERT_THAT(kek, IsOk());
+  EXPECT_THAT(wrapper_->keks(), ElementsAre(kKek, "fake-kek/00000003"));
+  ASSERT_THAT((*kek)->Rotate(), IsOk());
+  EXPECT_EQ((*kek)->State()->generation, 4u);
+}
+
 TEST_F(KekManagerTest, ReadOnlyOpenWritesNothingAndNamesAMissingKek) {
   ASSERT_THAT(Open(), IsOk());
   auto before = db_->ListKeys();
