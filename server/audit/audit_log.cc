@@ -35,16 +35,6 @@ namespace {
 constexpr absl::string_view kMacLabel = "cardvault/audit-record";
 const std::string kZeroMac(crypto::HmacSha256::kMacSize, '\0');
 
-std::string SerializeDeterministic(const AuditEvent& event) {
-  std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  event.SerializeToCodedStream(&coded);
-  coded.Trim();
-  return out;
-}
-
 // What a batch call's event records of one of its items, moved out of the
 // item's own event (which is not written).
 BatchItem TakeItem(Entry& e) {
@@ -108,6 +98,16 @@ absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record) {
     return absl::DataLossError("audit event does not decode");
   }
   return event;
+}
+
+std::string SerializeDeterministic(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::io::StringOutputStream stream(&out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return out;
 }
 
 absl::StatusOr<std::string> RecordMac(absl::string_view record) {

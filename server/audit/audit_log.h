@@ -339,6 +339,10 @@ absl::StatusOr<ChainReport> VerifyStoredChain(
     uint32_t key_version, absl::Duration retention, absl::Time now,
     const std::optional<Checkpoint>& checkpoint = std::nullopt);
 
+// `message` in deterministic protobuf encoding (map entries sorted), the
+// form every stored and MAC'd message takes.
+std::string SerializeDeterministic(const google::protobuf::Message& message);
+
 // The chain MAC a stored record carries; DATA_LOSS if malformed.
 absl::StatusOr<std::string> RecordMac(absl::string_view record);
 // The audit key version a stored record names; DATA_LOSS if malformed.

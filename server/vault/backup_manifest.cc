@@ -8,8 +8,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/audit/audit_log.h"
 #include "server/crypto/sha256.h"
 #include "server/util/big_endian.h"
@@ -63,13 +61,7 @@ constexpr size_t kManifestMacBytes = 32;
 std::string EncodeBackupManifest(
     const BackupManifest& manifest,
     const std::function<std::string(absl::string_view)>& authenticate) {
-  std::string body;
-  {
-    google::protobuf::io::StringOutputStream stream(&body);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    manifest.SerializeToCodedStream(&coded);
-  }
+  const std::string body = audit::SerializeDeterministic(manifest);
   std::string out(1, static_cast<char>(kBackupManifestFormatV1));
   out.append(authenticate(absl::StrCat(kBackupManifestMacLabel, body)));
   out.append(body);

@@ -10,8 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/storage/data_directory.h"
 #include "server/util/big_endian.h"
 #include "server/util/log.h"
@@ -30,16 +28,6 @@ constexpr size_t kMarkerMacBytes = 32;
 
 std::string MarkerPath(const std::string& data_dir) {
   return data_dir + "/" + kRestoreMarkerFile;
-}
-
-std::string Deterministic(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  m.SerializeToCodedStream(&coded);
-  coded.Trim();
-  return out;
 }
 
 // What the old trail holds after `head`: its last sequence and MAC, and the
@@ -195,7 +183,7 @@ absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
   std::string marker(1, static_cast<char>(kRestoreMarkerFormatV1));
   util::AppendBigEndian32(audit_key->version, &marker);
   util::AppendUnixMillis(options.now, &marker);
-  const std::string body = Deterministic(record);
+  const std::string body = audit::SerializeDeterministic(record);
   marker.append(
       audit_key->mac->Compute(absl::StrCat(kMarkerLabel, marker, body)));
   marker.append(body);
@@ -261,7 +249,8 @@ absl::Status RecordRestore(const std::string& data_dir,
     absl::StatusOr<audit::AuditEvent> e =
         audit::DecodeAuditEvent((*last)->second);
     appended = e.ok() && e->event_type() == v1::RESTORE &&
-               Deterministic(e->restore()) == Deterministic(record);
+               audit::SerializeDeterministic(e->restore()) ==
+                   audit::SerializeDeterministic(record);
   }
   if (!appended) {
     audit::AuditEvent event = audit::ServerEvent(v1::RESTORE, now);

@@ -131,6 +131,17 @@ class BackupRestoreTest : public ::testing::Test {
     EXPECT_THAT(done, IsOk());
     return done.ok() ? *done : v1::Operation();
   }
+  // Every token detokenizes to its PAN.
+  void ExpectDetokenizes(const std::vector<std::string>& tokens,
+                         const std::vector<std::string>& pans) {
+    auto processor = Client("processor");
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      absl::StatusOr<v1::Card> card =
+          processor->Detokenize(tokens[i], "authorization");
+      ASSERT_THAT(card, IsOk()) << i;
+      EXPECT_EQ(card->pan(), pans[i]);
+    }
+  }
   std::vector<v1::AuditEvent> Events(v1::EventType type) {
     std::vector<v1::AuditEvent> out;
     v1::ListEventsRequest request;
@@ -268,13 +279,8 @@ TEST_F(BackupRestoreTest, RestoreDrillBringsBackTheBackupAndRecordsIt) {
   }
   EXPECT_EQ(kept, 1);
   Start();
+  ExpectDetokenizes(n_tokens, n);
   auto processor = Client("processor");
-  for (size_t i = 0; i < n.size(); ++i) {
-    absl::StatusOr<v1::Card> card =
-        processor->Detokenize(n_tokens[i], "authorization");
-    ASSERT_THAT(card, IsOk()) << i;
-    EXPECT_EQ(card->pan(), n[i]);
-  }
   for (const std::string& t : m_tokens) {
     EXPECT_THAT(processor->Detokenize(t, "authorization"),
                 StatusIs(absl::StatusCode::kNotFound));
@@ -387,13 +393,7 @@ TEST_F(BackupRestoreTest, BackupTakenBeforeKekRotationStillRestores) {
   ToolRun restore = Cardvaultd("--restore_backup=1");
   ASSERT_EQ(restore.exit_code, 0) << restore.output;
   Start();
-  auto processor = Client("processor");
-  for (size_t i = 0; i < pans.size(); ++i) {
-    absl::StatusOr<v1::Card> card =
-        processor->Detokenize(tokens[i], "authorization");
-    ASSERT_THAT(card, IsOk());
-    EXPECT_EQ(card->pan(), pans[i]);
-  }
+  ExpectDetokenizes(tokens, pans);
   // The restored vault rolled forward to the KEK it had rotated to, not
   // back to the one the backup names; the newer KEK was not destroyed.
   keys = Client("admin")->ListKeys();
@@ -608,6 +608,11 @@ TEST_F(BackupRestoreTest, BackupsHoldNoPanOrCvvAsBytesOrThroughRocksDb) {
   request.set_cvv("737");
   request.set_idempotency_key("4012888888881881");
   ASSERT_THAT(pos->Tokenize(request), IsOk());
+  // An Amex with a 4-digit CID: distinctive enough to search raw bytes for.
+  v1::TokenizeRequest amex;
+  *amex.mutable_card() = CardFor("371449635398431");
+  amex.set_cvv("8642");
+  ASSERT_THAT(pos->Tokenize(amex), IsOk());
   (void)pos->Tokenize(CardFor("378282246310005"), "378282246310005");
   (void)Client("processor")->Detokenize("4222222222222", "6011111111111117");
   (void)Client("admin")->VerifyBackup(4111111111, false);
@@ -618,7 +623,9 @@ TEST_F(BackupRestoreTest, BackupsHoldNoPanOrCvvAsBytesOrThroughRocksDb) {
                                             "4012888888881881",
                                             "378282246310005",
                                             "4222222222222",
-                                            "6011111111111117"};
+                                            "6011111111111117",
+                                            "371449635398431",
+                                            "8642"};
   for (const std::string& s : secrets) {
     EXPECT_THAT(testing::FilesContaining(backup_dir(), s), ::testing::IsEmpty())
         << s;
@@ -730,13 +737,7 @@ TEST_F(BackupRestoreTest, BackupShippedThroughResticRestoresOnALostDisk) {
   ASSERT_EQ(restore.exit_code, 0) << restore.output;
   EXPECT_THAT(restore.output, HasSubstr("records lost: unknown"));
   Start();
-  auto processor = Client("processor");
-  for (size_t i = 0; i < pans.size(); ++i) {
-    absl::StatusOr<v1::Card> card =
-        processor->Detokenize(tokens[i], "authorization");
-    ASSERT_THAT(card, IsOk());
-    EXPECT_EQ(card->pan(), pans[i]);
-  }
+  ExpectDetokenizes(tokens, pans);
   std::vector<v1::AuditEvent> restores = Events(v1::RESTORE);
   ASSERT_EQ(restores.size(), 1u);
   EXPECT_EQ(restores[0].restore().lost_through(), 0u);
