@@ -154,9 +154,16 @@ int RunBackupTool(const config::ServerConfig& cfg,
                 nullptr, BackupStoreOptions(cfg, /*read_only=*/true)),
             "backup directory");
   if (const uint32_t id = absl::GetFlag(FLAGS_verify_backup); id != 0) {
-    vault::BackupVerification v = OrDie(
-        vault::VerifyBackup(*backups, id, wrapper, BackupVerifyOptions(cfg)),
-        "verify backup");
+    // Returns rather than exits: the backup engine's threads must be
+    // joined before the process ends.
+    absl::StatusOr<vault::BackupVerification> verified =
+        vault::VerifyBackup(*backups, id, wrapper, BackupVerifyOptions(cfg));
+    if (!verified.ok()) {
+      util::LogError(
+          absl::StrCat("verify backup: ", verified.status().ToString()));
+      return 1;
+    }
+    const vault::BackupVerification& v = *verified;
     v1::BackupVerification out;
     service::VerificationToProto(v, &out);
     std::string json;
