@@ -32,11 +32,11 @@ cli() {
     --deadline_ms=3600000 "$@"
 }
 field() { grep -o "\"$1\":\"*[0-9]*" | head -1 | grep -o '[0-9]*$'; }
-load() {  # TOKENS
+load() {  # TOKENS [SECONDS per run]
   local stored=0 out calls
   while ((stored < $1)); do
     out=$(bench --mix=batch --batch_size=1000 --in_flight=8 --channels=4 \
-      --pans=100000 --warmup_seconds=0 --duration_seconds=10)
+      --pans=100000 --warmup_seconds=0 --duration_seconds="${2:-10}")
     grep -q '"errors":{}' <<<"$out" || { echo "load errors: $out"; exit 1; }
     calls=$(grep -o '"calls":[0-9]*' <<<"$out" | cut -d: -f2)
     stored=$((stored + calls * 1000))
@@ -71,7 +71,8 @@ beside=$(bench --mix=tokenize --channels=4 --in_flight=64 --duration_seconds=15 
 touch "$s/stop-backups"; wait "$loop"; rm -f "$s/stop-backups"
 echo "Tokenize 4x64: $alone calls/s alone, $beside calls/s beside back-to-back" \
   "backups" | tee -a "$report"
-load 100000
+backup "backup after the throughput runs (the base of the next)"
+load 100000 1
 backup "incremental backup after 100,000 more tokens"
 t0=$(now); cli backup verify "$last" >/dev/null
 echo "verify (1,000-record sample, chain, files): $(since "$t0") s" | tee -a "$report"
