@@ -47,6 +47,7 @@
 #include "server/service/serving_gate.h"
 #include "server/service/token_vault_service.h"
 #include "server/service/unparsed_request_interceptor.h"
+#include "server/storage/data_directory.h"
 #include "server/storage/rocksdb_backup.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/util/blocking_executor.h"
@@ -240,6 +241,14 @@ int Run(const sigset_t& stop_signals) {
       return 1;
     }
   }
+  // One process at a time works on the data directory: a serving vault, a
+  // restore, a compaction (--verify_backup reads only backups).
+  std::optional<storage::DirectoryLock> directory_lock;
+  if (absl::GetFlag(FLAGS_verify_backup) == 0) {
+    directory_lock.emplace(
+        OrDie(storage::DirectoryLock::Acquire(cfg.storage().data_dir()),
+              "data directory"));
+  }
   // Descriptors for the database, the HSM and the logs are kept out of the
   // connections' share before anything opens them.
   const uint64_t reserved_descriptors =
@@ -322,19 +331,19 @@ int Run(const sigset_t& stop_signals) {
                 {.ttl = absl::Seconds(cfg.tokens().cvv_ttl_seconds()),
                  .max_entries = cfg.tokens().max_cvv_entries()}),
             "CVV cache");
-  auto audit_log =
-      OrDie(audit::AuditLog::Open(
-                storage.get(), storage.get(), std::move(audit_key.mac),
-                audit_key.version,
-                {.on_checkpoint = LogCheckpoint,
-                 .retention = absl::Hours(24 * cfg.audit().retention_days()),
-                 .purge_interval = absl::Hours(24),
-                 .refusals = {.per_minute =
-                                  cfg.limits().refusals_recorded_per_minute()},
-                 .resume_after_sequence = restore_record.has_value()
-                                              ? restore_record->lost_through()
-                                              : 0}),
-            "audit trail");
+  auto audit_log = OrDie(
+      audit::AuditLog::Open(
+          storage.get(), storage.get(), std::move(audit_key.mac),
+          audit_key.version,
+          {.on_checkpoint = LogCheckpoint,
+           .retention = absl::Hours(24 * cfg.audit().retention_days()),
+           .purge_interval = absl::Hours(24),
+           .refusals = {.per_minute =
+                            cfg.limits().refusals_recorded_per_minute()},
+           .resume_after_sequence =
+               restore_record.has_value() ? restore_record->lost_through() : 0,
+           .defer_background_jobs = restore_record.has_value()}),
+      "audit trail");
   // The restore is the first thing the restored trail records.
   if (restore_record.has_value()) {
     if (absl::Status s =
@@ -344,6 +353,7 @@ int Run(const sigset_t& stop_signals) {
       util::LogError(absl::StrCat("cannot record the restore: ", s.ToString()));
       return 1;
     }
+    audit_log->StartBackgroundJobs();
   }
   vault::Vault::Options vault_options;
   vault_options.idempotency_window =

@@ -133,13 +133,16 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   std::unique_ptr<AuditLog> log(new AuditLog(
       store, records, std::move(key), key_version, options, 1, kZeroMac));
   if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
-  if (options.resume_after_sequence >= log->next_sequence_) {
-    log->next_sequence_ = options.resume_after_sequence + 1;
-  }
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
   log->completer_ = std::thread([raw = log.get()] { raw->CompletionLoop(); });
-  if (options.refusals.per_minute > 0) {
-    log->summarizer_ = std::thread([raw = log.get()] {
+  if (!options.defer_background_jobs) log->StartBackgroundJobs();
+  return log;
+}
+
+void AuditLog::StartBackgroundJobs() {
+  if (background_started_.exchange(true)) return;
+  if (options_.refusals.per_minute > 0) {
+    summarizer_ = std::thread([raw = this] {
       while (!raw->stop_summaries_.WaitForNotificationWithTimeout(
           raw->options_.refusals.interval)) {
         raw->WriteRefusalSummaries();
@@ -147,8 +150,8 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       raw->WriteRefusalSummaries();  // closing: nothing counted is lost
     });
   }
-  if (options.purge_interval > absl::ZeroDuration()) {
-    log->purger_ = std::thread([raw = log.get()] {
+  if (options_.purge_interval > absl::ZeroDuration()) {
+    purger_ = std::thread([raw = this] {
       do {
         absl::StatusOr<uint64_t> purged = raw->Purge(absl::Now());
         if (!purged.ok()) {
@@ -159,7 +162,6 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
           raw->options_.purge_interval));
     });
   }
-  return log;
 }
 
 AuditLog::AuditLog(const storage::AuditStore* store,
@@ -203,13 +205,14 @@ absl::Status AuditLog::ReloadHead() {
   auto last = store_->LastAuditRecord();
   if (!last.ok()) return last.status();
   if (!last->has_value()) {
-    next_sequence_ = 1;
+    next_sequence_ = options_.resume_after_sequence + 1;
     last_mac_ = kZeroMac;
     return absl::OkStatus();
   }
   absl::StatusOr<ParsedRecord> parsed = ParseRecord((*last)->second);
   if (!parsed.ok()) return parsed.status();
-  next_sequence_ = (*last)->first + 1;
+  // Never back into a restore's lost range, even after a failed write.
+  next_sequence_ = std::max((*last)->first, options_.resume_after_sequence) + 1;
   last_mac_ = std::string(parsed->mac);
   return absl::OkStatus();
 }

@@ -189,6 +189,10 @@ class AuditLog {
     // checkpoint exported after the restore can never be taken for one it
     // lost. 0 (the default): the next after the head.
     uint64_t resume_after_sequence = 0;
+    // Starts the purge and summary threads only at StartBackgroundJobs, so
+    // that a restore's RESTORE event is the first record after it (a purge
+    // first would break the chain at the restore's gap). Default false.
+    bool defer_background_jobs = false;
     // Clock of event times that the log makes itself (summaries, purges).
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
@@ -204,6 +208,10 @@ class AuditLog {
   AuditLog& operator=(const AuditLog&) = delete;
   // Finishes pending appends and stops the writer.
   ~AuditLog();
+
+  // Starts the purge and summary threads (Options::defer_background_jobs);
+  // once only.
+  void StartBackgroundJobs();
 
   // Appends `event` (its sequence is assigned here) and, in the same atomic
   // write, `mutation`. Returns once both are durable. ABORTED (and nothing
@@ -325,6 +333,7 @@ class AuditLog {
   mutable absl::Mutex purge_mu_;
   std::thread writer_;
   std::thread completer_;
+  std::atomic<bool> background_started_{false};
   absl::Notification stop_purger_;
   std::thread purger_;
   absl::Notification stop_summaries_;

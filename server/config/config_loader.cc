@@ -137,8 +137,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   check(
       c.backup().interval_seconds() == 0 || c.backup().interval_seconds() >= 60,
       "backup.interval_seconds must be 0 or at least 60");
-  check(CheckBackupDirectory(c).ok(),
-        "backup.directory must be outside storage.data_dir");
+  if (absl::Status b = CheckBackupDirectory(c); !b.ok()) {
+    check(false, b.message());
+  }
   check(!c.policy().file().empty(), "policy.file is required");
   check(c.policy().reload_interval_seconds() <= 3600,
         "policy.reload_interval_seconds must be at most 3600");
@@ -253,11 +254,26 @@ absl::Status CheckBackupDirectory(const ServerConfig& c) {
   const std::string& backups = c.backup().directory();
   const std::string& data = c.storage().data_dir();
   if (backups.empty()) return absl::OkStatus();
-  if (backups == data || absl::StartsWith(backups, data + "/") ||
-      absl::StartsWith(data, backups + "/")) {
+  auto inside = [](const std::string& child, const std::string& parent) {
+    return parent == "/" || absl::StartsWith(child, parent + "/");
+  };
+  auto overlap = [&](const std::string& a, const std::string& b) {
+    return a == b || inside(a, b) || inside(b, a);
+  };
+  if (overlap(backups, data)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "backup.directory ", backups, " must be outside storage.data_dir ",
         data, " (and not hold it)"));
+  }
+  // The staging directory is removed before each backup: it must hold
+  // nothing else.
+  const std::string& staging = c.backup().staging_directory();
+  if (!staging.empty() &&
+      (overlap(staging, data) || overlap(staging, backups))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backup.staging_directory ", staging,
+        " must be outside storage.data_dir and backup.directory (and hold "
+        "neither)"));
   }
   return absl::OkStatus();
 }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -43,6 +44,38 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
 }
 
 }  // namespace
+
+absl::StatusOr<DirectoryLock> DirectoryLock::Acquire(
+    const std::string& data_dir) {
+  const std::string path = data_dir + ".lock";
+  std::error_code ec;
+  std::filesystem::create_directories(ParentOf(data_dir), ec);
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno("cannot open", path);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        data_dir, " is in use: a cardvaultd or a restore holds ", path));
+  }
+  return DirectoryLock(fd);
+}
+
+DirectoryLock::DirectoryLock(DirectoryLock&& other) noexcept : fd_(other.fd_) {
+  other.fd_ = -1;
+}
+
+DirectoryLock& DirectoryLock::operator=(DirectoryLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) close(fd_);
+}
 
 absl::StatusOr<std::string> SwapInDirectory(const std::string& restored,
                                             const std::string& data_dir,

@@ -12,6 +12,26 @@
 
 namespace cardvault::storage {
 
+// An exclusive flock(2) on "<data dir>.lock", beside the data directory:
+// held by a serving vault and by a restore for as long as they run, so that
+// neither starts while the other works on the directory (RocksDB's own LOCK
+// is inside the directory a restore exchanges). Released when the owner is
+// destroyed or its process dies. Move-only.
+class DirectoryLock {
+ public:
+  // FAILED_PRECONDITION if another process holds it.
+  static absl::StatusOr<DirectoryLock> Acquire(const std::string& data_dir);
+  DirectoryLock(DirectoryLock&& other) noexcept;
+  DirectoryLock& operator=(DirectoryLock&& other) noexcept;
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  ~DirectoryLock();
+
+ private:
+  explicit DirectoryLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
 // Puts `restored` in place of `data_dir` in one atomic step (renameat2
 // RENAME_EXCHANGE), then renames what was there to `aside`; nothing is
 // deleted. Without a `data_dir`, `restored` is renamed into place. Both

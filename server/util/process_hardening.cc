@@ -2,6 +2,7 @@
 
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -20,14 +21,20 @@ absl::Status HardenProcess() {
     return absl::InternalError(
         absl::StrCat("prctl(PR_SET_DUMPABLE): ", std::strerror(errno)));
   }
+  // Every file and directory the vault makes (database, backups, staging
+  // copies, restore markers) is its user's alone, whatever the parent.
+  umask(077);
   return absl::OkStatus();
 }
 
 std::string HardeningReport() {
   struct rlimit core = {};
   getrlimit(RLIMIT_CORE, &core);
+  const mode_t mask = umask(077);
+  umask(mask);
   return absl::StrCat("dumpable=", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0),
-                      " core_limit=", core.rlim_cur, "/", core.rlim_max);
+                      " core_limit=", core.rlim_cur, "/", core.rlim_max,
+                      " umask=0", (mask >> 6) & 7, (mask >> 3) & 7, mask & 7);
 }
 
 }  // namespace cardvault::util

@@ -9,7 +9,8 @@
 namespace cardvault::util {
 
 // Sets RLIMIT_CORE to 0 and PR_SET_DUMPABLE to 0 (no core file, no ptrace
-// attach by non-root, /proc/PID/mem unreadable). Call first thing in main.
+// attach by non-root, /proc/PID/mem unreadable), and the umask to 077. Call
+// first thing in main.
 absl::Status HardenProcess();
 
 // The hardening as the kernel reports it now (prctl(PR_GET_DUMPABLE),

@@ -245,10 +245,12 @@ Backups::~Backups() {
 
 void Backups::ScheduleLoop() {
   while (!stop_.WaitForNotificationWithTimeout(options_.interval)) {
-    // A refusal because an admin's backup is running is not a failure.
+    // A scheduled backup that cannot start (one asked for, or a
+    // verification, still runs) is a missed backup too: the RPO is late.
     const uint64_t failed_before = failures_.load();
     absl::StatusOr<BackupSummary> b = TakeBackup("schedule");
-    if (!b.ok() && failures_.load() != failed_before) {
+    if (!b.ok() && failures_.load() == failed_before) ++failures_;
+    if (!b.ok()) {
       util::LogError(absl::StrCat("ALERT scheduled backup failed: ",
                                   b.status().ToString()));
     }
@@ -297,12 +299,18 @@ absl::StatusOr<BackupSummary> Backups::TakeBackupNow(
   server.identity = std::string(audit::kServerIdentity);
   absl::StatusOr<BackupSummary> result;
   {
-    absl::MutexLock lock(&mu_);
+    // Shared: a backup never waits for a verification (the store itself
+    // serialises what must be).
+    absl::ReaderMutexLock lock(&mu_);
     absl::StatusOr<storage::StoredBackup> stored = deps_.store->Create(
         [this](const storage::StoreView& copy) -> absl::StatusOr<std::string> {
           absl::StatusOr<BackupManifest> m =
               DescribeStore(copy, options_.now());
           if (!m.ok()) return m.status();
+          if (m->ByteSizeLong() > kMaxBackupManifestBytes) {
+            return absl::ResourceExhaustedError(
+                "the backup manifest would exceed kMaxBackupManifestBytes");
+          }
           return EncodeBackupManifest(*m, [this](absl::string_view data) {
             return deps_.audit->Authenticate(data);
           });
@@ -379,7 +387,7 @@ absl::StatusOr<std::vector<BackupSummary>> Backups::List(
       !s.ok()) {
     return s;
   }
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   return ListBackups(*deps_.store);
 }
 
@@ -402,7 +410,8 @@ absl::StatusOr<BackupVerification> Backups::Verify(const auth::Caller& caller,
   }
   absl::StatusOr<BackupVerification> v;
   {
-    absl::MutexLock lock(&mu_);
+    // Shared with backups being taken; deletions wait for it.
+    absl::ReaderMutexLock lock(&mu_);
     VerifyOptions verify = options_.verify;
     verify.all_records = all_records;
     verify.now = options_.now();

@@ -156,7 +156,8 @@ class Backups {
   mutable std::atomic<bool> taking_{false};
   // Set for the whole of one verification.
   mutable std::atomic<bool> verifying_{false};
-  // One store operation (backup, list, verify, delete) at a time.
+  // Shared by backups, lists and verifications; exclusive for deletions,
+  // so that no backup is deleted while it is being read.
   mutable absl::Mutex mu_;
   mutable std::atomic<uint64_t> taken_{0};
   mutable std::atomic<uint64_t> failures_{0};

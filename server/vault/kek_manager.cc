@@ -179,21 +179,36 @@ absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(
     report->resumed = true;
     state = ReadKekState(keys);
     if (!state.ok()) return state.status();
-  } else if (manager->options_.adopt_newer_keks) {
+  }
+  if (manager->options_.adopt_newer_keks) {
     // After a restore: the vault rotated after the backup, and backups
     // taken since need the newer KEKs. Rewrap forward to the newest (a
-    // generation destroyed meanwhile is skipped) and retain the others.
+    // generation destroyed meanwhile is skipped) and retain the others, in
+    // the same write that starts the rewrap.
     absl::MutexLock lock(&manager->mu_);
     std::vector<uint32_t> found;
     for (uint32_t g = state->generation + 1;
          g <= state->generation + kMaxRetainedKeks + 1; ++g) {
-      if (wrapper->CheckKek(manager->LabelOf(g)).ok()) found.push_back(g);
+      const absl::Status present = wrapper->CheckKek(manager->LabelOf(g));
+      if (present.ok()) {
+        found.push_back(g);
+      } else if (!absl::IsNotFound(present)) {
+        return present;  // an HSM that cannot say must not pick an older one
+      }
     }
     if (!found.empty()) {
       KekState rewrapping = *state;
       rewrapping.phase = KekPhase::kRewrapping;
       rewrapping.phase_started = Millis(manager->options_.now());
       rewrapping.other = manager->LabelOf(found.back());
+      for (size_t i = 0; i + 1 < found.size(); ++i) {
+        rewrapping.retained.emplace_back(found[i], manager->LabelOf(found[i]));
+      }
+      if (rewrapping.retained.size() + 1 > kMaxRetainedKeks) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "rolling forward after the restore would retain more than ",
+            kMaxRetainedKeks, " KEKs"));
+      }
       state = manager->Write(*state, std::move(rewrapping));
       if (!state.ok()) return state.status();
       absl::StatusOr<std::string> done = manager->Complete(*std::move(state));
@@ -201,25 +216,25 @@ absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(
       report->adopted = static_cast<uint32_t>(found.size());
       state = ReadKekState(keys);
       if (!state.ok()) return state.status();
-      KekState with_skipped = *state;
-      for (size_t i = 0; i + 1 < found.size(); ++i) {
-        if (with_skipped.retained.size() >= kMaxRetainedKeks) break;
-        with_skipped.retained.emplace_back(found[i],
-                                           manager->LabelOf(found[i]));
-      }
-      if (with_skipped.retained.size() != state->retained.size()) {
-        state = manager->Write(*state, std::move(with_skipped));
-        if (!state.ok()) return state.status();
-      }
     }
-  } else {
-    // A KEK of the next generation exists only if a rotation crashed before
-    // naming it: nothing is wrapped under it.
+  } else if (state->phase == KekPhase::kSteady) {
+    // A KEK of the next generation exists if a rotation crashed before
+    // naming it (nothing is wrapped under it), or, while backups are kept,
+    // because this directory's vault rotated on another timeline (a
+    // directory moved back after a restore): then backups may need it, so
+    // it stays and the next rotation uses it.
     const std::string next = manager->LabelOf(state->generation + 1);
     absl::Status orphan = wrapper->CheckKek(next);
     if (orphan.ok()) {
-      if (absl::Status s = wrapper->DestroyKek(next); !s.ok()) return s;
-      report->rolled_back = true;
+      if (manager->options_.retain_old_keks) {
+        util::LogError(absl::StrCat(
+            "ALERT KEK \"", next,
+            "\" is in the HSM but not named by the KEK state; kept, since "
+            "backups may need it (the next rotation uses it)"));
+      } else {
+        if (absl::Status s = wrapper->DestroyKek(next); !s.ok()) return s;
+        report->rolled_back = true;
+      }
     }
   }
   if (absl::Status s = wrapper->CheckKek(state->current); !s.ok()) return s;
@@ -296,7 +311,10 @@ absl::StatusOr<std::string> KekManager::Rotate() const {
     if (next.size() > kMaxKekLabelBytes) {
       return absl::FailedPreconditionError("next KEK label is too long");
     }
-    if (absl::Status s = wrapper_->CreateKek(next); !s.ok()) return s;
+    // A KEK a crashed attempt (or another timeline) left is reused.
+    if (!wrapper_->CheckKek(next).ok()) {
+      if (absl::Status s = wrapper_->CreateKek(next); !s.ok()) return s;
+    }
     KekState rewrapping = *state;
     rewrapping.phase = KekPhase::kRewrapping;
     rewrapping.phase_started = Millis(options_.now());

@@ -63,7 +63,8 @@ absl::StatusOr<LostRecords> ReadLost(const storage::StoreView& old,
 }
 
 std::string UtcStamp(absl::Time t) {
-  return absl::FormatTime("%Y%m%dT%H%M%SZ", t, absl::UTCTimeZone());
+  // Milliseconds: two restores in one second must not collide.
+  return absl::FormatTime("%Y%m%dT%H%M%E3SZ", t, absl::UTCTimeZone());
 }
 
 }  // namespace
@@ -155,6 +156,13 @@ absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
         "keep it; otherwise it is an unused restored copy. Nothing was "
         "changed"));
   }
+  if (RestorePending(data_dir)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        data_dir,
+        " holds a restore that was never started: start the vault once so "
+        "that it records that restore (and what it lost), then restore "
+        "again; nothing was changed"));
+  }
   const std::string aside =
       absl::StrCat(data_dir, ".before-restore-", UtcStamp(options.now));
   if (std::filesystem::exists(std::filesystem::symlink_status(aside, ec))) {
@@ -191,20 +199,21 @@ absl::StatusOr<v1::RestoreRecord> RestoreFromBackup(
       !s.ok()) {
     return s;
   }
+  // Written before the exchange, at a path known now: a crash after it
+  // must not lose the list.
+  if (!undone.empty()) {
+    if (absl::Status s = storage::WriteFileDurably(
+            aside + ".deletions-undone", absl::StrJoin(undone, "\n") + "\n");
+        !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s = storage::RenameDurably(partial, restoring); !s.ok()) {
     return s;
   }
   absl::StatusOr<std::string> moved =
       storage::SwapInDirectory(restoring, data_dir, aside);
   if (!moved.ok()) return moved.status();
-  if (!undone.empty() && !moved->empty()) {
-    if (absl::Status s = storage::WriteFileDurably(
-            *moved + ".deletions-undone", absl::StrJoin(undone, "\n") + "\n");
-        !s.ok()) {
-      util::LogError(
-          absl::StrCat("cannot list the undone deletions: ", s.message()));
-    }
-  }
   return record;
 }
 
@@ -240,17 +249,41 @@ absl::Status RecordRestore(const std::string& data_dir,
                            const audit::AuditLog& log,
                            const storage::AuditStore& store, absl::Time now) {
   // A crash after the append and before the removal repeats this: the
-  // record is then already the trail's last.
+  // RESTORE event is then already where it goes (after the lost range, or
+  // after the backup's head when the range is unknown).
   bool appended = false;
-  absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> last =
-      store.LastAuditRecord();
-  if (!last.ok()) return last.status();
-  if (last->has_value()) {
-    absl::StatusOr<audit::AuditEvent> e =
-        audit::DecodeAuditEvent((*last)->second);
-    appended = e.ok() && e->event_type() == v1::RESTORE &&
-               audit::SerializeDeterministic(e->restore()) ==
-                   audit::SerializeDeterministic(record);
+  for (uint64_t at :
+       {record.lost_through() + 1, record.backup_head().sequence() + 1}) {
+    if (at <= 1 || appended) continue;
+    absl::Status scanned =
+        store.ScanAudit(at, [&](uint64_t sequence, absl::string_view stored) {
+          absl::StatusOr<audit::AuditEvent> e = audit::DecodeAuditEvent(stored);
+          appended = sequence == at && e.ok() &&
+                     e->event_type() == v1::RESTORE &&
+                     audit::SerializeDeterministic(e->restore()) ==
+                         audit::SerializeDeterministic(record);
+          return false;
+        });
+    if (!scanned.ok()) return scanned;
+  }
+  if (!appended) {
+    // Otherwise the trail must end where the backup did: a marker from
+    // another restore (replayed, or left in a directory moved back) must
+    // not be recorded against this trail.
+    absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> last =
+        store.LastAuditRecord();
+    if (!last.ok()) return last.status();
+    absl::StatusOr<std::string> mac =
+        last->has_value() ? audit::RecordMac((*last)->second)
+                          : absl::StatusOr<std::string>(std::string());
+    if (!mac.ok() || !last->has_value() ||
+        (*last)->first != record.backup_head().sequence() ||
+        *mac != record.backup_head().mac()) {
+      return absl::DataLossError(
+          absl::StrCat("the restore marker names backup ", record.backup_id(),
+                       " with audit head ", record.backup_head().sequence(),
+                       ", and the trail does not end there: not starting"));
+    }
   }
   if (!appended) {
     audit::AuditEvent event = audit::ServerEvent(v1::RESTORE, now);

@@ -528,7 +528,7 @@ TEST_F(BackupRestoreTest, RestoreIsRefusedWhileTheVaultRuns) {
   const auto files = Listing(env_->data_dir());
   ToolRun restore = Cardvaultd("--restore_backup=1");
   EXPECT_NE(restore.exit_code, 0);
-  EXPECT_THAT(restore.output, HasSubstr("stop the vault before restoring"));
+  EXPECT_THAT(restore.output, HasSubstr("is in use"));
   EXPECT_THAT(Client("pos")->Tokenize(CardFor("4111111111111111")), IsOk());
   Stop();
   EXPECT_FALSE(std::filesystem::exists(env_->data_dir() + ".restoring"));
@@ -536,6 +536,42 @@ TEST_F(BackupRestoreTest, RestoreIsRefusedWhileTheVaultRuns) {
                 .count(env_->data_dir() + "/" + "RESTORE-PENDING"),
             0u);
   (void)files;
+}
+
+TEST_F(BackupRestoreTest, ARestoreMarkerIsRecordedOnceAndOnlyOnItsTrail) {
+  Start();
+  TokenizeAll(testing::MakePans(4, 8));
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());  // 1
+  TokenizeAll(testing::MakePans(4, 18));
+  ASSERT_THAT(Client("admin")->CreateBackup(), IsOk());  // 2
+  Stop();
+  ASSERT_EQ(Cardvaultd("--restore_backup=2").exit_code, 0);
+  // A second restore before the first was started would lose what the
+  // first one recorded as lost: refused.
+  ToolRun again = Cardvaultd("--restore_backup=1");
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_THAT(again.output, HasSubstr("never started"));
+  const std::string marker = env_->data_dir() + "/RESTORE-PENDING";
+  const std::string second = testing::ReadFileOrEmpty(marker);
+  ASSERT_FALSE(second.empty());
+  Start();
+  Stop();
+  EXPECT_FALSE(std::filesystem::exists(marker));
+  // The same marker put back: already recorded, so removed, not recorded
+  // twice.
+  std::ofstream(marker, std::ios::binary) << second;
+  Start();
+  EXPECT_EQ(Events(v1::RESTORE).size(), 1u);
+  Stop();
+  EXPECT_FALSE(std::filesystem::exists(marker));
+  // A valid marker of another restore, on a trail that does not end at its
+  // backup's head (backup 1 restored, backup 2's marker planted): refused.
+  ASSERT_EQ(Cardvaultd("--restore_backup=1").exit_code, 0);
+  std::ofstream(marker, std::ios::binary | std::ios::trunc) << second;
+  auto server = testing::ServerProcess::Start(env_->config_path(), log_, port_);
+  EXPECT_FALSE(server.ok());
+  EXPECT_THAT(testing::ReadFileOrEmpty(log_),
+              HasSubstr("the trail does not end there"));
 }
 
 TEST_F(BackupRestoreTest, OfflineVerifyPrintsJsonAndExitStatus) {

@@ -120,13 +120,15 @@ TEST_F(TokenLifecycleEndToEndTest, ConcurrentDeterministicCallsGiveOneToken) {
       // has failed (UNAVAILABLE, the call never sent); a client retries
       // both, as any would. What is asserted is one token for all.
       absl::StatusOr<v1::TokenizeResponse> t;
-      for (int attempt = 0; attempt < 5; ++attempt) {
+      // Retries outlast gRPC's first reconnect backoff (1 s with jitter),
+      // during which a channel whose handshake failed fails fast.
+      for (int attempt = 0; attempt < 8; ++attempt) {
         t = clients[i]->Tokenize(r);
         if (!absl::IsResourceExhausted(t.status()) &&
             !absl::IsUnavailable(t.status())) {
           break;
         }
-        absl::SleepFor(absl::Milliseconds(50));
+        absl::SleepFor(absl::Milliseconds(300));
       }
       if (t.ok()) {
         tokens[i] = t->token();

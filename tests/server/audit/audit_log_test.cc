@@ -16,6 +16,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/merge_operator.h"
 #include "server/storage/rocksdb_storage.h"
+#include "tests/testing/eventually.h"
 #include "tests/testing/fault_injecting_store.h"
 #include "tests/testing/status_matchers.h"
 
@@ -785,6 +786,25 @@ TEST_F(AuditLogTest, PurgeBeforeTheRetentionPeriodIsDetected) {
   ASSERT_THAT(report, IsOk());
   EXPECT_FALSE(report->intact);
   EXPECT_THAT(report->problem, HasSubstr("before the retention period"));
+}
+
+TEST_F(AuditLogTest, DeferredJobsLeaveTheFirstRecordToTheRestore) {
+  const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
+  for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
+  Reopen('k', {.purge_interval = absl::Hours(1),
+               .resume_after_sequence = 9,
+               .defer_background_jobs = true});
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_THAT(Sequences(*log_), ::testing::ElementsAre(1, 2, 3, 4));
+  // A failed write does not move the log back into the lost range.
+  faults_->FailCommits(true);
+  EXPECT_FALSE(log_->Append(Event("x")).ok());
+  faults_->FailCommits(false);
+  ASSERT_THAT(log_->Append(Event("restore stands in")), IsOk());
+  EXPECT_THAT(Sequences(*log_), ::testing::ElementsAre(1, 2, 3, 4, 10));
+  log_->StartBackgroundJobs();
+  ASSERT_TRUE(testing::Eventually(
+      absl::Seconds(10), [&] { return Sequences(*log_).front() != 1; }));
 }
 
 }  // namespace

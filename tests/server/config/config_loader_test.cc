@@ -78,9 +78,16 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
       {absl::StrCat(kGood, "backup { directory: \"/b\" interval_seconds: 30 }"),
        "backup.interval_seconds"},
       {absl::StrCat(kGood, "backup { directory: \"/data\" }"),
-       "backup.directory must be outside"},
+       "must be outside storage.data_dir"},
       {absl::StrCat(kGood, "backup { directory: \"/data/backups\" }"),
-       "backup.directory must be outside"},
+       "backup.directory /data/backups must be outside"},
+      {absl::StrCat(kGood,
+                    "backup { directory: \"/b\" staging_directory: \"/\" }"),
+       "backup.staging_directory"},
+      {absl::StrCat(kGood,
+                    "backup { directory: \"/b\" staging_directory: "
+                    "\"/b/stage\" }"),
+       "backup.staging_directory"},
   };
   for (const auto& [text, field] : cases) {
     EXPECT_THAT(ParseConfig(text, "c"),

@@ -295,6 +295,24 @@ TEST_F(BackupsTest, AVerificationAskedForWhileOneRunsIsRefused) {
   EXPECT_EQ(refused, 1);
 }
 
+TEST_F(BackupsTest, AScheduledBackupThatCannotStartCountsAsAFailure) {
+  SlowBackupStore slow;
+  backups_ = *Backups::Create({.store = &slow,
+                               .wrapper = &wrapper_,
+                               .policy = policy_.get(),
+                               .audit = audit_.get()},
+                              {.interval = absl::Milliseconds(300)});
+  // An admin's backup (started well before the first tick) hangs; the
+  // ticks that find it running are missed scheduled backups (an ALERT line
+  // and the failure metric each).
+  std::thread admin([&] { (void)backups_->Create(Named("admin")); });
+  slow.started.WaitForNotification();
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(10),
+                                  [&] { return backups_->failures() >= 2; }));
+  slow.release.Notify();
+  admin.join();
+}
+
 TEST_F(BackupsTest, KeepDeletesTheOldestAfterEachBackup) {
   UseRealStore({.keep = 2});
   for (int i = 0; i < 4; ++i) ASSERT_THAT(backups_->TakeBackup("test"), IsOk());

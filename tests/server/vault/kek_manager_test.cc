@@ -390,6 +390,27 @@ TEST_F(KekManagerTest, AfterARestoreADestroyedGenerationIsSkipped) {
   EXPECT_EQ((*kek)->State()->generation, 4u);
 }
 
+TEST_F(KekManagerTest, WithBackupsAnUnnamedNextKekIsKeptAndUsedNext) {
+  auto kek = KekManager::Open(db_.get(), wrapper_.get(),
+                              {.initial_label = kKek, .retain_old_keks = true});
+  ASSERT_THAT(kek, IsOk());
+  const std::map<std::string, std::string> keys = MakeKeys(**kek);
+  // A KEK of the next generation the state does not name: a crashed
+  // rotation's, or one another timeline of this vault rotated to.
+  ASSERT_THAT(wrapper_->CreateKek(kNextKek), IsOk());
+  KekManager::OpenReport report;
+  kek = KekManager::Open(db_.get(), wrapper_.get(),
+                         {.initial_label = kKek, .retain_old_keks = true},
+                         &report);
+  ASSERT_THAT(kek, IsOk());
+  EXPECT_FALSE(report.rolled_back);
+  EXPECT_THAT(wrapper_->keks(), ElementsAre(kKek, kNextKek));
+  auto label = (*kek)->Rotate();
+  ASSERT_THAT(label, IsOk());
+  EXPECT_EQ(*label, kNextKek);
+  EXPECT_EQ(LoadKeys(**kek), keys);
+}
+
 TEST_F(KekManagerTest, ReadOnlyOpenWritesNothingAndNamesAMissingKek) {
   ASSERT_THAT(Open(), IsOk());
   auto before = db_->ListKeys();
