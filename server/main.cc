@@ -157,8 +157,17 @@ int RunBackupTool(const config::ServerConfig& cfg,
   if (const uint32_t id = absl::GetFlag(FLAGS_verify_backup); id != 0) {
     // Returns rather than exits: the backup engine's threads must be
     // joined before the process ends.
+    // The stopped vault's own trail, if there is one, says which deletions
+    // a restore of this backup would undo.
+    std::unique_ptr<storage::StoreView> live;
+    if (absl::StatusOr<std::unique_ptr<storage::StoreView>> opened =
+            storage::OpenReadOnlyView(cfg.storage().data_dir());
+        opened.ok()) {
+      live = *std::move(opened);
+    }
     absl::StatusOr<vault::BackupVerification> verified =
-        vault::VerifyBackup(*backups, id, wrapper, BackupVerifyOptions(cfg));
+        vault::VerifyBackup(*backups, id, wrapper, BackupVerifyOptions(cfg),
+                            live ? &live->audit() : nullptr);
     if (!verified.ok()) {
       util::LogError(
           absl::StrCat("verify backup: ", verified.status().ToString()));
@@ -401,7 +410,8 @@ int Run(const sigset_t& stop_signals) {
                   {.store = backup_store.get(),
                    .wrapper = wrapper.get(),
                    .policy = &policy,
-                   .audit = audit_log.get()},
+                   .audit = audit_log.get(),
+                   .live_trail = storage.get()},
                   {.interval = absl::Seconds(cfg.backup().interval_seconds()),
                    .keep = cfg.backup().keep(),
                    .verify = BackupVerifyOptions(cfg)}),

@@ -51,6 +51,7 @@ void VerificationToProto(const vault::BackupVerification& v,
   out->set_records_total(v.records_total);
   ChainReportToProto(v.chain, out->mutable_chain());
   BackupToProto(v.backup, out->mutable_backup());
+  out->set_deletions_after(v.deletions_after);
 }
 
 absl::StatusOr<auth::Caller> BackupAdminService::Admit(

@@ -15,6 +15,7 @@
 #include "server/vault/card_record.h"
 #include "server/vault/kek_manager.h"
 #include "server/vault/key_ring.h"
+#include "server/vault/restore.h"
 #include "server/vault/wrapped_keys.h"
 
 namespace cardvault::vault {
@@ -69,7 +70,8 @@ absl::StatusOr<std::vector<BackupSummary>> ListBackups(
 
 absl::StatusOr<BackupVerification> VerifyBackup(
     const storage::BackupStore& store, uint32_t id,
-    const hsm::KeyWrapper& wrapper, const VerifyOptions& options) {
+    const hsm::KeyWrapper& wrapper, const VerifyOptions& options,
+    const storage::AuditStore* live_trail) {
   BackupVerification v;
   v.id = id;
   absl::StatusOr<storage::StoredBackup> stored = store.Get(id);
@@ -205,6 +207,11 @@ absl::StatusOr<BackupVerification> VerifyBackup(
       problem(absl::StrCat(failed, " of ", failed + v.records_opened,
                            " card records opened do not open"));
     }
+  }
+  if (live_trail != nullptr && v.backup.manifest_ok) {
+    absl::StatusOr<std::vector<std::string>> deleted = TokensDeletedAfter(
+        *live_trail, v.backup.manifest.audit_head_sequence());
+    if (deleted.ok()) v.deletions_after = static_cast<int64_t>(deleted->size());
   }
   v.ok = v.problems.empty();
   return v;
@@ -415,7 +422,8 @@ absl::StatusOr<BackupVerification> Backups::Verify(const auth::Caller& caller,
     VerifyOptions verify = options_.verify;
     verify.all_records = all_records;
     verify.now = options_.now();
-    v = VerifyBackup(*deps_.store, id, *deps_.wrapper, verify);
+    v = VerifyBackup(*deps_.store, id, *deps_.wrapper, verify,
+                     deps_.live_trail);
   }
   verifying_ = false;
   const std::string outcome =

@@ -65,6 +65,9 @@ struct BackupVerification {
   uint64_t records_total = 0;
   audit::ChainReport chain;
   BackupSummary backup;
+  // Tokens deleted after the backup's head, per the live trail (-1: not
+  // read).
+  int64_t deletions_after = -1;
 };
 
 struct VerifyOptions {
@@ -81,9 +84,12 @@ struct VerifyOptions {
 
 // Verifies backup `id` of `store` (see the header comment). The result says
 // what failed; a status other than OK only for an unknown id (NOT_FOUND).
+// `live_trail`, when given, is the vault's own trail, read to count the
+// deletions a restore of the backup would undo.
 absl::StatusOr<BackupVerification> VerifyBackup(
     const storage::BackupStore& store, uint32_t id,
-    const hsm::KeyWrapper& wrapper, const VerifyOptions& options);
+    const hsm::KeyWrapper& wrapper, const VerifyOptions& options,
+    const storage::AuditStore* live_trail = nullptr);
 
 // The backups of `store` with their manifests, oldest first.
 absl::StatusOr<std::vector<BackupSummary>> ListBackups(
@@ -109,6 +115,8 @@ class Backups {
     const hsm::KeyWrapper* wrapper = nullptr;
     const auth::PolicyHolder* policy = nullptr;
     const audit::AuditLog* audit = nullptr;
+    // The live trail, for the deletions a restore would undo (may be null).
+    const storage::AuditStore* live_trail = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<Backups>> Create(Dependencies deps,

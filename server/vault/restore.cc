@@ -48,17 +48,10 @@ absl::StatusOr<LostRecords> ReadLost(const storage::StoreView& old,
   lost.through = (*last)->first;
   absl::StatusOr<std::string> mac = audit::RecordMac((*last)->second);
   if (mac.ok()) lost.head_mac = *mac;
-  absl::Status scanned =
-      old.audit().ScanAudit(head + 1, [&](uint64_t, absl::string_view record) {
-        absl::StatusOr<audit::AuditEvent> e = audit::DecodeAuditEvent(record);
-        if (e.ok() && e->event_type() == v1::DELETE_TOKEN &&
-            e->status_code() == 0 &&
-            absl::StartsWith(e->detail(), "deleted record")) {
-          lost.deleted_tokens.push_back(e->token());
-        }
-        return true;
-      });
-  if (!scanned.ok()) return scanned;
+  absl::StatusOr<std::vector<std::string>> deleted =
+      TokensDeletedAfter(old.audit(), head);
+  if (!deleted.ok()) return deleted.status();
+  lost.deleted_tokens = *std::move(deleted);
   return lost;
 }
 
@@ -68,6 +61,23 @@ std::string UtcStamp(absl::Time t) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<std::string>> TokensDeletedAfter(
+    const storage::AuditStore& trail, uint64_t head) {
+  std::vector<std::string> tokens;
+  absl::Status scanned =
+      trail.ScanAudit(head + 1, [&](uint64_t, absl::string_view record) {
+        absl::StatusOr<audit::AuditEvent> e = audit::DecodeAuditEvent(record);
+        if (e.ok() && e->event_type() == v1::DELETE_TOKEN &&
+            e->status_code() == 0 &&
+            absl::StartsWith(e->detail(), "deleted record")) {
+          tokens.push_back(e->token());
+        }
+        return true;
+      });
+  if (!scanned.ok()) return scanned;
+  return tokens;
+}
 
 bool RestorePending(const std::string& data_dir) {
   std::error_code ec;

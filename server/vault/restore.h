@@ -41,6 +41,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -78,6 +79,12 @@ struct RestoreOptions {
 absl::StatusOr<::cardvault::v1::RestoreRecord> RestoreFromBackup(
     const RestoreDependencies& deps, uint32_t backup_id,
     const RestoreOptions& options);
+
+// The tokens `trail` records as deleted (DeleteToken calls that removed a
+// record) after sequence `head`: what a restore of a backup with that head
+// brings back.
+absl::StatusOr<std::vector<std::string>> TokensDeletedAfter(
+    const storage::AuditStore& trail, uint64_t head);
 
 // Whether `data_dir` holds a restore marker (its first start after a
 // restore): the KEK manager then rolls forward to newer KEKs.

@@ -259,6 +259,12 @@ TEST_F(BackupRestoreTest, RestoreDrillBringsBackTheBackupAndRecordsIt) {
   for (int i = 0; i < 5; ++i) {
     EXPECT_THAT(pos->DeleteToken(n_tokens[i]), IsOk());
   }
+  // Verify says how many deletions a restore of the backup would undo.
+  absl::StatusOr<v1::BackupVerification> v =
+      Client("admin")->VerifyBackup(1, false);
+  ASSERT_THAT(v, IsOk());
+  EXPECT_TRUE(v->ok());
+  EXPECT_EQ(v->deletions_after(), 5);
   absl::StatusOr<v1::VerifyChainResponse> before_restore =
       Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(before_restore, IsOk());
