@@ -89,17 +89,6 @@ bool VerifyBackupManifestMac(absl::string_view bytes,
                     bytes.substr(1, kManifestMacBytes));
 }
 
-uint32_t KekGenerationOf(absl::string_view label) {
-  const size_t slash = label.rfind('/');
-  uint32_t generation = 0;
-  if (slash != absl::string_view::npos && label.size() - slash == 9 &&
-      absl::SimpleHexAtoi(label.substr(slash + 1), &generation) &&
-      generation > 1) {
-    return generation;
-  }
-  return 1;
-}
-
 absl::StatusOr<BackupManifest> DescribeStore(const storage::StoreView& view,
                                              absl::Time now) {
   BackupManifest m;

@@ -60,10 +60,6 @@ bool VerifyBackupManifestMac(absl::string_view bytes,
 absl::StatusOr<BackupManifest> DescribeStore(const storage::StoreView& view,
                                              absl::Time now);
 
-// The KEK generation a label names: "<stem>/<8 hex digits>" is that
-// generation, any other label generation 1 (kek_manager.h).
-uint32_t KekGenerationOf(absl::string_view label);
-
 // Differences between two manifests' table digests, one line each (empty:
 // the same data).
 std::vector<std::string> CompareTableDigests(const BackupManifest& expected,

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -129,15 +130,24 @@ std::string KekManager::LabelOf(uint32_t generation) const {
   return absl::StrFormat("%s/%08x", options_.initial_label, generation);
 }
 
-uint32_t KekManager::GenerationOf(absl::string_view label) const {
-  absl::string_view rest = label;
+uint32_t KekGenerationOf(absl::string_view label) {
+  const size_t slash = label.rfind('/');
   uint32_t generation = 0;
-  if (absl::ConsumePrefix(&rest, options_.initial_label) &&
-      absl::ConsumePrefix(&rest, "/") && rest.size() == 8 &&
-      absl::SimpleHexAtoi(rest, &generation) && generation > 1) {
+  if (slash != absl::string_view::npos && label.size() - slash == 9 &&
+      absl::SimpleHexAtoi(label.substr(slash + 1), &generation) &&
+      generation > 1) {
     return generation;
   }
   return 1;
+}
+
+uint32_t KekManager::GenerationOf(absl::string_view label) const {
+  // Only this vault's stem names a later generation.
+  if (label.size() != options_.initial_label.size() + 9 ||
+      !absl::StartsWith(label, absl::StrCat(options_.initial_label, "/"))) {
+    return 1;
+  }
+  return KekGenerationOf(label);
 }
 
 absl::StatusOr<std::unique_ptr<KekManager>> KekManager::Open(

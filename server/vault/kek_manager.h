@@ -91,6 +91,10 @@ struct KekState {
   }
 };
 
+// The KEK generation a label names: "<stem>/<8 hex digits>" is that
+// generation, any other label generation 1 (the first KEK's).
+uint32_t KekGenerationOf(absl::string_view label);
+
 std::string EncodeKekState(const KekState& state);
 // DATA_LOSS for a malformed record.
 absl::StatusOr<KekState> DecodeKekState(absl::string_view record);

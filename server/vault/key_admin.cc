@@ -369,30 +369,30 @@ absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
   return outcome;
 }
 
-std::vector<uint32_t> KeyAdmin::BackupsNeeding(absl::string_view label) const {
+std::vector<uint32_t> KeyAdmin::BackupsWhere(
+    const std::function<bool(const BackupManifest&)>& holds) const {
   std::vector<uint32_t> out;
   if (deps_.backups == nullptr) return out;
   absl::StatusOr<std::vector<BackupSummary>> all = ListBackups(*deps_.backups);
   if (!all.ok()) return out;
   for (const BackupSummary& b : *all) {
-    for (const auto& k : b.manifest.keks()) {
-      if (k.label() == label) out.push_back(b.stored.id);
-    }
+    if (holds(b.manifest)) out.push_back(b.stored.id);
   }
   return out;
 }
 
+std::vector<uint32_t> KeyAdmin::BackupsNeeding(absl::string_view label) const {
+  return BackupsWhere([&](const BackupManifest& m) {
+    return std::any_of(m.keks().begin(), m.keks().end(),
+                       [&](const auto& k) { return k.label() == label; });
+  });
+}
+
 std::vector<uint32_t> KeyAdmin::BackupsHoldingDataKey(uint32_t version) const {
-  std::vector<uint32_t> out;
-  if (deps_.backups == nullptr) return out;
-  absl::StatusOr<std::vector<BackupSummary>> all = ListBackups(*deps_.backups);
-  if (!all.ok()) return out;
-  for (const BackupSummary& b : *all) {
-    for (uint32_t v : b.manifest.data_key_versions()) {
-      if (v == version) out.push_back(b.stored.id);
-    }
-  }
-  return out;
+  return BackupsWhere([&](const BackupManifest& m) {
+    return std::find(m.data_key_versions().begin(), m.data_key_versions().end(),
+                     version) != m.data_key_versions().end();
+  });
 }
 
 absl::StatusOr<std::vector<Operation>> KeyAdmin::ListOperations(

@@ -29,6 +29,7 @@
 #include "server/audit/audit_log.h"
 #include "server/auth/access_policy.h"
 #include "server/storage/backup_store.h"
+#include "server/vault/backup_manifest.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/reencryptor.h"
 #include "server/vault/vault.h"
@@ -126,6 +127,9 @@ class KeyAdmin {
   // Runs an approved operation; what it did.
   absl::StatusOr<std::string> Execute(const Operation& op) const;
   void ExpireLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ids of the backups whose manifest `holds` says yes to.
+  std::vector<uint32_t> BackupsWhere(
+      const std::function<bool(const BackupManifest&)>& holds) const;
   // Ids of the backups whose wrapped keys need KEK `label`.
   std::vector<uint32_t> BackupsNeeding(absl::string_view label) const;
   // Ids of the backups that hold data key `version` (not destroyed there).
