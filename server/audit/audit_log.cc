@@ -123,16 +123,20 @@ absl::StatusOr<uint32_t> RecordKeyVersion(absl::string_view record) {
 }
 
 absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
-    const storage::AuditStore* store, const storage::RecordStore* records,
+    const storage::AuditStore* store, const storage::TransactionalStore* writer,
     std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
     Options options) {
-  if (store == nullptr || records == nullptr || key == nullptr ||
+  if (store == nullptr || writer == nullptr || key == nullptr ||
       options.max_batch == 0 || options.max_pending_events == 0) {
     return absl::InvalidArgumentError("bad audit log arguments");
   }
-  std::unique_ptr<AuditLog> log(new AuditLog(
-      store, records, std::move(key), key_version, options, 1, kZeroMac));
-  if (absl::Status s = log->ReloadHead(); !s.ok()) return s;
+  // The head must be readable before anything is accepted.
+  if (absl::StatusOr<storage::ChainHead> head = writer->ChainHeadNow();
+      !head.ok()) {
+    return head.status();
+  }
+  std::unique_ptr<AuditLog> log(
+      new AuditLog(store, writer, std::move(key), key_version, options));
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
   log->completer_ = std::thread([raw = log.get()] { raw->CompletionLoop(); });
   if (!options.defer_background_jobs) log->StartBackgroundJobs();
@@ -165,18 +169,15 @@ void AuditLog::StartBackgroundJobs() {
 }
 
 AuditLog::AuditLog(const storage::AuditStore* store,
-                   const storage::RecordStore* records,
+                   const storage::TransactionalStore* writer,
                    std::unique_ptr<crypto::HmacSha256> key,
-                   uint32_t key_version, Options options,
-                   uint64_t next_sequence, std::string last_mac)
+                   uint32_t key_version, Options options)
     : store_(store),
-      records_(records),
+      writer_store_(writer),
       key_(std::move(key)),
       key_version_(key_version),
       options_(options),
       marker_(key_.get()),
-      next_sequence_(next_sequence),
-      last_mac_(std::move(last_mac)),
       refusals_(options.refusals) {}
 
 AuditLog::~AuditLog() {
@@ -199,22 +200,6 @@ void AuditLog::WriteRefusalSummaries() const {
     if (!Append(e).ok()) unwritten.push_back(std::move(e));
   }
   if (!unwritten.empty()) refusals_.PutBack(std::move(unwritten));
-}
-
-absl::Status AuditLog::ReloadHead() {
-  auto last = store_->LastAuditRecord();
-  if (!last.ok()) return last.status();
-  if (!last->has_value()) {
-    next_sequence_ = options_.resume_after_sequence + 1;
-    last_mac_ = kZeroMac;
-    return absl::OkStatus();
-  }
-  absl::StatusOr<ParsedRecord> parsed = ParseRecord((*last)->second);
-  if (!parsed.ok()) return parsed.status();
-  // Never back into a restore's lost range, even after a failed write.
-  next_sequence_ = std::max((*last)->first, options_.resume_after_sequence) + 1;
-  last_mac_ = std::string(parsed->mac);
-  return absl::OkStatus();
 }
 
 absl::Status AuditLog::Append(AuditEvent event, Mutation mutation,
@@ -259,7 +244,7 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
     const absl::Time now = options_.now();
     for (Entry& e : entries) {
       if (!e.mutation.conditions.empty() || !e.mutation.writes.empty() ||
-          !e.mutation.key_uses.empty()) {
+          !e.mutation.counter_adds.empty()) {
         continue;
       }
       probe.set_status_code(e.event.status_code());
@@ -273,7 +258,7 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
   if (!batch_call.has_value() && entries.size() == 1) {
     const Entry& e = entries[0];
     if (e.mutation.conditions.empty() && e.mutation.writes.empty() &&
-        e.mutation.key_uses.empty() && IsSummarisableRefusal(e.event) &&
+        e.mutation.counter_adds.empty() && IsSummarisableRefusal(e.event) &&
         !refusals_.Admit(e.event, options_.now())) {
       ++summarised_refusals_;
       entries[0].result = absl::OkStatus();
@@ -285,6 +270,10 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
   pending->entries = std::move(entries);
   pending->done = std::move(done);
   pending->batch = std::move(batch_call);
+  Enqueue(std::move(pending));
+}
+
+void AuditLog::Enqueue(std::unique_ptr<Pending> pending) const {
   {
     absl::MutexLock lock(&mu_);
     const size_t n = pending->entries.size();
@@ -353,137 +342,180 @@ void AuditLog::CompletionLoop() {
   }
 }
 
-void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
-  storage::WriteSet writes;
-  std::vector<Entry*> included;
-  // Reserved so that records stay where they are: `overlay` refers to them.
-  size_t record_writes = 0;
-  for (const std::unique_ptr<Pending>& p : batch) {
-    for (const Entry& e : p->entries) record_writes += e.mutation.writes.size();
-  }
-  writes.records.reserve(record_writes);
-  // The last value this write sets for each (table, key), by its position in
-  // `writes.records`: later conditions in the same write see it.
-  absl::flat_hash_map<std::pair<storage::Table, absl::string_view>, size_t>
-      overlay;
-  // Whether `c` holds, or the read error that prevents knowing.
-  auto holds = [&](const Mutation::Condition& c) -> absl::StatusOr<bool> {
-    if (auto it = overlay.find(std::pair(c.table, absl::string_view(c.key)));
-        it != overlay.end()) {
-      return writes.records[it->second].value == c.expected;
-    }
-    absl::StatusOr<std::string> stored = records_->Get(c.table, c.key);
-    if (stored.ok()) return c.expected.has_value() && *stored == *c.expected;
-    if (absl::IsNotFound(stored.status())) return !c.expected.has_value();
-    return stored.status();
-  };
-  // One counter update per key per write, however many records.
-  absl::flat_hash_map<std::string, uint64_t> uses;
-  uint64_t sequence = next_sequence_;
-  std::string mac = last_mac_;
-  // Whether `e`'s conditions hold (its result says why not).
-  auto admit = [&](Entry& e) {
-    e.result = absl::OkStatus();
-    e.failed_condition = -1;
-    const std::vector<Mutation::Condition>& conditions = e.mutation.conditions;
-    for (size_t i = 0; i < conditions.size() && e.result.ok(); ++i) {
-      absl::StatusOr<bool> ok = holds(conditions[i]);
-      if (!ok.ok()) {
-        e.result = absl::UnavailableError("storage unavailable");
-      } else if (!*ok) {
-        e.result = absl::AbortedError("a write condition did not hold");
-        e.failed_condition = static_cast<int>(i);
+// Chains the events of a group of pending appends as the store admits
+// their mutations: the describer of one group commit.
+class AuditLog::GroupChainer : public storage::GroupDescriber {
+ public:
+  GroupChainer(const AuditLog& log,
+               const std::vector<std::unique_ptr<Pending>>& batch)
+      : log_(log), batch_(batch) {
+    for (size_t p = 0; p < batch.size(); ++p) {
+      for (size_t e = 0; e < batch[p]->entries.size(); ++e) {
+        position_.emplace_back(p, e);
+        group_.push_back(std::move(batch[p]->entries[e].mutation));
       }
     }
-    return e.result.ok();
-  };
-  // Adds `e`'s writes to this write.
-  auto apply = [&](Entry& e) {
-    for (storage::RecordWrite& w : e.mutation.writes) {
-      writes.records.push_back(std::move(w));
-      const storage::RecordWrite& added = writes.records.back();
-      overlay[std::pair(added.table, absl::string_view(added.key))] =
-          writes.records.size() - 1;
+  }
+
+  // The mutations of every entry, in group order.
+  absl::Span<const storage::Transaction> group() const { return group_; }
+
+  void Begin(const storage::ChainHead& head) override {
+    // Never back into a restore's lost range, even after a failed write.
+    sequence_ =
+        std::max(head.sequence, log_.options_.resume_after_sequence) + 1;
+    mac_ = head.sequence == 0 ? kZeroMac : head.mac;
+    append_ = {};
+    included_.clear();
+    // Items taken into a batch event on an earlier attempt go back.
+    absl::flat_hash_map<Pending*, int> next_item;
+    for (auto& [pending, entry] : taken_) {
+      PutBack(*entry,
+              std::move(*pending->batch->mutable_items(next_item[pending]++)));
     }
-    for (const auto& [key_id, n] : e.mutation.key_uses) uses[key_id] += n;
-    included.push_back(&e);
-  };
+    taken_.clear();
+    for (const std::unique_ptr<Pending>& p : batch_) {
+      if (p->batch.has_value()) {
+        p->batch->clear_items();
+        batch_bytes_[p.get()] = p->batch->ByteSizeLong();
+      }
+    }
+  }
+
+  bool Admit(size_t index, int failed_condition) override {
+    const auto [p, i] = position_[index];
+    Pending& pending = *batch_[p];
+    Entry& e = pending.entries[i];
+    e.failed_condition = failed_condition;
+    e.result = absl::OkStatus();
+    bool admitted = false;
+    if (pending.batch.has_value() && e.summarised) {
+      // Counted into a summary, not listed.
+    } else if (failed_condition >= 0) {
+      e.result = absl::AbortedError("a write condition did not hold");
+    } else if (!pending.batch.has_value()) {
+      admitted = Chain(e.event);
+      if (!admitted)
+        e.result = absl::InvalidArgumentError("audit event too large");
+    } else {
+      admitted = AddItem(pending, e);
+    }
+    if (admitted) included_.push_back(&e);
+    // A batch call is one event listing the items written, chained after its
+    // last entry.
+    if (pending.batch.has_value() && i + 1 == pending.entries.size() &&
+        pending.batch->items_size() > 0) {
+      (void)Chain(*pending.batch);  // fits: items were counted against it
+    }
+    return admitted;
+  }
+
+  storage::ChainAppend Finish() override {
+    append_.head_mac = mac_;
+    for (const std::unique_ptr<Pending>& p : batch_) {
+      if (p->purge_through > 0 && p->entries[0].result.ok()) {
+        append_.purge_through = p->purge_through;
+        append_.anchor = p->anchor;
+      }
+    }
+    return std::move(append_);
+  }
+
   // Chains `event` as the next record; false if it is too large.
-  auto chain = [&](AuditEvent& event) {
-    event.set_sequence(sequence);
+  bool Chain(AuditEvent& event) {
+    event.set_sequence(sequence_);
     const std::string event_bytes = SerializeDeterministic(event);
     if (event_bytes.size() > kMaxAuditEventBytes) return false;
-    mac = key_->Compute(ChainInput(key_version_, sequence, mac, event_bytes));
+    mac_ = log_.key_->Compute(
+        ChainInput(log_.key_version_, sequence_, mac_, event_bytes));
     std::string record;
     record.reserve(kAuditRecordHeaderBytes + event_bytes.size());
     record.push_back(static_cast<char>(kAuditRecordFormatV1));
-    util::AppendBigEndian32(key_version_, &record);
-    absl::StrAppend(&record, mac, event_bytes);
-    writes.audit_records.emplace_back(sequence, std::move(record));
-    ++sequence;
+    util::AppendBigEndian32(log_.key_version_, &record);
+    absl::StrAppend(&record, mac_, event_bytes);
+    append_.records.emplace_back(sequence_, std::move(record));
+    ++sequence_;
     return true;
-  };
-  for (const std::unique_ptr<Pending>& p : batch) {
-    if (!p->batch.has_value()) {
-      for (Entry& e : p->entries) {
-        if (!admit(e)) continue;
-        if (!chain(e.event)) {
-          e.result = absl::InvalidArgumentError("audit event too large");
-          continue;
-        }
-        apply(e);
-      }
-      continue;
-    }
-    // A batch call: one event listing the items written.
-    AuditEvent& call = *p->batch;
-    size_t bytes = call.ByteSizeLong();
-    for (Entry& e : p->entries) {
-      if (e.summarised) {
-        e.result = absl::OkStatus();
-        continue;
-      }
-      if (!admit(e)) continue;
-      BatchItem item = TakeItem(e);
-      bytes += item.ByteSizeLong() + 8;  // with its tag and length
-      if (bytes > kMaxAuditEventBytes) {
-        // Beyond the configurable batch bound: planned again, and recorded
-        // in the caller's next event.
-        e.result = absl::AbortedError("audit record of the batch is full");
-        continue;
-      }
-      *call.add_items() = std::move(item);
-      apply(e);
-    }
-    // Fits: every item was counted against the bound above.
-    if (call.items_size() > 0) (void)chain(call);
   }
-  if (included.empty()) return;
-  writes.key_uses.assign(uses.begin(), uses.end());
-  absl::Status committed = store_->Commit(writes);
+
+  // The entries written (for failing them closed).
+  const std::vector<Entry*>& included() const { return included_; }
+  uint64_t head_sequence() const { return sequence_ - 1; }
+  const std::string& head_mac() const { return mac_; }
+
+ private:
+  // Moves `e`'s item into its batch call's event; false (and nothing moved)
+  // when the event would grow past its bound.
+  bool AddItem(Pending& pending, Entry& e) {
+    BatchItem item = TakeItem(e);
+    size_t& bytes = batch_bytes_[&pending];
+    const size_t added = item.ByteSizeLong() + 8;  // with its tag and length
+    if (bytes + added > kMaxAuditEventBytes) {
+      // Beyond the configurable batch bound: planned again, and recorded in
+      // the caller's next event.
+      PutBack(e, std::move(item));
+      e.result = absl::AbortedError("audit record of the batch is full");
+      return false;
+    }
+    bytes += added;
+    *pending.batch->add_items() = std::move(item);
+    taken_.emplace_back(&pending, &e);
+    return true;
+  }
+
+  // Gives an item taken into a batch event back to its entry's event.
+  static void PutBack(Entry& e, BatchItem item) {
+    e.event.mutable_token()->swap(*item.mutable_token());
+    e.event.mutable_domain()->swap(*item.mutable_domain());
+    e.event.mutable_purpose()->swap(*item.mutable_purpose());
+    e.event.mutable_status_message()->swap(*item.mutable_status_message());
+    e.event.mutable_detail()->swap(*item.mutable_detail());
+  }
+
+  const AuditLog& log_;
+  const std::vector<std::unique_ptr<Pending>>& batch_;
+  std::vector<std::pair<size_t, size_t>> position_;
+  std::vector<storage::Transaction> group_;
+  uint64_t sequence_ = 1;
+  std::string mac_;
+  storage::ChainAppend append_;
+  std::vector<Entry*> included_;
+  absl::flat_hash_map<const Pending*, size_t> batch_bytes_;
+  // (call, entry) of every item moved into a batch event, in order.
+  std::vector<std::pair<Pending*, Entry*>> taken_;
+};
+
+void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
+  GroupChainer chainer(*this, batch);
+  absl::Status committed = writer_store_->CommitGroup(chainer.group(), chainer);
   if (committed.ok()) {
-    next_sequence_ = sequence;
-    last_mac_ = std::move(mac);
+    if (chainer.included().empty()) return;
     const absl::Time now = absl::Now();
     if (options_.on_checkpoint &&
         now - last_checkpoint_ >= options_.checkpoint_interval) {
       last_checkpoint_ = now;
-      options_.on_checkpoint(Checkpoint{next_sequence_ - 1, last_mac_});
+      options_.on_checkpoint(
+          Checkpoint{chainer.head_sequence(), chainer.head_mac()});
     }
     return;
   }
-  // Fail closed: no caller learns its write succeeded, and the chain head is
-  // re-read so that whatever storage did keep stays consistent.
-  write_failures_ += included.size();
+  // Fail closed: no caller learns its write succeeded. The store keeps the
+  // head, so whatever it did keep stays consistent.
+  size_t failed = 0;
+  for (const std::unique_ptr<Pending>& p : batch) {
+    for (Entry& e : p->entries) {
+      if (!e.result.ok() || (p->batch.has_value() && e.summarised)) continue;
+      e.result = absl::UnavailableError(
+          absl::IsUnknown(committed)
+              ? "audit trail write outcome unknown; retry"
+              : "audit trail unavailable");
+      ++failed;
+    }
+  }
+  write_failures_ += failed;
   util::LogError(
-      absl::StrCat("AUDIT SINK FAILURE: ", included.size(),
+      absl::StrCat("AUDIT SINK FAILURE: ", failed,
                    " audit record(s) not written: ", committed.ToString()));
-  for (Entry* e : included) {
-    e->result = absl::UnavailableError("audit trail unavailable");
-  }
-  if (absl::Status s = ReloadHead(); !s.ok()) {
-    util::LogError(absl::StrCat("audit head reload failed: ", s.ToString()));
-  }
 }
 
 absl::Status AuditLog::Scan(
@@ -531,17 +563,27 @@ absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
   util::AppendBigEndian64(static_cast<uint64_t>(through_ms), &anchor);
   absl::StrAppend(&anchor, through_mac);
   absl::StrAppend(&anchor, key_->Compute(absl::StrCat(kAnchorLabel, anchor)));
-  storage::WriteSet writes;
-  writes.purge_audit_through = through;
-  writes.audit_anchor = std::move(anchor);
-  if (absl::Status s = store_->Commit(writes); !s.ok()) return s;
   const uint64_t first_kept = through + 1;
-  AuditEvent event = ServerEvent(v1::AUDIT_PURGE, now);
-  event.set_detail(absl::StrCat("purged audit records 1..", through,
-                                " (older than the retention period); chain "
-                                "anchored, first kept ",
-                                first_kept));
-  if (absl::Status s = Append(std::move(event)); !s.ok()) return s;
+  // The purge, its anchor and its record are one write.
+  auto pending = std::make_unique<Pending>();
+  pending->entries.resize(1);
+  pending->entries[0].event = ServerEvent(v1::AUDIT_PURGE, now);
+  pending->entries[0].event.set_detail(
+      absl::StrCat("purged audit records 1..", through,
+                   " (older than the retention period); chain anchored, "
+                   "first kept ",
+                   first_kept));
+  pending->purge_through = through;
+  pending->anchor = std::move(anchor);
+  absl::Notification written;
+  absl::Status result;
+  pending->done = [&](std::vector<Entry>& done) {
+    result = done[0].result;
+    written.Notify();
+  };
+  Enqueue(std::move(pending));
+  written.WaitForNotification();
+  if (!result.ok()) return result;
   return through;
 }
 

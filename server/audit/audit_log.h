@@ -71,6 +71,7 @@
 #include "server/audit/refusal_summary.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
+#include "server/storage/transaction.h"
 
 namespace cardvault::audit {
 
@@ -98,22 +99,9 @@ inline constexpr uint8_t kAuditAnchorFormatV1 = 0x01;
 inline constexpr size_t kAuditAnchorBytes = 1 + 4 + 8 + 8 + 32 + 32;
 
 // Token data changed in the same atomic write as an audit event, provided
-// every condition holds at the moment of the write (compare-and-set, checked
-// by the single writer thread, so concurrent callers cannot both win).
-struct Mutation {
-  struct Condition {
-    storage::Table table = storage::Table::kTokens;
-    std::string key;
-    // The value the key must hold; nullopt: the key must be absent.
-    std::optional<std::string> expected;
-  };
-  std::vector<Condition> conditions;
-  std::vector<storage::RecordWrite> writes;
-  // (counter id, n): durable counters this mutation adds to: encryptions
-  // its records took under a key, and daily velocity counts
-  // (auth::DayCounterId).
-  std::vector<std::pair<std::string, uint64_t>> key_uses;
-};
+// every condition holds at the moment of the write (checked by the store at
+// commit: storage/transaction.h).
+using Mutation = storage::Transaction;
 
 // One event to append with its mutation, and what became of it.
 struct Entry {
@@ -197,10 +185,11 @@ class AuditLog {
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
-  // Reads the head of the chain from `store` and starts the writer thread.
-  // `store` must outlive the log.
+  // Starts the writer thread, which commits through `writer` and reads the
+  // trail from `store`; both must outlive the log.
   static absl::StatusOr<std::unique_ptr<AuditLog>> Open(
-      const storage::AuditStore* store, const storage::RecordStore* records,
+      const storage::AuditStore* store,
+      const storage::TransactionalStore* writer,
       std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
       Options options);
 
@@ -291,28 +280,33 @@ class AuditLog {
     AppendDone done;
     // Set for a batch call: the entries are items of this one event.
     std::optional<AuditEvent> batch;
+    // A retention purge recorded by the single entry (Purge).
+    uint64_t purge_through = 0;
+    std::optional<std::string> anchor;
   };
 
+  class GroupChainer;
+
   AuditLog(const storage::AuditStore* store,
-           const storage::RecordStore* records,
+           const storage::TransactionalStore* writer,
            std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
-           Options options, uint64_t next_sequence, std::string last_mac);
+           Options options);
+  // Queues `pending` for the writer, or refuses it at once when
+  // max_pending_events are pending.
+  void Enqueue(std::unique_ptr<Pending> pending) const;
   void WriterLoop();
   // Runs the completions of written groups, oldest first.
   void CompletionLoop();
   void WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch);
-  absl::Status ReloadHead();
 
   const storage::AuditStore* const store_;
-  const storage::RecordStore* const records_;
+  const storage::TransactionalStore* const writer_store_;
   const std::unique_ptr<crypto::HmacSha256> key_;
   const uint32_t key_version_;
   const Options options_;
   const ValueMarker marker_;
 
-  // Chain head; only the writer thread touches these.
-  uint64_t next_sequence_;
-  std::string last_mac_;
+  // Only the writer thread touches it.
   absl::Time last_checkpoint_ = absl::InfinitePast();
 
   mutable absl::Mutex mu_;

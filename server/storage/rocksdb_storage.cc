@@ -27,6 +27,8 @@ constexpr const char* kTableCfs[kNumTables] = {"tokens", "pan_index",
 constexpr char kKeysCf[] = "keys";
 constexpr char kKeyUsageCf[] = "key_usage";
 constexpr char kAuditCf[] = "audit";
+constexpr char kAuditHeadKey[] = "audit_head";
+constexpr size_t kAuditHeadBytes = 8 + 32;
 
 std::string SequenceKey(uint64_t sequence) {
   std::string key(8, '\0');
@@ -36,7 +38,7 @@ std::string SequenceKey(uint64_t sequence) {
   return key;
 }
 
-uint64_t SequenceOf(const rocksdb::Slice& key) {
+uint64_t SequenceOf(absl::string_view key) {
   uint64_t sequence = 0;
   for (size_t i = 0; i < key.size() && i < 8; ++i) {
     sequence = (sequence << 8) | static_cast<uint8_t>(key[i]);
@@ -46,6 +48,10 @@ uint64_t SequenceOf(const rocksdb::Slice& key) {
 
 rocksdb::Slice ToSlice(absl::string_view s) {
   return rocksdb::Slice(s.data(), s.size());
+}
+
+absl::string_view FromSlice(const rocksdb::Slice& s) {
+  return absl::string_view(s.data(), s.size());
 }
 
 rocksdb::WriteOptions DurableWrite() {
@@ -260,41 +266,80 @@ RocksDbStorage::Scan(Table table, absl::string_view start_after,
   return out;
 }
 
-absl::Status RocksDbStorage::Commit(const WriteSet& writes) const {
+absl::StatusOr<ChainHead> RocksDbStorage::ChainHeadNow() const {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handles_[0].get(),
+                               kAuditHeadKey, &value);
+  if (s.IsNotFound()) return ChainHead{};
+  if (!s.ok()) return FromRocksDb(s, "get audit head");
+  if (value.size() != kAuditHeadBytes) {
+    return absl::DataLossError("stored audit head has a bad length");
+  }
+  return ChainHead{.sequence = SequenceOf(value.substr(0, 8)),
+                   .mac = value.substr(8)};
+}
+
+absl::Status RocksDbStorage::CommitGroup(absl::Span<const Transaction> group,
+                                         GroupDescriber& describer) const {
+  absl::MutexLock lock(&commit_mu_);
+  absl::StatusOr<ChainHead> head = ChainHeadNow();
+  if (!head.ok()) return head.status();
+  ConditionEvaluator evaluator(
+      [&](Table table,
+          absl::string_view key) -> absl::StatusOr<std::optional<std::string>> {
+        absl::StatusOr<std::string> v = Get(table, key);
+        if (absl::IsNotFound(v.status())) return std::nullopt;
+        if (!v.ok()) return v.status();
+        return *std::move(v);
+      });
+  describer.Begin(*head);
+  for (size_t i = 0; i < group.size(); ++i) {
+    absl::StatusOr<int> failed = evaluator.FirstFailed(group[i]);
+    if (!failed.ok()) return failed.status();
+    if (describer.Admit(i, *failed) && *failed < 0) evaluator.Apply(group[i]);
+  }
+  ChainAppend append = describer.Finish();
+  if (append.records.empty()) return absl::OkStatus();
+  if (append.records.front().first <= head->sequence ||
+      append.head_mac.size() != kAuditHeadBytes - 8) {
+    return absl::InternalError("audit records do not follow the chain head");
+  }
   rocksdb::WriteBatch batch;
   // In key order, so that each memtable insert starts its skip-list search
-  // where the previous one ended; stable, so writes to one key keep their
-  // order (the last one wins).
-  std::vector<const RecordWrite*> order;
-  order.reserve(writes.records.size());
-  for (const RecordWrite& w : writes.records) order.push_back(&w);
-  std::stable_sort(order.begin(), order.end(),
-                   [](const RecordWrite* a, const RecordWrite* b) {
-                     return std::tie(a->table, a->key) <
-                            std::tie(b->table, b->key);
-                   });
-  for (const RecordWrite* w : order) {
-    if (w->value.has_value()) {
-      batch.Put(HandleOf(w->table), ToSlice(w->key), ToSlice(*w->value));
+  // where the previous one ended.
+  std::vector<const std::pair<std::pair<Table, std::string>,
+                              std::optional<std::string>>*>
+      order;
+  order.reserve(evaluator.final_writes().size());
+  for (const auto& w : evaluator.final_writes()) order.push_back(&w);
+  std::sort(order.begin(), order.end(),
+            [](const auto* a, const auto* b) { return a->first < b->first; });
+  for (const auto* w : order) {
+    const auto& [table, key] = w->first;
+    if (w->second.has_value()) {
+      batch.Put(HandleOf(table), ToSlice(key), ToSlice(*w->second));
     } else {
-      batch.Delete(HandleOf(w->table), ToSlice(w->key));
+      batch.Delete(HandleOf(table), ToSlice(key));
     }
   }
-  for (const auto& [key_id, uses] : writes.key_uses) {
+  for (const auto& [key_id, uses] : evaluator.CounterAdds()) {
     std::string delta(8, '\0');
     for (int i = 0; i < 8; ++i) delta[i] = static_cast<char>(uses >> (8 * i));
     batch.Merge(key_usage_, ToSlice(key_id), delta);
   }
-  for (const auto& [sequence, record] : writes.audit_records) {
+  for (const auto& [sequence, record] : append.records) {
     batch.Put(audit_, SequenceKey(sequence), ToSlice(record));
   }
-  if (writes.purge_audit_through > 0) {
+  if (append.purge_through > 0) {
     batch.DeleteRange(audit_, SequenceKey(1),
-                      SequenceKey(writes.purge_audit_through + 1));
+                      SequenceKey(append.purge_through + 1));
   }
-  if (writes.audit_anchor.has_value()) {
-    batch.Put(audit_, SequenceKey(0), ToSlice(*writes.audit_anchor));
+  if (append.anchor.has_value()) {
+    batch.Put(audit_, SequenceKey(0), ToSlice(*append.anchor));
   }
+  std::string new_head = SequenceKey(append.records.back().first);
+  new_head += append.head_mac;
+  batch.Put(handles_[0].get(), kAuditHeadKey, new_head);
   return FromRocksDb(db_->Write(DurableWrite(), &batch), "commit");
 }
 
@@ -313,8 +358,11 @@ RocksDbStorage::LastAuditRecord() const {
       db_->NewIterator(rocksdb::ReadOptions(), audit_));
   it->SeekToLast();
   if (!it->status().ok()) return FromRocksDb(it->status(), "scan audit");
-  if (!it->Valid() || SequenceOf(it->key()) == 0) return std::nullopt;
-  return std::make_pair(SequenceOf(it->key()), it->value().ToString());
+  if (!it->Valid() || SequenceOf(FromSlice(it->key())) == 0) {
+    return std::nullopt;
+  }
+  return std::make_pair(SequenceOf(FromSlice(it->key())),
+                        it->value().ToString());
 }
 
 absl::Status RocksDbStorage::ScanAudit(
@@ -322,8 +370,10 @@ absl::Status RocksDbStorage::ScanAudit(
     const std::function<bool(uint64_t, absl::string_view)>& visit) const {
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions(), audit_));
-  for (it->Seek(SequenceKey(from)); it->Valid(); it->Next()) {
-    if (!visit(SequenceOf(it->key()),
+  // Sequence 0 is the anchor, not a record.
+  for (it->Seek(SequenceKey(std::max<uint64_t>(from, 1))); it->Valid();
+       it->Next()) {
+    if (!visit(SequenceOf(FromSlice(it->key())),
                absl::string_view(it->value().data(), it->value().size()))) {
       break;
     }

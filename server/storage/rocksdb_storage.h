@@ -8,9 +8,13 @@
 //   "key_usage"    key id -> encryptions so far, uint64 little-endian,
 //                  summed by RocksDB's uint64add merge operator
 //   "audit"        8-byte big-endian sequence -> audit record
-//                  (audit/audit_log.h)
-// The default column family is unused. Every write is synced (WAL fsync)
-// before it returns; concurrent writers share one fsync (group commit).
+//                  (audit/audit_chain.h); sequence 0: the retention anchor
+//   default        "audit_head" -> the chain head: sequence (8 bytes,
+//                  big-endian) || chain MAC (32 bytes), written with every
+//                  group of records
+// Every write is synced (WAL fsync) before it returns. A group commit checks
+// its conditions and writes under one lock held by the store (RocksDB admits
+// one process per directory), so no two commits can both pass a condition.
 //
 // Expired values of the first three are dropped by a compaction filter;
 // periodic compaction makes every file pass through it at least once a day,
@@ -34,10 +38,11 @@
 #include "absl/time/time.h"
 #include "rocksdb/db.h"
 #include "server/storage/token_store.h"
+#include "server/storage/transaction.h"
 
 namespace cardvault::storage {
 
-class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
+class RocksDbStorage : public Store {
  public:
   struct Options {
     // Directory of the database; created if missing.
@@ -81,7 +86,9 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   absl::Status UpdateKeys(const std::vector<KeyUpdate>& updates) const override;
   absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const override;
 
-  absl::Status Commit(const WriteSet& writes) const override;
+  absl::Status CommitGroup(absl::Span<const Transaction> group,
+                           GroupDescriber& describer) const override;
+  absl::StatusOr<ChainHead> ChainHeadNow() const override;
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
   LastAuditRecord() const override;
   absl::StatusOr<std::optional<std::string>> AuditAnchor() const override;
@@ -122,6 +129,8 @@ class RocksDbStorage : public RecordStore, public KeyStore, public AuditStore {
   // Key updates are reads then a write, and rare: one lock makes each
   // atomic against every other.
   mutable absl::Mutex keys_mu_;
+  // Held across a group commit's condition checks and its write.
+  mutable absl::Mutex commit_mu_;
 };
 
 }  // namespace cardvault::storage

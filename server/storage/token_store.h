@@ -53,31 +53,11 @@ struct RecordWrite {
   std::optional<std::string> value;
 };
 
-// One atomic, durable write: token data and the audit records that describe
-// it (PCI DSS 10.2: the record of a Tokenize is never separate from the
-// token it created).
-struct WriteSet {
-  std::vector<RecordWrite> records;
-  // (counter id, n): n more of a durable count: encryptions under a key,
-  // or a caller's Detokenize calls of one UTC day.
-  std::vector<std::pair<std::string, uint64_t>> key_uses;
-  // (sequence, encoded audit record).
-  std::vector<std::pair<uint64_t, std::string>> audit_records;
-  // Retention purge: delete audit records 1..purge_audit_through (0 = none)
-  // and store `audit_anchor` (sequence 0) that lets the chain be verified
-  // from the first record kept.
-  uint64_t purge_audit_through = 0;
-  std::optional<std::string> audit_anchor;
-};
-
 // The audit trail: sequence -> encoded audit record (see audit/audit_log.h).
+// Written only through TransactionalStore::CommitGroup (transaction.h).
 class AuditStore {
  public:
   virtual ~AuditStore() = default;
-
-  // Writes everything in `writes` atomically; OK only once it is durable
-  // (fsynced). UNAVAILABLE if storage cannot be written.
-  virtual absl::Status Commit(const WriteSet& writes) const = 0;
 
   // The record with the highest sequence, or nullopt for an empty trail.
   virtual absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
@@ -132,7 +112,7 @@ class KeyStore {
   absl::Status ReplaceKey(absl::string_view key_id, absl::string_view expected,
                           absl::string_view record) const;
 
-  // Encryptions counted under each key id so far (WriteSet::key_uses).
+  // Every durable counter so far (Transaction::counter_adds).
   virtual absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const = 0;
 };
 

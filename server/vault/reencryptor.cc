@@ -146,7 +146,7 @@ absl::Status Reencryptor::ReencryptChunk(
     mutation.writes.push_back(
         {storage::Table::kTokens, token, *std::move(resealed)});
   }
-  mutation.key_uses.push_back(
+  mutation.counter_adds.push_back(
       {EncryptionsCounterId(lease->version()), stale.size()});
   audit::AuditEvent event = audit::ServerEvent(v1::KEY_EVENT, absl::Now());
   std::string from;

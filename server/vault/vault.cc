@@ -471,9 +471,9 @@ audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
       {storage::Table::kTokens, token, std::nullopt});
   entry.mutation.writes.push_back(
       {storage::Table::kTokens, token, *std::move(record)});
-  entry.mutation.key_uses.push_back(
+  entry.mutation.counter_adds.push_back(
       {EncryptionsCounterId(header.key_version), 1});
-  entry.mutation.key_uses.push_back(
+  entry.mutation.counter_adds.push_back(
       {NewRecordsCounterId(header.key_version), 1});
   if (w.deterministic) {
     entry.mutation.conditions.push_back(
@@ -731,7 +731,7 @@ void Vault::DetokenizeAll(
                                          call->now, &w.event, &day_counter)
                      : allowed;
     if (!day_counter.empty()) {
-      entries[i].mutation.key_uses.push_back({std::move(day_counter), 1});
+      entries[i].mutation.counter_adds.push_back({std::move(day_counter), 1});
     }
     if (opened.ok()) {
       w.opened = *std::move(opened);

@@ -688,7 +688,7 @@ TEST_F(BackupRestoreTest, BackupsHoldNoPanOrCvvAsBytesOrThroughRocksDb) {
   auto keys = (*view)->keys().ListKeys();
   ASSERT_THAT(keys, IsOk());
   for (const auto& [k, v] : *keys) absl::StrAppend(&everything, k, v, "|");
-  ASSERT_THAT((*view)->audit().ScanAudit(0,
+  ASSERT_THAT((*view)->audit().ScanAudit(1,
                                          [&](uint64_t, absl::string_view r) {
                                            absl::StrAppend(&everything, r, "|");
                                            return true;

@@ -6,18 +6,20 @@
 #include <atomic>
 
 #include "server/storage/token_store.h"
+#include "server/storage/transaction.h"
 
 namespace cardvault::testing {
 
 class FaultInjectingStore : public storage::RecordStore,
-                            public storage::AuditStore {
+                            public storage::AuditStore,
+                            public storage::TransactionalStore {
  public:
-  // `records` and `audit` must outlive this store.
-  FaultInjectingStore(const storage::RecordStore* records,
-                      const storage::AuditStore* audit)
-      : records_(records), audit_(audit) {}
+  // `store` must outlive this one.
+  template <typename Store>
+  explicit FaultInjectingStore(const Store* store)
+      : records_(store), audit_(store), writer_(store) {}
 
-  // While set, Commit fails (reads keep working).
+  // While set, commits fail (reads keep working).
   void FailCommits(bool fail) { fail_commits_ = fail; }
   int failed_commits() const { return failed_commits_.load(); }
   int commits() const { return commits_.load(); }
@@ -31,13 +33,17 @@ class FaultInjectingStore : public storage::RecordStore,
       size_t limit) const override {
     return records_->Scan(table, start_after, limit);
   }
-  absl::Status Commit(const storage::WriteSet& writes) const override {
+  absl::Status CommitGroup(absl::Span<const storage::Transaction> group,
+                           storage::GroupDescriber& describer) const override {
     if (fail_commits_) {
       ++failed_commits_;
       return absl::UnavailableError("injected: storage write failed");
     }
     ++commits_;
-    return audit_->Commit(writes);
+    return writer_->CommitGroup(group, describer);
+  }
+  absl::StatusOr<storage::ChainHead> ChainHeadNow() const override {
+    return writer_->ChainHeadNow();
   }
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
   LastAuditRecord() const override {
@@ -55,6 +61,7 @@ class FaultInjectingStore : public storage::RecordStore,
  private:
   const storage::RecordStore* const records_;
   const storage::AuditStore* const audit_;
+  const storage::TransactionalStore* const writer_;
   std::atomic<bool> fail_commits_{false};
   mutable std::atomic<int> failed_commits_{0};
   mutable std::atomic<int> commits_{0};

@@ -66,8 +66,7 @@ class AuditLogTest : public ::testing::Test {
   void Reopen(char key_fill, AuditLog::Options options = {}) {
     Close();
     db_ = *storage::RocksDbStorage::Open({.data_dir = dir_});
-    faults_ =
-        std::make_unique<testing::FaultInjectingStore>(db_.get(), db_.get());
+    faults_ = std::make_unique<testing::FaultInjectingStore>(db_.get());
     auto log =
         AuditLog::Open(faults_.get(), faults_.get(), Key(key_fill), 1, options);
     ASSERT_THAT(log, IsOk());
@@ -112,6 +111,16 @@ class AuditLogTest : public ::testing::Test {
     for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
     delete raw;
     Reopen('k');
+  }
+  // Sets the stored chain head to the record at `seq`.
+  static void MoveHeadTo(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit,
+                         uint64_t seq) {
+    std::string record;
+    ASSERT_TRUE(
+        db->Get(rocksdb::ReadOptions(), audit, Key8(seq), &record).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "audit_head",
+                        Key8(seq) + record.substr(5, 32))
+                    .ok());
   }
   static std::string Key8(uint64_t seq) {
     std::string k(8, '\0');
@@ -599,6 +608,7 @@ TEST_F(AuditLogTest, RestoreSkipsTheLostSequencesAndVerifies) {
     for (uint64_t seq = 6; seq <= 9; ++seq) {
       ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), audit, Key8(seq)).ok());
     }
+    MoveHeadTo(db, audit, 5);  // as the backup's copy holds it
   });
   Reopen('k', {.resume_after_sequence = 9});
   auto at_backup = log_->Verify();
@@ -675,6 +685,7 @@ TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
     // Rebuild into a fresh database, then copy over the original records.
     const std::string forged_dir = dir_ + "-forged";
     std::filesystem::remove_all(forged_dir);
+    std::vector<std::pair<uint64_t, std::string>> forged;
     {
       auto forged_db = *storage::RocksDbStorage::Open({.data_dir = forged_dir});
       auto forged_log =
@@ -685,16 +696,21 @@ TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
       }
       EXPECT_TRUE(forged_log->Verify()->intact);  // under the forger's key
       forged_log.reset();
-      storage::WriteSet overwrite;
       ASSERT_THAT(forged_db->ScanAudit(1,
                                        [&](uint64_t seq, absl::string_view r) {
-                                         overwrite.audit_records.emplace_back(
-                                             seq, std::string(r));
+                                         forged.emplace_back(seq,
+                                                             std::string(r));
                                          return true;
                                        }),
                   IsOk());
-      ASSERT_THAT(db->Commit(overwrite), IsOk());
     }
+    db.reset();
+    Tamper([&](rocksdb::DB* raw, rocksdb::ColumnFamilyHandle* audit) {
+      for (const auto& [seq, record] : forged) {
+        ASSERT_TRUE(
+            raw->Put(rocksdb::WriteOptions(), audit, Key8(seq), record).ok());
+      }
+    });
     std::filesystem::remove_all(forged_dir);
   }
   Reopen('k');

@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/store_writes.h"
 
 namespace cardvault::storage {
 namespace {
@@ -35,13 +36,13 @@ class RocksDbBackupStoreTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
   void Write(int from, int to) {
-    WriteSet w;
+    Transaction w;
     for (int i = from; i < to; ++i) {
-      w.records.push_back({.table = Table::kTokens,
-                           .key = absl::StrCat("tok_", 100000 + i),
-                           .value = std::string(200, 'c')});
+      w.writes.push_back({.table = Table::kTokens,
+                          .key = absl::StrCat("tok_", 100000 + i),
+                          .value = std::string(200, 'c')});
     }
-    ASSERT_THAT(db_->Commit(w), IsOk());
+    ASSERT_THAT(testing::CommitOne(*db_, std::move(w)), IsOk());
   }
   // Describes a copy by its token count.
   static absl::StatusOr<std::string> CountTokens(const StoreView& copy) {
@@ -75,8 +76,6 @@ TEST_F(RocksDbBackupStoreTest, LaterBackupsCopyOnlyNewFiles) {
   absl::StatusOr<std::string> count = CountTokens(**view);
   ASSERT_THAT(count, IsOk());
   EXPECT_EQ(*count, "5000");
-  WriteSet w;
-  w.records.push_back({.table = Table::kTokens, .key = "x", .value = "y"});
   EXPECT_FALSE((*view)->keys().InsertKey("k", "v").ok());
   EXPECT_THAT(backups_->VerifyFiles(2), IsOk());
 }

@@ -53,7 +53,7 @@ class VaultTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
     OpenStorage();
     store_ =
-        std::make_unique<testing::FaultInjectingStore>(db_.get(), db_.get());
+        std::make_unique<testing::FaultInjectingStore>(db_.get());
     audit_ = *audit::AuditLog::Open(
         store_.get(), store_.get(),
         *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'a'))),

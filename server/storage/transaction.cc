@@ -1,0 +1,55 @@
+#include "server/storage/transaction.h"
+
+namespace cardvault::storage {
+
+absl::StatusOr<int> ConditionEvaluator::FirstFailed(
+    const Transaction& t) const {
+  for (size_t i = 0; i < t.conditions.size(); ++i) {
+    const Condition& c = t.conditions[i];
+    std::optional<std::string> now;
+    if (auto it = position_.find(std::pair(c.table, c.key));
+        it != position_.end()) {
+      now = final_[it->second].second;
+    } else {
+      absl::StatusOr<std::optional<std::string>> stored = read_(c.table, c.key);
+      if (!stored.ok()) return stored.status();
+      now = *std::move(stored);
+    }
+    if (now != c.expected) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void ConditionEvaluator::Apply(const Transaction& t) {
+  for (const RecordWrite& w : t.writes) {
+    auto key = std::pair(w.table, w.key);
+    if (auto it = position_.find(key); it != position_.end()) {
+      final_[it->second].second = w.value;
+      continue;
+    }
+    position_.emplace(key, final_.size());
+    final_.emplace_back(std::move(key), w.value);
+  }
+  for (const auto& [id, n] : t.counter_adds) {
+    if (auto it = counter_position_.find(id); it != counter_position_.end()) {
+      counters_[it->second].second += n;
+      continue;
+    }
+    counter_position_.emplace(id, counters_.size());
+    counters_.emplace_back(id, n);
+  }
+}
+
+std::vector<std::pair<std::string, uint64_t>> ConditionEvaluator::CounterAdds()
+    const {
+  return counters_;
+}
+
+void ConditionEvaluator::Reset() {
+  final_.clear();
+  position_.clear();
+  counters_.clear();
+  counter_position_.clear();
+}
+
+}  // namespace cardvault::storage
