@@ -27,7 +27,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "hsm/pkcs11_key_wrapper.h"
 #include "hsm/pkcs11_token.h"
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 #include "server/auth/access_policy.h"
 #include "server/config/config_loader.h"
 #include "server/config/policy_loader.h"
@@ -341,7 +341,7 @@ int Run(const sigset_t& stop_signals) {
                  .max_entries = cfg.tokens().max_cvv_entries()}),
             "CVV cache");
   auto audit_log = OrDie(
-      audit::AuditLog::Open(
+      commit::WritePath::Open(
           storage.get(), storage.get(), std::move(audit_key.mac),
           audit_key.version,
           {.on_checkpoint = LogCheckpoint,

@@ -6,7 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/audit/audit_log.h"
+#include "server/audit/audit_chain.h"
 
 namespace cardvault::audit {
 namespace {

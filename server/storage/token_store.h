@@ -53,7 +53,7 @@ struct RecordWrite {
   std::optional<std::string> value;
 };
 
-// The audit trail: sequence -> encoded audit record (see audit/audit_log.h).
+// The audit trail: sequence -> encoded audit record (see audit/audit_chain.h).
 // Written only through TransactionalStore::CommitGroup (transaction.h).
 class AuditStore {
  public:

@@ -7,7 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "server/audit/audit_log.h"
+#include "server/audit/audit_chain.h"
 #include "server/audit/recorded_value.h"
 #include "server/auth/access_policy.h"
 

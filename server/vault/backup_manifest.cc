@@ -8,7 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "server/audit/audit_log.h"
+#include "server/audit/audit_chain.h"
 #include "server/crypto/sha256.h"
 #include "server/util/big_endian.h"
 #include "server/vault/kek_manager.h"

@@ -32,7 +32,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "hsm/key_wrapper.h"
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 #include "server/auth/access_policy.h"
 #include "server/storage/backup_store.h"
 #include "server/util/blocking_executor.h"
@@ -114,7 +114,7 @@ class Backups {
     storage::BackupStore* store = nullptr;
     const hsm::KeyWrapper* wrapper = nullptr;
     const auth::PolicyHolder* policy = nullptr;
-    const audit::AuditLog* audit = nullptr;
+    const commit::WritePath* audit = nullptr;
     // The live trail, for the deletions a restore would undo (may be null).
     const storage::AuditStore* live_trail = nullptr;
   };

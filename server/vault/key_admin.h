@@ -26,7 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 #include "server/auth/access_policy.h"
 #include "server/storage/backup_store.h"
 #include "server/vault/backup_manifest.h"
@@ -85,7 +85,7 @@ class KeyAdmin {
     const Reencryptor* reencryptor = nullptr;
     const Vault* vault = nullptr;  // rotation and destruction, audited
     const auth::PolicyHolder* policy = nullptr;
-    const audit::AuditLog* audit = nullptr;
+    const commit::WritePath* audit = nullptr;
     // Keys outside the data-key ring and the KEKs (HMAC keys), for the
     // inventory.
     std::vector<KeyInfo> other_keys;

@@ -20,7 +20,7 @@ constexpr int kMaxChunkAttempts = 5;
 
 absl::StatusOr<std::unique_ptr<Reencryptor>> Reencryptor::Create(
     const storage::RecordStore* records, const KeyRing* keys,
-    const audit::AuditLog* audit, Options options) {
+    const commit::WritePath* audit, Options options) {
   if (records == nullptr || keys == nullptr || audit == nullptr ||
       options.chunk_records == 0 || options.interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("bad re-encryption job arguments");
@@ -132,7 +132,7 @@ absl::Status Reencryptor::ReencryptChunk(
   absl::StatusOr<KeyRing::Lease> lease =
       keys_->LeasePrimary(stale.size(), KeyRing::Use::kReencryption);
   if (!lease.ok()) return lease.status();
-  audit::Mutation mutation;
+  commit::Mutation mutation;
   std::map<uint32_t, uint64_t> moved_from;
   for (auto& [i, opened] : stale) {
     const auto& [token, old] = chunk[i];

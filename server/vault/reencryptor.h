@@ -26,7 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 #include "server/storage/token_store.h"
 #include "server/vault/key_ring.h"
 
@@ -52,7 +52,7 @@ class Reencryptor {
   // All pointers must outlive the job.
   static absl::StatusOr<std::unique_ptr<Reencryptor>> Create(
       const storage::RecordStore* records, const KeyRing* keys,
-      const audit::AuditLog* audit, Options options);
+      const commit::WritePath* audit, Options options);
   ~Reencryptor();
 
   // One full pass over the tokens table.
@@ -68,7 +68,7 @@ class Reencryptor {
 
  private:
   Reencryptor(const storage::RecordStore* records, const KeyRing* keys,
-              const audit::AuditLog* audit, Options options)
+              const commit::WritePath* audit, Options options)
       : records_(records), keys_(keys), audit_(audit), options_(options) {}
   // Reseals one chunk's records under other keys; adds the chunk's record
   // counts to `result`.
@@ -78,7 +78,7 @@ class Reencryptor {
 
   const storage::RecordStore* const records_;
   const KeyRing* const keys_;
-  const audit::AuditLog* const audit_;
+  const commit::WritePath* const audit_;
   const Options options_;
   mutable absl::Mutex pass_mu_;
   mutable std::atomic<uint64_t> reencrypted_total_{0};

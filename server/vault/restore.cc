@@ -256,7 +256,7 @@ absl::StatusOr<std::optional<v1::RestoreRecord>> ReadRestoreMarker(
 
 absl::Status RecordRestore(const std::string& data_dir,
                            const v1::RestoreRecord& record,
-                           const audit::AuditLog& log,
+                           const commit::WritePath& log,
                            const storage::AuditStore& store, absl::Time now) {
   // A crash after the append and before the removal repeats this: the
   // RESTORE event is then already where it goes (after the lost range, or

@@ -47,7 +47,7 @@
 #include "absl/time/time.h"
 #include "cardvault/v1/audit.pb.h"
 #include "hsm/key_wrapper.h"
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/backup_store.h"
 #include "server/vault/backups.h"
@@ -101,7 +101,7 @@ absl::StatusOr<std::optional<::cardvault::v1::RestoreRecord>> ReadRestoreMarker(
 // and removes the marker from `data_dir`.
 absl::Status RecordRestore(const std::string& data_dir,
                            const ::cardvault::v1::RestoreRecord& record,
-                           const audit::AuditLog& log,
+                           const commit::WritePath& log,
                            const storage::AuditStore& store, absl::Time now);
 
 }  // namespace cardvault::vault

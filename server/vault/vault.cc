@@ -159,11 +159,11 @@ absl::Status Vault::Record(audit::AuditEvent event,
 void Vault::RecordAsync(audit::AuditEvent event, absl::Status status,
                         Done<absl::Status> done) const {
   SetOutcome(status, &event);
-  std::vector<audit::Entry> entries(1);
+  std::vector<commit::Entry> entries(1);
   entries[0].event = std::move(event);
   deps_.audit->AppendAllAsync(
       std::move(entries), [status = std::move(status), done = std::move(done)](
-                              std::vector<audit::Entry>& written) mutable {
+                              std::vector<commit::Entry>& written) mutable {
         std::move(done)(
             written[0].result.ok()
                 ? std::move(status)
@@ -311,8 +311,8 @@ void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
   }
 }
 
-audit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
-  audit::Entry entry;
+commit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
+  commit::Entry entry;
   w.answer.reset();
   w.lease.reset();
   w.hold_cvv = true;
@@ -535,7 +535,7 @@ void Vault::TokenizeAll(
 
 void Vault::TokenizeRound(std::unique_ptr<TokenizeCall> call) const {
   const bool last_round = call->round == TokenizeRounds(options_) - 1;
-  std::vector<audit::Entry> entries;
+  std::vector<commit::Entry> entries;
   call->planned.clear();
   for (size_t i = 0; i < call->work.size(); ++i) {
     TokenizeWork& w = call->work[i];
@@ -547,13 +547,13 @@ void Vault::TokenizeRound(std::unique_ptr<TokenizeCall> call) const {
   std::optional<audit::AuditEvent> batch_event = call->batch_event;
   deps_.audit->AppendAsync(std::move(batch_event), std::move(entries),
                            [this, call = std::move(call)](
-                               std::vector<audit::Entry>& written) mutable {
+                               std::vector<commit::Entry>& written) mutable {
                              TokenizeWritten(std::move(call), written);
                            });
 }
 
 void Vault::TokenizeWritten(std::unique_ptr<TokenizeCall> call,
-                            std::vector<audit::Entry>& entries) const {
+                            std::vector<commit::Entry>& entries) const {
   bool replan = false;
   for (size_t i = 0; i < call->planned.size(); ++i) {
     TokenizeWork& w = *call->planned[i];
@@ -717,7 +717,7 @@ void Vault::DetokenizeAll(
   std::optional<audit::AuditEvent> batch_event =
       BatchEvent(*policy, caller, v1::DETOKENIZE, rpc);
   call->work.resize(call->requests.size());
-  std::vector<audit::Entry> entries(call->requests.size());
+  std::vector<commit::Entry> entries(call->requests.size());
   for (size_t i = 0; i < call->requests.size(); ++i) {
     DetokenizeWork& w = call->work[i];
     if (!batch_event.has_value()) {
@@ -745,7 +745,7 @@ void Vault::DetokenizeAll(
   deps_.audit->AppendAsync(
       std::move(batch_event), std::move(entries),
       [this,
-       call = std::move(call)](std::vector<audit::Entry>& written) mutable {
+       call = std::move(call)](std::vector<commit::Entry>& written) mutable {
         std::vector<absl::StatusOr<Detokenized>> results;
         results.reserve(call->work.size());
         for (size_t i = 0; i < call->work.size(); ++i) {
@@ -892,7 +892,7 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
       if (absl::Status s = Record(event, absl::OkStatus()); !s.ok()) return s;
       return false;
     }
-    audit::Mutation mutation;
+    commit::Mutation mutation;
     mutation.conditions.push_back(
         {storage::Table::kTokens, std::string(token), record});
     mutation.writes.push_back(

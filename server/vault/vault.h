@@ -29,7 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 #include "server/auth/access_policy.h"
 #include "server/storage/token_store.h"
 #include "server/util/blocking_executor.h"
@@ -126,7 +126,7 @@ class Vault {
   // Completion of an asynchronous call; it runs exactly once, on the thread
   // that calls it (…Async) when nothing had to be written, otherwise on the
   // audit writer's thread, so it must be quick and must not wait for the
-  // vault or the audit trail (see AuditLog::AppendAllAsync).
+  // vault or the audit trail (see commit::WritePath::AppendAllAsync).
   template <typename T>
   using Done = absl::AnyInvocable<void(T) &&>;
 
@@ -160,7 +160,7 @@ class Vault {
     const crypto::HmacSha256* fingerprint_key = nullptr;
     const CvvCache* cvv_cache = nullptr;
     const auth::PolicyHolder* policy = nullptr;
-    const audit::AuditLog* audit = nullptr;
+    const commit::WritePath* audit = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<Vault>> Create(Dependencies deps,
@@ -359,11 +359,11 @@ class Vault {
   void TokenizeRound(std::unique_ptr<TokenizeCall> call) const;
   // Takes the results of a round's write; plans again what lost a race.
   void TokenizeWritten(std::unique_ptr<TokenizeCall> call,
-                       std::vector<audit::Entry>& entries) const;
+                       std::vector<commit::Entry>& entries) const;
   // Validates `w`'s request (first round) and plans its next audit entry.
   void CheckTokenizeRequest(const auth::AccessPolicy& policy,
                             const auth::Caller& caller, TokenizeWork& w) const;
-  audit::Entry PlanTokenize(TokenizeWork& w, bool last_round) const;
+  commit::Entry PlanTokenize(TokenizeWork& w, bool last_round) const;
   // The shared path of Detokenize and DetokenizeBatch.
   void DetokenizeAll(const auth::Caller& caller,
                      std::vector<DetokenizeRequest> requests,

@@ -102,7 +102,7 @@ class BackupsTest : public ::testing::Test {
     index_key_ = std::move(LoadMacKey(kek_.get(), kPanIndexKeyPrefix)->mac);
     fingerprint_key_ =
         std::move(LoadMacKey(kek_.get(), kFingerprintKeyPrefix)->mac);
-    audit_ = *audit::AuditLog::Open(
+    audit_ = *commit::WritePath::Open(
         db_.get(), db_.get(), std::move(audit_key.mac), audit_key.version, {});
     auth::PolicySpec spec;
     spec.purposes = {"authorization"};
@@ -158,7 +158,7 @@ class BackupsTest : public ::testing::Test {
   std::unique_ptr<KeyRing> ring_;
   std::unique_ptr<crypto::HmacSha256> index_key_;
   std::unique_ptr<crypto::HmacSha256> fingerprint_key_;
-  std::unique_ptr<audit::AuditLog> audit_;
+  std::unique_ptr<commit::WritePath> audit_;
   std::unique_ptr<auth::PolicyHolder> policy_;
   std::unique_ptr<CvvCache> cvv_;
   std::unique_ptr<Vault> vault_;

@@ -54,7 +54,7 @@ class VaultTest : public ::testing::Test {
     OpenStorage();
     store_ =
         std::make_unique<testing::FaultInjectingStore>(db_.get());
-    audit_ = *audit::AuditLog::Open(
+    audit_ = *commit::WritePath::Open(
         store_.get(), store_.get(),
         *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'a'))),
         1, {});
@@ -167,7 +167,7 @@ class VaultTest : public ::testing::Test {
   std::string dir_;
   std::unique_ptr<storage::RocksDbStorage> db_;
   std::unique_ptr<testing::FaultInjectingStore> store_;
-  std::unique_ptr<audit::AuditLog> audit_;
+  std::unique_ptr<commit::WritePath> audit_;
   std::unique_ptr<KeyRing> ring_;
   // For tests whose ring makes keys (LoadRing): an in-memory "HSM" and the
   // KEK state in db_.

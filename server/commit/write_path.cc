@@ -1,39 +1,22 @@
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "server/util/big_endian.h"
 #include "server/util/log.h"
 
-namespace cardvault::audit {
-
-absl::Time EventTime(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
-void SetEventTime(absl::Time t, google::protobuf::Timestamp* out) {
-  const int64_t ms = absl::ToUnixMillis(t);
-  out->set_seconds(ms / 1000);
-  out->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
-}
-
-AuditEvent ServerEvent(::cardvault::v1::EventType type, absl::Time now) {
-  AuditEvent event;
-  SetEventTime(now, event.mutable_event_time());
-  event.set_event_type(type);
-  event.set_identity(std::string(kServerIdentity));
-  return event;
-}
+namespace cardvault::commit {
 namespace {
 
-constexpr absl::string_view kMacLabel = "cardvault/audit-record";
-const std::string kZeroMac(crypto::HmacSha256::kMacSize, '\0');
+using audit::kMaxAuditEventBytes;
+using audit::DecodeAuditEvent;
+using audit::IsSummarisableRefusal;
+using audit::SafeEvent;
+using audit::ServerEvent;
 
 // What a batch call's event records of one of its items, moved out of the
 // item's own event (which is not written).
@@ -49,80 +32,9 @@ BatchItem TakeItem(Entry& e) {
   return item;
 }
 
-struct ParsedRecord {
-  uint32_t key_version;
-  absl::string_view mac;
-  absl::string_view event_bytes;
-};
-
-absl::StatusOr<ParsedRecord> ParseRecord(absl::string_view record) {
-  if (record.size() < kAuditRecordHeaderBytes ||
-      record.size() > kAuditRecordHeaderBytes + kMaxAuditEventBytes ||
-      static_cast<uint8_t>(record[0]) != kAuditRecordFormatV1) {
-    return absl::DataLossError("audit record has a bad format or length");
-  }
-  return ParsedRecord{util::ReadBigEndian32(record.substr(1, 4)),
-                      record.substr(5, crypto::HmacSha256::kMacSize),
-                      record.substr(kAuditRecordHeaderBytes)};
-}
-
-// The bytes the chain MAC of a record covers (layout in the header).
-std::string ChainInput(uint32_t key_version, uint64_t sequence,
-                       absl::string_view previous_mac,
-                       absl::string_view event_bytes) {
-  std::string input(kMacLabel);
-  input.push_back(static_cast<char>(kAuditRecordFormatV1));
-  util::AppendBigEndian32(key_version, &input);
-  util::AppendBigEndian64(sequence, &input);
-  absl::StrAppend(&input, previous_mac, event_bytes);
-  return input;
-}
-
-constexpr absl::string_view kAnchorLabel = "cardvault/audit-anchor";
-
-struct Anchor {
-  uint32_t key_version;
-  uint64_t sequence;
-  int64_t time_ms;
-  std::string mac;
-};
-
 }  // namespace
 
-absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record) {
-  absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
-  if (!parsed.ok()) return parsed.status();
-  AuditEvent event;
-  if (!event.ParseFromArray(parsed->event_bytes.data(),
-                            static_cast<int>(parsed->event_bytes.size()))) {
-    return absl::DataLossError("audit event does not decode");
-  }
-  return event;
-}
-
-std::string SerializeDeterministic(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  message.SerializeToCodedStream(&coded);
-  coded.Trim();
-  return out;
-}
-
-absl::StatusOr<std::string> RecordMac(absl::string_view record) {
-  absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
-  if (!parsed.ok()) return parsed.status();
-  return std::string(parsed->mac);
-}
-
-absl::StatusOr<uint32_t> RecordKeyVersion(absl::string_view record) {
-  absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
-  if (!parsed.ok()) return parsed.status();
-  return parsed->key_version;
-}
-
-absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
+absl::StatusOr<std::unique_ptr<WritePath>> WritePath::Open(
     const storage::AuditStore* store, const storage::TransactionalStore* writer,
     std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
     Options options) {
@@ -135,15 +47,15 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       !head.ok()) {
     return head.status();
   }
-  std::unique_ptr<AuditLog> log(
-      new AuditLog(store, writer, std::move(key), key_version, options));
+  std::unique_ptr<WritePath> log(
+      new WritePath(store, writer, std::move(key), key_version, options));
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
   log->completer_ = std::thread([raw = log.get()] { raw->CompletionLoop(); });
   if (!options.defer_background_jobs) log->StartBackgroundJobs();
   return log;
 }
 
-void AuditLog::StartBackgroundJobs() {
+void WritePath::StartBackgroundJobs() {
   if (background_started_.exchange(true)) return;
   if (options_.refusals.per_minute > 0) {
     summarizer_ = std::thread([raw = this] {
@@ -168,10 +80,10 @@ void AuditLog::StartBackgroundJobs() {
   }
 }
 
-AuditLog::AuditLog(const storage::AuditStore* store,
-                   const storage::TransactionalStore* writer,
-                   std::unique_ptr<crypto::HmacSha256> key,
-                   uint32_t key_version, Options options)
+WritePath::WritePath(const storage::AuditStore* store,
+                     const storage::TransactionalStore* writer,
+                     std::unique_ptr<crypto::HmacSha256> key,
+                     uint32_t key_version, Options options)
     : store_(store),
       writer_store_(writer),
       key_(std::move(key)),
@@ -180,7 +92,7 @@ AuditLog::AuditLog(const storage::AuditStore* store,
       marker_(key_.get()),
       refusals_(options.refusals) {}
 
-AuditLog::~AuditLog() {
+WritePath::~WritePath() {
   stop_summaries_.Notify();
   if (summarizer_.joinable()) summarizer_.join();
   stop_purger_.Notify();
@@ -193,7 +105,7 @@ AuditLog::~AuditLog() {
   if (completer_.joinable()) completer_.join();
 }
 
-void AuditLog::WriteRefusalSummaries() const {
+void WritePath::WriteRefusalSummaries() const {
   std::vector<AuditEvent> summaries = refusals_.Take(options_.now());
   std::vector<AuditEvent> unwritten;
   for (AuditEvent& e : summaries) {
@@ -202,8 +114,8 @@ void AuditLog::WriteRefusalSummaries() const {
   if (!unwritten.empty()) refusals_.PutBack(std::move(unwritten));
 }
 
-absl::Status AuditLog::Append(AuditEvent event, Mutation mutation,
-                              int* failed_condition) const {
+absl::Status WritePath::Append(AuditEvent event, Mutation mutation,
+                               int* failed_condition) const {
   std::vector<Entry> entries(1);
   entries[0].event = std::move(event);
   entries[0].mutation = std::move(mutation);
@@ -214,7 +126,7 @@ absl::Status AuditLog::Append(AuditEvent event, Mutation mutation,
   return entries[0].result;
 }
 
-void AuditLog::AppendAll(std::vector<Entry>& entries) const {
+void WritePath::AppendAll(std::vector<Entry>& entries) const {
   if (entries.empty()) return;
   absl::Notification written;
   AppendAllAsync(std::move(entries), [&](std::vector<Entry>& done) {
@@ -224,13 +136,13 @@ void AuditLog::AppendAll(std::vector<Entry>& entries) const {
   written.WaitForNotification();
 }
 
-void AuditLog::AppendAllAsync(std::vector<Entry> entries,
-                              AppendDone done) const {
+void WritePath::AppendAllAsync(std::vector<Entry> entries,
+                               AppendDone done) const {
   AppendAsync(std::nullopt, std::move(entries), std::move(done));
 }
 
-void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
-                           std::vector<Entry> entries, AppendDone done) const {
+void WritePath::AppendAsync(std::optional<AuditEvent> batch_call,
+                            std::vector<Entry> entries, AppendDone done) const {
   if (entries.empty()) {
     std::move(done)(entries);
     return;
@@ -273,7 +185,7 @@ void AuditLog::AppendAsync(std::optional<AuditEvent> batch_call,
   Enqueue(std::move(pending));
 }
 
-void AuditLog::Enqueue(std::unique_ptr<Pending> pending) const {
+void WritePath::Enqueue(std::unique_ptr<Pending> pending) const {
   {
     absl::MutexLock lock(&mu_);
     const size_t n = pending->entries.size();
@@ -290,14 +202,14 @@ void AuditLog::Enqueue(std::unique_ptr<Pending> pending) const {
   std::move(pending->done)(pending->entries);
 }
 
-void AuditLog::WriterLoop() {
+void WritePath::WriterLoop() {
   pthread_setname_np(pthread_self(), "audit-writer");  // for ps and perf
   while (true) {
     std::vector<std::unique_ptr<Pending>> batch;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](AuditLog* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+          +[](WritePath* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
             return !self->queue_.empty() || self->stopping_;
           },
           this));
@@ -318,16 +230,17 @@ void AuditLog::WriterLoop() {
   writer_stopped_ = true;
 }
 
-void AuditLog::CompletionLoop() {
+void WritePath::CompletionLoop() {
   pthread_setname_np(pthread_self(), "audit-done");
   while (true) {
     std::deque<std::vector<std::unique_ptr<Pending>>> groups;
     {
       absl::MutexLock lock(&written_mu_);
       written_mu_.Await(absl::Condition(
-          +[](AuditLog* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->written_mu_) {
-            return !self->written_.empty() || self->writer_stopped_;
-          },
+          +[](WritePath* self)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->written_mu_) {
+                 return !self->written_.empty() || self->writer_stopped_;
+               },
           this));
       if (written_.empty()) return;  // the writer stopped, all answered
       groups.swap(written_);
@@ -344,11 +257,11 @@ void AuditLog::CompletionLoop() {
 
 // Chains the events of a group of pending appends as the store admits
 // their mutations: the describer of one group commit.
-class AuditLog::GroupChainer : public storage::GroupDescriber {
+class WritePath::GroupChainer : public storage::GroupDescriber {
  public:
-  GroupChainer(const AuditLog& log,
+  GroupChainer(const WritePath& log,
                const std::vector<std::unique_ptr<Pending>>& batch)
-      : log_(log), batch_(batch) {
+      : log_(log), batch_(batch), chain_(log.key_.get(), log.key_version_) {
     for (size_t p = 0; p < batch.size(); ++p) {
       for (size_t e = 0; e < batch[p]->entries.size(); ++e) {
         position_.emplace_back(p, e);
@@ -362,9 +275,8 @@ class AuditLog::GroupChainer : public storage::GroupDescriber {
 
   void Begin(const storage::ChainHead& head) override {
     // Never back into a restore's lost range, even after a failed write.
-    sequence_ =
-        std::max(head.sequence, log_.options_.resume_after_sequence) + 1;
-    mac_ = head.sequence == 0 ? kZeroMac : head.mac;
+    chain_.StartAfter(head.sequence, head.mac,
+                      log_.options_.resume_after_sequence);
     append_ = {};
     included_.clear();
     // Items taken into a batch event on an earlier attempt go back.
@@ -411,7 +323,7 @@ class AuditLog::GroupChainer : public storage::GroupDescriber {
   }
 
   storage::ChainAppend Finish() override {
-    append_.head_mac = mac_;
+    append_.head_mac = chain_.head_mac();
     for (const std::unique_ptr<Pending>& p : batch_) {
       if (p->purge_through > 0 && p->entries[0].result.ok()) {
         append_.purge_through = p->purge_through;
@@ -423,25 +335,17 @@ class AuditLog::GroupChainer : public storage::GroupDescriber {
 
   // Chains `event` as the next record; false if it is too large.
   bool Chain(AuditEvent& event) {
-    event.set_sequence(sequence_);
-    const std::string event_bytes = SerializeDeterministic(event);
-    if (event_bytes.size() > kMaxAuditEventBytes) return false;
-    mac_ = log_.key_->Compute(
-        ChainInput(log_.key_version_, sequence_, mac_, event_bytes));
-    std::string record;
-    record.reserve(kAuditRecordHeaderBytes + event_bytes.size());
-    record.push_back(static_cast<char>(kAuditRecordFormatV1));
-    util::AppendBigEndian32(log_.key_version_, &record);
-    absl::StrAppend(&record, mac_, event_bytes);
-    append_.records.emplace_back(sequence_, std::move(record));
-    ++sequence_;
+    std::optional<std::pair<uint64_t, std::string>> record =
+        chain_.Chain(event);
+    if (!record.has_value()) return false;
+    append_.records.push_back(*std::move(record));
     return true;
   }
 
   // The entries written (for failing them closed).
   const std::vector<Entry*>& included() const { return included_; }
-  uint64_t head_sequence() const { return sequence_ - 1; }
-  const std::string& head_mac() const { return mac_; }
+  uint64_t head_sequence() const { return chain_.head_sequence(); }
+  const std::string& head_mac() const { return chain_.head_mac(); }
 
  private:
   // Moves `e`'s item into its batch call's event; false (and nothing moved)
@@ -472,12 +376,11 @@ class AuditLog::GroupChainer : public storage::GroupDescriber {
     e.event.mutable_detail()->swap(*item.mutable_detail());
   }
 
-  const AuditLog& log_;
+  const WritePath& log_;
   const std::vector<std::unique_ptr<Pending>>& batch_;
   std::vector<std::pair<size_t, size_t>> position_;
   std::vector<storage::Transaction> group_;
-  uint64_t sequence_ = 1;
-  std::string mac_;
+  audit::ChainBuilder chain_;
   storage::ChainAppend append_;
   std::vector<Entry*> included_;
   absl::flat_hash_map<const Pending*, size_t> batch_bytes_;
@@ -485,7 +388,7 @@ class AuditLog::GroupChainer : public storage::GroupDescriber {
   std::vector<std::pair<Pending*, Entry*>> taken_;
 };
 
-void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
+void WritePath::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
   GroupChainer chainer(*this, batch);
   absl::Status committed = writer_store_->CommitGroup(chainer.group(), chainer);
   if (committed.ok()) {
@@ -518,7 +421,7 @@ void AuditLog::WriteBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
                    " audit record(s) not written: ", committed.ToString()));
 }
 
-absl::Status AuditLog::Scan(
+absl::Status WritePath::Scan(
     uint64_t from_sequence,
     const std::function<bool(const AuditEvent&)>& visit) const {
   return store_->ScanAudit(
@@ -530,7 +433,7 @@ absl::Status AuditLog::Scan(
       });
 }
 
-absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
+absl::StatusOr<uint64_t> WritePath::Purge(absl::Time now) const {
   absl::MutexLock purge_lock(&purge_mu_);
   auto last = store_->LastAuditRecord();
   if (!last.ok()) return last.status();
@@ -543,31 +446,24 @@ absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
   absl::Status scan =
       store_->ScanAudit(1, [&](uint64_t sequence, absl::string_view record) {
         if (sequence >= newest) return false;
-        absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
-        absl::StatusOr<AuditEvent> event = DecodeAuditEvent(record);
-        if (!parsed.ok() || !event.ok()) return false;  // Verify reports it
-        const int64_t ms = event->event_time().seconds() * 1000 +
-                           event->event_time().nanos() / 1000000;
-        if (ms >= cutoff_ms) return false;
+        absl::StatusOr<std::pair<int64_t, std::string>> time_and_mac =
+            audit::RecordTimeAndMac(record);
+        if (!time_and_mac.ok()) return false;  // Verify reports it
+        if (time_and_mac->first >= cutoff_ms) return false;
         through = sequence;
-        through_ms = ms;
-        through_mac = std::string(parsed->mac);
+        through_ms = time_and_mac->first;
+        through_mac = std::move(time_and_mac->second);
         return true;
       });
   if (!scan.ok()) return scan;
   if (through == 0) return 0;
-  std::string anchor;
-  anchor.push_back(static_cast<char>(kAuditAnchorFormatV1));
-  util::AppendBigEndian32(key_version_, &anchor);
-  util::AppendBigEndian64(through, &anchor);
-  util::AppendBigEndian64(static_cast<uint64_t>(through_ms), &anchor);
-  absl::StrAppend(&anchor, through_mac);
-  absl::StrAppend(&anchor, key_->Compute(absl::StrCat(kAnchorLabel, anchor)));
+  std::string anchor =
+      audit::MakeAnchor(*key_, key_version_, through, through_ms, through_mac);
   const uint64_t first_kept = through + 1;
   // The purge, its anchor and its record are one write.
   auto pending = std::make_unique<Pending>();
   pending->entries.resize(1);
-  pending->entries[0].event = ServerEvent(v1::AUDIT_PURGE, now);
+  pending->entries[0].event = ServerEvent(::cardvault::v1::AUDIT_PURGE, now);
   pending->entries[0].event.set_detail(
       absl::StrCat("purged audit records 1..", through,
                    " (older than the retention period); chain anchored, "
@@ -587,156 +483,11 @@ absl::StatusOr<uint64_t> AuditLog::Purge(absl::Time now) const {
   return through;
 }
 
-absl::StatusOr<ChainReport> AuditLog::Verify(
+absl::StatusOr<ChainReport> WritePath::Verify(
     const std::optional<Checkpoint>& checkpoint) const {
   absl::MutexLock purge_lock(&purge_mu_);
   return VerifyStoredChain(*store_, *key_, key_version_, options_.retention,
                            absl::Now(), checkpoint);
 }
 
-absl::StatusOr<ChainReport> VerifyStoredChain(
-    const storage::AuditStore& store, const crypto::HmacSha256& key,
-    uint32_t key_version, absl::Duration retention, absl::Time now,
-    const std::optional<Checkpoint>& checkpoint) {
-  const storage::AuditStore* store_ = &store;
-  const crypto::HmacSha256* key_ = &key;
-  const uint32_t key_version_ = key_version;
-  ChainReport report;
-  std::string previous = kZeroMac;
-  std::string checkpoint_mac;
-  uint64_t expected = 1;
-  absl::StatusOr<std::optional<std::string>> anchor = store_->AuditAnchor();
-  if (!anchor.ok()) return anchor.status();
-  if (anchor->has_value()) {
-    const std::string& a = **anchor;
-    if (a.size() != kAuditAnchorBytes ||
-        static_cast<uint8_t>(a[0]) != kAuditAnchorFormatV1 ||
-        !key_->Verify(absl::StrCat(kAnchorLabel, a.substr(0, 53)),
-                      a.substr(53))) {
-      report.intact = false;
-      report.first_bad_sequence = 1;
-      report.problem = "retention anchor does not verify";
-      return report;
-    }
-    const uint64_t sequence = util::ReadBigEndian64(a.substr(5, 8));
-    const int64_t time_ms =
-        static_cast<int64_t>(util::ReadBigEndian64(a.substr(13, 8)));
-    if (absl::FromUnixMillis(time_ms) > now - retention) {
-      report.intact = false;
-      report.first_bad_sequence = 1;
-      report.problem = "records were purged before the retention period ended";
-      return report;
-    }
-    expected = sequence + 1;
-    previous = a.substr(21, 32);
-  }
-  auto fail = [&](uint64_t sequence, absl::string_view problem) {
-    report.intact = false;
-    report.first_bad_sequence = sequence;
-    report.problem = std::string(problem);
-    return false;
-  };
-  absl::Status scanned = store_->ScanAudit(1, [&](uint64_t sequence,
-                                                  absl::string_view record) {
-    absl::StatusOr<ParsedRecord> parsed = ParseRecord(record);
-    if (sequence != expected) {
-      // The one gap a chain may have: the range a restore lost, skipped by
-      // the RESTORE event that follows it (its MAC, checked below, covers
-      // its sequence and links it to the backup's head).
-      AuditEvent restore;
-      const bool skipped =
-          parsed.ok() &&
-          restore.ParseFromArray(
-              parsed->event_bytes.data(),
-              static_cast<int>(parsed->event_bytes.size())) &&
-          restore.event_type() == v1::RESTORE &&
-          restore.restore().lost_from() == expected &&
-          restore.restore().lost_through() + 1 == sequence &&
-          restore.restore().backup_head().sequence() + 1 == expected &&
-          restore.restore().backup_head().mac() == previous;
-      if (!skipped) {
-        return fail(expected,
-                    absl::StrCat("record ", expected, " is missing (next is ",
-                                 sequence, ")"));
-      }
-      expected = sequence;
-    }
-    if (!parsed.ok()) return fail(sequence, parsed.status().message());
-    if (parsed->key_version != key_version_) {
-      return fail(sequence, "record names an unknown audit key");
-    }
-    if (!key_->Verify(ChainInput(parsed->key_version, sequence, previous,
-                                 parsed->event_bytes),
-                      parsed->mac)) {
-      return fail(sequence, "chain MAC does not verify");
-    }
-    AuditEvent event;
-    if (!event.ParseFromArray(parsed->event_bytes.data(),
-                              static_cast<int>(parsed->event_bytes.size())) ||
-        event.sequence() != sequence) {
-      return fail(sequence, "event does not decode to its own sequence");
-    }
-    previous = std::string(parsed->mac);
-    if (event.event_type() == v1::RESTORE) {
-      report.restores.push_back({.sequence = sequence,
-                                 .time = EventTime(event.event_time()),
-                                 .restore = event.restore()});
-    }
-    if (checkpoint.has_value() && sequence == checkpoint->sequence) {
-      checkpoint_mac = previous;
-    }
-    report.records_checked++;
-    report.head_sequence = sequence;
-    report.head_mac = previous;
-    ++expected;
-    return true;
-  });
-  if (!scanned.ok()) return scanned;
-  if (report.intact && checkpoint.has_value() && checkpoint->sequence > 0 &&
-      checkpoint_mac != checkpoint->mac) {
-    // A restore from a backup replaced the records after the backup's head;
-    // a checkpoint exported before it may lie in what it lost. That is
-    // reported as the restore, not as truncation. Only when the restore
-    // knew what it lost: the records written after a restore take the
-    // sequences from its lost_from on, so an unknown (unbounded) range would
-    // excuse every later checkpoint cut off by truncation.
-    for (const RestoreMark& r : report.restores) {
-      const uint64_t from = r.restore.lost_from();
-      const uint64_t through = r.restore.lost_through();
-      if (checkpoint->sequence >= from && from > 0 && through > 0 &&
-          checkpoint->sequence <= through &&
-          (checkpoint->sequence != through ||
-           r.restore.lost_head_mac().empty() ||
-           r.restore.lost_head_mac() == checkpoint->mac)) {
-        report.checkpoint_lost_in_restore = r.sequence;
-        break;
-      }
-    }
-  }
-  if (report.intact && checkpoint.has_value() && checkpoint->sequence > 0 &&
-      report.checkpoint_lost_in_restore == 0) {
-    if (checkpoint->sequence > report.head_sequence) {
-      report.intact = false;
-      report.first_bad_sequence = report.head_sequence + 1;
-      report.problem = absl::StrCat("chain ends at ", report.head_sequence,
-                                    " before checkpoint ", checkpoint->sequence,
-                                    " (truncated)");
-    } else if (checkpoint_mac != checkpoint->mac) {
-      report.intact = false;
-      report.first_bad_sequence = checkpoint->sequence;
-      report.problem = "record differs from the checkpoint";
-    }
-    for (const RestoreMark& r : report.restores) {
-      if (!report.intact && r.restore.lost_from() > 0 &&
-          r.restore.lost_through() == 0 &&
-          checkpoint->sequence >= r.restore.lost_from()) {
-        absl::StrAppend(&report.problem, "; or lost in the restore at ",
-                        r.sequence, ", whose lost range (from ",
-                        r.restore.lost_from(), ") is unknown");
-      }
-    }
-  }
-  return report;
-}
-
-}  // namespace cardvault::audit
+}  // namespace cardvault::commit

@@ -1,52 +1,20 @@
-// The tamper-evident audit trail: an append-only chain of records, each
-// carrying an HMAC-SHA256 over its content and its predecessor's MAC, under
-// an audit key that exists outside the HSM only in locked memory (it is
-// stored wrapped under the KEK). Rebuilding or editing the chain without that
-// key is detected by Verify.
-//
-// Record (column family "audit", key = sequence as 8 bytes big-endian):
-//   offset  size  field
-//   0       1     record format version, kAuditRecordFormatV1 = 0x01
-//   1       4     audit key version, uint32 big-endian
-//   5       32    chain MAC
-//   37      N     event: cardvault.v1.AuditEvent, deterministic protobuf
-//                 encoding, N <= kMaxAuditEventBytes; its `sequence` equals
-//                 the record's key. A batch call is one event listing its
-//                 items (AppendAsync).
-// chain MAC = HMAC-SHA256(audit key, "cardvault/audit-record" || format
-//             version (1) || key version (4) || sequence (8, BE) ||
-//             previous record's chain MAC (32; zeros for sequence 1) || event)
-//
-// Restore: the records a restore lost (after the restored backup's head) are
-// never numbered again. The RESTORE event takes the sequence after the last
-// lost one and is chained to the backup's head; Verify accepts that one gap
-// because the event names it (lost_from, lost_through, backup head).
-//
-// Retention: records older than Options::retention (default 400 days, PCI
-// DSS 10.5.1) may be purged, oldest first, never the newest. The purge
-// replaces them with an anchor (key: sequence 0) so that the chain still
-// verifies from the first record kept:
-//   offset  size  field
-//   0       1     anchor format version, kAuditAnchorFormatV1 = 0x01
-//   1       4     audit key version, uint32 big-endian
-//   5       8     sequence N of the last purged record, big-endian
-//   13      8     event time of record N, Unix milliseconds, big-endian
-//   21      32    chain MAC of record N
-//   53      32    HMAC-SHA256(audit key, "cardvault/audit-anchor" || [0, 53))
-// Verify refuses an anchor whose record N is younger than the retention
-// period: records cannot be purged early, even by someone with file access.
+// The write path of every token write: each event of the audit trail is
+// appended here together with the token data it describes (its mutation),
+// in one transaction of the store (storage/transaction.h), so that a
+// Tokenize's record is never separate from its token.
 //
 // Appends are group-committed: one writer thread takes every pending event,
-// chains them in order and writes them (with any new token records) in one
-// synced RocksDB WriteBatch, so concurrent requests share one fsync. The
+// has the store check their conditions, chains the admitted ones in order
+// (audit/audit_chain.h) and commits them with their token data in one
+// durable write, so concurrent requests share one fsync or commit. The
 // completions of a written group run on a second thread, in order, while
 // the writer goes on to the next group: no thread waits for the fsync per
 // request, and answering the callers (a gRPC send each) does not delay the
 // next write.
 //
 // Thread safety: thread-safe.
-#ifndef CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_
-#define CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_
+#ifndef CARDVAULT_SERVER_COMMIT_WRITE_PATH_H_
+#define CARDVAULT_SERVER_COMMIT_WRITE_PATH_H_
 
 #include <atomic>
 #include <cstdint>
@@ -66,37 +34,21 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "cardvault/v1/audit.pb.h"
+#include "server/audit/audit_chain.h"
 #include "server/audit/recorded_value.h"
 #include "server/audit/refusal_summary.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
 #include "server/storage/transaction.h"
 
-namespace cardvault::audit {
+namespace cardvault::commit {
 
-using AuditEvent = ::cardvault::v1::AuditEvent;
-using BatchItem = ::cardvault::v1::BatchItem;
-
-// The identity recorded for what the server does on its own.
-inline constexpr absl::string_view kServerIdentity = "cardvaultd";
-
-// Writes `t`, to the millisecond, into an event's timestamp.
-void SetEventTime(absl::Time t, google::protobuf::Timestamp* out);
-
-// The time an event's timestamp holds.
-absl::Time EventTime(const google::protobuf::Timestamp& t);
-
-// An event of `type` done by the server itself at `now`.
-AuditEvent ServerEvent(::cardvault::v1::EventType type, absl::Time now);
-
-inline constexpr uint8_t kAuditRecordFormatV1 = 0x01;
-inline constexpr size_t kAuditRecordHeaderBytes = 1 + 4 + 32;
-// Bounds an event, a batch call's included: tokens.max_batch_items (at most
-// 10,000) items of at most a few hundred bytes each.
-inline constexpr size_t kMaxAuditEventBytes = 4 << 20;
-inline constexpr uint8_t kAuditAnchorFormatV1 = 0x01;
-inline constexpr size_t kAuditAnchorBytes = 1 + 4 + 8 + 8 + 32 + 32;
+using audit::AuditEvent;
+using audit::BatchItem;
+using audit::ChainReport;
+using audit::Checkpoint;
+using audit::RefusalSummary;
+using audit::ValueMarker;
 
 // Token data changed in the same atomic write as an audit event, provided
 // every condition holds at the moment of the write (checked by the store at
@@ -118,37 +70,7 @@ struct Entry {
   bool summarised = false;
 };
 
-// A chain position exported to compare against later.
-struct Checkpoint {
-  uint64_t sequence = 0;
-  std::string mac;
-};
-
-// A restore from a backup, as the chain records it (RESTORE event).
-struct RestoreMark {
-  uint64_t sequence = 0;
-  absl::Time time;
-  ::cardvault::v1::RestoreRecord restore;
-};
-
-// Result of a chain verification.
-struct ChainReport {
-  bool intact = true;
-  uint64_t first_bad_sequence = 0;  // 0 when intact
-  std::string problem;
-  uint64_t records_checked = 0;
-  uint64_t head_sequence = 0;  // last record that verified
-  std::string head_mac;
-  // Restores the chain records, oldest first.
-  std::vector<RestoreMark> restores;
-  // The RESTORE event whose lost range holds the checkpoint asked about,
-  // when a restore (not truncation) is why the chain no longer holds it.
-  // Only a known range (lost_through set) excuses a checkpoint: records
-  // written after a restore reuse the sequences from lost_from on.
-  uint64_t checkpoint_lost_in_restore = 0;
-};
-
-class AuditLog {
+class WritePath {
  public:
   struct Options {
     // Most events chained into one write.
@@ -187,16 +109,16 @@ class AuditLog {
 
   // Starts the writer thread, which commits through `writer` and reads the
   // trail from `store`; both must outlive the log.
-  static absl::StatusOr<std::unique_ptr<AuditLog>> Open(
+  static absl::StatusOr<std::unique_ptr<WritePath>> Open(
       const storage::AuditStore* store,
       const storage::TransactionalStore* writer,
       std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
       Options options);
 
-  AuditLog(const AuditLog&) = delete;
-  AuditLog& operator=(const AuditLog&) = delete;
+  WritePath(const WritePath&) = delete;
+  WritePath& operator=(const WritePath&) = delete;
   // Finishes pending appends and stops the writer.
-  ~AuditLog();
+  ~WritePath();
 
   // Starts the purge and summary threads (Options::defer_background_jobs);
   // once only.
@@ -287,10 +209,10 @@ class AuditLog {
 
   class GroupChainer;
 
-  AuditLog(const storage::AuditStore* store,
-           const storage::TransactionalStore* writer,
-           std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
-           Options options);
+  WritePath(const storage::AuditStore* store,
+            const storage::TransactionalStore* writer,
+            std::unique_ptr<crypto::HmacSha256> key, uint32_t key_version,
+            Options options);
   // Queues `pending` for the writer, or refuses it at once when
   // max_pending_events are pending.
   void Enqueue(std::unique_ptr<Pending> pending) const;
@@ -334,26 +256,6 @@ class AuditLog {
   std::thread summarizer_;
 };
 
-// Verifies the chain stored in `store` under `key` (AuditLog::Verify, for a
-// store no log writes to, such as a backup's): records purged by retention
-// must be older than `now - retention`.
-absl::StatusOr<ChainReport> VerifyStoredChain(
-    const storage::AuditStore& store, const crypto::HmacSha256& key,
-    uint32_t key_version, absl::Duration retention, absl::Time now,
-    const std::optional<Checkpoint>& checkpoint = std::nullopt);
+}  // namespace cardvault::commit
 
-// `message` in deterministic protobuf encoding (map entries sorted), the
-// form every stored and MAC'd message takes.
-std::string SerializeDeterministic(const google::protobuf::Message& message);
-
-// The chain MAC a stored record carries; DATA_LOSS if malformed.
-absl::StatusOr<std::string> RecordMac(absl::string_view record);
-// The audit key version a stored record names; DATA_LOSS if malformed.
-absl::StatusOr<uint32_t> RecordKeyVersion(absl::string_view record);
-
-// Decodes a stored record's event without verifying its MAC.
-absl::StatusOr<AuditEvent> DecodeAuditEvent(absl::string_view record);
-
-}  // namespace cardvault::audit
-
-#endif  // CARDVAULT_SERVER_AUDIT_AUDIT_LOG_H_
+#endif  // CARDVAULT_SERVER_COMMIT_WRITE_PATH_H_

@@ -1,6 +1,6 @@
 // The audit chain over a real RocksDB: group-committed appends, atomic token
 // writes, fail-closed behaviour, and detection of every kind of tampering.
-#include "server/audit/audit_log.h"
+#include "server/commit/write_path.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -20,9 +20,11 @@
 #include "tests/testing/fault_injecting_store.h"
 #include "tests/testing/status_matchers.h"
 
-namespace cardvault::audit {
+namespace cardvault::commit {
 namespace {
 
+using ::cardvault::audit::DecodeAuditEvent;
+using ::cardvault::audit::kAuditRecordHeaderBytes;
 using ::cardvault::testing::IsOk;
 using ::cardvault::testing::IsOkAndHolds;
 using ::cardvault::testing::StatusIs;
@@ -42,7 +44,7 @@ AuditEvent Event(absl::string_view identity, absl::string_view token = "") {
   return e;
 }
 
-class AuditLogTest : public ::testing::Test {
+class WritePathTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ =
@@ -63,12 +65,12 @@ class AuditLogTest : public ::testing::Test {
     faults_.reset();
     db_.reset();
   }
-  void Reopen(char key_fill, AuditLog::Options options = {}) {
+  void Reopen(char key_fill, WritePath::Options options = {}) {
     Close();
     db_ = *storage::RocksDbStorage::Open({.data_dir = dir_});
     faults_ = std::make_unique<testing::FaultInjectingStore>(db_.get());
-    auto log =
-        AuditLog::Open(faults_.get(), faults_.get(), Key(key_fill), 1, options);
+    auto log = WritePath::Open(faults_.get(), faults_.get(), Key(key_fill), 1,
+                               options);
     ASSERT_THAT(log, IsOk());
     log_ = *std::move(log);
   }
@@ -131,10 +133,10 @@ class AuditLogTest : public ::testing::Test {
   std::string dir_;
   std::unique_ptr<storage::RocksDbStorage> db_;
   std::unique_ptr<testing::FaultInjectingStore> faults_;
-  std::unique_ptr<AuditLog> log_;
+  std::unique_ptr<WritePath> log_;
 };
 
-TEST_F(AuditLogTest, ConcurrentAppendsFormOneGaplessVerifiedChain) {
+TEST_F(WritePathTest, ConcurrentAppendsFormOneGaplessVerifiedChain) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
@@ -161,7 +163,7 @@ TEST_F(AuditLogTest, ConcurrentAppendsFormOneGaplessVerifiedChain) {
   EXPECT_EQ(identities.size(), 400u);
 }
 
-TEST_F(AuditLogTest, ChainContinuesAcrossRestart) {
+TEST_F(WritePathTest, ChainContinuesAcrossRestart) {
   AppendMany(5);
   Reopen('k');
   AppendMany(5);
@@ -179,7 +181,7 @@ Mutation NewToken(std::string token, std::string record) {
   return m;
 }
 
-TEST_F(AuditLogTest, TokenIsWrittenOnlyWithItsAuditRecord) {
+TEST_F(WritePathTest, TokenIsWrittenOnlyWithItsAuditRecord) {
   ASSERT_THAT(log_->Append(Event("pos", "tok_1"), NewToken("tok_1", "rec-1")),
               IsOk());
   EXPECT_THAT(db_->Get(storage::Table::kTokens, "tok_1"),
@@ -204,7 +206,7 @@ TEST_F(AuditLogTest, TokenIsWrittenOnlyWithItsAuditRecord) {
   EXPECT_EQ(log_->Verify()->records_checked, 1u);
 }
 
-TEST_F(AuditLogTest, ConditionsSeeEarlierEntriesOfTheSameWrite) {
+TEST_F(WritePathTest, ConditionsSeeEarlierEntriesOfTheSameWrite) {
   // Two entries claiming one index key in one write: the first wins, the
   // second's condition fails against the first's (not yet durable) value.
   std::vector<Entry> entries(2);
@@ -234,7 +236,7 @@ TEST_F(AuditLogTest, ConditionsSeeEarlierEntriesOfTheSameWrite) {
               StatusIs(absl::StatusCode::kNotFound));
 }
 
-TEST_F(AuditLogTest, AppendAllIsOneWriteForManyEntries) {
+TEST_F(WritePathTest, AppendAllIsOneWriteForManyEntries) {
   std::vector<Entry> entries(500);
   for (size_t i = 0; i < entries.size(); ++i) {
     entries[i].event = Event("pos", absl::StrCat("tok_", i));
@@ -247,7 +249,7 @@ TEST_F(AuditLogTest, AppendAllIsOneWriteForManyEntries) {
   EXPECT_EQ(log_->Verify()->records_checked, 500u);
 }
 
-TEST_F(AuditLogTest, AsyncAppendCompletesOnceDurableOffTheCallersThread) {
+TEST_F(WritePathTest, AsyncAppendCompletesOnceDurableOffTheCallersThread) {
   std::vector<Entry> entries(2);
   for (int i = 0; i < 2; ++i) {
     entries[i].event = Event("pos", absl::StrCat("tok_", i));
@@ -271,8 +273,8 @@ TEST_F(AuditLogTest, AsyncAppendCompletesOnceDurableOffTheCallersThread) {
   EXPECT_EQ(log_->Verify()->records_checked, 2u);
 }
 
-TEST_F(AuditLogTest, AppendsBeyondThePendingBoundAreRefusedAndWriteNothing) {
-  AuditLog::Options options;
+TEST_F(WritePathTest, AppendsBeyondThePendingBoundAreRefusedAndWriteNothing) {
+  WritePath::Options options;
   options.max_pending_events = 3;
   Reopen('k', options);
   // The first completion holds the completion thread, so nothing appended
@@ -320,7 +322,7 @@ TEST_F(AuditLogTest, AppendsBeyondThePendingBoundAreRefusedAndWriteNothing) {
   EXPECT_EQ(log_->Verify()->records_checked, 4u);
 }
 
-TEST_F(AuditLogTest, RecordedStringsAreMaskedAndEscapedBeforeTheyAreChained) {
+TEST_F(WritePathTest, RecordedStringsAreMaskedAndEscapedBeforeTheyAreChained) {
   AuditEvent event = Event("pos", "tok_x");
   event.set_detail("note 4111111111111111\nforged");
   ASSERT_THAT(log_->Append(event), IsOk());
@@ -330,8 +332,8 @@ TEST_F(AuditLogTest, RecordedStringsAreMaskedAndEscapedBeforeTheyAreChained) {
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
-TEST_F(AuditLogTest, RefusalsPastTheRateBecomeOneSummaryRecord) {
-  AuditLog::Options options;
+TEST_F(WritePathTest, RefusalsPastTheRateBecomeOneSummaryRecord) {
+  WritePath::Options options;
   options.refusals.per_minute = 3;
   options.refusals.interval = absl::Hours(1);  // written by hand below
   Reopen('k', options);
@@ -352,8 +354,8 @@ TEST_F(AuditLogTest, RefusalsPastTheRateBecomeOneSummaryRecord) {
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
-TEST_F(AuditLogTest, RefusedBatchItemsPastTheRateAreCountedNotListed) {
-  AuditLog::Options options;
+TEST_F(WritePathTest, RefusedBatchItemsPastTheRateAreCountedNotListed) {
+  WritePath::Options options;
   options.refusals.per_minute = 3;
   options.refusals.interval = absl::Hours(1);
   Reopen('k', options);
@@ -388,14 +390,14 @@ TEST_F(AuditLogTest, RefusedBatchItemsPastTheRateAreCountedNotListed) {
               HasSubstr("TokenizeBatch INVALID_ARGUMENT x7"));
 }
 
-TEST_F(AuditLogTest, CountedRefusalsAreWrittenWhenTheLogCloses) {
-  AuditLog::Options options;
+TEST_F(WritePathTest, CountedRefusalsAreWrittenWhenTheLogCloses) {
+  WritePath::Options options;
   options.refusals.per_minute = 1;
   options.refusals.interval = absl::Hours(1);
   Reopen('k', options);
   for (int i = 0; i < 5; ++i) {
     AuditEvent e = Event("stranger");
-    e.set_rpc("/cardvault.v1.AuditLog/ListEvents");
+    e.set_rpc("/cardvault.v1.WritePath/ListEvents");
     e.set_status_code(static_cast<int>(absl::StatusCode::kPermissionDenied));
     ASSERT_THAT(log_->Append(e), IsOk());
   }
@@ -410,7 +412,7 @@ TEST_F(AuditLogTest, CountedRefusalsAreWrittenWhenTheLogCloses) {
   EXPECT_EQ(counted, 4u);
 }
 
-TEST_F(AuditLogTest, AsyncCompletionsRunInOrderOfTheirWrites) {
+TEST_F(WritePathTest, AsyncCompletionsRunInOrderOfTheirWrites) {
   constexpr int kCalls = 200;
   absl::Mutex mu;
   std::vector<uint64_t> sequences;
@@ -431,7 +433,7 @@ TEST_F(AuditLogTest, AsyncCompletionsRunInOrderOfTheirWrites) {
   EXPECT_EQ(log_->Verify()->records_checked, static_cast<uint64_t>(kCalls));
 }
 
-TEST_F(AuditLogTest, BatchIsOneRecordListingTheItemsWritten) {
+TEST_F(WritePathTest, BatchIsOneRecordListingTheItemsWritten) {
   // Three items of one call; the middle one claims a token already taken.
   ASSERT_THAT(
       log_->Append(Event("pos", "tok_taken"), NewToken("tok_taken", "first")),
@@ -475,7 +477,7 @@ TEST_F(AuditLogTest, BatchIsOneRecordListingTheItemsWritten) {
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
-TEST_F(AuditLogTest, FailedWritesFailClosedCountAndRecover) {
+TEST_F(WritePathTest, FailedWritesFailClosedCountAndRecover) {
   AppendMany(3);
   faults_->FailCommits(true);
   EXPECT_THAT(log_->Append(Event("processor")),
@@ -489,7 +491,7 @@ TEST_F(AuditLogTest, FailedWritesFailClosedCountAndRecover) {
   EXPECT_EQ(report->head_sequence, 5u);
 }
 
-TEST_F(AuditLogTest, DeletedRecordIsDetected) {
+TEST_F(WritePathTest, DeletedRecordIsDetected) {
   AppendMany(10);
   Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
     ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), audit, Key8(4)).ok());
@@ -501,7 +503,7 @@ TEST_F(AuditLogTest, DeletedRecordIsDetected) {
   EXPECT_THAT(report->problem, HasSubstr("missing"));
 }
 
-TEST_F(AuditLogTest, EditedRecordIsDetected) {
+TEST_F(WritePathTest, EditedRecordIsDetected) {
   AppendMany(10);
   Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
     std::string record;
@@ -518,7 +520,7 @@ TEST_F(AuditLogTest, EditedRecordIsDetected) {
   EXPECT_EQ(report->first_bad_sequence, 6u);
 }
 
-TEST_F(AuditLogTest, ReorderedRecordsAreDetected) {
+TEST_F(WritePathTest, ReorderedRecordsAreDetected) {
   AppendMany(10);
   Tamper([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* audit) {
     std::string a, b;
@@ -533,7 +535,7 @@ TEST_F(AuditLogTest, ReorderedRecordsAreDetected) {
   EXPECT_EQ(report->first_bad_sequence, 3u);
 }
 
-TEST_F(AuditLogTest, TruncationIsDetectedAgainstAnExportedCheckpoint) {
+TEST_F(WritePathTest, TruncationIsDetectedAgainstAnExportedCheckpoint) {
   AppendMany(10);
   auto before = log_->Verify();
   ASSERT_THAT(before, IsOk());
@@ -557,7 +559,7 @@ TEST_F(AuditLogTest, TruncationIsDetectedAgainstAnExportedCheckpoint) {
 // A restore whose lost range is unknown (the old data directory was gone)
 // must not excuse, for ever after, a checkpoint exported after the restore
 // and then cut off: that is truncation of records written since.
-TEST_F(AuditLogTest, RestoreOfUnknownRangeDoesNotExcuseLaterTruncation) {
+TEST_F(WritePathTest, RestoreOfUnknownRangeDoesNotExcuseLaterTruncation) {
   AppendMany(5);  // the backup's head is 5
   AuditEvent restore = Event("cardvaultd");
   restore.set_event_type(v1::RESTORE);
@@ -585,7 +587,7 @@ TEST_F(AuditLogTest, RestoreOfUnknownRangeDoesNotExcuseLaterTruncation) {
 // A restored chain: records 1..5 (the backup), records 6..9 lost, then the
 // RESTORE event at 10 and more after it, as the first start after a restore
 // writes them. Returns the RESTORE event's sequence.
-uint64_t WriteRestoredChain(AuditLogTest* test, AuditLog* log,
+uint64_t WriteRestoredChain(WritePathTest* test, WritePath* log,
                             const std::string& backup_head_mac) {
   AuditEvent restore = Event("cardvaultd");
   restore.set_event_type(v1::RESTORE);
@@ -598,7 +600,7 @@ uint64_t WriteRestoredChain(AuditLogTest* test, AuditLog* log,
   return 10;
 }
 
-TEST_F(AuditLogTest, RestoreSkipsTheLostSequencesAndVerifies) {
+TEST_F(WritePathTest, RestoreSkipsTheLostSequencesAndVerifies) {
   AppendMany(9);
   auto full = log_->Verify();
   ASSERT_THAT(full, IsOk());
@@ -642,7 +644,7 @@ TEST_F(AuditLogTest, RestoreSkipsTheLostSequencesAndVerifies) {
   EXPECT_EQ(cut->checkpoint_lost_in_restore, 0u);
 }
 
-TEST_F(AuditLogTest, AGapNotNamedByARestoreIsDetected) {
+TEST_F(WritePathTest, AGapNotNamedByARestoreIsDetected) {
   AppendMany(5);
   auto head = log_->Verify();
   ASSERT_THAT(head, IsOk());
@@ -667,7 +669,7 @@ TEST_F(AuditLogTest, AGapNotNamedByARestoreIsDetected) {
   EXPECT_FALSE(report->intact);
 }
 
-TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
+TEST_F(WritePathTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
   AppendMany(10);
   // An attacker with file access but no HSM rewrites the whole trail with a
   // key of their own: every MAC is self-consistent under the wrong key.
@@ -689,7 +691,7 @@ TEST_F(AuditLogTest, ChainRebuiltWithoutTheAuditKeyIsDetected) {
     {
       auto forged_db = *storage::RocksDbStorage::Open({.data_dir = forged_dir});
       auto forged_log =
-          *AuditLog::Open(forged_db.get(), forged_db.get(), Key('X'), 1, {});
+          *WritePath::Open(forged_db.get(), forged_db.get(), Key('X'), 1, {});
       for (AuditEvent& e : events) {
         e.set_identity("attacker-rewrote-" + e.identity());
         ASSERT_THAT(forged_log->Append(e), IsOk());
@@ -727,7 +729,7 @@ AuditEvent EventAt(absl::Time t) {
   return e;
 }
 
-std::vector<uint64_t> Sequences(const AuditLog& log) {
+std::vector<uint64_t> Sequences(const WritePath& log) {
   std::vector<uint64_t> out;
   EXPECT_THAT(log.Scan(1,
                        [&](const AuditEvent& e) {
@@ -738,7 +740,7 @@ std::vector<uint64_t> Sequences(const AuditLog& log) {
   return out;
 }
 
-TEST_F(AuditLogTest,
+TEST_F(WritePathTest,
        PurgeRemovesOnlyRecordsPastRetentionAndChainStillVerifies) {
   const absl::Time now = absl::Now();
   for (int i = 0; i < 10; ++i) {
@@ -762,7 +764,7 @@ TEST_F(AuditLogTest,
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
-TEST_F(AuditLogTest, PurgeKeepsTheNewestRecordEvenWhenAllAreOld) {
+TEST_F(WritePathTest, PurgeKeepsTheNewestRecordEvenWhenAllAreOld) {
   const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
   for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
   EXPECT_THAT(log_->Purge(absl::Now()), IsOkAndHolds(3u));
@@ -770,7 +772,7 @@ TEST_F(AuditLogTest, PurgeKeepsTheNewestRecordEvenWhenAllAreOld) {
   EXPECT_TRUE(log_->Verify()->intact);
 }
 
-TEST_F(AuditLogTest, ForgedAnchorIsDetected) {
+TEST_F(WritePathTest, ForgedAnchorIsDetected) {
   const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
   for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
   ASSERT_THAT(log_->Purge(absl::Now()), IsOkAndHolds(3u));
@@ -786,9 +788,9 @@ TEST_F(AuditLogTest, ForgedAnchorIsDetected) {
   EXPECT_THAT(report->problem, HasSubstr("anchor"));
 }
 
-TEST_F(AuditLogTest, PurgeBeforeTheRetentionPeriodIsDetected) {
+TEST_F(WritePathTest, PurgeBeforeTheRetentionPeriodIsDetected) {
   // A vault misconfigured (or tampered) to keep records one hour...
-  AuditLog::Options one_hour;
+  WritePath::Options one_hour;
   one_hour.retention = absl::Hours(1);
   Reopen('k', one_hour);
   const absl::Time now = absl::Now();
@@ -804,7 +806,7 @@ TEST_F(AuditLogTest, PurgeBeforeTheRetentionPeriodIsDetected) {
   EXPECT_THAT(report->problem, HasSubstr("before the retention period"));
 }
 
-TEST_F(AuditLogTest, DeferredJobsLeaveTheFirstRecordToTheRestore) {
+TEST_F(WritePathTest, DeferredJobsLeaveTheFirstRecordToTheRestore) {
   const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
   for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
   Reopen('k', {.purge_interval = absl::Hours(1),
@@ -824,4 +826,4 @@ TEST_F(AuditLogTest, DeferredJobsLeaveTheFirstRecordToTheRestore) {
 }
 
 }  // namespace
-}  // namespace cardvault::audit
+}  // namespace cardvault::commit
