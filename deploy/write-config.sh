@@ -55,7 +55,7 @@ hsm {
   create_kek_if_missing: true
 }
 storage {
-  data_dir: "$state/data"
+  rocksdb { data_dir: "$state/data" }
 }
 policy {
   file: "$policy"

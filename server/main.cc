@@ -27,8 +27,8 @@
 #include "google/protobuf/util/json_util.h"
 #include "hsm/pkcs11_key_wrapper.h"
 #include "hsm/pkcs11_token.h"
-#include "server/commit/write_path.h"
 #include "server/auth/access_policy.h"
+#include "server/commit/write_path.h"
 #include "server/config/config_loader.h"
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
@@ -71,7 +71,7 @@ ABSL_FLAG(std::string, config, "",
 ABSL_FLAG(std::string, listen_address, "",
           "Overrides listen_address from the configuration.");
 ABSL_FLAG(std::string, data_dir, "",
-          "Overrides storage.data_dir from the configuration.");
+          "Overrides storage.rocksdb.data_dir from the configuration.");
 ABSL_FLAG(uint32_t, restore_backup, 0,
           "Disaster recovery, with the vault stopped: puts backup ID of "
           "backup.directory in place of the data directory (the old one is "
@@ -120,7 +120,7 @@ T OrDie(absl::StatusOr<T> value, absl::string_view step) {
 // dropped by compaction (see rocksdb_storage.h).
 storage::RocksDbStorage::Options StorageOptions(
     const config::ServerConfig& cfg) {
-  return {.data_dir = cfg.storage().data_dir(),
+  return {.data_dir = cfg.storage().rocksdb().data_dir(),
           .expiry_of = vault::StoredExpiry};
 }
 
@@ -129,7 +129,7 @@ storage::RocksDbBackupStore::Options BackupStoreOptions(
   const config::v1::BackupConfig& b = cfg.backup();
   return {.directory = b.directory(),
           .staging_dir = b.staging_directory().empty()
-                             ? cfg.storage().data_dir() + ".staging"
+                             ? cfg.storage().rocksdb().data_dir() + ".staging"
                              : b.staging_directory(),
           .rate_limit_bytes_per_second = b.rate_limit_bytes_per_second(),
           .read_only = read_only};
@@ -161,7 +161,7 @@ int RunBackupTool(const config::ServerConfig& cfg,
     // a restore of this backup would undo.
     std::unique_ptr<storage::StoreView> live;
     if (absl::StatusOr<std::unique_ptr<storage::StoreView>> opened =
-            storage::OpenReadOnlyView(cfg.storage().data_dir());
+            storage::OpenReadOnlyView(cfg.storage().rocksdb().data_dir());
         opened.ok()) {
       live = *std::move(opened);
     }
@@ -192,7 +192,7 @@ int RunBackupTool(const config::ServerConfig& cfg,
        .open_read_only = storage::OpenReadOnlyView,
        .check_not_in_use = storage::RocksDbStorage::CheckNotInUse},
       id,
-      {.data_dir = cfg.storage().data_dir(),
+      {.data_dir = cfg.storage().rocksdb().data_dir(),
        .verify = BackupVerifyOptions(cfg),
        .now = absl::Now()});
   if (!restored.ok()) {
@@ -201,7 +201,7 @@ int RunBackupTool(const config::ServerConfig& cfg,
     return 1;
   }
   util::LogInfo(absl::StrCat(
-      "backup ", id, " restored into ", cfg.storage().data_dir(),
+      "backup ", id, " restored into ", cfg.storage().rocksdb().data_dir(),
       restored->previous_data_dir().empty()
           ? std::string()
           : absl::StrCat("; the old data directory is ",
@@ -243,7 +243,7 @@ int Run(const sigset_t& stop_signals) {
     cfg.set_listen_address(absl::GetFlag(FLAGS_listen_address));
   }
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
-    cfg.mutable_storage()->set_data_dir(
+    cfg.mutable_storage()->mutable_rocksdb()->set_data_dir(
         config::NormalizeDirectory(absl::GetFlag(FLAGS_data_dir)));
     if (absl::Status s = config::CheckBackupDirectory(cfg); !s.ok()) {
       util::LogError(s.ToString());
@@ -254,9 +254,9 @@ int Run(const sigset_t& stop_signals) {
   // restore, a compaction (--verify_backup reads only backups).
   std::optional<storage::DirectoryLock> directory_lock;
   if (absl::GetFlag(FLAGS_verify_backup) == 0) {
-    directory_lock.emplace(
-        OrDie(storage::DirectoryLock::Acquire(cfg.storage().data_dir()),
-              "data directory"));
+    directory_lock.emplace(OrDie(
+        storage::DirectoryLock::Acquire(cfg.storage().rocksdb().data_dir()),
+        "data directory"));
   }
   // Descriptors for the database, the HSM and the logs are kept out of the
   // connections' share before anything opens them.
@@ -265,7 +265,8 @@ int Run(const sigset_t& stop_signals) {
           ? cfg.listener().reserved_descriptors()
           : util::kBaseReservedDescriptors +
                 std::max<uint64_t>(
-                    1024, 2 * util::FilesUnder(cfg.storage().data_dir()));
+                    1024,
+                    2 * util::FilesUnder(cfg.storage().rocksdb().data_dir()));
   const util::DescriptorBudget budget = OrDie(
       util::RaiseDescriptorLimit(reserved_descriptors), "descriptor budget");
   util::LogInfo(absl::StrCat("process hardening: ", util::HardeningReport(),
@@ -296,7 +297,8 @@ int Run(const sigset_t& stop_signals) {
   auto storage =
       OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
   const bool backups_on = !cfg.backup().directory().empty();
-  const bool restored = vault::RestorePending(cfg.storage().data_dir());
+  const bool restored =
+      vault::RestorePending(cfg.storage().rocksdb().data_dir());
   // Completes (or rolls back) a KEK rotation a crash interrupted; after a
   // restore, rolls forward to the KEKs the vault rotated to since.
   vault::KekManager::OpenReport kek_report;
@@ -327,8 +329,8 @@ int Run(const sigset_t& stop_signals) {
   // A restore's marker is checked under the audit key before the trail
   // takes the key; a forged one stops the start.
   const std::optional<v1::RestoreRecord> restore_record =
-      OrDie(vault::ReadRestoreMarker(cfg.storage().data_dir(), *audit_key.mac,
-                                     audit_key.version),
+      OrDie(vault::ReadRestoreMarker(cfg.storage().rocksdb().data_dir(),
+                                     *audit_key.mac, audit_key.version),
             "restore marker");
   vault::MacKey index_key = OrDie(
       vault::LoadMacKey(kek.get(), vault::kPanIndexKeyPrefix), "PAN index key");
@@ -355,9 +357,9 @@ int Run(const sigset_t& stop_signals) {
       "audit trail");
   // The restore is the first thing the restored trail records.
   if (restore_record.has_value()) {
-    if (absl::Status s =
-            vault::RecordRestore(cfg.storage().data_dir(), *restore_record,
-                                 *audit_log, *storage, absl::Now());
+    if (absl::Status s = vault::RecordRestore(
+            cfg.storage().rocksdb().data_dir(), *restore_record, *audit_log,
+            *storage, absl::Now());
         !s.ok()) {
       util::LogError(absl::StrCat("cannot record the restore: ", s.ToString()));
       return 1;

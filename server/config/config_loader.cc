@@ -57,9 +57,9 @@ bool IsHostPort(absl::string_view address) {
 }
 
 absl::Status Validate(ServerConfig& c, absl::string_view src) {
-  if (!c.storage().data_dir().empty()) {
-    c.mutable_storage()->set_data_dir(
-        NormalizeDirectory(c.storage().data_dir()));
+  if (!c.storage().rocksdb().data_dir().empty()) {
+    c.mutable_storage()->mutable_rocksdb()->set_data_dir(
+        NormalizeDirectory(c.storage().rocksdb().data_dir()));
   }
   if (!c.backup().directory().empty()) {
     c.mutable_backup()->set_directory(
@@ -89,8 +89,18 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   check(c.hsm().kek_label().size() <= 55,
         "hsm.kek_label is over 55 bytes (rotated KEKs add 9)");
   check(c.hsm().max_sessions() <= 64, "hsm.max_sessions must be at most 64");
-  check(c.has_storage() && !c.storage().data_dir().empty(),
-        "storage.data_dir is required");
+  check(c.storage().has_rocksdb() || c.storage().has_postgres(),
+        "storage.rocksdb or storage.postgres is required");
+  check(!c.storage().has_rocksdb() || !c.storage().rocksdb().data_dir().empty(),
+        "storage.rocksdb.data_dir is required");
+  check(!c.storage().has_postgres() ||
+            !c.storage().postgres().conninfo_file().empty(),
+        "storage.postgres.conninfo_file is required");
+  check(c.storage().postgres().pool_size() <= 256,
+        "storage.postgres.pool_size must be at most 256");
+  // Backups of the PostgreSQL store are the database's own (pgBackRest).
+  check(!c.storage().has_postgres() || c.backup().directory().empty(),
+        "backup is for storage.rocksdb; back up PostgreSQL with its own tools");
   check(c.limits().max_request_bytes() == 0 ||
             (c.limits().max_request_bytes() >= 1024 &&
              c.limits().max_request_bytes() <= (4u << 20)),
@@ -252,7 +262,7 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
 
 absl::Status CheckBackupDirectory(const ServerConfig& c) {
   const std::string& backups = c.backup().directory();
-  const std::string& data = c.storage().data_dir();
+  const std::string& data = c.storage().rocksdb().data_dir();
   if (backups.empty()) return absl::OkStatus();
   auto inside = [](const std::string& child, const std::string& parent) {
     return parent == "/" || absl::StartsWith(child, parent + "/");
@@ -261,19 +271,21 @@ absl::Status CheckBackupDirectory(const ServerConfig& c) {
     return a == b || inside(a, b) || inside(b, a);
   };
   if (overlap(backups, data)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "backup.directory ", backups, " must be outside storage.data_dir ",
-        data, " (and not hold it)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("backup.directory ", backups,
+                     " must be outside storage.rocksdb.data_dir ", data,
+                     " (and not hold it)"));
   }
   // The staging directory is removed before each backup: it must hold
   // nothing else.
   const std::string& staging = c.backup().staging_directory();
   if (!staging.empty() &&
       (overlap(staging, data) || overlap(staging, backups))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "backup.staging_directory ", staging,
-        " must be outside storage.data_dir and backup.directory (and hold "
-        "neither)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("backup.staging_directory ", staging,
+                     " must be outside storage.rocksdb.data_dir and "
+                     "backup.directory (and hold "
+                     "neither)"));
   }
   return absl::OkStatus();
 }

@@ -30,7 +30,7 @@ constexpr char kGood[] = R"pb(
     token_label: "t"
     pin_env: "CARDVAULT_TEST_PIN"
   }
-  storage { data_dir: "/data" }
+  storage { rocksdb { data_dir: "/data" } }
   policy { file: "/etc/cardvault/policy.textproto" }
 )pb";
 
@@ -78,7 +78,7 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
       {absl::StrCat(kGood, "backup { directory: \"/b\" interval_seconds: 30 }"),
        "backup.interval_seconds"},
       {absl::StrCat(kGood, "backup { directory: \"/data\" }"),
-       "must be outside storage.data_dir"},
+       "must be outside storage.rocksdb.data_dir"},
       {absl::StrCat(kGood, "backup { directory: \"/data/backups\" }"),
        "backup.directory /data/backups must be outside"},
       {absl::StrCat(kGood,
