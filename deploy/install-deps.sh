@@ -11,6 +11,7 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev
   clang-format procps curl
   restic
+  postgresql-15 libpq-dev
 )
 
 missing=()

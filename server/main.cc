@@ -20,6 +20,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -48,6 +49,8 @@
 #include "server/service/token_vault_service.h"
 #include "server/service/unparsed_request_interceptor.h"
 #include "server/storage/data_directory.h"
+#include "server/storage/postgres_schema.h"
+#include "server/storage/postgres_store.h"
 #include "server/storage/rocksdb_backup.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/util/blocking_executor.h"
@@ -70,6 +73,9 @@ ABSL_FLAG(std::string, config, "",
           "Path of the configuration file (required).");
 ABSL_FLAG(std::string, listen_address, "",
           "Overrides listen_address from the configuration.");
+ABSL_FLAG(bool, migrate, false,
+          "Applies the PostgreSQL schema migrations this build has "
+          "(storage.postgres) and exits.");
 ABSL_FLAG(std::string, data_dir, "",
           "Overrides storage.rocksdb.data_dir from the configuration.");
 ABSL_FLAG(uint32_t, restore_backup, 0,
@@ -122,6 +128,51 @@ storage::RocksDbStorage::Options StorageOptions(
     const config::ServerConfig& cfg) {
   return {.data_dir = cfg.storage().rocksdb().data_dir(),
           .expiry_of = vault::StoredExpiry};
+}
+
+// The connection string, from its own private file: never in the config.
+absl::StatusOr<std::string> PostgresConninfo(const config::ServerConfig& cfg) {
+  absl::StatusOr<std::string> text = config::ReadTextFile(
+      cfg.storage().postgres().conninfo_file(), "PostgreSQL connection file");
+  if (!text.ok()) return text.status();
+  return std::string(absl::StripAsciiWhitespace(*text));
+}
+
+absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
+    const config::ServerConfig& cfg) {
+  absl::StatusOr<std::string> conninfo = PostgresConninfo(cfg);
+  if (!conninfo.ok()) return conninfo.status();
+  const config::v1::PostgresStorageConfig& pg = cfg.storage().postgres();
+  absl::StatusOr<std::unique_ptr<storage::PostgresStore>> store =
+      storage::PostgresStore::Open(
+          {.conninfo = *std::move(conninfo),
+           .pool_size =
+               pg.pool_size() == 0 ? 8 : static_cast<int>(pg.pool_size()),
+           .expiry_of = vault::StoredExpiry});
+  if (!store.ok()) return store.status();
+  return std::unique_ptr<storage::Store>(*std::move(store));
+}
+
+int RunMigrate(const config::ServerConfig& cfg) {
+  if (!cfg.storage().has_postgres()) {
+    util::LogError("--migrate is for storage.postgres");
+    return 1;
+  }
+  absl::StatusOr<std::string> conninfo = PostgresConninfo(cfg);
+  if (!conninfo.ok()) {
+    util::LogError(conninfo.status().ToString());
+    return 1;
+  }
+  absl::StatusOr<storage::MigrationReport> report =
+      storage::MigratePostgres(*conninfo);
+  if (!report.ok()) {
+    util::LogError(absl::StrCat("migration: ", report.status().ToString()));
+    return 1;
+  }
+  util::LogInfo(absl::StrCat("PostgreSQL schema at version ",
+                             report->to_version, " (was ", report->from_version,
+                             ")"));
+  return 0;
 }
 
 storage::RocksDbBackupStore::Options BackupStoreOptions(
@@ -231,7 +282,9 @@ int Run(const sigset_t& stop_signals) {
       OrDie(config::LoadConfigFile(absl::GetFlag(FLAGS_config)), "config");
   for (const auto& [path, what, secret] :
        {std::tuple{cfg.policy().file(), "policy file", false},
-        std::tuple{cfg.hsm().pin_file(), "HSM PIN file", true}}) {
+        std::tuple{cfg.hsm().pin_file(), "HSM PIN file", true},
+        std::tuple{cfg.storage().postgres().conninfo_file(),
+                   "PostgreSQL connection file", true}}) {
     if (path.empty()) continue;
     if (absl::Status s = config::CheckFileIsPrivate(path, what, secret);
         !s.ok()) {
@@ -241,6 +294,17 @@ int Run(const sigset_t& stop_signals) {
   }
   if (!absl::GetFlag(FLAGS_listen_address).empty()) {
     cfg.set_listen_address(absl::GetFlag(FLAGS_listen_address));
+  }
+  const bool embedded = cfg.storage().has_rocksdb();
+  if (absl::GetFlag(FLAGS_migrate)) return RunMigrate(cfg);
+  if (!embedded && (absl::GetFlag(FLAGS_compact_and_exit) ||
+                    absl::GetFlag(FLAGS_verify_backup) != 0 ||
+                    absl::GetFlag(FLAGS_restore_backup) != 0 ||
+                    !absl::GetFlag(FLAGS_data_dir).empty())) {
+    util::LogError(
+        "--compact_and_exit, --verify_backup, --restore_backup and --data_dir "
+        "are for storage.rocksdb");
+    return 1;
   }
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
     cfg.mutable_storage()->mutable_rocksdb()->set_data_dir(
@@ -253,7 +317,7 @@ int Run(const sigset_t& stop_signals) {
   // One process at a time works on the data directory: a serving vault, a
   // restore, a compaction (--verify_backup reads only backups).
   std::optional<storage::DirectoryLock> directory_lock;
-  if (absl::GetFlag(FLAGS_verify_backup) == 0) {
+  if (embedded && absl::GetFlag(FLAGS_verify_backup) == 0) {
     directory_lock.emplace(OrDie(
         storage::DirectoryLock::Acquire(cfg.storage().rocksdb().data_dir()),
         "data directory"));
@@ -294,16 +358,23 @@ int Run(const sigset_t& stop_signals) {
       absl::GetFlag(FLAGS_restore_backup) != 0) {
     return RunBackupTool(cfg, *wrapper);
   }
-  auto storage =
-      OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
+  std::unique_ptr<storage::RocksDbStorage> embedded_store;
+  std::unique_ptr<storage::Store> storage;
+  if (embedded) {
+    embedded_store =
+        OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
+  } else {
+    storage = OrDie(OpenPostgres(cfg), "PostgreSQL storage");
+  }
+  storage::Store* const store = embedded ? embedded_store.get() : storage.get();
   const bool backups_on = !cfg.backup().directory().empty();
   const bool restored =
-      vault::RestorePending(cfg.storage().rocksdb().data_dir());
+      embedded && vault::RestorePending(cfg.storage().rocksdb().data_dir());
   // Completes (or rolls back) a KEK rotation a crash interrupted; after a
   // restore, rolls forward to the KEKs the vault rotated to since.
   vault::KekManager::OpenReport kek_report;
   auto kek = OrDie(vault::KekManager::Open(
-                       storage.get(), wrapper.get(),
+                       store, wrapper.get(),
                        {.initial_label = cfg.hsm().kek_label(),
                         .create_if_missing = cfg.hsm().create_kek_if_missing(),
                         .retain_old_keks = backups_on,
@@ -329,9 +400,11 @@ int Run(const sigset_t& stop_signals) {
   // A restore's marker is checked under the audit key before the trail
   // takes the key; a forged one stops the start.
   const std::optional<v1::RestoreRecord> restore_record =
-      OrDie(vault::ReadRestoreMarker(cfg.storage().rocksdb().data_dir(),
-                                     *audit_key.mac, audit_key.version),
-            "restore marker");
+      embedded
+          ? OrDie(vault::ReadRestoreMarker(cfg.storage().rocksdb().data_dir(),
+                                           *audit_key.mac, audit_key.version),
+                  "restore marker")
+          : std::nullopt;
   vault::MacKey index_key = OrDie(
       vault::LoadMacKey(kek.get(), vault::kPanIndexKeyPrefix), "PAN index key");
   vault::MacKey fingerprint_key =
@@ -344,8 +417,7 @@ int Run(const sigset_t& stop_signals) {
             "CVV cache");
   auto audit_log = OrDie(
       commit::WritePath::Open(
-          storage.get(), storage.get(), std::move(audit_key.mac),
-          audit_key.version,
+          store, store, std::move(audit_key.mac), audit_key.version,
           {.on_checkpoint = LogCheckpoint,
            .retention = absl::Hours(24 * cfg.audit().retention_days()),
            .purge_interval = absl::Hours(24),
@@ -359,7 +431,7 @@ int Run(const sigset_t& stop_signals) {
   if (restore_record.has_value()) {
     if (absl::Status s = vault::RecordRestore(
             cfg.storage().rocksdb().data_dir(), *restore_record, *audit_log,
-            *storage, absl::Now());
+            *store, absl::Now());
         !s.ok()) {
       util::LogError(absl::StrCat("cannot record the restore: ", s.ToString()));
       return 1;
@@ -371,7 +443,7 @@ int Run(const sigset_t& stop_signals) {
       absl::Seconds(cfg.tokens().idempotency_window_seconds());
   vault_options.max_batch_items = cfg.tokens().max_batch_items();
   auto vault =
-      OrDie(vault::Vault::Create({.records = storage.get(),
+      OrDie(vault::Vault::Create({.records = store,
                                   .keys = keys.get(),
                                   .index_key = index_key.mac.get(),
                                   .fingerprint_key = fingerprint_key.mac.get(),
@@ -381,11 +453,11 @@ int Run(const sigset_t& stop_signals) {
                                  std::move(vault_options)),
             "vault");
   // Daily velocity counts survive a restart (written with each record).
-  vault->ResumeVelocityCounts(OrDie(storage->KeyUses(), "velocity counts"));
+  vault->ResumeVelocityCounts(OrDie(store->KeyUses(), "velocity counts"));
   // Moves records off decrypt-only data keys, at start and then hourly.
   auto reencryptor = OrDie(
       vault::Reencryptor::Create(
-          storage.get(), keys.get(), audit_log.get(),
+          store, keys.get(), audit_log.get(),
           {.chunk_records = cfg.keys().reencrypt_chunk_records(),
            .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds())}),
       "re-encryption job");
@@ -404,16 +476,17 @@ int Run(const sigset_t& stop_signals) {
   std::unique_ptr<storage::RocksDbBackupStore> backup_store;
   std::unique_ptr<vault::Backups> backups;
   if (backups_on) {
-    backup_store = OrDie(storage::RocksDbBackupStore::Open(
-                             storage.get(), BackupStoreOptions(cfg, false)),
-                         "backup directory");
+    backup_store =
+        OrDie(storage::RocksDbBackupStore::Open(embedded_store.get(),
+                                                BackupStoreOptions(cfg, false)),
+              "backup directory");
     backups =
         OrDie(vault::Backups::Create(
                   {.store = backup_store.get(),
                    .wrapper = wrapper.get(),
                    .policy = &policy,
                    .audit = audit_log.get(),
-                   .live_trail = storage.get()},
+                   .live_trail = store},
                   {.interval = absl::Seconds(cfg.backup().interval_seconds()),
                    .keep = cfg.backup().keep(),
                    .verify = BackupVerifyOptions(cfg)}),

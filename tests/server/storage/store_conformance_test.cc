@@ -11,8 +11,12 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/storage/pg_connection.h"
+#include "server/storage/postgres_schema.h"
+#include "server/storage/postgres_store.h"
 #include "server/storage/rocksdb_storage.h"
 #include "server/storage/transaction.h"
+#include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/store_writes.h"
 
@@ -60,6 +64,45 @@ class RocksDbHarness : public StoreHarness {
  private:
   static inline std::atomic<int> counter_{0};
   std::filesystem::path dir_;
+};
+
+// One PostgreSQL server for the whole binary; a new database per test.
+testing::PostgresServer* SharedPostgres() {
+  static testing::PostgresServer* server = [] {
+    absl::StatusOr<std::unique_ptr<testing::PostgresServer>> s =
+        testing::PostgresServer::Start({});
+    EXPECT_THAT(s, IsOk());
+    return s.ok() ? s->release() : nullptr;
+  }();
+  return server;
+}
+
+class PostgresHarness : public StoreHarness {
+ public:
+  PostgresHarness() {
+    testing::PostgresServer* server = SharedPostgres();
+    if (server == nullptr) return;
+    const std::string database = absl::StrCat("conformance_", counter_++);
+    auto admin = PgConnection::Connect(server->conninfo("postgres"));
+    EXPECT_THAT(admin, IsOk());
+    if (!admin.ok()) return;
+    EXPECT_THAT(admin->Exec(absl::StrCat("CREATE DATABASE ", database)),
+                IsOk());
+    conninfo_ = server->conninfo(database);
+    EXPECT_THAT(MigratePostgres(conninfo_), IsOk());
+  }
+  absl::StatusOr<std::unique_ptr<Store>> Open() override {
+    if (conninfo_.empty()) return absl::UnavailableError("no PostgreSQL");
+    absl::StatusOr<std::unique_ptr<PostgresStore>> store =
+        PostgresStore::Open({.conninfo = conninfo_, .pool_size = 4});
+    if (!store.ok()) return store.status();
+    return std::unique_ptr<Store>(std::move(*store));
+  }
+  bool SharesData() const override { return true; }
+
+ private:
+  static inline std::atomic<int> counter_{0};
+  std::string conninfo_;
 };
 
 using HarnessFactory = std::function<std::unique_ptr<StoreHarness>()>;
@@ -446,6 +489,8 @@ std::vector<StoreKind> Kinds() {
   std::vector<StoreKind> kinds;
   kinds.push_back(
       {"RocksDb", [] { return std::make_unique<RocksDbHarness>(); }});
+  kinds.push_back(
+      {"Postgres", [] { return std::make_unique<PostgresHarness>(); }});
   return kinds;
 }
 

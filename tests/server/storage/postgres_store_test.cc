@@ -1,0 +1,147 @@
+// What the PostgreSQL store does beyond the shared contract
+// (store_conformance_test.cc): its schema version, migrations, and riding
+// through a database restart.
+#include "server/storage/postgres_store.h"
+
+#include <memory>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/storage/pg_connection.h"
+#include "server/storage/postgres_schema.h"
+#include "tests/testing/postgres_server.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/store_writes.h"
+
+namespace cardvault::storage {
+namespace {
+
+using ::cardvault::testing::CommitOne;
+using ::cardvault::testing::IsOk;
+using ::cardvault::testing::IsOkAndHolds;
+using ::cardvault::testing::PostgresServer;
+using ::cardvault::testing::Put;
+using ::cardvault::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class PostgresStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = PostgresServer::Start({});
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+  }
+  std::unique_ptr<PostgresServer> server_;
+};
+
+TEST_F(PostgresStoreTest, OpenRefusesADatabaseWithoutTheSchema) {
+  EXPECT_THAT(
+      PostgresStore::Open({.conninfo = server_->conninfo()}),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("--migrate")));
+}
+
+TEST_F(PostgresStoreTest, MigrationIsIdempotentAndRecordsItsVersion) {
+  auto first = MigratePostgres(server_->conninfo());
+  ASSERT_THAT(first, IsOk());
+  EXPECT_EQ(first->from_version, 0);
+  EXPECT_EQ(first->to_version, kPostgresSchemaVersion);
+  auto again = MigratePostgres(server_->conninfo());
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->from_version, kPostgresSchemaVersion);
+  EXPECT_EQ(again->to_version, kPostgresSchemaVersion);
+  auto conn = PgConnection::Connect(server_->conninfo());
+  ASSERT_THAT(conn, IsOk());
+  auto rows = conn->Exec("SELECT count(*) FROM cardvault_migrations");
+  ASSERT_THAT(rows, IsOk());
+  EXPECT_THAT(rows->Int8(0, 0), IsOkAndHolds(kPostgresSchemaVersion));
+  EXPECT_THAT(PostgresStore::Open({.conninfo = server_->conninfo()}), IsOk());
+}
+
+TEST_F(PostgresStoreTest, OpenAndMigrationRefuseANewerSchema) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  auto conn = PgConnection::Connect(server_->conninfo());
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(conn->Exec("UPDATE cardvault_schema SET version = 99"), IsOk());
+  EXPECT_THAT(
+      PostgresStore::Open({.conninfo = server_->conninfo()}),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("version 99")));
+  EXPECT_THAT(MigratePostgres(server_->conninfo()),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(PostgresStoreTest, CommitsFailWhileTheDatabaseIsDownAndResumeAfter) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  auto store = PostgresStore::Open({.conninfo = server_->conninfo(),
+                                    .pool_size = 2,
+                                    .max_commit_attempts = 2});
+  ASSERT_THAT(store, IsOk());
+  ASSERT_THAT(CommitOne(**store, Put(Table::kTokens, "tok_a", "before")),
+              IsOk());
+  server_->Kill();
+  EXPECT_THAT(CommitOne(**store, Put(Table::kTokens, "tok_b", "during")),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT((*store)->Get(Table::kTokens, "tok_a"),
+              StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_THAT(server_->Start(), IsOk());
+  // The pool reconnects by itself; what was acknowledged is there.
+  EXPECT_THAT((*store)->Get(Table::kTokens, "tok_a"),
+              IsOkAndHolds(std::string("before")));
+  EXPECT_THAT((*store)->Get(Table::kTokens, "tok_b"),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_THAT(CommitOne(**store, Put(Table::kTokens, "tok_c", "after")),
+              IsOk());
+  EXPECT_THAT((*store)->ChainHeadNow(),
+              IsOkAndHolds(::testing::Field(&ChainHead::sequence, 2u)));
+}
+
+TEST_F(PostgresStoreTest, ExpiredTokenDataIsSweptInChunks) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  // Values "exp" expire at t = 1000 s; anything else never.
+  auto store =
+      PostgresStore::Open({.conninfo = server_->conninfo(),
+                           .expiry_of = [](Table, absl::string_view v) {
+                             return v == "exp" ? absl::FromUnixSeconds(1000)
+                                               : absl::InfiniteFuture();
+                           }});
+  ASSERT_THAT(store, IsOk());
+  Transaction t;
+  for (int i = 0; i < 5; ++i) {
+    t.writes.push_back({Table::kTokens, absl::StrCat("tok_", i), "exp"});
+  }
+  t.writes.push_back({Table::kPanIndex, "idx", "exp"});
+  t.writes.push_back({Table::kTokens, "tok_kept", "kept"});
+  ASSERT_THAT(CommitOne(**store, t), IsOk());
+  EXPECT_THAT((*store)->SweepExpired(absl::FromUnixSeconds(999), 100),
+              IsOkAndHolds(0u));
+  // 3 per table per call: 3 tokens and the index entry, then 2 tokens.
+  EXPECT_THAT((*store)->SweepExpired(absl::FromUnixSeconds(1000), 3),
+              IsOkAndHolds(4u));
+  EXPECT_THAT((*store)->SweepExpired(absl::FromUnixSeconds(1000), 3),
+              IsOkAndHolds(2u));
+  EXPECT_THAT((*store)->Scan(Table::kTokens, "", 10),
+              IsOkAndHolds(::testing::SizeIs(1)));
+}
+
+TEST_F(PostgresStoreTest, ErrorsNeverEchoAValue) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  auto conn = PgConnection::Connect(server_->conninfo());
+  ASSERT_THAT(conn, IsOk());
+  const std::string pan = "4111111111111111";
+  PgParams p;
+  p.AddBytea(pan);
+  p.AddBytea("record");
+  ASSERT_THAT(conn->Exec("INSERT INTO wrapped_keys VALUES ($1, $2)", p),
+              IsOk());
+  PgParams again;
+  again.AddBytea(pan);
+  again.AddBytea("record");
+  auto dup = conn->Exec("INSERT INTO wrapped_keys VALUES ($1, $2)", again);
+  EXPECT_THAT(dup, StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(std::string(dup.status().message()), Not(HasSubstr(pan)));
+  EXPECT_THAT(std::string(dup.status().message()), Not(HasSubstr("3431")));
+}
+
+}  // namespace
+}  // namespace cardvault::storage
