@@ -1,0 +1,176 @@
+// Two cardvaultd nodes on one PostgreSQL 15 database (started for the test,
+// with every statement logged): calls spread over both nodes see one set of
+// tokens, one deterministic token per card, one audit chain; no PAN reaches
+// the database's logs or files.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <latch>
+#include <set>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "client/vault_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/clients.h"
+#include "tests/testing/postgres_server.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/test_env.h"
+
+namespace cardvault {
+namespace {
+
+using ::cardvault::testing::IsOk;
+
+class MultinodeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    env_ = testing::TestEnv::Create();
+    auto pg = testing::PostgresServer::Start(
+        {.config_lines = {"log_statement = all",
+                          "log_min_duration_statement = 0"}});
+    ASSERT_THAT(pg, IsOk());
+    pg_ = *std::move(pg);
+    // The connection string in its own private file, not in the config.
+    const std::string conninfo_file = env_->dir() + "/postgres.conninfo";
+    {
+      std::ofstream out(conninfo_file);
+      out << pg_->conninfo() << "\n";
+    }
+    ASSERT_EQ(chmod(conninfo_file.c_str(), 0600), 0);
+    std::string config = testing::ReadFileOrEmpty(env_->config_path());
+    const std::string rocksdb =
+        absl::StrCat("rocksdb { data_dir: \"", env_->data_dir(), "\" }");
+    ASSERT_NE(config.find(rocksdb), std::string::npos);
+    config = absl::StrReplaceAll(
+        config, {{rocksdb, absl::StrCat("postgres { conninfo_file: \"",
+                                        conninfo_file, "\" }")}});
+    std::ofstream(env_->config_path(), std::ios::trunc) << config;
+    log_ = env_->dir() + "/server.log";
+    testing::RunOrDie(absl::StrCat(CARDVAULTD_PATH, " --config ",
+                                   env_->config_path(), " --migrate >>", log_,
+                                   " 2>&1"));
+    // The first node creates the keys; the second finds them.
+    for (int i = 0; i < 2; ++i) {
+      auto node = testing::ServerProcess::Start(env_->config_path(), log_);
+      ASSERT_THAT(node, IsOk());
+      nodes_.push_back(*std::move(node));
+    }
+  }
+  std::unique_ptr<client::VaultClient> Client(int node, absl::string_view who) {
+    return testing::ClientFor(*env_, nodes_[node]->address(), who);
+  }
+
+  std::unique_ptr<testing::TestEnv> env_;
+  std::unique_ptr<testing::PostgresServer> pg_;
+  std::string log_;
+  std::vector<std::unique_ptr<testing::ServerProcess>> nodes_;
+};
+
+v1::TokenizeRequest Request(const std::string& pan) {
+  v1::TokenizeRequest r;
+  r.mutable_card()->set_pan(pan);
+  r.mutable_card()->set_exp_month(12);
+  r.mutable_card()->set_exp_year(2031);
+  return r;
+}
+
+TEST_F(MultinodeTest, TokensOfOneNodeDetokenizeThroughTheOther) {
+  const std::vector<std::string> pans = {"4111111111111111", "5555555555554444",
+                                         "378282246310005"};
+  std::vector<std::string> tokens;
+  for (size_t i = 0; i < pans.size(); ++i) {
+    auto token = Client(i % 2, "pos")->Tokenize(Request(pans[i]));
+    ASSERT_THAT(token, IsOk());
+    tokens.push_back(token->token());
+  }
+  for (size_t i = 0; i < pans.size(); ++i) {
+    auto card = Client((i + 1) % 2, "processor")
+                    ->Detokenize(tokens[i], "authorization");
+    ASSERT_THAT(card, IsOk());
+    EXPECT_EQ(card->pan(), pans[i]);
+  }
+  // One chain holds both nodes' records, and verifies from either.
+  for (int node = 0; node < 2; ++node) {
+    auto report = Client(node, "auditor")->VerifyAuditChain();
+    ASSERT_THAT(report, IsOk());
+    EXPECT_TRUE(report->intact()) << report->problem();
+  }
+}
+
+TEST_F(MultinodeTest,
+       ConcurrentDeterministicCallsThroughBothNodesGiveOneToken) {
+  constexpr int kCalls = 16;
+  std::vector<std::unique_ptr<client::VaultClient>> clients;
+  for (int i = 0; i < kCalls; ++i) clients.push_back(Client(i % 2, "pos"));
+  std::vector<std::string> tokens(kCalls);
+  std::latch start(kCalls);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      v1::TokenizeRequest r = Request("4012888888881881");
+      r.set_deterministic(true);
+      start.arrive_and_wait();
+      absl::StatusOr<v1::TokenizeResponse> t;
+      for (int attempt = 0; attempt < 8; ++attempt) {
+        t = clients[i]->Tokenize(r);
+        if (!absl::IsResourceExhausted(t.status()) &&
+            !absl::IsUnavailable(t.status())) {
+          break;
+        }
+        absl::SleepFor(absl::Milliseconds(300));
+      }
+      ASSERT_THAT(t, IsOk());
+      tokens[i] = t->token();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(std::set<std::string>(tokens.begin(), tokens.end()).size(), 1u);
+}
+
+TEST_F(MultinodeTest, TheSameIdempotencyKeyThroughBothNodesCreatesOnce) {
+  v1::TokenizeRequest r = Request("6011111111111117");
+  r.set_idempotency_key("order-20261207-0001");
+  auto first = Client(0, "pos")->Tokenize(r);
+  ASSERT_THAT(first, IsOk());
+  auto retry = Client(1, "pos")->Tokenize(r);
+  ASSERT_THAT(retry, IsOk());
+  EXPECT_EQ(retry->token(), first->token());
+  EXPECT_TRUE(first->created());
+  EXPECT_FALSE(retry->created());
+}
+
+TEST_F(MultinodeTest, NoPanReachesTheDatabaseLogOrFiles) {
+  const std::string pan = "4000056655665556";
+  v1::TokenizeRequest r = Request(pan);
+  r.set_deterministic(true);
+  auto token = Client(0, "pos")->Tokenize(r);
+  ASSERT_THAT(token, IsOk());
+  ASSERT_THAT(
+      Client(1, "processor")->Detokenize(token->token(), "authorization"),
+      IsOk());
+  ASSERT_THAT(pg_->Stop(), IsOk());  // flushes every file
+  const std::string logged = testing::ReadFileOrEmpty(pg_->log_file());
+  // The log holds the statements (log_statement = all) ...
+  EXPECT_TRUE(absl::StrContains(logged, "audit_records"));
+  // ... with their bound values (ciphertext, keyed digests, tokens, in hex)
+  EXPECT_TRUE(absl::StrContains(logged, "parameters: $1 = "));
+  EXPECT_TRUE(
+      absl::StrContains(logged, absl::BytesToHexString(token->token())));
+  // ... and never the card number, in text or in any hex spelling.
+  for (const std::string& needle :
+       {pan, absl::BytesToHexString(pan), pan.substr(4, 8)}) {
+    EXPECT_EQ(logged.find(needle), std::string::npos) << needle;
+    EXPECT_THAT(testing::FilesContaining(pg_->data_directory(), needle),
+                ::testing::IsEmpty())
+        << needle;
+  }
+}
+
+}  // namespace
+}  // namespace cardvault
