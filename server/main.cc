@@ -148,7 +148,11 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
           {.conninfo = *std::move(conninfo),
            .pool_size =
                pg.pool_size() == 0 ? 8 : static_cast<int>(pg.pool_size()),
-           .expiry_of = vault::StoredExpiry});
+           .expiry_of = vault::StoredExpiry,
+           .sweep_interval = absl::Seconds(pg.sweep_interval_seconds() == 0
+                                               ? 60
+                                               : pg.sweep_interval_seconds()),
+           .sweep_batch = pg.sweep_batch() == 0 ? 1000 : pg.sweep_batch()});
   if (!store.ok()) return store.status();
   return std::unique_ptr<storage::Store>(*std::move(store));
 }

@@ -1,5 +1,7 @@
 #include "server/storage/postgres_store.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <map>
 #include <thread>
@@ -8,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "server/storage/pg_status.h"
+#include "server/util/log.h"
 
 namespace cardvault::storage {
 namespace {
@@ -173,14 +176,36 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
           " (run cardvaultd --migrate, or a build that knows it)"));
     }
   }
-  return std::unique_ptr<PostgresStore>(
+  std::unique_ptr<PostgresStore> store(
       new PostgresStore(std::move(options), std::move(pool)));
+  if (store->options_.sweep_interval > absl::ZeroDuration()) {
+    store->sweeper_ = std::thread([raw = store.get()] { raw->SweepLoop(); });
+  }
+  return store;
+}
+
+void PostgresStore::SweepLoop() {
+  pthread_setname_np(pthread_self(), "ttl-sweeper");
+  while (
+      !stop_sweeping_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
+    absl::StatusOr<uint64_t> swept;
+    do {
+      swept = SweepExpired(options_.now(), options_.sweep_batch);
+    } while (swept.ok() && *swept > 0 && !stop_sweeping_.HasBeenNotified());
+    if (!swept.ok()) {
+      util::LogError(
+          absl::StrCat("TTL sweep failed: ", swept.status().ToString()));
+    }
+  }
 }
 
 PostgresStore::PostgresStore(Options options, std::unique_ptr<Pool> pool)
     : options_(std::move(options)), pool_(std::move(pool)) {}
 
-PostgresStore::~PostgresStore() = default;
+PostgresStore::~PostgresStore() {
+  stop_sweeping_.Notify();
+  if (sweeper_.joinable()) sweeper_.join();
+}
 
 absl::StatusOr<std::string> PostgresStore::Get(Table table,
                                                absl::string_view key) const {
@@ -262,10 +287,10 @@ absl::Status PostgresStore::UpdateKeys(
     std::vector<PgStatementResult> first = c.Sync();
     absl::Status read_status = FirstError(first);
     absl::StatusOr<std::vector<std::pair<std::string, std::string>>> rows =
-        read_status.ok() ? BytePairs(first[1].result)
-                         : absl::StatusOr<std::vector<
-                               std::pair<std::string, std::string>>>(
-                               read_status);
+        read_status.ok()
+            ? BytePairs(first[1].result)
+            : absl::StatusOr<std::vector<std::pair<std::string, std::string>>>(
+                  read_status);
     if (!rows.ok()) {
       last = rows.status();
       RollBack(c);

@@ -57,12 +57,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/storage/pg_connection.h"
@@ -92,6 +94,14 @@ class PostgresStore : public Store {
     // How long an unknown commit outcome is retried to be read back before
     // UNKNOWN. Default 30 s.
     absl::Duration resolve_timeout = absl::Seconds(30);
+    // How often a background thread deletes expired token data, in chunks
+    // of `sweep_batch` rows per table until none is left; zero: never
+    // (SweepExpired by hand). Every node may sweep: the deletes are
+    // idempotent. Default zero.
+    absl::Duration sweep_interval = absl::ZeroDuration();
+    size_t sweep_batch = 1000;
+    // Clock the sweeper compares expiry times with.
+    std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
   // Connects and checks the schema version: FAILED_PRECONDITION for a
@@ -150,8 +160,13 @@ class PostgresStore : public Store {
   absl::StatusOr<bool> ResolveCommit(uint64_t sequence,
                                      absl::string_view record) const;
 
+  // Sweeps until stopped (Options::sweep_interval).
+  void SweepLoop();
+
   const Options options_;
   const std::unique_ptr<Pool> pool_;
+  absl::Notification stop_sweeping_;
+  std::thread sweeper_;
 };
 
 }  // namespace cardvault::storage

@@ -3,6 +3,7 @@
 // through a database restart.
 #include "server/storage/postgres_store.h"
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -10,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "server/storage/pg_connection.h"
 #include "server/storage/postgres_schema.h"
+#include "tests/testing/eventually.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/store_writes.h"
@@ -122,6 +124,36 @@ TEST_F(PostgresStoreTest, ExpiredTokenDataIsSweptInChunks) {
               IsOkAndHolds(2u));
   EXPECT_THAT((*store)->Scan(Table::kTokens, "", 10),
               IsOkAndHolds(::testing::SizeIs(1)));
+}
+
+TEST_F(PostgresStoreTest, TheSweeperDeletesExpiredDataByItself) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  std::atomic<int64_t> now_s{999};
+  auto store = PostgresStore::Open(
+      {.conninfo = server_->conninfo(),
+       .expiry_of =
+           [](Table, absl::string_view v) {
+             return v == "exp" ? absl::FromUnixSeconds(1000)
+                               : absl::InfiniteFuture();
+           },
+       .sweep_interval = absl::Milliseconds(50),
+       .sweep_batch = 2,
+       .now = [&] { return absl::FromUnixSeconds(now_s.load()); }});
+  ASSERT_THAT(store, IsOk());
+  Transaction t;
+  for (int i = 0; i < 5; ++i) {
+    t.writes.push_back({Table::kTokens, absl::StrCat("tok_", i), "exp"});
+  }
+  t.writes.push_back({Table::kTokens, "tok_kept", "kept"});
+  ASSERT_THAT(CommitOne(**store, t), IsOk());
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_THAT((*store)->Scan(Table::kTokens, "", 10),
+              IsOkAndHolds(::testing::SizeIs(6)));  // not yet expired
+  now_s = 1000;
+  EXPECT_TRUE(testing::Eventually(absl::Seconds(10), [&] {
+    auto rows = (*store)->Scan(Table::kTokens, "", 10);
+    return rows.ok() && rows->size() == 1;
+  }));
 }
 
 TEST_F(PostgresStoreTest, ErrorsNeverEchoAValue) {
