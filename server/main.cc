@@ -157,6 +157,17 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
   return std::unique_ptr<storage::Store>(*std::move(store));
 }
 
+// The node's name in audit records: configured, or host name and port.
+std::string NodeName(const config::ServerConfig& cfg) {
+  if (!cfg.node_name().empty()) return cfg.node_name();
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  const std::string& listen = cfg.listen_address();
+  const size_t colon = listen.rfind(':');
+  return absl::StrCat(host,
+                      colon == std::string::npos ? "" : listen.substr(colon));
+}
+
 int RunMigrate(const config::ServerConfig& cfg) {
   if (!cfg.storage().has_postgres()) {
     util::LogError("--migrate is for storage.postgres");
@@ -429,7 +440,8 @@ int Run(const sigset_t& stop_signals) {
                             cfg.limits().refusals_recorded_per_minute()},
            .resume_after_sequence =
                restore_record.has_value() ? restore_record->lost_through() : 0,
-           .defer_background_jobs = restore_record.has_value()}),
+           .defer_background_jobs = restore_record.has_value(),
+           .node = NodeName(cfg)}),
       "audit trail");
   // The restore is the first thing the restored trail records.
   if (restore_record.has_value()) {

@@ -48,6 +48,7 @@ void SafeEvent(::cardvault::v1::AuditEvent* e) {
   MakeSafe(e->mutable_rpc(), kMaxRecordedRpcBytes);
   MakeSafe(e->mutable_identity(), kMaxRecordedIdentityBytes);
   MakeSafe(e->mutable_peer_address(), kMaxRecordedPeerBytes);
+  MakeSafe(e->mutable_node(), kMaxRecordedNodeBytes);
   MakeSafe(e->mutable_token(), kMaxRecordedTokenBytes,
            util::CardNumbers::kExactRuns);
   MakeSafe(e->mutable_domain(), kMaxRecordedDomainBytes);

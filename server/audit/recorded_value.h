@@ -37,6 +37,8 @@ inline constexpr size_t kMaxMarkerBytes = 48;
 inline constexpr size_t kMaxRecordedRpcBytes = 96;
 inline constexpr size_t kMaxRecordedIdentityBytes = 256;
 inline constexpr size_t kMaxRecordedPeerBytes = 128;
+// A node name (ServerConfig.node_name, at most 64 characters).
+inline constexpr size_t kMaxRecordedNodeBytes = 64;
 inline constexpr size_t kMaxRecordedTokenBytes = 64;
 inline constexpr size_t kMaxRecordedDomainBytes = 96;
 inline constexpr size_t kMaxRecordedPurposeBytes = 64;

@@ -12,9 +12,9 @@
 namespace cardvault::commit {
 namespace {
 
-using audit::kMaxAuditEventBytes;
 using audit::DecodeAuditEvent;
 using audit::IsSummarisableRefusal;
+using audit::kMaxAuditEventBytes;
 using audit::SafeEvent;
 using audit::ServerEvent;
 
@@ -148,6 +148,10 @@ void WritePath::AppendAsync(std::optional<AuditEvent> batch_call,
     return;
   }
   // The second line of recorded_value.h, on the caller's thread.
+  if (!options_.node.empty()) {
+    if (batch_call.has_value()) batch_call->set_node(options_.node);
+    for (Entry& e : entries) e.event.set_node(options_.node);
+  }
   if (batch_call.has_value()) SafeEvent(&*batch_call);
   for (Entry& e : entries) SafeEvent(&e.event);
   // Refused items of a batch past the caller's rate are counted, not listed.
@@ -464,6 +468,8 @@ absl::StatusOr<uint64_t> WritePath::Purge(absl::Time now) const {
   auto pending = std::make_unique<Pending>();
   pending->entries.resize(1);
   pending->entries[0].event = ServerEvent(::cardvault::v1::AUDIT_PURGE, now);
+  pending->entries[0].event.set_node(options_.node);
+  SafeEvent(&pending->entries[0].event);
   pending->entries[0].event.set_detail(
       absl::StrCat("purged audit records 1..", through,
                    " (older than the retention period); chain anchored, "

@@ -103,6 +103,9 @@ class WritePath {
     // that a restore's RESTORE event is the first record after it (a purge
     // first would break the chain at the restore's gap). Default false.
     bool defer_background_jobs = false;
+    // Written into every event as AuditEvent.node (several nodes on one
+    // trail). Default empty.
+    std::string node;
     // Clock of event times that the log makes itself (summaries, purges).
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };

@@ -89,6 +89,10 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   check(c.hsm().kek_label().size() <= 55,
         "hsm.kek_label is over 55 bytes (rotated KEKs add 9)");
   check(c.hsm().max_sessions() <= 64, "hsm.max_sessions must be at most 64");
+  check(c.node_name().size() <= 64 &&
+            std::all_of(c.node_name().begin(), c.node_name().end(),
+                        [](char ch) { return ch > 0x20 && ch < 0x7f; }),
+        "node_name must be at most 64 printable ASCII characters");
   check(c.storage().has_rocksdb() || c.storage().has_postgres(),
         "storage.rocksdb or storage.postgres is required");
   check(!c.storage().has_rocksdb() || !c.storage().rocksdb().data_dir().empty(),

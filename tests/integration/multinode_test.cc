@@ -95,6 +95,19 @@ TEST_F(MultinodeTest, TokensOfOneNodeDetokenizeThroughTheOther) {
     ASSERT_THAT(card, IsOk());
     EXPECT_EQ(card->pan(), pans[i]);
   }
+  // Each record names the node that wrote it.
+  std::set<std::string> writers;
+  v1::ListEventsRequest all;
+  all.set_event_type(v1::DETOKENIZE);
+  ASSERT_THAT(
+      Client(0, "auditor")
+          ->ListAuditEvents(
+              all, [&](const v1::AuditEvent& e) { writers.insert(e.node()); }),
+      IsOk());
+  EXPECT_THAT(writers,
+              ::testing::UnorderedElementsAre(
+                  ::testing::EndsWith(absl::StrCat(":", nodes_[0]->port())),
+                  ::testing::EndsWith(absl::StrCat(":", nodes_[1]->port()))));
   // One chain holds both nodes' records, and verifies from either.
   for (int node = 0; node < 2; ++node) {
     auto report = Client(node, "auditor")->VerifyAuditChain();
