@@ -66,11 +66,9 @@ void ReceiveNotice(void* arg, const PGresult* notice) {
 bool IsCommit(absl::string_view sql) {
   sql = absl::StripLeadingAsciiWhitespace(sql);
   const absl::string_view word = sql.substr(
-      0, std::find_if(sql.begin(), sql.end(),
-                      [](char c) {
-                        return !absl::ascii_isalpha(static_cast<unsigned char>(c));
-                      }) -
-             sql.begin());
+      0, std::find_if(sql.begin(), sql.end(), [](char c) {
+           return !absl::ascii_isalpha(static_cast<unsigned char>(c));
+         }) - sql.begin());
   return absl::EqualsIgnoreCase(word, "commit") ||
          absl::EqualsIgnoreCase(word, "end");
 }
@@ -141,9 +139,8 @@ int64_t PgResult::affected_rows() const {
   if (result_ == nullptr) return 0;
   int64_t n = 0;
   // PQcmdTuples takes a non-const PGresult* but only reads it.
-  return absl::SimpleAtoi(PQcmdTuples(const_cast<PGresult*>(result_)), &n)
-             ? n
-             : 0;
+  return absl::SimpleAtoi(PQcmdTuples(const_cast<PGresult*>(result_)), &n) ? n
+                                                                           : 0;
 }
 
 absl::string_view PgResult::command_tag() const {
@@ -172,9 +169,8 @@ absl::StatusOr<absl::string_view> PgResult::Value(
   }
   const Oid type = PQftype(result_, column);
   if (std::find(types.begin(), types.end(), type) == types.end()) {
-    return absl::InternalError(absl::StrCat("column ", column,
-                                            " has type OID ", type,
-                                            ", expected OID ", types[0]));
+    return absl::InternalError(absl::StrCat("column ", column, " has type OID ",
+                                            type, ", expected OID ", types[0]));
   }
   if (*null) {
     return absl::InternalError(
@@ -265,9 +261,9 @@ void PgParams::AddArrayOfBytea(absl::Span<const T> values) {
     if (values[i].size() > static_cast<size_t>(INT32_MAX) ||
         values.size() > static_cast<size_t>(INT32_MAX)) {
       if (status_.ok()) {
-        status_ = absl::InvalidArgumentError(absl::StrCat(
-            "element ", i, " of array parameter ", size() + 1,
-            " is too large"));
+        status_ = absl::InvalidArgumentError(
+            absl::StrCat("element ", i, " of array parameter ", size() + 1,
+                         " is too large"));
       }
       break;
     }
@@ -335,7 +331,8 @@ absl::StatusOr<PgConnection> PgConnection::Connect(absl::string_view conninfo) {
         "connect to the database failed: out of memory");
   }
   if (PQstatus(connection) != CONNECTION_OK) {
-    absl::Status failed = FromPgConnection(connection, "connect to the database");
+    absl::Status failed =
+        FromPgConnection(connection, "connect to the database");
     std::string message(failed.message());
     for (const std::string& secret : secrets) {
       absl::StrReplaceAll({{secret, "<redacted>"}}, &message);
@@ -348,8 +345,9 @@ absl::StatusOr<PgConnection> PgConnection::Connect(absl::string_view conninfo) {
   // Nonblocking: every wait is our poll() (see the header's I/O section).
   if (PQsetnonblocking(connection, 1) != 0) {
     PQfinish(connection);
-    return absl::InternalError("could not make the database connection "
-                               "nonblocking");
+    return absl::InternalError(
+        "could not make the database connection "
+        "nonblocking");
   }
   PQsetErrorVerbosity(connection, PQERRORS_TERSE);
   PQsetErrorContextVisibility(connection, PQSHOW_CONTEXT_NEVER);
@@ -407,9 +405,10 @@ absl::Status PgConnection::Usable(absl::string_view operation) const {
         absl::StrCat(operation, ": no connection (moved from)"));
   }
   if (!healthy()) {
-    return absl::UnavailableError(absl::StrCat(
-        operation, ": the connection to the database is broken; connect "
-                   "again"));
+    return absl::UnavailableError(
+        absl::StrCat(operation,
+                     ": the connection to the database is broken; connect "
+                     "again"));
   }
   return absl::OkStatus();
 }
@@ -469,9 +468,8 @@ PGresult* PgConnection::NextResult(absl::Status* error) {
     }
     if (poll(&fd, 1, -1) < 0) {
       if (errno == EINTR) continue;
-      *error = absl::UnavailableError(
-          absl::StrCat("poll on the database connection failed: ",
-                       std::strerror(errno)));
+      *error = absl::UnavailableError(absl::StrCat(
+          "poll on the database connection failed: ", std::strerror(errno)));
       return nullptr;
     }
     // Read whenever anything but "writable" happened: an error or hangup is
@@ -647,8 +645,7 @@ std::vector<PgStatementResult> PgConnection::Sync() {
     if (!failure.ok()) continue;
     absl::Status error;
     PGresult* first = NextResult(&error);
-    if (first == nullptr ||
-        PQresultStatus(first) == PGRES_PIPELINE_SYNC) {
+    if (first == nullptr || PQresultStatus(first) == PGRES_PIPELINE_SYNC) {
       if (first != nullptr) PQclear(first);
       MarkBroken();
       failure = error.ok() ? absl::InternalError(absl::StrCat(
@@ -671,8 +668,8 @@ std::vector<PgStatementResult> PgConnection::Sync() {
         // One null follows an error result; more means libpq lost track.
         if (error.ok() && ++nulls <= 1) continue;
         MarkBroken();
-        failure = error.ok() ? absl::InternalError(absl::StrCat(
-                                   kOperation, ": no sync point"))
+        failure = error.ok() ? absl::InternalError(
+                                   absl::StrCat(kOperation, ": no sync point"))
                              : Lost(kOperation);
         break;
       }

@@ -223,8 +223,13 @@ class PgConnection {
   size_t queued() const { return pending_.size(); }
   // Sends a sync point and reads one result per queued statement, in order,
   // then leaves pipeline mode. Everything before the sync point commits
-  // (if no BEGIN is open) or fails together. If the connection is lost
-  // while reading, every statement without an answer is UNAVAILABLE.
+  // (if no BEGIN is open) or fails together: an error when the sync point
+  // commits (a deferred constraint, a serialization failure at commit)
+  // becomes the status of every statement that had succeeded. If the
+  // connection is lost, the statement that met the loss is UNAVAILABLE,
+  // later ones are ABORTED (libpq reports them skipped) or UNAVAILABLE (no
+  // answer), and every statement that had succeeded becomes UNAVAILABLE
+  // too: the group's commit is unknown.
   std::vector<PgStatementResult> Sync();
 
  private:

@@ -297,9 +297,9 @@ bool IsSqlState(absl::string_view s) {
 // notice (with their indented continuation lines); they can echo values.
 bool IsServerReportLine(absl::string_view line) {
   static constexpr absl::string_view kLabels[] = {
-      "ERROR:",  "DETAIL:", "HINT:",  "CONTEXT:", "QUERY:",  "STATEMENT:",
-      "LINE ",   "WARNING:", "NOTICE:", "INFO:",  "LOG:",    "DEBUG:",
-      "WHERE:",  "LOCATION:"};
+      "ERROR:",     "DETAIL:", "HINT:",    "CONTEXT:", "QUERY:",
+      "STATEMENT:", "LINE ",   "WARNING:", "NOTICE:",  "INFO:",
+      "LOG:",       "DEBUG:",  "WHERE:",   "LOCATION:"};
   for (absl::string_view label : kLabels) {
     if (absl::StartsWith(line, label)) return true;
   }
@@ -328,11 +328,11 @@ std::string ConnectionText(const char* message) {
 
 absl::string_view SqlStateName(absl::string_view sqlstate) {
   const auto* end = std::end(kSqlStates);
-  const auto* it = std::lower_bound(
-      std::begin(kSqlStates), end, sqlstate,
-      [](const SqlStateEntry& e, absl::string_view s) {
-        return absl::string_view(e.code) < s;
-      });
+  const auto* it =
+      std::lower_bound(std::begin(kSqlStates), end, sqlstate,
+                       [](const SqlStateEntry& e, absl::string_view s) {
+                         return absl::string_view(e.code) < s;
+                       });
   if (it == end || absl::string_view(it->code) != sqlstate) return "";
   return it->name;
 }
@@ -362,9 +362,10 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
 
 absl::Status FromPgResult(const PGresult* result, absl::string_view operation) {
   if (result == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        operation, " failed: no result from libpq (out of memory or the "
-                   "connection failed)"));
+    return absl::UnavailableError(
+        absl::StrCat(operation,
+                     " failed: no result from libpq (out of memory or the "
+                     "connection failed)"));
   }
   switch (PQresultStatus(result)) {
     case PGRES_COMMAND_OK:
@@ -372,9 +373,8 @@ absl::Status FromPgResult(const PGresult* result, absl::string_view operation) {
     case PGRES_PIPELINE_SYNC:
       return absl::OkStatus();
     case PGRES_PIPELINE_ABORTED:
-      return absl::AbortedError(
-          absl::StrCat(operation,
-                       " not run: an earlier statement in the pipeline failed"));
+      return absl::AbortedError(absl::StrCat(
+          operation, " not run: an earlier statement in the pipeline failed"));
     case PGRES_EMPTY_QUERY:
       return absl::InternalError(absl::StrCat(operation, " sent no statement"));
     case PGRES_FATAL_ERROR:
@@ -399,12 +399,29 @@ absl::Status FromPgResult(const PGresult* result, absl::string_view operation) {
   if (absl::string_view name = SqlStateName(sqlstate); !name.empty()) {
     absl::StrAppend(&message, " (", name, ")");
   }
-  if (absl::StartsWith(sqlstate, "42")) {
-    const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
-    if (primary != nullptr) absl::StrAppend(&message, ": ", primary);
+  // Schema object names and the position in our SQL text: never values.
+  static constexpr struct {
+    int field;
+    const char* label;
+  } kNames[] = {{PG_DIAG_CONSTRAINT_NAME, "constraint"},
+                {PG_DIAG_SCHEMA_NAME, "schema"},
+                {PG_DIAG_TABLE_NAME, "table"},
+                {PG_DIAG_COLUMN_NAME, "column"},
+                {PG_DIAG_DATATYPE_NAME, "type"},
+                {PG_DIAG_STATEMENT_POSITION, "at character"}};
+  for (const auto& name : kNames) {
+    const char* value = PQresultErrorField(result, name.field);
+    if (value != nullptr && value[0] != '\0') {
+      absl::StrAppend(&message, ", ", name.label, " ", value);
+    }
   }
   absl::Status status(CodeForSqlState(sqlstate), message);
   status.SetPayload(kSqlStateTypeUrl, absl::Cord(sqlstate));
+  if (const char* constraint =
+          PQresultErrorField(result, PG_DIAG_CONSTRAINT_NAME);
+      constraint != nullptr && constraint[0] != '\0') {
+    status.SetPayload(kConstraintTypeUrl, absl::Cord(constraint));
+  }
   return status;
 }
 
@@ -423,7 +440,13 @@ absl::Status FromPgConnection(const PGconn* connection,
 }
 
 std::optional<std::string> SqlStateOf(const absl::Status& status) {
-  absl::optional<absl::Cord> payload = status.GetPayload(kSqlStateTypeUrl);
+  auto payload = status.GetPayload(kSqlStateTypeUrl);
+  if (!payload.has_value()) return std::nullopt;
+  return std::string(*payload);
+}
+
+std::optional<std::string> ConstraintOf(const absl::Status& status) {
+  auto payload = status.GetPayload(kConstraintTypeUrl);
   if (!payload.has_value()) return std::nullopt;
   return std::string(*payload);
 }

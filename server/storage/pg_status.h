@@ -3,17 +3,21 @@
 // Messages never carry values. PostgreSQL's own texts can echo them (a
 // unique violation's DETAIL "Key (k)=(\x...) already exists", "invalid input
 // syntax for type bigint: "4111..."", a CONTEXT line with a PL/pgSQL
-// variable), so a server error becomes "<operation> failed: SQLSTATE 23505
-// (unique_violation)": the operation, the SQLSTATE and its condition name.
-// The one exception is class 42 (syntax error or access rule violation),
-// whose primary message describes our SQL text, which holds no values
-// because every value is a parameter; it is kept because without it a bug in
-// a statement is hard to find. DETAIL, HINT, CONTEXT and the statement are
-// never used. Errors libpq makes itself (no SQLSTATE: the connection was
-// lost, a send failed) keep libpq's text, which describes the connection.
+// variable, a RAISE's message), so no text of the server is used, not even
+// the primary message: a server error becomes
+//   "<operation> failed: SQLSTATE 23505 (unique_violation), constraint
+//   tokens_pkey, schema public, table tokens"
+// that is, the operation, the SQLSTATE, its condition name, and the fields
+// that name schema objects (constraint, schema, table, column, type) and the
+// position in our SQL text ("at character 17", for syntax errors), which are
+// identifiers and numbers, never values. Errors libpq makes itself (no
+// SQLSTATE: the connection was lost, a send failed) keep libpq's text, which
+// describes the connection, without any server report lines in it.
 //
-// The native SQLSTATE rides along as a payload under kSqlStateTypeUrl (the
-// five characters, e.g. "40001"); SqlStateOf reads it back.
+// Payloads: the native SQLSTATE under kSqlStateTypeUrl (the five
+// characters, e.g. "40001"; SqlStateOf), and the violated constraint's name
+// under kConstraintTypeUrl when the server names one (ConstraintOf): which
+// unique index refused a write tells which condition failed.
 //
 // SQLSTATE -> code (the most specific absl code that tells the caller what
 // to do; CodeForSqlState):
@@ -72,8 +76,9 @@
 
 namespace cardvault::storage {
 
-// Payload type URL of the SQLSTATE (five ASCII characters) in a status.
+// Payload type URLs: the SQLSTATE (five ASCII characters), the constraint.
 inline constexpr char kSqlStateTypeUrl[] = "type.cardvault/sqlstate";
+inline constexpr char kConstraintTypeUrl[] = "type.cardvault/pg-constraint";
 
 // OK for PGRES_COMMAND_OK, PGRES_TUPLES_OK and PGRES_PIPELINE_SYNC; ABORTED
 // (no SQLSTATE) for PGRES_PIPELINE_ABORTED (the statement did not run: an
@@ -100,6 +105,9 @@ absl::string_view SqlStateName(absl::string_view sqlstate);
 
 // The SQLSTATE a status carries (from FromPgResult), if any.
 std::optional<std::string> SqlStateOf(const absl::Status& status);
+
+// The constraint a status names (from FromPgResult), if any.
+std::optional<std::string> ConstraintOf(const absl::Status& status);
 
 }  // namespace cardvault::storage
 

@@ -3,8 +3,6 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <libpq-fe.h>
-
-#include "absl/strings/str_replace.h"
 #include <pwd.h>
 #include <signal.h>
 #include <sys/random.h>
@@ -19,8 +17,10 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -57,16 +57,15 @@ absl::StatusOr<std::string> RandomPassword() {
 
 absl::Status WriteFile(const std::string& path, const std::string& content,
                        mode_t mode, uid_t uid, gid_t gid) {
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                      mode);
+  const int fd =
+      open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) {
     return absl::InternalError(
         absl::StrCat("open ", path, ": ", std::strerror(errno)));
   }
-  const bool written =
-      write(fd, content.data(), content.size()) ==
-          static_cast<ssize_t>(content.size()) &&
-      fchown(fd, uid, gid) == 0 && fchmod(fd, mode) == 0;
+  const bool written = write(fd, content.data(), content.size()) ==
+                           static_cast<ssize_t>(content.size()) &&
+                       fchown(fd, uid, gid) == 0 && fchmod(fd, mode) == 0;
   close(fd);
   if (!written) {
     return absl::InternalError(
@@ -80,25 +79,25 @@ absl::Status WriteFile(const std::string& path, const std::string& content,
 // here: between fork and execve only async-signal-safe calls happen (the
 // parent has threads, and may run under ASan).
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args,
-                            const std::string& log_path,
-                            const std::string& cwd, uid_t uid, gid_t gid,
-                            bool own_process_group) {
+                            const std::string& log_path, const std::string& cwd,
+                            uid_t uid, gid_t gid) {
   std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   // A minimal environment: no PG* variables, no ASAN_OPTIONS, C messages
   // (the harness reads English log lines).
-  const std::vector<std::string> env = {
-      "PATH=/usr/bin:/bin", "LC_ALL=C", "LANG=C", "TZ=UTC",
-      absl::StrCat("HOME=", cwd)};
+  const std::vector<std::string> env = {"PATH=/usr/bin:/bin", "LC_ALL=C",
+                                        "LANG=C", "TZ=UTC",
+                                        absl::StrCat("HOME=", cwd)};
   std::vector<char*> envp;
   for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
   const bool switch_user = uid != geteuid();
   const long max_fd = sysconf(_SC_OPEN_MAX) > 0 ? sysconf(_SC_OPEN_MAX) : 4096;
 
-  const int log_fd = open(log_path.c_str(),
-                          O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  const int log_fd =
+      open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (log_fd < 0 || null_fd < 0) {
     if (log_fd >= 0) close(log_fd);
@@ -108,7 +107,9 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args,
   }
   const pid_t pid = fork();
   if (pid == 0) {
-    if (own_process_group) setpgid(0, 0);
+    // Out of the test's process group: a terminal's ^C reaches the test,
+    // whose destructors then stop the server in order.
+    setpgid(0, 0);
     if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(log_fd, STDOUT_FILENO) < 0 ||
         dup2(log_fd, STDERR_FILENO) < 0) {
       _exit(125);
@@ -118,8 +119,8 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args,
     if (close_range(3, ~0U, 0) != 0) {
       for (long fd = 3; fd < max_fd; ++fd) close(static_cast<int>(fd));
     }
-    if (switch_user && (setgroups(1, &gid) != 0 || setgid(gid) != 0 ||
-                        setuid(uid) != 0)) {
+    if (switch_user &&
+        (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)) {
       _exit(126);
     }
     if (chdir(cwd.c_str()) != 0) _exit(126);
@@ -133,15 +134,83 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args,
     return absl::InternalError(
         absl::StrCat("fork: ", std::strerror(fork_errno)));
   }
-  // Also here, so that a kill of the group right away cannot miss it.
-  if (own_process_group) setpgid(pid, pid);
   return pid;
 }
 
 std::string DescribeExit(int status) {
-  if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
+  if (WIFEXITED(status))
+    return absl::StrCat("exit status ", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
   return "unknown status";
+}
+
+// Fields of /proc/<pid>/stat after the command name (which may hold spaces
+// and parentheses): [0] is the state, [1] the parent pid, [19] the start
+// time. Empty if the process is gone.
+std::vector<std::string> ProcStat(pid_t pid) {
+  const std::string stat =
+      ReadFileOrEmpty(absl::StrCat("/proc/", pid, "/stat"));
+  const size_t end = stat.rfind(')');
+  if (end == std::string::npos) return {};
+  return absl::StrSplit(stat.substr(end + 1), ' ', absl::SkipEmpty());
+}
+
+// "<pid> <start time>": names this process even after its pid is reused.
+std::string ProcessIdentity(pid_t pid) {
+  const std::vector<std::string> fields = ProcStat(pid);
+  return fields.size() > 19 ? absl::StrCat(pid, " ", fields[19]) : "";
+}
+
+// SIGKILL a postmaster and its children. PostgreSQL puts every child in its
+// own session (setsid), so a process group signal does not reach them; the
+// postmaster is stopped first so that it forks none while we look.
+void KillServerTree(pid_t postmaster) {
+  kill(postmaster, SIGSTOP);
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc", error)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
+    const std::vector<std::string> fields = ProcStat(pid);
+    if (fields.size() > 1 && fields[1] == absl::StrCat(postmaster)) {
+      kill(pid, SIGKILL);
+    }
+  }
+  kill(postmaster, SIGKILL);
+}
+
+constexpr char kDirPrefix[] = "cardvault-pg-";
+constexpr char kOwnerFile[] = "harness.owner";
+
+// Servers whose test binary died without its destructor (a crash, a timeout's
+// SIGKILL) would run forever: stop them and remove their directories. A
+// directory counts only with our owner file naming a process that is gone.
+void RemoveStaleServers() {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/tmp", error)) {
+    const std::string name = entry.path().filename().string();
+    if (!absl::StartsWith(name, kDirPrefix)) continue;
+    const std::string dir = entry.path().string();
+    const std::string owner =
+        ReadFileOrEmpty(absl::StrCat(dir, "/", kOwnerFile));
+    pid_t owner_pid = 0;
+    if (owner.empty() ||
+        !absl::SimpleAtoi(owner.substr(0, owner.find(' ')), &owner_pid) ||
+        ProcessIdentity(owner_pid) == owner) {
+      continue;
+    }
+    const std::string pid_file = ReadFileOrEmpty(dir + "/data/postmaster.pid");
+    pid_t postmaster = 0;
+    if (absl::SimpleAtoi(pid_file.substr(0, pid_file.find('\n')),
+                         &postmaster) &&
+        postmaster > 0 &&
+        absl::StrContains(
+            ReadFileOrEmpty(absl::StrCat("/proc/", postmaster, "/cmdline")),
+            dir + "/data")) {
+      KillServerTree(postmaster);
+    }
+    std::filesystem::remove_all(dir, error);
+  }
 }
 
 // Single quotes for postgresql.conf.
@@ -178,12 +247,12 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(
     uid = found->pw_uid;
     gid = found->pw_gid;
   }
+  RemoveStaleServers();
   // /tmp itself (not TMPDIR): the postgres user must be able to reach the
   // directory, and /tmp (1777) lets it.
-  std::string dir_template = "/tmp/cardvault-pg-XXXXXX";
+  std::string dir_template = absl::StrCat("/tmp/", kDirPrefix, "XXXXXX");
   if (mkdtemp(dir_template.data()) == nullptr) {
-    return absl::InternalError(
-        absl::StrCat("mkdtemp: ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
   }
   const std::string dir = dir_template;
   const std::string run_dir = dir + "/run";
@@ -202,10 +271,15 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(
       new PostgresServer(std::move(options), dir, uid, gid, *password));
   // libpq's passfile: ours, 0600 (libpq ignores a file others can read).
   // ':' and '\' would need escaping; the user name and password have none.
-  absl::Status status = WriteFile(
-      server->password_file(),
-      absl::StrCat("*:*:*:", server->user(), ":", server->password(), "\n"),
-      0600, geteuid(), getegid());
+  absl::Status status =
+      WriteFile(absl::StrCat(dir, "/", kOwnerFile), ProcessIdentity(getpid()),
+                0600, geteuid(), getegid());
+  if (status.ok()) {
+    status = WriteFile(
+        server->password_file(),
+        absl::StrCat("*:*:*:", server->user(), ":", server->password(), "\n"),
+        0600, geteuid(), getegid());
+  }
   if (status.ok()) status = server->InitDb();
   if (status.ok()) status = server->WriteConfig();
   if (status.ok()) {
@@ -246,7 +320,7 @@ absl::Status PostgresServer::InitDb() {
       Spawn({Bin("initdb"), "-D", data_directory(), "-U", options_.user,
              "--auth=scram-sha-256", "--pwfile=" + pwfile, "--encoding=UTF8",
              "--locale=C", "--no-sync", "--no-instructions"},
-            log, dir_, uid_, gid_, /*own_process_group=*/false);
+            log, dir_, uid_, gid_);
   if (!pid.ok()) return pid.status();
   int status = 0;
   while (waitpid(*pid, &status, 0) < 0 && errno == EINTR) {
@@ -299,7 +373,7 @@ absl::Status PostgresServer::StartOnce(bool* retry) {
   const size_t log_offset = ReadFileOrEmpty(log_file()).size();
   absl::StatusOr<pid_t> pid = Spawn(
       {Bin("postgres"), "-D", data_directory(), "-p", absl::StrCat(port_)},
-      log_file(), dir_, uid_, gid_, /*own_process_group=*/true);
+      log_file(), dir_, uid_, gid_);
   if (!pid.ok()) return pid.status();
   pid_ = *pid;
   const std::string pid_file = data_directory() + "/postmaster.pid";
@@ -334,9 +408,9 @@ absl::Status PostgresServer::StartOnce(bool* retry) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   Kill();
-  return absl::DeadlineExceededError(
-      absl::StrCat("postgres not ready after ", absl::FormatDuration(kStartTimeout),
-                   ":\n", Tail(ReadFileOrEmpty(log_file()).substr(log_offset))));
+  return absl::DeadlineExceededError(absl::StrCat(
+      "postgres not ready after ", absl::FormatDuration(kStartTimeout), ":\n",
+      Tail(ReadFileOrEmpty(log_file()).substr(log_offset))));
 }
 
 absl::Status PostgresServer::Stop() {
@@ -360,7 +434,7 @@ absl::Status PostgresServer::Stop() {
 
 void PostgresServer::Kill() {
   if (!running()) return;
-  kill(-pid_, SIGKILL);
+  KillServerTree(pid_);
   int status = 0;
   while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
   }
@@ -380,13 +454,15 @@ absl::Status PostgresServer::CreateDatabase() {
     status = absl::FailedPreconditionError(absl::StrCat(
         "connect to create the database: ", PQerrorMessage(connection)));
   } else {
+    // The caller's config may name a synchronous standby that never comes.
+    PQclear(PQexec(connection, "SET synchronous_commit = local"));
     char* name = PQescapeIdentifier(connection, options_.database.data(),
                                     options_.database.size());
     PGresult* result =
         PQexec(connection, absl::StrCat("CREATE DATABASE ", name).c_str());
     if (PQresultStatus(result) != PGRES_COMMAND_OK) {
-      status = absl::FailedPreconditionError(absl::StrCat(
-          "CREATE DATABASE: ", PQresultErrorMessage(result)));
+      status = absl::FailedPreconditionError(
+          absl::StrCat("CREATE DATABASE: ", PQresultErrorMessage(result)));
     }
     PQclear(result);
     PQfreemem(name);

@@ -11,17 +11,21 @@
 //   initdb.log      initdb's output.
 //   pgpass          password_file(): "*:*:*:<user>:<password>", mode 0600,
 //                   owned by the test's user, for libpq's passfile=.
+//   harness.owner   "<pid> <start time>" of the test process. Start() first
+//                   stops the servers and removes the directories of test
+//                   processes that are gone (crashed, killed by a timeout).
 // The superuser is Options::user; its password is 32 random alphanumerics,
 // never in conninfo().
 //
 // Processes are started with fork/execve (no shell, so no quoting) with a
 // minimal environment, every inherited descriptor but 0-2 closed, and (as
-// root) the postgres user's uid and gids. The postmaster leads its own
-// process group: Kill() SIGKILLs the group (postmaster and backends at once,
-// like a machine losing power but keeping the page cache), so a restart
-// never meets backends of the old one still attached to shared memory.
-// Stop() is what `pg_ctl stop -m fast` does: SIGINT to the postmaster and a
-// wait for it (SIGKILL after 60 s).
+// root) the postgres user's uid and gid. The postmaster is our child (no
+// pg_ctl daemonizing), so Start() knows its pid and reaps it. Kill() SIGKILLs
+// the postmaster and every backend at once (PostgreSQL gives each child its
+// own session, so a process-group signal would miss them): like a machine
+// losing power but keeping the page cache. Stop() is what `pg_ctl stop -m
+// fast` does: SIGINT to the postmaster and a wait for it (SIGKILL after
+// 60 s).
 //
 // Several test binaries may each run servers at once (ctest -j): each has
 // its own directory (mkdtemp) and port (bound to port 0 by the kernel's
@@ -59,8 +63,7 @@ class PostgresServer {
   // initdb, start, wait until it accepts connections, create the database.
   // FAILED_PRECONDITION (with the reason: no postgres user, binaries
   // missing, initdb's or the server's log) when it cannot.
-  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(
-      Options options);
+  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(Options options);
   ~PostgresServer();
   PostgresServer(const PostgresServer&) = delete;
   PostgresServer& operator=(const PostgresServer&) = delete;

@@ -66,21 +66,33 @@ class RocksDbHarness : public StoreHarness {
   std::filesystem::path dir_;
 };
 
-// One PostgreSQL server for the whole binary; a new database per test.
-testing::PostgresServer* SharedPostgres() {
-  static testing::PostgresServer* server = [] {
-    absl::StatusOr<std::unique_ptr<testing::PostgresServer>> s =
-        testing::PostgresServer::Start({});
-    EXPECT_THAT(s, IsOk());
-    return s.ok() ? s->release() : nullptr;
-  }();
-  return server;
-}
+// One PostgreSQL server for the whole binary (a new database per test),
+// stopped and removed when the binary's tests end.
+class PostgresEnvironment : public ::testing::Environment {
+ public:
+  static testing::PostgresServer* server() {
+    if (server_ == nullptr && !tried_) {
+      tried_ = true;
+      absl::StatusOr<std::unique_ptr<testing::PostgresServer>> s =
+          testing::PostgresServer::Start({});
+      EXPECT_THAT(s, IsOk());
+      if (s.ok()) server_ = std::move(*s);
+    }
+    return server_.get();
+  }
+  void TearDown() override { server_.reset(); }
+
+ private:
+  static inline std::unique_ptr<testing::PostgresServer> server_;
+  static inline bool tried_ = false;
+};
+const ::testing::Environment* const kPostgresEnvironment =
+    ::testing::AddGlobalTestEnvironment(new PostgresEnvironment);
 
 class PostgresHarness : public StoreHarness {
  public:
   PostgresHarness() {
-    testing::PostgresServer* server = SharedPostgres();
+    testing::PostgresServer* server = PostgresEnvironment::server();
     if (server == nullptr) return;
     const std::string database = absl::StrCat("conformance_", counter_++);
     auto admin = PgConnection::Connect(server->conninfo("postgres"));
