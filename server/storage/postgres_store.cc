@@ -95,8 +95,12 @@ class PostgresStore::Pool {
     }
     PgConnection& operator*() { return *conn_; }
     PgConnection* operator->() { return conn_.get(); }
-    // Closes the connection instead of returning it (its state is unknown).
-    void Discard() { conn_.reset(); }
+    // Closes the connection instead of returning it (its state is unknown),
+    // freeing its slot.
+    void Discard() {
+      conn_.reset();
+      pool_->Return(nullptr);
+    }
 
    private:
     Pool* pool_;
@@ -133,7 +137,9 @@ class PostgresStore::Pool {
  private:
   void Return(std::unique_ptr<PgConnection> conn) {
     absl::MutexLock lock(&mu_);
-    if (conn == nullptr || !conn->healthy()) {
+    // A connection left inside a transaction never serves another caller.
+    if (conn == nullptr || !conn->healthy() ||
+        conn->transaction_status() != PQTRANS_IDLE) {
       --open_;
       return;
     }
@@ -685,16 +691,16 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
   const size_t commit = second.size() - 1;
   const absl::Status before_commit =
       FirstError(absl::MakeConstSpan(second).first(commit));
-  if (!before_commit.ok()) {
-    // Rolled back: a statement before COMMIT failed, or the connection was
-    // lost before the COMMIT could be sent.
-    const bool commit_sent = !absl::IsUnavailable(before_commit);
-    if (commit_sent || !absl::IsUnavailable(second[commit].status)) {
-      return finish(before_commit, Attempt::kRetry);
+  for (const PgStatementResult& r : second) {
+    if (absl::IsUnavailable(r.status)) {
+      // The connection was lost with the COMMIT in flight: it may have run.
+      *status = r.status;
+      return Attempt::kUnknown;
     }
-    // Lost while the whole pipeline was in flight: the COMMIT may have run.
-    *status = before_commit;
-    return Attempt::kUnknown;
+  }
+  if (!before_commit.ok()) {
+    // Rolled back: a statement before COMMIT failed on the server.
+    return finish(before_commit, Attempt::kRetry);
   }
   if (second[commit - 1].result.affected_rows() != 1) {
     // Cannot happen while the head row is locked; never written blind.
@@ -752,7 +758,7 @@ absl::StatusOr<uint64_t> PostgresStore::SweepExpired(absl::Time now,
     absl::StatusOr<PgResult> r = (*conn)->Exec(
         absl::StrCat("DELETE FROM ", kTableNames[t],
                      " WHERE k IN (SELECT k FROM ", kTableNames[t],
-                     " WHERE expires_ms <= $1 LIMIT $2)"),
+                     " WHERE expires_ms <= $1 LIMIT $2) AND expires_ms <= $1"),
         p);
     if (!r.ok()) return r.status();
     swept += static_cast<uint64_t>(r->affected_rows());

@@ -176,7 +176,23 @@ int PickUnusedPort() {
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::string& config, const std::string& log_path, int port,
     uint64_t max_descriptors, const std::string& listen_host) {
-  if (port == 0) port = PickUnusedPort();
+  // A port picked here can be taken by another test's process before the
+  // server binds it: then another one is picked.
+  for (int attempt = 0;; ++attempt) {
+    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+        StartOnce(config, log_path, port == 0 ? PickUnusedPort() : port,
+                  max_descriptors, listen_host);
+    if (port != 0 || attempt == 3 || server.ok() ||
+        !absl::StrContains(server.status().message(),
+                           "Address already in use")) {
+      return server;
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartOnce(
+    const std::string& config, const std::string& log_path, int port,
+    uint64_t max_descriptors, const std::string& listen_host) {
   const std::string listen =
       absl::StrCat("--listen_address=", listen_host, ":", port);
   const std::string config_flag = "--config=" + config;

@@ -102,6 +102,9 @@ class ServerProcess {
   void Forget() { pid_ = -1; }
 
  private:
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> StartOnce(
+      const std::string& config, const std::string& log_path, int port,
+      uint64_t max_descriptors, const std::string& listen_host);
   ServerProcess(pid_t pid, int port)
       : pid_(pid), port_(port), address_("127.0.0.1:" + std::to_string(port)) {}
   pid_t pid_;
