@@ -569,19 +569,11 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
         if (it == rows.end()) return std::nullopt;
         return it->second;
       });
-  describer.Begin(head);
-  for (size_t i = 0; i < group.size(); ++i) {
-    absl::StatusOr<int> failed = evaluator.FirstFailed(group[i]);
-    if (!failed.ok()) return finish(failed.status(), Attempt::kDone);
-    if (describer.Admit(i, *failed) && *failed < 0) evaluator.Apply(group[i]);
-  }
-  ChainAppend append = describer.Finish();
+  absl::StatusOr<ChainAppend> described =
+      evaluator.Describe(group, head, describer);
+  if (!described.ok()) return finish(described.status(), Attempt::kDone);
+  ChainAppend& append = *described;
   if (append.records.empty()) return finish(absl::OkStatus(), Attempt::kDone);
-  if (append.records.front().first <= head.sequence) {
-    return finish(
-        absl::InternalError("audit records do not follow the chain head"),
-        Attempt::kDone);
-  }
 
   // Round trip 2: everything written, then COMMIT.
   struct Puts {

@@ -292,17 +292,13 @@ absl::Status RocksDbStorage::CommitGroup(absl::Span<const Transaction> group,
         if (!v.ok()) return v.status();
         return *std::move(v);
       });
-  describer.Begin(*head);
-  for (size_t i = 0; i < group.size(); ++i) {
-    absl::StatusOr<int> failed = evaluator.FirstFailed(group[i]);
-    if (!failed.ok()) return failed.status();
-    if (describer.Admit(i, *failed) && *failed < 0) evaluator.Apply(group[i]);
-  }
-  ChainAppend append = describer.Finish();
+  absl::StatusOr<ChainAppend> described =
+      evaluator.Describe(group, *head, describer);
+  if (!described.ok()) return described.status();
+  ChainAppend& append = *described;
   if (append.records.empty()) return absl::OkStatus();
-  if (append.records.front().first <= head->sequence ||
-      append.head_mac.size() != kAuditHeadBytes - 8) {
-    return absl::InternalError("audit records do not follow the chain head");
+  if (append.head_mac.size() != kAuditHeadBytes - 8) {
+    return absl::InternalError("audit head MAC has a bad length");
   }
   rocksdb::WriteBatch batch;
   // In key order, so that each memtable insert starts its skip-list search

@@ -45,6 +45,24 @@ std::vector<std::pair<std::string, uint64_t>> ConditionEvaluator::CounterAdds()
   return counters_;
 }
 
+absl::StatusOr<ChainAppend> ConditionEvaluator::Describe(
+    absl::Span<const Transaction> group, const ChainHead& head,
+    GroupDescriber& describer) {
+  Reset();
+  describer.Begin(head);
+  for (size_t i = 0; i < group.size(); ++i) {
+    absl::StatusOr<int> failed = FirstFailed(group[i]);
+    if (!failed.ok()) return failed.status();
+    if (describer.Admit(i, *failed) && *failed < 0) Apply(group[i]);
+  }
+  ChainAppend append = describer.Finish();
+  if (!append.records.empty() &&
+      append.records.front().first <= head.sequence) {
+    return absl::InternalError("audit records do not follow the chain head");
+  }
+  return append;
+}
+
 void ConditionEvaluator::Reset() {
   final_.clear();
   position_.clear();

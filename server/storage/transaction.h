@@ -142,6 +142,14 @@ class ConditionEvaluator {
   // Makes `t`'s writes visible to later conditions.
   void Apply(const Transaction& t);
 
+  // Runs `describer` over `group` from `head` (Begin, Admit per
+  // transaction, applying those admitted, Finish) after forgetting anything
+  // applied before: the evaluation every store's CommitGroup shares. Its
+  // records, checked to follow `head` (INTERNAL otherwise), or a read error.
+  absl::StatusOr<ChainAppend> Describe(absl::Span<const Transaction> group,
+                                       const ChainHead& head,
+                                       GroupDescriber& describer);
+
   // The final value of every key the admitted transactions wrote (nullopt:
   // deleted), each key once, in the order first written.
   const std::vector<
