@@ -45,6 +45,10 @@ const std::vector<Migration>& PostgresMigrations() {
                "CREATE TABLE audit_anchor (id INT PRIMARY KEY CHECK (id = 1), "
                "anchor BYTEA NOT NULL)",
            }},
+      {.version = 2,
+       .description = "shared state of the nodes: leases, reserved uses, "
+                      "key-admin proposals",
+       .statements = {TokenDataTable("shared_state")}},
   };
   return *migrations;
 }

@@ -16,7 +16,7 @@ namespace cardvault::storage {
 namespace {
 
 constexpr const char* kTableNames[kNumTables] = {"tokens", "pan_index",
-                                                 "idempotency"};
+                                                 "idempotency", "shared_state"};
 
 const char* TableName(Table t) { return kTableNames[static_cast<size_t>(t)]; }
 
@@ -494,6 +494,10 @@ absl::Status PostgresStore::CommitGroup(absl::Span<const Transaction> group,
     if (outcome == Attempt::kDone) return status;
     conn->Discard();
     last = status;
+    if (outcome == Attempt::kUnknown && last_sequence == 0) {
+      return absl::UnknownError(
+          "the database commit's outcome is unknown; read the keys back");
+    }
     if (outcome == Attempt::kUnknown) {
       absl::StatusOr<bool> committed =
           ResolveCommit(last_sequence, last_record);
@@ -573,7 +577,10 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
       evaluator.Describe(group, head, describer);
   if (!described.ok()) return finish(described.status(), Attempt::kDone);
   ChainAppend& append = *described;
-  if (append.records.empty()) return finish(absl::OkStatus(), Attempt::kDone);
+  const bool audited = !append.records.empty();
+  if (!audited && evaluator.final_writes().empty()) {
+    return finish(absl::OkStatus(), Attempt::kDone);
+  }
 
   // Round trip 2: everything written, then COMMIT.
   struct Puts {
@@ -639,7 +646,7 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
         "excluded.n",
         p);
   }
-  {
+  if (audited) {
     std::vector<int64_t> sequences;
     std::vector<absl::string_view> records;
     for (const auto& [seq, record] : append.records) {
@@ -667,7 +674,7 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
         "(id) DO UPDATE SET anchor = excluded.anchor",
         p);
   }
-  {
+  if (audited) {
     PgParams p;
     p.AddInt8(static_cast<int64_t>(append.records.back().first));
     p.AddBytea(append.head_mac);
@@ -677,8 +684,10 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
         p);
   }
   c.Queue("COMMIT");
-  *last_sequence = append.records.back().first;
-  *last_record = append.records.back().second;
+  // An unaudited commit has no record to read back: its caller resolves an
+  // unknown outcome by reading its own keys (CommitUnaudited).
+  *last_sequence = audited ? append.records.back().first : 0;
+  if (audited) *last_record = append.records.back().second;
   std::vector<PgStatementResult> second = c.Sync();
   const size_t commit = second.size() - 1;
   const absl::Status before_commit =
@@ -694,7 +703,7 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
     // Rolled back: a statement before COMMIT failed on the server.
     return finish(before_commit, Attempt::kRetry);
   }
-  if (second[commit - 1].result.affected_rows() != 1) {
+  if (audited && second[commit - 1].result.affected_rows() != 1) {
     // Cannot happen while the head row is locked; never written blind.
     return finish(absl::InternalError("audit head moved during a commit"),
                   Attempt::kDone);

@@ -73,7 +73,7 @@
 namespace cardvault::storage {
 
 // The schema version this build reads and writes.
-inline constexpr int kPostgresSchemaVersion = 1;
+inline constexpr int kPostgresSchemaVersion = 2;
 
 class PostgresStore : public Store {
  public:

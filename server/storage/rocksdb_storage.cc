@@ -23,7 +23,7 @@ namespace {
 
 // Token-data column families, in Table order.
 constexpr const char* kTableCfs[kNumTables] = {"tokens", "pan_index",
-                                               "idempotency"};
+                                               "idempotency", "shared"};
 constexpr char kKeysCf[] = "keys";
 constexpr char kKeyUsageCf[] = "key_usage";
 constexpr char kAuditCf[] = "audit";
@@ -220,7 +220,8 @@ RocksDbStorage::RocksDbStorage(
     : filters_(std::move(filters)),
       db_(std::move(db)),
       handles_(std::move(handles)),
-      tables_{handles_[1].get(), handles_[2].get(), handles_[3].get()},
+      tables_{handles_[1].get(), handles_[2].get(), handles_[3].get(),
+              handles_[4].get()},
       keys_(handles_[1 + kNumTables].get()),
       key_usage_(handles_[2 + kNumTables].get()),
       audit_(handles_[3 + kNumTables].get()),
@@ -296,8 +297,9 @@ absl::Status RocksDbStorage::CommitGroup(absl::Span<const Transaction> group,
       evaluator.Describe(group, *head, describer);
   if (!described.ok()) return described.status();
   ChainAppend& append = *described;
-  if (append.records.empty()) return absl::OkStatus();
-  if (append.head_mac.size() != kAuditHeadBytes - 8) {
+  const bool audited = !append.records.empty();
+  if (!audited && evaluator.final_writes().empty()) return absl::OkStatus();
+  if (audited && append.head_mac.size() != kAuditHeadBytes - 8) {
     return absl::InternalError("audit head MAC has a bad length");
   }
   rocksdb::WriteBatch batch;
@@ -333,9 +335,11 @@ absl::Status RocksDbStorage::CommitGroup(absl::Span<const Transaction> group,
   if (append.anchor.has_value()) {
     batch.Put(audit_, SequenceKey(0), ToSlice(*append.anchor));
   }
-  std::string new_head = SequenceKey(append.records.back().first);
-  new_head += append.head_mac;
-  batch.Put(handles_[0].get(), kAuditHeadKey, new_head);
+  if (audited) {
+    std::string new_head = SequenceKey(append.records.back().first);
+    new_head += append.head_mac;
+    batch.Put(handles_[0].get(), kAuditHeadKey, new_head);
+  }
   return FromRocksDb(db_->Write(DurableWrite(), &batch), "commit");
 }
 

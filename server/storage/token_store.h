@@ -27,8 +27,13 @@ enum class Table : uint8_t {
   kTokens = 0,       // token -> sealed card record
   kPanIndex = 1,     // keyed HMAC of (domain, format, PAN) -> index entry
   kIdempotency = 2,  // keyed HMAC of (identity, key) -> first result
+  // What the nodes sharing a store coordinate through (leases, reserved
+  // uses, key-admin proposals; formats in coordination/shared_state.h).
+  // Never card data. The one table a commit may write without audit
+  // records (transaction.h, CommitUnaudited).
+  kShared = 3,
 };
-inline constexpr int kNumTables = 3;
+inline constexpr int kNumTables = 4;
 
 // Point reads of token data.
 class RecordStore {

@@ -1,5 +1,9 @@
 #include "server/storage/transaction.h"
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
 namespace cardvault::storage {
 
 absl::StatusOr<int> ConditionEvaluator::FirstFailed(
@@ -60,7 +64,57 @@ absl::StatusOr<ChainAppend> ConditionEvaluator::Describe(
       append.records.front().first <= head.sequence) {
     return absl::InternalError("audit records do not follow the chain head");
   }
+  if (append.records.empty()) {
+    const bool shared_only = std::all_of(
+        final_.begin(), final_.end(),
+        [](const auto& w) { return w.first.first == Table::kShared; });
+    if (!shared_only || !counters_.empty() || append.purge_through > 0 ||
+        append.anchor.has_value()) {
+      return absl::InternalError("a write to token data without its record");
+    }
+  }
   return append;
+}
+
+namespace {
+
+// Admits the one transaction of CommitUnaudited and describes nothing.
+class Unaudited final : public GroupDescriber {
+ public:
+  void Begin(const ChainHead&) override { failed_ = -1; }
+  bool Admit(size_t, int failed_condition) override {
+    failed_ = failed_condition;
+    return failed_condition < 0;
+  }
+  ChainAppend Finish() override { return {}; }
+  int failed() const { return failed_; }
+
+ private:
+  int failed_ = -1;
+};
+
+}  // namespace
+
+absl::Status CommitUnaudited(const TransactionalStore& store,
+                             const Transaction& t) {
+  for (const RecordWrite& w : t.writes) {
+    if (w.table != Table::kShared) {
+      return absl::InvalidArgumentError(
+          "only coordination state is written without an audit record");
+    }
+  }
+  if (!t.counter_adds.empty()) {
+    return absl::InvalidArgumentError(
+        "a counter is never added to without an audit record");
+  }
+  Unaudited describer;
+  absl::Status s = store.CommitGroup(absl::MakeConstSpan(&t, 1), describer);
+  if (!s.ok()) return s;
+  if (describer.failed() >= 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "condition ", describer.failed(), " of the transaction does not hold"));
+  }
+  return absl::OkStatus();
 }
 
 void ConditionEvaluator::Reset() {

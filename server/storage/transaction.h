@@ -93,8 +93,10 @@ class GroupDescriber {
   // here is visible to the conditions of the ones after it.
   virtual bool Admit(size_t index, int failed_condition) = 0;
 
-  // The audit records of what was admitted (nothing is written when it
-  // has no records).
+  // The audit records of what was admitted. Without records only writes
+  // to Table::kShared may be admitted (the store refuses token data,
+  // counters or a purge written unaudited, INTERNAL); with neither,
+  // nothing is written.
   virtual ChainAppend Finish() = 0;
 };
 
@@ -124,6 +126,17 @@ class Store : public RecordStore,
               public AuditStore,
               public TransactionalStore {};
 
+// Commits `t` alone and without an audit record: for the coordination
+// state of Table::kShared (a lease renewed, a block of uses reserved), whose
+// every change is not an event. `t` may write only Table::kShared (and add
+// no counter); its conditions may name any table. OK once durable;
+// FAILED_PRECONDITION when a condition does not hold (nothing written);
+// UNAVAILABLE; UNKNOWN when the outcome could not be learnt, which the
+// caller resolves by reading its keys back (its values must be unique, e.g.
+// carry a fencing number).
+absl::Status CommitUnaudited(const TransactionalStore& store,
+                             const Transaction& t);
+
 // Evaluates the conditions of a group in order, each seeing the writes of
 // the transactions admitted before it: the part of CommitGroup every store
 // shares. `read` answers for a key nothing earlier in the group wrote: its
@@ -145,7 +158,8 @@ class ConditionEvaluator {
   // Runs `describer` over `group` from `head` (Begin, Admit per
   // transaction, applying those admitted, Finish) after forgetting anything
   // applied before: the evaluation every store's CommitGroup shares. Its
-  // records, checked to follow `head` (INTERNAL otherwise), or a read error.
+  // records, checked to follow `head` and to describe every write to token
+  // data (INTERNAL otherwise), or a read error.
   absl::StatusOr<ChainAppend> Describe(absl::Span<const Transaction> group,
                                        const ChainHead& head,
                                        GroupDescriber& describer);

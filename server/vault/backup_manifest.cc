@@ -20,8 +20,8 @@ namespace {
 // Records read per Scan of a token-data table.
 constexpr size_t kScanChunk = 4096;
 
-constexpr const char* kTableNames[storage::kNumTables] = {"tokens", "pan_index",
-                                                          "idempotency"};
+constexpr const char* kTableNames[storage::kNumTables] = {
+    "tokens", "pan_index", "idempotency", "shared"};
 
 // Accumulates one table's digest.
 class TableSummer {

@@ -45,6 +45,8 @@ TEST_F(PostgresStoreTest, OpenRefusesADatabaseWithoutTheSchema) {
 }
 
 TEST_F(PostgresStoreTest, MigrationIsIdempotentAndRecordsItsVersion) {
+  ASSERT_FALSE(PostgresMigrations().empty());
+  EXPECT_EQ(PostgresMigrations().back().version, kPostgresSchemaVersion);
   auto first = MigratePostgres(server_->conninfo());
   ASSERT_THAT(first, IsOk());
   EXPECT_EQ(first->from_version, 0);

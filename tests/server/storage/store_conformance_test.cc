@@ -497,6 +497,113 @@ TEST_P(StoreConformanceTest, OneOfManyConcurrentInsertsOfAKeyWins) {
   EXPECT_EQ(records, 20u);
 }
 
+// Admits every transaction whose conditions hold and describes none.
+class AdmitsWithoutRecords final : public GroupDescriber {
+ public:
+  void Begin(const ChainHead&) override {}
+  bool Admit(size_t, int failed_condition) override {
+    return failed_condition < 0;
+  }
+  ChainAppend Finish() override { return {}; }
+};
+
+TEST_P(StoreConformanceTest, SharedStateIsComparedAndSetWithoutRecords) {
+  ASSERT_THAT(CommitUnaudited(*store_, Insert(Table::kShared, "lease/x", "a")),
+              IsOk());
+  EXPECT_THAT(CommitUnaudited(*store_, Insert(Table::kShared, "lease/x", "b")),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  Transaction swap;
+  swap.conditions.push_back({Table::kShared, "lease/x", std::string("a")});
+  swap.writes.push_back({Table::kShared, "lease/x", std::string("c")});
+  ASSERT_THAT(CommitUnaudited(*store_, swap), IsOk());
+  EXPECT_THAT(CommitUnaudited(*store_, swap),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store_->Get(Table::kShared, "lease/x"),
+              IsOkAndHolds(std::string("c")));
+  // A condition on token data may fence a coordination write.
+  Transaction fenced;
+  fenced.conditions.push_back({Table::kTokens, "tok_a", std::nullopt});
+  fenced.writes.push_back({Table::kShared, "lease/y", std::string("d")});
+  ASSERT_THAT(CommitOne(*store_, Put(Table::kTokens, "tok_a", "v")), IsOk());
+  EXPECT_THAT(CommitUnaudited(*store_, fenced),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store_->Get(Table::kShared, "lease/y"),
+              StatusIs(absl::StatusCode::kNotFound));
+  // The chain holds the token's record only.
+  EXPECT_THAT(store_->ChainHeadNow(),
+              IsOkAndHolds(::testing::Field(&ChainHead::sequence, 1u)));
+  Reopen();
+  EXPECT_THAT(store_->Get(Table::kShared, "lease/x"),
+              IsOkAndHolds(std::string("c")));
+}
+
+TEST_P(StoreConformanceTest, TokenDataIsNeverWrittenWithoutRecords) {
+  EXPECT_THAT(CommitUnaudited(*store_, Insert(Table::kTokens, "tok_a", "v")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  Transaction counted = Insert(Table::kShared, "s", "v");
+  counted.counter_adds.push_back({"uses", 1});
+  EXPECT_THAT(CommitUnaudited(*store_, counted),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // A describer that admits token data but describes none is refused by
+  // the store itself.
+  AdmitsWithoutRecords silent;
+  std::vector<Transaction> group;
+  group.push_back(Insert(Table::kShared, "s", "v"));
+  group.push_back(Insert(Table::kTokens, "tok_a", "v"));
+  EXPECT_THAT(store_->CommitGroup(group, silent),
+              StatusIs(absl::StatusCode::kInternal));
+  EXPECT_THAT(store_->Get(Table::kTokens, "tok_a"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->Get(Table::kShared, "s"),
+              StatusIs(absl::StatusCode::kNotFound));
+  auto uses = store_->KeyUses();
+  ASSERT_THAT(uses, IsOk());
+  EXPECT_THAT(*uses, IsEmpty());
+}
+
+TEST_P(StoreConformanceTest, ConcurrentCompareAndSetLosesNoUpdate) {
+  constexpr int kWriters = 8;
+  constexpr int kIncrements = 25;
+  std::vector<std::unique_ptr<Store>> others;
+  for (int i = 0; i < kWriters && harness_->SharesData(); ++i) {
+    auto s = harness_->Open();
+    ASSERT_THAT(s, IsOk());
+    others.push_back(*std::move(s));
+  }
+  std::atomic<int> conflicts{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kWriters; ++i) {
+    threads.emplace_back([&, i] {
+      const Store& store = others.empty() ? *store_ : *others[i];
+      for (int done = 0; done < kIncrements;) {
+        absl::StatusOr<std::string> now = store.Get(Table::kShared, "n");
+        std::optional<std::string> expected;
+        int n = 0;
+        if (now.ok()) {
+          expected = *now;
+          n = std::stoi(*now);
+        } else {
+          ASSERT_THAT(now.status(), StatusIs(absl::StatusCode::kNotFound));
+        }
+        Transaction t;
+        t.conditions.push_back({Table::kShared, "n", expected});
+        t.writes.push_back({Table::kShared, "n", std::to_string(n + 1)});
+        absl::Status s = CommitUnaudited(store, t);
+        if (absl::IsFailedPrecondition(s)) {
+          ++conflicts;
+          continue;
+        }
+        ASSERT_THAT(s, IsOk());
+        ++done;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_THAT(store_->Get(Table::kShared, "n"),
+              IsOkAndHolds(std::to_string(kWriters * kIncrements)));
+  EXPECT_GT(conflicts.load(), 0);  // the writers did race
+}
+
 std::vector<StoreKind> Kinds() {
   std::vector<StoreKind> kinds;
   kinds.push_back(
