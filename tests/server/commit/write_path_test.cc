@@ -97,19 +97,19 @@ class WritePathTest : public ::testing::Test {
     Close();
     std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
     for (const char* name : {"default", "tokens", "pan_index", "idempotency",
-                             "keys", "key_usage", "audit"}) {
+                             "shared", "keys", "key_usage", "audit"}) {
       cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
     rocksdb::ConfigOptions config;
     ASSERT_TRUE(rocksdb::MergeOperator::CreateFromString(
-                    config, "uint64add", &cfs[5].options.merge_operator)
+                    config, "uint64add", &cfs[6].options.merge_operator)
                     .ok());
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw = nullptr;
     ASSERT_TRUE(
         rocksdb::DB::Open(rocksdb::DBOptions(), dir_, cfs, &handles, &raw)
             .ok());
-    edit(raw, handles[6]);
+    edit(raw, handles[7]);
     for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
     delete raw;
     Reopen('k');

@@ -107,7 +107,7 @@ TEST_F(RocksDbStorageTest, TokensAndKeysLiveInSeparateColumnFamilies) {
                                               dir_.string(), &families)
                   .ok());
   EXPECT_THAT(families, UnorderedElementsAre("default", "tokens", "pan_index",
-                                             "idempotency", "keys", "key_usage",
+                                             "idempotency", "shared", "keys", "key_usage",
                                              "audit"));
 }
 
