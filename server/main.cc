@@ -33,6 +33,8 @@
 #include "server/config/config_loader.h"
 #include "server/config/policy_loader.h"
 #include "server/config/text_proto.h"
+#include "server/coordination/background_work.h"
+#include "server/coordination/job_lease.h"
 #include "server/crypto/sha256.h"
 #include "server/net/connection_table.h"
 #include "server/net/tcp_listener.h"
@@ -138,7 +140,7 @@ absl::StatusOr<std::string> PostgresConninfo(const config::ServerConfig& cfg) {
   return std::string(absl::StripAsciiWhitespace(*text));
 }
 
-absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
+absl::StatusOr<std::unique_ptr<storage::PostgresStore>> OpenPostgres(
     const config::ServerConfig& cfg) {
   absl::StatusOr<std::string> conninfo = PostgresConninfo(cfg);
   if (!conninfo.ok()) return conninfo.status();
@@ -148,13 +150,9 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
           {.conninfo = *std::move(conninfo),
            .pool_size =
                pg.pool_size() == 0 ? 8 : static_cast<int>(pg.pool_size()),
-           .expiry_of = vault::StoredExpiry,
-           .sweep_interval = absl::Seconds(pg.sweep_interval_seconds() == 0
-                                               ? 60
-                                               : pg.sweep_interval_seconds()),
-           .sweep_batch = pg.sweep_batch() == 0 ? 1000 : pg.sweep_batch()});
+           .expiry_of = vault::StoredExpiry});
   if (!store.ok()) return store.status();
-  return std::unique_ptr<storage::Store>(*std::move(store));
+  return *std::move(store);
 }
 
 // The node's name in audit records: configured, or host name and port.
@@ -374,14 +372,16 @@ int Run(const sigset_t& stop_signals) {
     return RunBackupTool(cfg, *wrapper);
   }
   std::unique_ptr<storage::RocksDbStorage> embedded_store;
-  std::unique_ptr<storage::Store> storage;
+  std::unique_ptr<storage::PostgresStore> storage;
   if (embedded) {
     embedded_store =
         OrDie(storage::RocksDbStorage::Open(StorageOptions(cfg)), "storage");
   } else {
     storage = OrDie(OpenPostgres(cfg), "PostgreSQL storage");
   }
-  storage::Store* const store = embedded ? embedded_store.get() : storage.get();
+  storage::Store* const store =
+      embedded ? static_cast<storage::Store*>(embedded_store.get())
+               : storage.get();
   const bool backups_on = !cfg.backup().directory().empty();
   const bool restored =
       embedded && vault::RestorePending(cfg.storage().rocksdb().data_dir());
@@ -435,7 +435,6 @@ int Run(const sigset_t& stop_signals) {
           store, store, std::move(audit_key.mac), audit_key.version,
           {.on_checkpoint = LogCheckpoint,
            .retention = absl::Hours(24 * cfg.audit().retention_days()),
-           .purge_interval = absl::Hours(24),
            .refusals = {.per_minute =
                             cfg.limits().refusals_recorded_per_minute()},
            .resume_after_sequence =
@@ -471,12 +470,11 @@ int Run(const sigset_t& stop_signals) {
   // Daily velocity counts survive a restart (written with each record).
   vault->ResumeVelocityCounts(OrDie(store->KeyUses(), "velocity counts"));
   // Moves records off decrypt-only data keys, at start and then hourly.
-  auto reencryptor = OrDie(
-      vault::Reencryptor::Create(
-          store, keys.get(), audit_log.get(),
-          {.chunk_records = cfg.keys().reencrypt_chunk_records(),
-           .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds())}),
-      "re-encryption job");
+  auto reencryptor =
+      OrDie(vault::Reencryptor::Create(
+                store, keys.get(), audit_log.get(),
+                {.chunk_records = cfg.keys().reencrypt_chunk_records()}),
+            "re-encryption job");
   // Keys outside the data-key ring, for the inventory (never material).
   std::vector<vault::KeyInfo> other_keys;
   for (const auto& [prefix, purpose, version] :
@@ -708,6 +706,41 @@ int Run(const sigset_t& stop_signals) {
       return 1;
     }
   }
+  // One node at a time does the background work; another resumes it
+  // within the lease's ttl when that node dies.
+  auto background_lease =
+      OrDie(coordination::JobLease::Create(store, audit_log.get(),
+                                           {.holder = NodeName(cfg)}),
+            "background lease");
+  std::vector<coordination::BackgroundJob> jobs;
+  jobs.push_back({.name = "audit-purge",
+                  .interval = absl::Hours(24),
+                  .run = [&](const storage::Condition& fence) {
+                    return audit_log->Purge(absl::Now(), fence).status();
+                  }});
+  jobs.push_back(
+      {.name = "reencrypt",
+       .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds()),
+       .run =
+           [&](const storage::Condition& fence) {
+             return reencryptor->RunScheduledPass(fence);
+           },
+       .cancel = [&] { reencryptor->Stop(); }});
+  if (!embedded) {
+    const config::v1::PostgresStorageConfig& pg = cfg.storage().postgres();
+    const size_t batch = pg.sweep_batch() == 0 ? 1000 : pg.sweep_batch();
+    jobs.push_back(
+        {.name = "ttl-sweep",
+         .interval = absl::Seconds(pg.sweep_interval_seconds() == 0
+                                       ? 60
+                                       : pg.sweep_interval_seconds()),
+         .run = [&storage, batch](const storage::Condition&) {
+           return storage->SweepAllExpired(absl::Now(), batch);
+         }});
+  }
+  auto background = OrDie(coordination::BackgroundWork::Start(
+                              background_lease.get(), std::move(jobs), {}),
+                          "background work");
   // Policy changes apply without a restart; a bad file is refused (logged
   // and audited) and the policy in force stays.
   std::atomic<uint64_t> refused_policy_reloads{0};

@@ -66,18 +66,6 @@ void WritePath::StartBackgroundJobs() {
       raw->WriteRefusalSummaries();  // closing: nothing counted is lost
     });
   }
-  if (options_.purge_interval > absl::ZeroDuration()) {
-    purger_ = std::thread([raw = this] {
-      do {
-        absl::StatusOr<uint64_t> purged = raw->Purge(absl::Now());
-        if (!purged.ok()) {
-          util::LogError(absl::StrCat("audit retention purge failed: ",
-                                      purged.status().ToString()));
-        }
-      } while (!raw->stop_purger_.WaitForNotificationWithTimeout(
-          raw->options_.purge_interval));
-    });
-  }
 }
 
 WritePath::WritePath(const storage::AuditStore* store,
@@ -95,8 +83,6 @@ WritePath::WritePath(const storage::AuditStore* store,
 WritePath::~WritePath() {
   stop_summaries_.Notify();
   if (summarizer_.joinable()) summarizer_.join();
-  stop_purger_.Notify();
-  if (purger_.joinable()) purger_.join();
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -437,7 +423,8 @@ absl::Status WritePath::Scan(
       });
 }
 
-absl::StatusOr<uint64_t> WritePath::Purge(absl::Time now) const {
+absl::StatusOr<uint64_t> WritePath::Purge(
+    absl::Time now, const std::optional<storage::Condition>& fence) const {
   absl::MutexLock purge_lock(&purge_mu_);
   auto last = store_->LastAuditRecord();
   if (!last.ok()) return last.status();
@@ -475,6 +462,8 @@ absl::StatusOr<uint64_t> WritePath::Purge(absl::Time now) const {
                    " (older than the retention period); chain anchored, "
                    "first kept ",
                    first_kept));
+  if (fence.has_value())
+    pending->entries[0].mutation.conditions.push_back(*fence);
   pending->purge_through = through;
   pending->anchor = std::move(anchor);
   absl::Notification written;

@@ -83,8 +83,6 @@ class WritePath {
     // Records are kept at least this long (PCI DSS 10.5.1 asks for 12
     // months); Purge removes only older ones.
     absl::Duration retention = absl::Hours(24 * 400);
-    // How often a background purge runs; zero = never (Purge by hand).
-    absl::Duration purge_interval = absl::ZeroDuration();
     // Most events appended and not yet answered (queued, being written or
     // awaiting their completion). An append beyond it is refused at once
     // with UNAVAILABLE and nothing written, so a flood costs bounded
@@ -99,9 +97,8 @@ class WritePath {
     // checkpoint exported after the restore can never be taken for one it
     // lost. 0 (the default): the next after the head.
     uint64_t resume_after_sequence = 0;
-    // Starts the purge and summary threads only at StartBackgroundJobs, so
-    // that a restore's RESTORE event is the first record after it (a purge
-    // first would break the chain at the restore's gap). Default false.
+    // Starts the summary thread only at StartBackgroundJobs, so that a
+    // restore's RESTORE event is the first record after it. Default false.
     bool defer_background_jobs = false;
     // Written into every event as AuditEvent.node (several nodes on one
     // trail). Default empty.
@@ -123,8 +120,7 @@ class WritePath {
   // Finishes pending appends and stops the writer.
   ~WritePath();
 
-  // Starts the purge and summary threads (Options::defer_background_jobs);
-  // once only.
+  // Starts the summary thread (Options::defer_background_jobs); once only.
   void StartBackgroundJobs();
 
   // Appends `event` (its sequence is assigned here) and, in the same atomic
@@ -171,8 +167,12 @@ class WritePath {
 
   // Purges records whose event time is before `now - retention`, oldest
   // first, keeping at least the newest record, and records the purge as an
-  // AUDIT_PURGE event. Returns how many records were purged.
-  absl::StatusOr<uint64_t> Purge(absl::Time now) const;
+  // AUDIT_PURGE event, in one write that holds only if `fence` (the
+  // background lease, coordination/job_lease.h) still does: ABORTED
+  // otherwise. Returns how many records were purged.
+  absl::StatusOr<uint64_t> Purge(
+      absl::Time now,
+      const std::optional<storage::Condition>& fence = std::nullopt) const;
 
   // Number of appends that failed to reach storage (for alerting).
   uint64_t write_failures() const { return write_failures_.load(); }
@@ -253,8 +253,6 @@ class WritePath {
   std::thread writer_;
   std::thread completer_;
   std::atomic<bool> background_started_{false};
-  absl::Notification stop_purger_;
-  std::thread purger_;
   absl::Notification stop_summaries_;
   std::thread summarizer_;
 };

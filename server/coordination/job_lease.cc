@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<JobLease>> JobLease::Create(
   auto lease = std::unique_ptr<JobLease>(
       new JobLease(store, write_path, std::move(options)));
   if (lease->options_.keep_renewing) {
+    (void)lease->Step();  // the renewer retries a failure
     lease->renewer_ = std::thread([l = lease.get()] { l->Renewer(); });
   }
   return lease;
@@ -174,7 +175,9 @@ absl::StatusOr<bool> JobLease::Step() const {
       previous->fence == stored_fence && previous->fence == fence();
   // Another node's claim stands until it expires by this node's clock, plus
   // the skew its clock may have.
-  if (previous.has_value() && !mine &&
+  const bool restarted =
+      previous.has_value() && previous->holder == options_.holder && !mine;
+  if (previous.has_value() && !mine && !restarted &&
       start < previous->expires + options_.max_clock_skew) {
     return lose(absl::OkStatus());
   }

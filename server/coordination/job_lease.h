@@ -18,15 +18,16 @@
 //   "fence/<name>"        the fence: uint64 big-endian, +1 at every change
 //                         of holder, never lowered
 //
-// A node takes the lease when there is no claim or the claim has expired by
-// its own clock, raising the fence in the same write, and renews its own
-// claim (same fence) every ttl/3. It treats itself as the holder only until
-// ttl - max_clock_skew after it last wrote the claim (measured before the
-// write), so two nodes never both believe they hold it while their clocks
-// differ by less than max_clock_skew. A holder's writes are fenced: each
-// carries the condition "fence/<name> still equals my fence" (Fence()), so
-// a holder that stalled past its lease (a paused process) cannot write
-// after another node took over, whatever the clocks say.
+// A node takes the lease when there is no claim, the claim has expired by
+// its own clock, or the claim is its own name's from an earlier process (a
+// restarted node; node names must be unique), raising the fence in the same
+// write, and renews its own claim (same fence) every ttl/3. It treats itself as
+// the holder only until ttl - max_clock_skew after it last wrote the claim
+// (measured before the write), so two nodes never both believe they hold it
+// while their clocks differ by less than max_clock_skew. A holder's writes are
+// fenced: each carries the condition "fence/<name> still equals my fence"
+// (Fence()), so a holder that stalled past its lease (a paused process) cannot
+// write after another node took over, whatever the clocks say.
 //
 // Every change of holder is an audit event (LEASE) in the same atomic write
 // as the claim; renewals are not events.
@@ -87,8 +88,8 @@ class JobLease {
     // Most difference between two nodes' clocks the lease tolerates.
     // Default 2 s; must be under ttl / 3.
     absl::Duration max_clock_skew = absl::Seconds(2);
-    // Start a thread that takes and renews the lease every ttl / 3. Off:
-    // Step() by hand (tests).
+    // Take the lease once in Create, then start a thread that takes or
+    // renews it every ttl / 3. Off: Step() by hand (tests).
     bool keep_renewing = true;
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };

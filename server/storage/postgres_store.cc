@@ -184,34 +184,13 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   }
   std::unique_ptr<PostgresStore> store(
       new PostgresStore(std::move(options), std::move(pool)));
-  if (store->options_.sweep_interval > absl::ZeroDuration()) {
-    store->sweeper_ = std::thread([raw = store.get()] { raw->SweepLoop(); });
-  }
   return store;
-}
-
-void PostgresStore::SweepLoop() {
-  pthread_setname_np(pthread_self(), "ttl-sweeper");
-  while (
-      !stop_sweeping_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
-    absl::StatusOr<uint64_t> swept;
-    do {
-      swept = SweepExpired(options_.now(), options_.sweep_batch);
-    } while (swept.ok() && *swept > 0 && !stop_sweeping_.HasBeenNotified());
-    if (!swept.ok()) {
-      util::LogError(
-          absl::StrCat("TTL sweep failed: ", swept.status().ToString()));
-    }
-  }
 }
 
 PostgresStore::PostgresStore(Options options, std::unique_ptr<Pool> pool)
     : options_(std::move(options)), pool_(std::move(pool)) {}
 
-PostgresStore::~PostgresStore() {
-  stop_sweeping_.Notify();
-  if (sweeper_.joinable()) sweeper_.join();
-}
+PostgresStore::~PostgresStore() = default;
 
 absl::StatusOr<std::string> PostgresStore::Get(Table table,
                                                absl::string_view key) const {
@@ -745,6 +724,15 @@ absl::StatusOr<bool> PostgresStore::ResolveCommit(
     absl::SleepFor(absl::Milliseconds(200));
   } while (absl::Now() < deadline);
   return last;
+}
+
+absl::Status PostgresStore::SweepAllExpired(absl::Time now,
+                                            size_t batch) const {
+  for (;;) {
+    absl::StatusOr<uint64_t> swept = SweepExpired(now, batch);
+    if (!swept.ok()) return swept.status();
+    if (*swept == 0) return absl::OkStatus();
+  }
 }
 
 absl::StatusOr<uint64_t> PostgresStore::SweepExpired(absl::Time now,

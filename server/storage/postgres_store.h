@@ -94,14 +94,6 @@ class PostgresStore : public Store {
     // How long an unknown commit outcome is retried to be read back before
     // UNKNOWN. Default 30 s.
     absl::Duration resolve_timeout = absl::Seconds(30);
-    // How often a background thread deletes expired token data, in chunks
-    // of `sweep_batch` rows per table until none is left; zero: never
-    // (SweepExpired by hand). Every node may sweep: the deletes are
-    // idempotent. Default zero.
-    absl::Duration sweep_interval = absl::ZeroDuration();
-    size_t sweep_batch = 1000;
-    // Clock the sweeper compares expiry times with.
-    std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
   // Connects and checks the schema version: FAILED_PRECONDITION for a
@@ -139,6 +131,11 @@ class PostgresStore : public Store {
   // table; returns how many. For the TTL sweeper (a background job).
   absl::StatusOr<uint64_t> SweepExpired(absl::Time now, size_t limit) const;
 
+  // SweepExpired in chunks of `batch` until nothing expired is left: one
+  // run of the TTL sweep job (coordination/background_work.h). Not fenced:
+  // its deletes re-check expiry, so a second sweeper deletes nothing twice.
+  absl::Status SweepAllExpired(absl::Time now, size_t batch) const;
+
  private:
   class Pool;
   enum class Attempt { kDone, kRetry, kUnknown };
@@ -160,13 +157,8 @@ class PostgresStore : public Store {
   absl::StatusOr<bool> ResolveCommit(uint64_t sequence,
                                      absl::string_view record) const;
 
-  // Sweeps until stopped (Options::sweep_interval).
-  void SweepLoop();
-
   const Options options_;
   const std::unique_ptr<Pool> pool_;
-  absl::Notification stop_sweeping_;
-  std::thread sweeper_;
 };
 
 }  // namespace cardvault::storage

@@ -22,36 +22,24 @@ absl::StatusOr<std::unique_ptr<Reencryptor>> Reencryptor::Create(
     const storage::RecordStore* records, const KeyRing* keys,
     const commit::WritePath* audit, Options options) {
   if (records == nullptr || keys == nullptr || audit == nullptr ||
-      options.chunk_records == 0 || options.interval < absl::ZeroDuration()) {
+      options.chunk_records == 0) {
     return absl::InvalidArgumentError("bad re-encryption job arguments");
   }
-  std::unique_ptr<Reencryptor> job(
+  return std::unique_ptr<Reencryptor>(
       new Reencryptor(records, keys, audit, options));
-  if (options.interval > absl::ZeroDuration()) {
-    job->thread_ = std::thread([raw = job.get()] {
-      do {
-        if (raw->keys_->DecryptOnlyVersions().empty()) {
-          ++raw->passes_;  // nothing can be under an old key
-          continue;
-        }
-        absl::StatusOr<PassResult> pass = raw->RunPass();
-        if (!pass.ok()) {
-          util::LogError(absl::StrCat("re-encryption pass failed: ",
-                                      pass.status().ToString()));
-        }
-      } while (
-          !raw->stop_.WaitForNotificationWithTimeout(raw->options_.interval));
-    });
+}
+
+absl::Status Reencryptor::RunScheduledPass(
+    const storage::Condition& fence) const {
+  if (keys_->DecryptOnlyVersions().empty()) {
+    ++passes_;  // nothing can be under an old key
+    return absl::OkStatus();
   }
-  return job;
+  return RunPass(fence).status();
 }
 
-Reencryptor::~Reencryptor() {
-  stop_.Notify();
-  if (thread_.joinable()) thread_.join();
-}
-
-absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass() const {
+absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass(
+    const std::optional<storage::Condition>& fence) const {
   absl::MutexLock pass(&pass_mu_);
   // Writes sealed under a key that has since stopped being primary finish
   // first, so that the pass cannot miss their records.
@@ -74,7 +62,7 @@ absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass() const {
       if (!read.ok()) return read.status();
       chunk = *std::move(read);
       PassResult chunk_result;
-      chunk_status = ReencryptChunk(chunk, &chunk_result);
+      chunk_status = ReencryptChunk(chunk, fence, &chunk_result);
       if (absl::IsAborted(chunk_status)) continue;  // read it again
       if (!chunk_status.ok()) return chunk_status;
       result.scanned += chunk_result.scanned;
@@ -101,7 +89,7 @@ absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass() const {
 
 absl::Status Reencryptor::ReencryptChunk(
     const std::vector<std::pair<std::string, std::string>>& chunk,
-    PassResult* result) const {
+    const std::optional<storage::Condition>& fence, PassResult* result) const {
   // (index in `chunk`, opened record) of records under other keys.
   std::vector<std::pair<size_t, OpenedCard>> stale;
   for (size_t i = 0; i < chunk.size(); ++i) {
@@ -133,6 +121,7 @@ absl::Status Reencryptor::ReencryptChunk(
       keys_->LeasePrimary(stale.size(), KeyRing::Use::kReencryption);
   if (!lease.ok()) return lease.status();
   commit::Mutation mutation;
+  if (fence.has_value()) mutation.conditions.push_back(*fence);
   std::map<uint32_t, uint64_t> moved_from;
   for (auto& [i, opened] : stale) {
     const auto& [token, old] = chunk[i];

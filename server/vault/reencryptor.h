@@ -37,9 +37,6 @@ class Reencryptor {
   struct Options {
     // Records read per chunk (and at most resealed per write).
     size_t chunk_records = 512;
-    // A pass runs at start and then this often; zero = only RunPass by
-    // hand.
-    absl::Duration interval = absl::ZeroDuration();
   };
 
   struct PassResult {
@@ -53,10 +50,18 @@ class Reencryptor {
   static absl::StatusOr<std::unique_ptr<Reencryptor>> Create(
       const storage::RecordStore* records, const KeyRing* keys,
       const commit::WritePath* audit, Options options);
-  ~Reencryptor();
+  // One full pass over the tokens table. With a `fence` (the background
+  // lease, coordination/job_lease.h), every write holds only while it does.
+  absl::StatusOr<PassResult> RunPass(
+      const std::optional<storage::Condition>& fence = std::nullopt) const;
 
-  // One full pass over the tokens table.
-  absl::StatusOr<PassResult> RunPass() const;
+  // The pass of the background job: none when no key but the primary is
+  // left (nothing can be under an old key).
+  absl::Status RunScheduledPass(const storage::Condition& fence) const;
+
+  // Ends a pass in progress after its current chunk, and every later one at
+  // once (a stopping server).
+  void Stop() const { stop_.Notify(); }
 
   // Records moved to the primary so far, and records left under other keys
   // at the end of the last pass (for the metrics file).
@@ -74,7 +79,7 @@ class Reencryptor {
   // counts to `result`.
   absl::Status ReencryptChunk(
       const std::vector<std::pair<std::string, std::string>>& chunk,
-      PassResult* result) const;
+      const std::optional<storage::Condition>& fence, PassResult* result) const;
 
   const storage::RecordStore* const records_;
   const KeyRing* const keys_;
@@ -84,8 +89,7 @@ class Reencryptor {
   mutable std::atomic<uint64_t> reencrypted_total_{0};
   mutable std::atomic<uint64_t> pending_{0};
   mutable std::atomic<uint64_t> passes_{0};
-  absl::Notification stop_;
-  std::thread thread_;
+  mutable absl::Notification stop_;
 };
 
 }  // namespace cardvault::vault

@@ -133,7 +133,8 @@ TEST_F(AuditEndToEndTest, ScriptedMixOfCallsYieldsExactlyOneRecordEach) {
     EXPECT_EQ(e.sequence(), i + 1);
     EXPECT_GT(e.event_time().seconds(), 0);
     EXPECT_NE(e.event_type(), v1::EVENT_TYPE_UNSPECIFIED);
-    if (e.event_type() == v1::SERVER_START || e.event_type() == v1::KEY_EVENT) {
+    if (e.event_type() == v1::SERVER_START || e.event_type() == v1::KEY_EVENT ||
+        e.event_type() == v1::LEASE) {
       EXPECT_EQ(e.identity(), "cardvaultd");
       continue;
     }
@@ -236,8 +237,9 @@ TEST_F(AuditEndToEndTest, OnlyAuditorsReadTheTrail) {
   auto report = Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->intact()) << report->problem();
-  // start, 5 key creations, 6 denied reads, this verify
-  EXPECT_EQ(report->head().sequence(), 13u);
+  // start, 5 key creations, the background lease, 6 denied reads, this
+  // verify
+  EXPECT_EQ(report->head().sequence(), 14u);
   EXPECT_EQ(report->head().mac().size(), 32u);
 }
 
@@ -255,12 +257,12 @@ TEST_F(AuditEndToEndTest, ChainSurvivesRestartAndKill9) {
   std::vector<v1::EventType> types;
   for (const auto& e : AllEvents()) types.push_back(e.event_type());
   // Keys are created (and recorded) on the first start only.
-  EXPECT_THAT(types,
-              ::testing::ElementsAre(
-                  v1::SERVER_START, v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT,
-                  v1::KEY_EVENT, v1::KEY_EVENT, v1::TOKENIZE, v1::SERVER_STOP,
-                  v1::SERVER_START, v1::TOKENIZE, v1::SERVER_START,
-                  v1::VERIFY_CHAIN, v1::LIST_EVENTS));
+  EXPECT_THAT(types, ::testing::ElementsAre(
+                         v1::SERVER_START, v1::KEY_EVENT, v1::KEY_EVENT,
+                         v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT, v1::LEASE,
+                         v1::TOKENIZE, v1::SERVER_STOP, v1::SERVER_START,
+                         v1::LEASE, v1::TOKENIZE, v1::SERVER_START, v1::LEASE,
+                         v1::VERIFY_CHAIN, v1::LIST_EVENTS));
   std::vector<std::string> details;
   for (const auto& e : AllEvents()) {
     if (e.event_type() == v1::KEY_EVENT) details.push_back(e.detail());

@@ -809,10 +809,7 @@ TEST_F(WritePathTest, PurgeBeforeTheRetentionPeriodIsDetected) {
 TEST_F(WritePathTest, DeferredJobsLeaveTheFirstRecordToTheRestore) {
   const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
   for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
-  Reopen('k', {.purge_interval = absl::Hours(1),
-               .resume_after_sequence = 9,
-               .defer_background_jobs = true});
-  absl::SleepFor(absl::Milliseconds(300));
+  Reopen('k', {.resume_after_sequence = 9, .defer_background_jobs = true});
   EXPECT_THAT(Sequences(*log_), ::testing::ElementsAre(1, 2, 3, 4));
   // A failed write does not move the log back into the lost range.
   faults_->FailCommits(true);
@@ -821,8 +818,27 @@ TEST_F(WritePathTest, DeferredJobsLeaveTheFirstRecordToTheRestore) {
   ASSERT_THAT(log_->Append(Event("restore stands in")), IsOk());
   EXPECT_THAT(Sequences(*log_), ::testing::ElementsAre(1, 2, 3, 4, 10));
   log_->StartBackgroundJobs();
-  ASSERT_TRUE(testing::Eventually(
-      absl::Seconds(10), [&] { return Sequences(*log_).front() != 1; }));
+  ASSERT_THAT(log_->Purge(absl::Now()), IsOk());
+  EXPECT_NE(Sequences(*log_).front(), 1u);
+}
+
+TEST_F(WritePathTest, APurgeFencedByALeaseNoLongerHeldWritesNothing) {
+  const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
+  for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
+  ASSERT_THAT(
+      storage::CommitUnaudited(
+          *db_,
+          {.writes = {{storage::Table::kShared, "fence/x", std::string("2")}}}),
+      IsOk());
+  const storage::Condition stale{storage::Table::kShared, "fence/x",
+                                 std::string("1")};
+  EXPECT_THAT(log_->Purge(absl::Now(), stale),
+              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(Sequences(*log_), ::testing::ElementsAre(1, 2, 3, 4));
+  const storage::Condition held{storage::Table::kShared, "fence/x",
+                                std::string("2")};
+  EXPECT_THAT(log_->Purge(absl::Now(), held), IsOkAndHolds(3u));
+  EXPECT_EQ(Sequences(*log_).front(), 4u);
 }
 
 }  // namespace

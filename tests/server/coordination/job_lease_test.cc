@@ -130,6 +130,23 @@ TEST_F(JobLeaseTest, OneNodeHoldsItAndAnotherTakesItOnceItExpires) {
   EXPECT_THAT(events[1].detail(), HasSubstr("previous holder node-a"));
 }
 
+TEST_F(JobLeaseTest, ARestartedNodeTakesItsOwnClaimBackAtOnce) {
+  auto before = Lease("node-a");
+  ASSERT_THAT(before->Step(), IsOkAndHolds(true));
+  const std::optional<storage::Condition> old_fence = before->Fence();
+  before.reset();  // killed: its claim is left to expire
+  auto other = Lease("node-b");
+  EXPECT_THAT(other->Step(), IsOkAndHolds(false));
+  auto after = Lease("node-a");
+  EXPECT_THAT(after->Step(), IsOkAndHolds(true));
+  EXPECT_EQ(after->fence(), 2u);  // a new fence: the old process is fenced
+  storage::Transaction stale;
+  stale.conditions.push_back(*old_fence);
+  stale.writes.push_back({storage::Table::kShared, "job/x", "stale"});
+  EXPECT_THAT(storage::CommitUnaudited(*db_, stale),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
 TEST_F(JobLeaseTest, AHolderTrustsItsClaimOnlyUntilTheSkewMargin) {
   auto a = Lease("node-a");
   ASSERT_THAT(a->Step(), IsOkAndHolds(true));
