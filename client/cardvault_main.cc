@@ -16,11 +16,12 @@
 //   cardvault backup create|list
 //   cardvault backup verify [--all_records] ID
 //   cardvault backup delete ID
+//   cardvault health
 //
 // The PAN (and a CVV) is read from stdin, never from argv (argv is visible to
 // every user in /proc). Certificate flags default to the dev PKI: pos for
 // tokenize, info and delete, processor for detokenize, auditor for audit,
-// admin for keys and backup. Audit
+// admin for keys and backup, watchdog (no role) for health. Audit
 // events are printed as JSON lines, ready for a SIEM.
 #include <algorithm>
 #include <iostream>
@@ -34,6 +35,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "client/health_check.h"
 #include "client/vault_client.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -333,7 +335,8 @@ int main(int argc, char** argv) {
       "       cardvault keys approve OPERATION_ID\n"
       "       cardvault backup create|list\n"
       "       cardvault backup verify [--all_records] ID\n"
-      "       cardvault backup delete ID");
+      "       cardvault backup delete ID\n"
+      "       cardvault health");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
@@ -378,6 +381,27 @@ int main(int argc, char** argv) {
     if (!deleted.ok()) return Fail(deleted.status());
     std::cout << (*deleted ? "deleted" : "nothing to delete") << "\n";
     return 0;
+  }
+  if (command == "health" && args.size() == 2) {
+    // grpc.health.v1 Check of the whole server over mutual TLS: exit 0 only
+    // when it is SERVING (the HSM answers and the listener accepts).
+    auto channel =
+        cardvault::client::CreateMutualTlsChannel(Options("watchdog"));
+    if (!channel.ok()) return Fail(channel.status());
+    auto serving = cardvault::client::CheckHealth(
+        *channel, "", absl::Milliseconds(absl::GetFlag(FLAGS_deadline_ms)));
+    if (!serving.ok()) return Fail(serving.status());
+    switch (*serving) {
+      case cardvault::client::ServingStatus::kServing:
+        std::cout << "SERVING\n";
+        return 0;
+      case cardvault::client::ServingStatus::kNotServing:
+        std::cout << "NOT_SERVING\n";
+        return 1;
+      default:
+        std::cout << "UNKNOWN\n";
+        return 1;
+    }
   }
   if (command == "keys" && args.size() >= 3) return Keys(args);
   if (command == "backup" && args.size() >= 3) return Backup(args);
