@@ -37,7 +37,7 @@ class KeyLifecycleEndToEndTest : public ::testing::Test {
     env_->AddToConfig("metrics", "interval_seconds: 1");
     std::ofstream(env_->config_path(), std::ios::app)
         << "keys { max_encryptions_per_key: " << kUsesPerKey
-        << " reencrypt_interval_seconds: 1 reencrypt_chunk_records: 8 }\n";
+        << " reencrypt_interval_seconds: 1 reencrypt_chunk_records: 4 }\n";
     env_->AddToPolicy(
         "bindings { identity: \"spiffe://cardvault.test/bulk-processor\" "
         "roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" }");
@@ -162,7 +162,7 @@ TEST_F(KeyLifecycleEndToEndTest, Kill9DuringReencryptionLosesNoToken) {
   }
   EXPECT_EQ(rotations, kCards / kUsesPerKey - 1);
 
-  // Each start begins a re-encryption pass (8 records a write): kill it
+  // Each start begins a re-encryption pass (4 records a write): kill it
   // once it has moved records, after a random further delay.
   std::mt19937_64 rng(2611);
   const std::string metrics = env_->dir() + "/cardvault.prom";
