@@ -35,6 +35,7 @@
 #include "server/config/text_proto.h"
 #include "server/coordination/background_work.h"
 #include "server/coordination/job_lease.h"
+#include "server/coordination/use_reservations.h"
 #include "server/crypto/sha256.h"
 #include "server/net/connection_table.h"
 #include "server/net/tcp_listener.h"
@@ -401,6 +402,13 @@ int Run(const sigset_t& stop_signals) {
   key_options.max_encryptions_per_key = cfg.keys().max_encryptions_per_key();
   key_options.cryptoperiod = absl::Hours(24 * cfg.keys().cryptoperiod_days());
   key_options.keys_in_hsm = cfg.hsm().seal_in_hsm();
+  // Encryptions under a data key are reserved in blocks in the store, so
+  // nodes sharing it never pass the GCM bound together; keys other nodes
+  // make or destroy are picked up every 10 s.
+  auto use_reservations = OrDie(
+      coordination::UseReservations::Create(store, {}), "use reservations");
+  key_options.reservations = use_reservations.get();
+  key_options.refresh_interval = absl::Seconds(10);
   auto keys =
       OrDie(vault::KeyRing::Load(kek.get(), key_options, &created_data_key),
             "data keys");

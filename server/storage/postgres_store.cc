@@ -367,11 +367,25 @@ PostgresStore::ReadKeysBack(const std::vector<std::string>& ids) const {
   return last;
 }
 
-absl::StatusOr<std::map<std::string, uint64_t>> PostgresStore::KeyUses() const {
+absl::StatusOr<std::map<std::string, uint64_t>>
+PostgresStore::CountersWithPrefix(absl::string_view prefix) const {
   absl::StatusOr<Pool::Lease> conn = pool_->Acquire();
   if (!conn.ok()) return conn.status();
-  absl::StatusOr<PgResult> r =
-      (*conn)->Exec("SELECT n, id FROM counters ORDER BY id");
+  // A bytea range [prefix, the next prefix), not LIKE: an index range scan
+  // on every engine.
+  std::string end(prefix);
+  while (!end.empty() && static_cast<uint8_t>(end.back()) == 0xff) {
+    end.pop_back();
+  }
+  if (!end.empty()) end.back() = static_cast<char>(end.back() + 1);
+  PgParams p;
+  p.AddBytea(prefix);
+  if (!end.empty()) p.AddBytea(end);
+  absl::StatusOr<PgResult> r = (*conn)->Exec(
+      end.empty() ? "SELECT n, id FROM counters WHERE id >= $1 ORDER BY id"
+                  : "SELECT n, id FROM counters WHERE id >= $1 AND id < $2 "
+                    "ORDER BY id",
+      p);
   if (!r.ok()) return r.status();
   absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> rows =
       NumberedBytes(*r);

@@ -114,7 +114,8 @@ class PostgresStore : public Store {
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListKeys()
       const override;
   absl::Status UpdateKeys(const std::vector<KeyUpdate>& updates) const override;
-  absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const override;
+  absl::StatusOr<std::map<std::string, uint64_t>> CountersWithPrefix(
+      absl::string_view prefix) const override;
 
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
   LastAuditRecord() const override;

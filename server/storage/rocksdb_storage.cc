@@ -429,12 +429,13 @@ absl::Status RocksDbStorage::UpdateKeys(
   return FromRocksDb(db_->Write(DurableWrite(), &batch), "write keys");
 }
 
-absl::StatusOr<std::map<std::string, uint64_t>> RocksDbStorage::KeyUses()
-    const {
+absl::StatusOr<std::map<std::string, uint64_t>>
+RocksDbStorage::CountersWithPrefix(absl::string_view prefix) const {
   std::map<std::string, uint64_t> out;
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions(), key_usage_));
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+  for (it->Seek(ToSlice(prefix));
+       it->Valid() && it->key().starts_with(ToSlice(prefix)); it->Next()) {
     uint64_t uses = 0;
     const rocksdb::Slice v = it->value();
     for (size_t i = 0; i < v.size() && i < 8; ++i) {

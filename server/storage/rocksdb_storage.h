@@ -84,7 +84,8 @@ class RocksDbStorage : public Store {
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListKeys()
       const override;
   absl::Status UpdateKeys(const std::vector<KeyUpdate>& updates) const override;
-  absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const override;
+  absl::StatusOr<std::map<std::string, uint64_t>> CountersWithPrefix(
+      absl::string_view prefix) const override;
 
   absl::Status CommitGroup(absl::Span<const Transaction> group,
                            GroupDescriber& describer) const override;

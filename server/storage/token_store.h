@@ -117,8 +117,15 @@ class KeyStore {
   absl::Status ReplaceKey(absl::string_view key_id, absl::string_view expected,
                           absl::string_view record) const;
 
-  // Every durable counter so far (Transaction::counter_adds).
-  virtual absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const = 0;
+  // The durable counters (Transaction::counter_adds) whose id starts with
+  // `prefix`, e.g. one data key's encryption counts.
+  virtual absl::StatusOr<std::map<std::string, uint64_t>> CountersWithPrefix(
+      absl::string_view prefix) const = 0;
+
+  // Every durable counter so far.
+  absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const {
+    return CountersWithPrefix("");
+  }
 };
 
 inline absl::Status KeyStore::InsertKey(absl::string_view key_id,

@@ -1,9 +1,11 @@
 #include "server/vault/key_ring.h"
 
 #include <algorithm>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/util/log.h"
 #include "server/vault/wrapped_keys.h"
 
 namespace cardvault::vault {
@@ -74,7 +76,9 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
   if (created_first_key != nullptr) *created_first_key = false;
   if (options.max_encryptions_per_key == 0 ||
       options.max_encryptions_per_key > kMaxGcmEncryptionsPerKey ||
-      options.cryptoperiod <= absl::ZeroDuration() || !options.now) {
+      options.cryptoperiod <= absl::ZeroDuration() || !options.now ||
+      options.reservation_block == 0 ||
+      options.refresh_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("bad key ring options");
   }
   absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
@@ -113,8 +117,44 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Load(
                    [](const auto& e) { return !e.second.destroyed; })) {
     return absl::FailedPreconditionError("no data-encryption key available");
   }
-  return std::unique_ptr<KeyRing>(
+  if (options.reservations != nullptr) {
+    // Encryptions counted before reservations existed (or by a store
+    // restored without them) are reserved once, for nobody.
+    for (const auto& [version, e] : ring) {
+      if (e.destroyed) continue;
+      const std::string counter = EncryptionsCounterId(version);
+      absl::StatusOr<uint64_t> reserved =
+          options.reservations->Reserved(counter);
+      if (!reserved.ok()) return reserved.status();
+      if (*reserved >= e.encryptions) continue;
+      const uint64_t deficit = e.encryptions - *reserved;
+      absl::StatusOr<coordination::UseReservations::Grant> burnt =
+          options.reservations->Reserve(counter, 1, deficit,
+                                        kMaxGcmEncryptionsPerKey);
+      if (!burnt.ok() && !absl::IsResourceExhausted(burnt.status())) {
+        return burnt.status();
+      }
+    }
+  }
+  auto loaded = std::unique_ptr<KeyRing>(
       new KeyRing(kek, std::move(options), std::move(ring)));
+  if (loaded->options_.refresh_interval > absl::ZeroDuration()) {
+    loaded->refresher_ = std::thread([r = loaded.get()] {
+      while (!r->stop_refreshing_.WaitForNotificationWithTimeout(
+          r->options_.refresh_interval)) {
+        if (absl::Status s = r->Refresh(); !s.ok()) {
+          util::LogError(
+              absl::StrCat("data key refresh failed: ", s.ToString()));
+        }
+      }
+    });
+  }
+  return loaded;
+}
+
+KeyRing::~KeyRing() {
+  stop_refreshing_.Notify();
+  if (refresher_.joinable()) refresher_.join();
 }
 
 absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::FromKeys(
@@ -159,16 +199,55 @@ KeyRing::Lease::~Lease() {
 
 absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary(uint64_t encryptions,
                                                      Use use) const {
-  absl::MutexLock lock(&mu_);
-  Entry& e = keys_.at(primary_);
-  if (e.encryptions + encryptions > kMaxGcmEncryptionsPerKey) {
+  for (int attempt = 0;; ++attempt) {
+    uint32_t short_of = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      Entry& e = keys_.at(primary_);
+      if (e.encryptions + encryptions > kMaxGcmEncryptionsPerKey) {
+        return absl::UnavailableError(
+            "data key reached its encryption limit and no new key is "
+            "available");
+      }
+      if (options_.reservations == nullptr || e.in_hand >= encryptions) {
+        if (options_.reservations != nullptr) e.in_hand -= encryptions;
+        e.encryptions += encryptions;
+        if (use == Use::kNewRecords) e.new_records += encryptions;
+        ++e.leases;
+        return Lease(this, primary_, e.key);
+      }
+      short_of = primary_;
+    }
+    // Reserved outside mu_ (a store round trip); the primary may change
+    // meanwhile, then the next attempt reserves under the new one.
+    if (attempt >= 2) {
+      return absl::UnavailableError(
+          "could not reserve encryptions under the primary data key");
+    }
+    if (absl::Status s = ReserveUses(short_of, encryptions); !s.ok()) {
+      return s;
+    }
+  }
+}
+
+absl::Status KeyRing::ReserveUses(uint32_t version, uint64_t n) const {
+  absl::MutexLock reserving(&reserve_mu_);
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (keys_.at(version).in_hand >= n) return absl::OkStatus();
+  }
+  absl::StatusOr<coordination::UseReservations::Grant> grant =
+      options_.reservations->Reserve(EncryptionsCounterId(version), n,
+                                     std::max(n, options_.reservation_block),
+                                     kMaxGcmEncryptionsPerKey);
+  if (absl::IsResourceExhausted(grant.status())) {
     return absl::UnavailableError(
         "data key reached its encryption limit and no new key is available");
   }
-  e.encryptions += encryptions;
-  if (use == Use::kNewRecords) e.new_records += encryptions;
-  ++e.leases;
-  return Lease(this, primary_, e.key);
+  if (!grant.ok()) return grant.status();
+  absl::MutexLock lock(&mu_);
+  keys_.at(version).in_hand += grant->granted;
+  return absl::OkStatus();
 }
 
 void KeyRing::Release(uint32_t version) const {
@@ -192,13 +271,85 @@ uint32_t KeyRing::primary_version() const {
 
 absl::StatusOr<std::shared_ptr<const crypto::Aead>> KeyRing::Get(
     uint32_t version) const {
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = keys_.find(version);
-  if (it == keys_.end() || it->second.key == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no data key of version ", version));
+  for (int attempt = 0;; ++attempt) {
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = keys_.find(version);
+      if (it != keys_.end() && it->second.key != nullptr) {
+        return it->second.key;
+      }
+      if (it != keys_.end() || attempt > 0 || kek_ == nullptr) {
+        return absl::NotFoundError(
+            absl::StrCat("no data key of version ", version));
+      }
+    }
+    // A version this ring never had may be a key another node made since.
+    {
+      absl::MutexLock refreshing(&refresh_mu_);
+      const absl::Time now = absl::Now();
+      if (now - last_lazy_refresh_ < absl::Seconds(1)) continue;
+      last_lazy_refresh_ = now;
+    }
+    if (absl::Status s = Refresh(); !s.ok()) return s;
   }
-  return it->second.key;
+}
+
+absl::Status KeyRing::Refresh() const {
+  if (kek_ == nullptr) return absl::OkStatus();
+  absl::MutexLock refreshing(&refresh_mu_);
+  std::set<uint32_t> held;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [version, e] : keys_) held.insert(version);
+  }
+  absl::StatusOr<std::map<uint32_t, StoredKey>> stored =
+      LoadStoredKeys(kek_, kDataKeyPrefix, CustodyOf(options_),
+                     [&](uint32_t v) { return !held.contains(v); });
+  if (!stored.ok()) return stored.status();
+  absl::StatusOr<std::map<std::string, uint64_t>> uses =
+      kek_->keys()->CountersWithPrefix(kDataKeyPrefix);
+  if (!uses.ok()) return uses.status();
+  std::map<uint32_t, Entry> fresh;
+  for (auto& [version, s] : *stored) {
+    if (held.contains(version)) continue;
+    Entry e;
+    e.created = s.created;
+    e.cryptoperiod_end = s.cryptoperiod_end;
+    e.destroyed = s.destroyed;
+    if (!s.destroyed) {
+      absl::StatusOr<std::shared_ptr<const crypto::Aead>> aead =
+          AeadOf(std::move(s));
+      if (!aead.ok()) return aead.status();
+      e.key = *std::move(aead);
+    }
+    fresh.emplace(version, std::move(e));
+  }
+  absl::MutexLock lock(&mu_);
+  for (auto& [version, e] : fresh) keys_.emplace(version, std::move(e));
+  for (const auto& [version, s] : *stored) {
+    Entry& e = keys_.at(version);
+    if (s.destroyed && !e.destroyed) {
+      e.key.reset();  // the last lease's owner wipes it (SecretBytes)
+      e.destroyed = true;
+      e.in_hand = 0;
+    }
+  }
+  for (auto& [version, e] : keys_) {
+    auto use = uses->find(EncryptionsCounterId(version));
+    if (use != uses->end())
+      e.encryptions = std::max(e.encryptions, use->second);
+    auto made = uses->find(NewRecordsCounterId(version));
+    if (made != uses->end()) {
+      e.new_records = std::max(e.new_records, made->second);
+    }
+  }
+  for (auto it = keys_.rbegin(); it != keys_.rend(); ++it) {
+    if (!it->second.destroyed) {
+      primary_ = it->first;
+      break;
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool KeyRing::PrimaryDue() const {
@@ -235,6 +386,12 @@ absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
   absl::StatusOr<StoredKey> stored =
       CreateStoredKey(kek_, kDataKeyPrefix, next, now,
                       now + options_.cryptoperiod, CustodyOf(options_));
+  if (absl::IsAlreadyExists(stored.status())) {
+    // Another node rotated first: its key is the primary now.
+    if (absl::Status s = Refresh(); !s.ok()) return s;
+    absl::ReaderMutexLock lock(&mu_);
+    return primary_;
+  }
   if (!stored.ok()) return stored.status();
   absl::StatusOr<std::shared_ptr<const crypto::Aead>> aead =
       AeadOf(*std::move(stored));

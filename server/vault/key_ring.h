@@ -25,6 +25,17 @@
 // (re-encryption) never triggers a rotation that would make them move again;
 // every encryption counts against the hard bound of 2^32.
 //
+// Several nodes on one store: every encryption is taken from a block of
+// uses the node reserved beforehand in the shared table
+// (coordination/use_reservations.h, counter EncryptionsCounterId), so that
+// all nodes together never pass 2^32 under one key, exactly; unused uses of
+// a stopped node are lost. A ring refreshes itself from the key store
+// (Options::refresh_interval, and at once when a record names a version it
+// lacks, or when another node took the version it meant to create), so that
+// a key another node created is used and one it destroyed is dropped. The
+// configured limit is checked against the stored counts of new records as of
+// the last refresh (approximate by one refresh interval across nodes).
+//
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_VAULT_KEY_RING_H_
 #define CARDVAULT_SERVER_VAULT_KEY_RING_H_
@@ -35,14 +46,17 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/coordination/use_reservations.h"
 #include "server/crypto/aes_gcm.h"
 #include "server/crypto/hmac_sha256.h"
 #include "server/storage/token_store.h"
@@ -108,6 +122,15 @@ class KeyRing {
     uint64_t max_encryptions_per_key = kMaxGcmEncryptionsPerKey;
     // ...or this long after its creation. Default 365 days.
     absl::Duration cryptoperiod = absl::Hours(24 * 365);
+    // Where encryptions are reserved before they are used; null: counted in
+    // this process only (one node, or a ring of tests).
+    const coordination::UseReservations* reservations = nullptr;
+    // Encryptions reserved at a time. Default 65,536: a reservation per
+    // 65,536 records sealed; a restart loses at most that many of 2^32.
+    uint64_t reservation_block = uint64_t{1} << 16;
+    // How often the ring re-reads the key store (keys other nodes created or
+    // destroyed, stored counts); zero: never by itself. Default zero.
+    absl::Duration refresh_interval = absl::ZeroDuration();
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
@@ -125,6 +148,7 @@ class KeyRing {
 
   KeyRing(const KeyRing&) = delete;
   KeyRing& operator=(const KeyRing&) = delete;
+  ~KeyRing();
 
   // The primary key, taken for one encryption: the use is counted, and the
   // key cannot be destroyed while the lease lives (hold it until the sealed
@@ -158,9 +182,16 @@ class KeyRing {
 
   uint32_t primary_version() const;
 
-  // The key of `version`; NOT_FOUND if the ring has none (or destroyed).
+  // The key of `version`; NOT_FOUND if the ring has none (or destroyed),
+  // after one refresh from the key store when the ring did not know it (at
+  // most once a second).
   absl::StatusOr<std::shared_ptr<const crypto::Aead>> Get(
       uint32_t version) const;
+
+  // Re-reads the key store: takes in the data keys another node created
+  // (the newest live one becomes the primary), drops the ones it destroyed,
+  // and raises the counts to the stored ones.
+  absl::Status Refresh() const;
 
   // Whether the primary has reached its encryption limit or cryptoperiod.
   bool PrimaryDue() const;
@@ -202,10 +233,15 @@ class KeyRing {
     int leases = 0;
     int64_t records = -1;
     bool destroyed = false;
+    // Reserved encryptions not used yet (Options::reservations).
+    uint64_t in_hand = 0;
   };
   KeyRing(const KekManager* kek, Options options,
           std::map<uint32_t, Entry> keys);
   void Release(uint32_t version) const;
+  // Reserves at least `n` more encryptions under `version` into its
+  // in_hand; UNAVAILABLE when the hard bound leaves fewer.
+  absl::Status ReserveUses(uint32_t version, uint64_t n) const;
   absl::StatusOr<uint32_t> RotateLocked() const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(rotate_mu_);
   KeyState StateOf(uint32_t version, const Entry& e) const
@@ -213,7 +249,13 @@ class KeyRing {
 
   const KekManager* const kek_;  // null for FromKeys
   const Options options_;
-  mutable absl::Mutex rotate_mu_;  // one rotation at a time
+  mutable absl::Mutex rotate_mu_;   // one rotation at a time
+  mutable absl::Mutex reserve_mu_;  // one reservation at a time
+  mutable absl::Mutex refresh_mu_;  // one refresh at a time
+  mutable absl::Time last_lazy_refresh_ ABSL_GUARDED_BY(refresh_mu_) =
+      absl::InfinitePast();
+  absl::Notification stop_refreshing_;
+  std::thread refresher_;
   mutable absl::Mutex mu_;
   mutable std::map<uint32_t, Entry> keys_ ABSL_GUARDED_BY(mu_);
   mutable uint32_t primary_ ABSL_GUARDED_BY(mu_);

@@ -150,7 +150,8 @@ std::string DestroyedKeyRecord(uint32_t version, absl::Time destroyed_at) {
 }
 
 absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
-    const KekManager* kek, absl::string_view prefix, KeyCustody custody) {
+    const KekManager* kek, absl::string_view prefix, KeyCustody custody,
+    const std::function<bool(uint32_t version)>& wanted) {
   absl::StatusOr<KekState> state = kek->State();
   if (!state.ok()) return state.status();
   auto records = ListPrefix(kek->keys(), prefix);
@@ -159,6 +160,7 @@ absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
   for (auto& [id, record] : *records) {
     absl::StatusOr<WrappedKey> k = Decode(prefix, id, record);
     if (!k.ok()) return k.status();
+    if (!k->destroyed && wanted && !wanted(k->version)) continue;
     StoredKey stored;
     stored.version = k->version;
     stored.created = k->created;

@@ -24,6 +24,7 @@
 #define CARDVAULT_SERVER_VAULT_WRAPPED_KEYS_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -73,10 +74,13 @@ struct StoredKey {
 
 // Every key stored under `prefix`, by version, unwrapped in the HSM under
 // the KEK each names. Fails if any live record is malformed, names a KEK the
-// KEK state does not, or does not unwrap.
+// KEK state does not, or does not unwrap. With `wanted`, only the live keys
+// whose version it accepts (and every destroyed one) are returned: a ring
+// that already holds the others (KeyRing::Refresh).
 absl::StatusOr<std::map<uint32_t, StoredKey>> LoadStoredKeys(
     const KekManager* kek, absl::string_view prefix,
-    KeyCustody custody = KeyCustody::kHostMemory);
+    KeyCustody custody = KeyCustody::kHostMemory,
+    const std::function<bool(uint32_t version)>& wanted = nullptr);
 
 // Generates key `version` in the HSM and stores it, wrapped under the KEK
 // the state names for new keys, under `prefix` with its times; returns what

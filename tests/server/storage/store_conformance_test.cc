@@ -309,6 +309,26 @@ TEST_P(StoreConformanceTest, CountersSumWithinAndAcrossCommitsAndReopen) {
                                        Pair("dek/00000002", 3u))));
 }
 
+TEST_P(StoreConformanceTest, CountersAreReadByPrefix) {
+  Transaction t = Put(Table::kTokens, "tok_a", "v");
+  t.counter_adds = {{"dek/00000001", 3}, {"dek/00000001/new-records", 2},
+                    {"dek/00000002", 1}, {"deks", 9},
+                    {"velocity/x", 4},   {std::string("\xff\xff"), 5}};
+  ASSERT_THAT(CommitOne(*store_, t), IsOk());
+  EXPECT_THAT(store_->CountersWithPrefix("dek/"),
+              IsOkAndHolds(ElementsAre(Pair("dek/00000001", 3u),
+                                       Pair("dek/00000001/new-records", 2u),
+                                       Pair("dek/00000002", 1u))));
+  EXPECT_THAT(store_->CountersWithPrefix("dek/00000002"),
+              IsOkAndHolds(ElementsAre(Pair("dek/00000002", 1u))));
+  EXPECT_THAT(store_->CountersWithPrefix(std::string("\xff")),
+              IsOkAndHolds(ElementsAre(Pair(std::string("\xff\xff"), 5u))));
+  EXPECT_THAT(store_->CountersWithPrefix("none"), IsOkAndHolds(IsEmpty()));
+  auto all = store_->KeyUses();
+  ASSERT_THAT(all, IsOk());
+  EXPECT_EQ(all->size(), 6u);
+}
+
 TEST_P(StoreConformanceTest, TheChainHeadMovesWithEveryCommit) {
   EXPECT_THAT(store_->ChainHeadNow(),
               IsOkAndHolds(::testing::Field(&ChainHead::sequence, 0u)));

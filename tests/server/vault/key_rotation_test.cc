@@ -95,6 +95,86 @@ class KeyRotationTest : public VaultTest {
   }
 };
 
+// Two rings on one store, as two nodes: what one does to the keys the other
+// learns, and the GCM bound holds for both together.
+class TwoNodeKeyRingTest : public KeyRotationTest {
+ protected:
+  void SetUp() override {
+    KeyRotationTest::SetUp();
+    reservations_ = *coordination::UseReservations::Create(db_.get(), {});
+    KeyRing::Options options;
+    options.now = [this] { return Now(); };
+    options.reservations = reservations_.get();
+    options.reservation_block = 100;
+    vault_.reset();
+    LoadRing(options);
+    other_ = *KeyRing::Load(kek_.get(), options);
+  }
+  std::unique_ptr<coordination::UseReservations> reservations_;
+  std::unique_ptr<KeyRing> other_;
+};
+
+TEST_F(TwoNodeKeyRingTest, AKeyMadeByOneNodeIsUsedByTheOther) {
+  ASSERT_EQ(other_->primary_version(), 1u);
+  auto rotated = ring_->Rotate();
+  ASSERT_THAT(rotated, IsOk());
+  ASSERT_EQ(*rotated, 2u);
+  // A record sealed under the new key opens on the other node at once.
+  EXPECT_THAT(other_->Get(2), IsOk());
+  EXPECT_EQ(other_->primary_version(), 2u);
+  // A rotation the other node also meant to make lands on the same key.
+  ASSERT_THAT(ring_->Rotate(), ::cardvault::testing::IsOkAndHolds(3u));
+  EXPECT_THAT(other_->Rotate(), ::cardvault::testing::IsOkAndHolds(3u));
+  EXPECT_EQ(ring_->primary_version(), 3u);
+  EXPECT_EQ(other_->primary_version(), 3u);
+  EXPECT_EQ(other_->Inventory().size(), 3u);
+  // A version nobody made stays NOT_FOUND.
+  EXPECT_THAT(other_->Get(9), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(TwoNodeKeyRingTest, BothNodesTogetherStayUnderTheGcmBound) {
+  // 250 encryptions left under dek/1 for both nodes together.
+  ASSERT_THAT(reservations_->Reserve(EncryptionsCounterId(1), 1,
+                                     kMaxGcmEncryptionsPerKey - 250,
+                                     kMaxGcmEncryptionsPerKey),
+              IsOk());
+  std::atomic<uint64_t> leased{0};
+  std::vector<std::thread> nodes;
+  for (const KeyRing* ring : {ring_.get(), other_.get()}) {
+    nodes.emplace_back([&, ring] {
+      for (;;) {
+        absl::StatusOr<KeyRing::Lease> l = ring->LeasePrimary(3);
+        if (!l.ok()) {
+          EXPECT_THAT(l.status(), StatusIs(absl::StatusCode::kUnavailable,
+                                           HasSubstr("encryption limit")));
+          return;
+        }
+        ASSERT_EQ(l->version(), 1u);
+        leased += 3;
+      }
+    });
+  }
+  for (std::thread& t : nodes) t.join();
+  EXPECT_LE(leased.load(), 250u);
+  // Blocks of 100 at most leave under one block's tail per node unused.
+  EXPECT_GE(leased.load(), 250u - 2 * 3);
+  EXPECT_THAT(reservations_->Reserved(EncryptionsCounterId(1)),
+              ::cardvault::testing::IsOkAndHolds(kMaxGcmEncryptionsPerKey));
+}
+
+TEST_F(TwoNodeKeyRingTest, AKeyDestroyedByOneNodeIsDroppedByTheOther) {
+  ASSERT_THAT(ring_->Rotate(), IsOk());
+  ASSERT_THAT(other_->Refresh(), IsOk());
+  ASSERT_THAT(other_->Get(1), IsOk());
+  ring_->RecordPass({{2, 0}});  // no record left under dek/1
+  ASSERT_THAT(ring_->Destroy(1), IsOk());
+  ASSERT_THAT(other_->Refresh(), IsOk());
+  EXPECT_THAT(other_->Get(1), StatusIs(absl::StatusCode::kNotFound));
+  for (const KeyInfo& k : other_->Inventory()) {
+    if (k.version == 1) EXPECT_EQ(k.state, KeyState::kDestroyed);
+  }
+}
+
 TEST_F(KeyRotationTest, UseLimitRotatesAndReencryptionLetsOldKeysBeDestroyed) {
   UseRotatingRing(1000);
   const auto tokens = TokenizeMany(5000, 5);
