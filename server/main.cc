@@ -522,10 +522,12 @@ int Run(const sigset_t& stop_signals) {
                  .vault = vault.get(),
                  .policy = &policy,
                  .audit = audit_log.get(),
+                 .records = store,
                  .other_keys = std::move(other_keys),
                  .backups = backup_store.get()},
                 {.required_approvals = cfg.keys().required_approvals(),
-                 .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours())}),
+                 .proposal_ttl = absl::Hours(cfg.keys().proposal_ttl_hours()),
+                 .node = NodeName(cfg)}),
             "key administration");
   // Revocation applies while serving: the CRLs are re-read every refresh.
   std::unique_ptr<service::ClientTrust> client_trust;

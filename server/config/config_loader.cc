@@ -117,6 +117,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "keys.reencrypt_chunk_records must be at most 10000");
   check(c.keys().required_approvals() != 1,
         "keys.required_approvals must be at least 2 (dual control)");
+  check(c.keys().required_approvals() <= 16,
+        "keys.required_approvals must be at most 16");
   check(c.tokens().cvv_ttl_seconds() <= 3600,
         "tokens.cvv_ttl_seconds must be at most 3600");
   check(c.tokens().max_batch_items() <= 10000,

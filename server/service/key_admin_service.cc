@@ -55,6 +55,8 @@ pb::Operation::State StateToProto(vault::OperationState state) {
       return pb::Operation::FAILED;
     case vault::OperationState::kExpired:
       return pb::Operation::EXPIRED;
+    case vault::OperationState::kExecuting:
+      return pb::Operation::EXECUTING;
   }
   return pb::Operation::STATE_UNSPECIFIED;
 }

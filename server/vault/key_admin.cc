@@ -4,12 +4,12 @@
 #include <array>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/crypto/random.h"
+#include "server/util/log.h"
 #include "server/util/safe_text.h"
 #include "server/vault/audit_event.h"
 #include "server/vault/backups.h"
@@ -43,24 +43,15 @@ std::string Describe(const Operation& op) {
                       " approvals");
 }
 
-// An operation id of the form the server makes: "op_" and 16 hex digits.
-bool IsOperationId(absl::string_view id) {
-  return id.size() == 19 && absl::StartsWith(id, "op_") &&
-         std::all_of(id.begin() + 3, id.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
+// A time as the records hold it (whole milliseconds), so that what Propose
+// returns is what a read of the record returns.
+absl::Time StoredTime(absl::Time t) {
+  return absl::FromUnixMillis(absl::ToUnixMillis(t));
 }
 
-// A reason is recorded as written, so it must be printable text and must not
-// hold a card number, even one broken up by separators of any kind.
-bool IsRecordableReason(absl::string_view reason) {
-  std::string joined;
-  for (char c : reason) {
-    if (c < 0x20 || c > 0x7e) return false;
-    if (absl::ascii_isalnum(static_cast<unsigned char>(c))) joined.push_back(c);
-  }
-  return !util::HoldsCardNumber(joined);
-}
+// Draws of an operation id before giving up (each is refused with
+// probability below 1/100).
+constexpr int kMaxIdDraws = 16;
 
 }  // namespace
 
@@ -68,27 +59,37 @@ absl::StatusOr<std::unique_ptr<KeyAdmin>> KeyAdmin::Create(Dependencies deps,
                                                            Options options) {
   if (deps.keys == nullptr || deps.kek == nullptr ||
       deps.reencryptor == nullptr || deps.vault == nullptr ||
-      deps.policy == nullptr || deps.audit == nullptr) {
+      deps.policy == nullptr || deps.audit == nullptr ||
+      deps.records == nullptr) {
     return absl::InvalidArgumentError("key admin dependencies must be set");
   }
   if (options.required_approvals < 2 ||
-      options.proposal_ttl <= absl::ZeroDuration() || !options.now) {
+      options.required_approvals > kMaxRequiredApprovals ||
+      options.proposal_ttl <= absl::ZeroDuration() ||
+      options.finished_retention < absl::ZeroDuration() || !options.now) {
     return absl::InvalidArgumentError(
-        "dual control needs at least 2 approvals and a positive TTL");
+        "dual control needs 2 to 16 approvals and a positive TTL");
   }
   return std::unique_ptr<KeyAdmin>(
       new KeyAdmin(std::move(deps), std::move(options)));
 }
 
-absl::Status KeyAdmin::Record(const auth::Caller& caller, absl::string_view rpc,
-                              absl::string_view detail,
-                              const absl::Status& status) const {
+audit::AuditEvent KeyAdmin::Event(const auth::Caller& caller,
+                                  absl::string_view rpc,
+                                  absl::string_view detail,
+                                  const absl::Status& status) const {
   audit::AuditEvent event =
       CallerEvent(caller, *deps_.policy->Current(), deps_.audit->marker(),
                   v1::KEY_ADMIN, rpc, options_.now());
   event.set_detail(std::string(detail));
   SetOutcome(status, &event);
-  if (!deps_.audit->Append(std::move(event)).ok()) {
+  return event;
+}
+
+absl::Status KeyAdmin::Record(const auth::Caller& caller, absl::string_view rpc,
+                              absl::string_view detail,
+                              const absl::Status& status) const {
+  if (!deps_.audit->Append(Event(caller, rpc, detail, status)).ok()) {
     return absl::UnavailableError("audit trail unavailable");
   }
   return status;
@@ -156,13 +157,29 @@ absl::StatusOr<uint32_t> KeyAdmin::RotateDataKey(
   return rotated;
 }
 
-void KeyAdmin::ExpireLocked(absl::Time now) const {
-  for (auto& [id, op] : operations_) {
-    if (op.state == OperationState::kPending && now >= op.expires) {
-      op.state = OperationState::kExpired;
-      op.outcome = "expired before it had its approvals";
-    }
+std::string KeyAdmin::StoredIdentity(const auth::Caller& caller) const {
+  if (!caller.identity.empty() &&
+      caller.identity.size() <= kMaxStoredIdentityBytes &&
+      IsStorableText(caller.identity)) {
+    return caller.identity;
   }
+  return deps_.audit->marker().Mark(caller.identity);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+KeyAdmin::ScanOperations() const {
+  // Every key with the prefix sorts after the prefix itself and before any
+  // key after it without the prefix: one scan from it finds them all.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> scanned =
+      deps_.records->Scan(storage::Table::kShared, kOperationKeyPrefix,
+                          kMaxOperations);
+  if (!scanned.ok()) return absl::UnavailableError("storage unavailable");
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& kv : *scanned) {
+    if (!absl::StartsWith(kv.first, kOperationKeyPrefix)) break;
+    out.push_back(std::move(kv));
+  }
+  return out;
 }
 
 absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
@@ -213,92 +230,233 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
   if (!allowed.ok()) {
     return Record(caller, kProposeOperationRpc, "propose operation", allowed);
   }
-  std::array<uint8_t, 8> random;
-  if (absl::Status s = crypto::FillRandom(absl::MakeSpan(random)); !s.ok()) {
-    return Record(caller, kProposeOperationRpc, "propose operation", s);
+  const std::string refused_what = "propose operation";
+  for (int attempt = 0; attempt < kMaxCommitAttempts; ++attempt) {
+    const absl::Time now = StoredTime(options_.now());
+    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> held =
+        ScanOperations();
+    if (!held.ok()) {
+      return Record(caller, kProposeOperationRpc, refused_what, held.status());
+    }
+    // Operations finished (or expired) longer than finished_retention ago
+    // are forgotten in the same write, each only if still as read.
+    commit::Mutation mutation;
+    mutation.conditions.push_back({storage::Table::kShared, "", std::nullopt});
+    size_t forgotten = 0;
+    for (const auto& [key, value] : *held) {
+      absl::StatusOr<Operation> old = DecodeOperationRecord(value);
+      if (!old.ok()) continue;
+      const OperationState state = EffectiveState(*old, now);
+      const absl::Time ended =
+          state == OperationState::kExpired ? old->expires : old->changed;
+      if ((state == OperationState::kExpired ||
+           state == OperationState::kExecuted ||
+           state == OperationState::kFailed) &&
+          now - ended >= options_.finished_retention) {
+        mutation.conditions.push_back({storage::Table::kShared, key, value});
+        mutation.writes.push_back({storage::Table::kShared, key, std::nullopt});
+        ++forgotten;
+      }
+    }
+    if (held->size() - forgotten >= kMaxOperations) {
+      return Record(caller, kProposeOperationRpc, refused_what,
+                    absl::ResourceExhaustedError(absl::StrCat(
+                        kMaxOperations,
+                        " operations are held; wait until pending ones "
+                        "execute or expire")));
+    }
+    // Drawn again in the rare case that the digits look like a card number
+    // (IsOperationId), so that no id is ever masked or refused as one.
+    Operation op;
+    for (int draw = 0; draw < kMaxIdDraws && !IsOperationId(op.id); ++draw) {
+      std::array<uint8_t, 8> random;
+      if (absl::Status s = crypto::FillRandom(absl::MakeSpan(random));
+          !s.ok()) {
+        return Record(caller, kProposeOperationRpc, refused_what, s);
+      }
+      op.id = absl::StrCat(
+          "op_",
+          absl::BytesToHexString(absl::string_view(
+              reinterpret_cast<const char*>(random.data()), random.size())));
+    }
+    if (!IsOperationId(op.id)) {
+      return Record(caller, kProposeOperationRpc, refused_what,
+                    absl::InternalError("no operation id could be drawn"));
+    }
+    op.kind = kind;
+    op.key_version = kind == OperationKind::kDestroyDataKey ||
+                             kind == OperationKind::kDestroyKek
+                         ? key_version
+                         : 0;
+    op.reason = std::string(reason);
+    op.proposer = StoredIdentity(caller);
+    op.approvers = {op.proposer};
+    op.required_approvals = options_.required_approvals;
+    op.proposed = now;
+    op.expires = StoredTime(now + options_.proposal_ttl);
+    op.changed = now;
+    absl::StatusOr<std::string> record = EncodeOperationRecord(op);
+    if (!record.ok()) {
+      return Record(caller, kProposeOperationRpc, refused_what,
+                    absl::InternalError("operation record not encodable"));
+    }
+    const std::string key = OperationKey(op.id);
+    mutation.conditions[0].key = key;
+    mutation.writes.push_back({storage::Table::kShared, key, *record});
+    absl::Status written = deps_.audit->Append(
+        Event(
+            caller, kProposeOperationRpc,
+            absl::StrCat(
+                "proposed ", Describe(op), consequence, "; reason: ", op.reason,
+                forgotten == 0
+                    ? ""
+                    : absl::StrCat(
+                          "; forgot ", forgotten, " operations finished over ",
+                          absl::FormatDuration(options_.finished_retention),
+                          " ago")),
+            absl::OkStatus()),
+        std::move(mutation));
+    // A failed condition: an id drawn twice, or an operation forgotten or
+    // changed by another call meanwhile. Read again.
+    if (absl::IsAborted(written)) continue;
+    if (!written.ok()) return absl::UnavailableError("audit trail unavailable");
+    return op;
   }
-  Operation op;
-  op.id = absl::StrCat(
-      "op_", absl::BytesToHexString(absl::string_view(
-                 reinterpret_cast<const char*>(random.data()), random.size())));
-  op.kind = kind;
-  op.key_version = kind == OperationKind::kDestroyDataKey ||
-                           kind == OperationKind::kDestroyKek
-                       ? key_version
-                       : 0;
-  op.reason = std::string(reason);
-  op.proposer = caller.identity;
-  op.approvers = {caller.identity};
-  op.required_approvals = options_.required_approvals;
-  op.proposed = options_.now();
-  op.expires = op.proposed + options_.proposal_ttl;
-  if (absl::Status s =
-          Record(caller, kProposeOperationRpc,
-                 absl::StrCat("proposed ", Describe(op), consequence,
-                              "; reason: ", op.reason),
-                 absl::OkStatus());
-      !s.ok()) {
-    return s;
-  }
-  absl::MutexLock lock(&mu_);
-  operations_.emplace(op.id, op);
-  return op;
+  return Record(caller, kProposeOperationRpc, refused_what,
+                absl::AbortedError("conflicting concurrent proposals; retry"));
 }
 
 absl::StatusOr<Operation> KeyAdmin::Approve(
     const auth::Caller& caller, absl::string_view operation_id) const {
   absl::Status allowed =
       deps_.policy->Current()->Check(caller, auth::Permission::kAdministerKeys);
-  const std::string what = absl::StrCat(
-      "approve operation ", deps_.audit->marker().Recorded(
-                                operation_id, IsOperationId(operation_id)));
+  const bool well_formed = IsOperationId(operation_id);
+  const std::string what =
+      absl::StrCat("approve operation ",
+                   deps_.audit->marker().Recorded(operation_id, well_formed));
   if (!allowed.ok()) {
     return Record(caller, kApproveOperationRpc, what, allowed);
   }
-  Operation op;
-  bool execute = false;
-  absl::Status refused;
-  {
-    absl::MutexLock lock(&mu_);
-    ExpireLocked(options_.now());
-    auto it = operations_.find(operation_id);
-    if (it == operations_.end()) {
-      refused = absl::NotFoundError("no such operation");
-    } else if (it->second.state != OperationState::kPending) {
-      refused = absl::FailedPreconditionError(
-          it->second.state == OperationState::kExpired
-              ? "operation expired"
-              : "operation is no longer pending");
-    } else if (std::find(it->second.approvers.begin(),
-                         it->second.approvers.end(),
-                         caller.identity) != it->second.approvers.end()) {
-      refused = absl::FailedPreconditionError(
-          "this identity already approved the operation; approvals must "
-          "come from distinct admins");
-    } else {
-      it->second.approvers.push_back(caller.identity);
-      execute = it->second.approvers.size() >= it->second.required_approvals;
-      op = it->second;
+  if (!well_formed) {
+    return Record(caller, kApproveOperationRpc, what,
+                  absl::NotFoundError("no such operation"));
+  }
+  const std::string key = OperationKey(operation_id);
+  const std::string approver = StoredIdentity(caller);
+  for (int attempt = 0; attempt < kMaxCommitAttempts; ++attempt) {
+    absl::StatusOr<std::string> value =
+        deps_.records->Get(storage::Table::kShared, key);
+    if (absl::IsNotFound(value.status())) {
+      return Record(caller, kApproveOperationRpc, what,
+                    absl::NotFoundError("no such operation"));
     }
+    if (!value.ok()) {
+      return Record(caller, kApproveOperationRpc, what,
+                    absl::UnavailableError("storage unavailable"));
+    }
+    absl::StatusOr<Operation> op = DecodeOperationRecord(*value);
+    if (!op.ok() || op->id != operation_id) {
+      util::LogError(absl::StrCat("ALERT operation record ", operation_id,
+                                  " does not decode"));
+      return Record(caller, kApproveOperationRpc, what,
+                    absl::DataLossError("operation record is malformed"));
+    }
+    const absl::Time now = StoredTime(options_.now());
+    const OperationState state = EffectiveState(*op, now);
+    if (state != OperationState::kPending) {
+      return Record(caller, kApproveOperationRpc, what,
+                    absl::FailedPreconditionError(
+                        state == OperationState::kExpired
+                            ? "operation expired"
+                            : "operation is no longer pending"));
+    }
+    if (std::find(op->approvers.begin(), op->approvers.end(), approver) !=
+        op->approvers.end()) {
+      return Record(
+          caller, kApproveOperationRpc, what,
+          absl::FailedPreconditionError(
+              "this identity already approved the operation; approvals must "
+              "come from distinct admins"));
+    }
+    op->approvers.push_back(approver);
+    op->required_approvals =
+        std::max(op->required_approvals, options_.required_approvals);
+    const bool execute = op->approvers.size() >= op->required_approvals;
+    if (execute) {
+      op->state = OperationState::kExecuting;
+      op->changed = now;
+      op->outcome = util::SafeText(
+          absl::StrCat(
+              "executing",
+              options_.node.empty()
+                  ? ""
+                  : absl::StrCat(" on node ",
+                                 util::SafeText(options_.node,
+                                                audit::kMaxRecordedNodeBytes)),
+              " since ",
+              absl::FormatTime(absl::RFC3339_sec, now, absl::UTCTimeZone())),
+          kMaxOutcomeBytes);
+    }
+    absl::StatusOr<std::string> updated = EncodeOperationRecord(*op);
+    if (!updated.ok()) {
+      return Record(caller, kApproveOperationRpc, what,
+                    absl::InternalError("operation record not encodable"));
+    }
+    commit::Mutation mutation;
+    mutation.conditions.push_back({storage::Table::kShared, key, *value});
+    mutation.writes.push_back({storage::Table::kShared, key, *updated});
+    absl::Status written =
+        deps_.audit->Append(Event(caller, kApproveOperationRpc,
+                                  absl::StrCat("approved ", Describe(*op),
+                                               execute ? "; executing it" : ""),
+                                  absl::OkStatus()),
+                            std::move(mutation));
+    // Another approval (on any node) changed the record since it was read.
+    if (absl::IsAborted(written)) continue;
+    if (!written.ok()) return absl::UnavailableError("audit trail unavailable");
+    if (!execute) return *std::move(op);
+    return ExecuteAndRecord(*std::move(op), *updated);
   }
-  if (!refused.ok()) {
-    return Record(caller, kApproveOperationRpc, what, refused);
-  }
-  if (absl::Status s =
-          Record(caller, kApproveOperationRpc,
-                 absl::StrCat("approved ", Describe(op)), absl::OkStatus());
-      !s.ok()) {
-    return s;
-  }
-  if (!execute) return op;
+  return Record(caller, kApproveOperationRpc, what,
+                absl::AbortedError("conflicting concurrent approvals; retry"));
+}
+
+Operation KeyAdmin::ExecuteAndRecord(Operation op,
+                                     const std::string& executing) const {
   const absl::StatusOr<std::string> outcome = Execute(op);
-  absl::MutexLock lock(&mu_);
-  Operation& stored = operations_.at(op.id);
-  stored.state =
-      outcome.ok() ? OperationState::kExecuted : OperationState::kFailed;
-  stored.outcome =
-      outcome.ok() ? *outcome : std::string(outcome.status().message());
-  return stored;
+  op.state = outcome.ok() ? OperationState::kExecuted : OperationState::kFailed;
+  op.changed = StoredTime(options_.now());
+  op.outcome = util::SafeText(
+      outcome.ok() ? *outcome : outcome.status().message(), kMaxOutcomeBytes);
+  auth::Caller executor;
+  executor.identity = std::string(audit::kServerIdentity);
+  audit::AuditEvent event =
+      Event(executor, "",
+            absl::StrCat("executed ", Describe(op), ", approved by ",
+                         absl::StrJoin(op.approvers, ", "),
+                         outcome.ok() ? absl::StrCat(": ", *outcome) : ""),
+            outcome.status());
+  absl::StatusOr<std::string> done = EncodeOperationRecord(op);
+  commit::Mutation mutation;
+  if (done.ok()) {
+    const std::string key = OperationKey(op.id);
+    mutation.conditions.push_back({storage::Table::kShared, key, executing});
+    mutation.writes.push_back({storage::Table::kShared, key, *done});
+  }
+  absl::Status written = deps_.audit->Append(event, std::move(mutation));
+  const bool stored = done.ok() && written.ok();
+  if (absl::IsAborted(written)) {
+    // Only this call moves the record out of kExecuting: not expected. The
+    // execution is recorded all the same.
+    written = deps_.audit->Append(std::move(event));
+  }
+  if (!stored) {
+    util::LogError(absl::StrCat(
+        "ALERT the outcome of operation ", op.id,
+        " is not recorded in the store (it stays listed as executing)",
+        written.ok() ? "" : " nor in the audit trail"));
+  }
+  return op;
 }
 
 absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
@@ -359,13 +517,6 @@ absl::StatusOr<std::string> KeyAdmin::Execute(const Operation& op) const {
       }
       break;
   }
-  auth::Caller executor;
-  executor.identity = std::string(audit::kServerIdentity);
-  (void)Record(executor, "",
-               absl::StrCat("executed ", Describe(op), ", approved by ",
-                            absl::StrJoin(op.approvers, ", "),
-                            outcome.ok() ? absl::StrCat(": ", *outcome) : ""),
-               outcome.status());
   return outcome;
 }
 
@@ -403,12 +554,27 @@ absl::StatusOr<std::vector<Operation>> KeyAdmin::ListOperations(
       !s.ok()) {
     return s;
   }
-  absl::MutexLock lock(&mu_);
-  ExpireLocked(options_.now());
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> held =
+      ScanOperations();
+  if (!held.ok()) return held.status();
+  const absl::Time now = options_.now();
   std::vector<Operation> out;
-  for (const auto& [id, op] : operations_) out.push_back(op);
+  for (const auto& [key, value] : *held) {
+    absl::StatusOr<Operation> op = DecodeOperationRecord(value);
+    if (!op.ok() || OperationKey(op->id) != key) {
+      util::LogError(
+          absl::StrCat("ALERT an operation record does not decode (key ",
+                       util::SafeText(key, audit::kMaxMarkerBytes), ")"));
+      continue;
+    }
+    op->state = EffectiveState(*op, now);
+    if (op->state == OperationState::kExpired) {
+      op->outcome = "expired before it had its approvals";
+    }
+    out.push_back(*std::move(op));
+  }
   std::sort(out.begin(), out.end(), [](const Operation& a, const Operation& b) {
-    return a.proposed < b.proposed;
+    return a.proposed != b.proposed ? a.proposed < b.proposed : a.id < b.id;
   });
   return out;
 }
