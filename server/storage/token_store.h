@@ -28,7 +28,8 @@ enum class Table : uint8_t {
   kPanIndex = 1,     // keyed HMAC of (domain, format, PAN) -> index entry
   kIdempotency = 2,  // keyed HMAC of (identity, key) -> first result
   // What the nodes sharing a store coordinate through (leases, reserved
-  // uses, key-admin proposals; formats in coordination/shared_state.h).
+  // uses, key-admin proposals; formats in coordination/job_lease.h,
+  // coordination/use_reservations.h and vault/operation_record.h).
   // Never card data. The one table a commit may write without audit
   // records (transaction.h, CommitUnaudited).
   kShared = 3,

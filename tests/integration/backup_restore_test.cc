@@ -669,8 +669,21 @@ TEST_F(BackupRestoreTest, BackupsHoldNoPanOrCvvAsBytesOrThroughRocksDb) {
                                             "371449635398431",
                                             "8642"};
   for (const std::string& s : secrets) {
-    EXPECT_THAT(testing::FilesContaining(backup_dir(), s), ::testing::IsEmpty())
-        << s;
+    for (const std::string& file : testing::FilesContaining(backup_dir(), s)) {
+      // RocksDB keeps the manifest hex-encoded in the meta files, where a
+      // 4-digit CVV turns up by chance among its MACs' hex digits: those
+      // are searched decoded, the rest of the file as it is.
+      std::string text = testing::ReadFileOrEmpty(file);
+      const size_t at = text.find("metadata ");
+      ASSERT_TRUE(absl::StrContains(file, "/meta/") && at != std::string::npos)
+          << s << " in " << file;
+      const size_t end = std::min(text.find('\n', at), text.size());
+      const std::string hex = text.substr(at + 9, end - at - 9);
+      EXPECT_THAT(absl::HexStringToBytes(hex), ::testing::Not(HasSubstr(s)))
+          << file;
+      text.erase(at, end - at);
+      EXPECT_THAT(text, ::testing::Not(HasSubstr(s))) << file;
+    }
   }
   // Through RocksDB: every key and value of every table, decompressed.
   auto store = storage::RocksDbBackupStore::Open(
