@@ -18,8 +18,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/clients.h"
+#include "tests/testing/eventually.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/test_cards.h"
 #include "tests/testing/test_env.h"
 
 namespace cardvault {
@@ -183,6 +185,164 @@ TEST_F(MultinodeTest, NoPanReachesTheDatabaseLogOrFiles) {
                 ::testing::IsEmpty())
         << needle;
   }
+}
+
+// Tokenize calls from `threads` clients spread over the nodes still up,
+// each with its own cards, until stopped: what was acknowledged, by PAN.
+class TokenizeLoad {
+ public:
+  TokenizeLoad(MultinodeTest* test,
+               std::vector<std::unique_ptr<client::VaultClient>> clients)
+      : clients_(std::move(clients)) {
+    for (size_t i = 0; i < clients_.size(); ++i) {
+      threads_.emplace_back([this, i] {
+        const std::vector<std::string> pans = testing::MakePans(2000, 1000 + i);
+        for (const std::string& pan : pans) {
+          if (stop_.load()) return;
+          absl::StatusOr<v1::TokenizeResponse> t =
+              clients_[i]->Tokenize(Request(pan));
+          absl::MutexLock lock(&mu_);
+          if (t.ok()) {
+            acknowledged_.emplace_back(pan, t->token());
+          } else {
+            failures_.push_back(t.status().code());
+          }
+        }
+      });
+    }
+  }
+  ~TokenizeLoad() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  size_t acknowledged() {
+    absl::MutexLock lock(&mu_);
+    return acknowledged_.size();
+  }
+  std::vector<std::pair<std::string, std::string>> tokens() {
+    absl::MutexLock lock(&mu_);
+    return acknowledged_;
+  }
+  std::vector<absl::StatusCode> failures() {
+    absl::MutexLock lock(&mu_);
+    return failures_;
+  }
+
+ private:
+  std::vector<std::unique_ptr<client::VaultClient>> clients_;
+  std::atomic<bool> stop_{false};
+  absl::Mutex mu_;
+  std::vector<std::pair<std::string, std::string>> acknowledged_;
+  std::vector<absl::StatusCode> failures_;
+  std::vector<std::thread> threads_;
+};
+
+// Every acknowledged token returns its card through `node`.
+void ExpectAllDetokenize(
+    client::VaultClient& processor,
+    const std::vector<std::pair<std::string, std::string>>& tokens) {
+  for (const auto& [pan, token] : tokens) {
+    absl::StatusOr<v1::Card> card =
+        processor.Detokenize(token, "authorization");
+    ASSERT_THAT(card, IsOk()) << token;
+    ASSERT_EQ(card->pan(), pan) << token;
+  }
+}
+
+// The LEASE records of the trail, oldest first.
+std::vector<v1::AuditEvent> LeaseEvents(client::VaultClient& auditor) {
+  std::vector<v1::AuditEvent> out;
+  v1::ListEventsRequest leases;
+  leases.set_event_type(v1::LEASE);
+  EXPECT_THAT(auditor.ListAuditEvents(
+                  leases, [&](const v1::AuditEvent& e) { out.push_back(e); }),
+              IsOk());
+  return out;
+}
+
+TEST_F(MultinodeTest, KillNineOfTheLeaseHolderUnderLoadLosesNothing) {
+  // The first node took the background lease at its start.
+  const std::string node0 = absl::StrCat(":", nodes_[0]->port());
+  const std::string node1 = absl::StrCat(":", nodes_[1]->port());
+  {
+    const std::vector<v1::AuditEvent> leases =
+        LeaseEvents(*Client(1, "auditor"));
+    ASSERT_EQ(leases.size(), 1u);
+    EXPECT_TRUE(absl::EndsWith(leases[0].node(), node0)) << leases[0].node();
+  }
+  std::vector<std::unique_ptr<client::VaultClient>> clients;
+  for (int i = 0; i < 6; ++i) clients.push_back(Client(i % 2, "pos"));
+  TokenizeLoad load(this, std::move(clients));
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(60),
+                                  [&] { return load.acknowledged() >= 200; }));
+  nodes_[0]->Kill9();
+  const size_t at_kill = load.acknowledged();
+  // The surviving node goes on serving its clients.
+  ASSERT_TRUE(testing::Eventually(
+      absl::Seconds(60), [&] { return load.acknowledged() >= at_kill + 200; }));
+  load.Stop();
+  std::cout << load.acknowledged() << " tokens acknowledged, "
+            << load.failures().size() << " calls failed (" << at_kill
+            << " acknowledged at the kill)\n";
+  // Only calls to the killed node failed, each with UNAVAILABLE.
+  for (absl::StatusCode code : load.failures()) {
+    EXPECT_EQ(code, absl::StatusCode::kUnavailable);
+  }
+  auto processor = Client(1, "processor");
+  ExpectAllDetokenize(*processor, load.tokens());
+
+  // The lease moves to the survivor once the dead node's claim expires
+  // (15 s and the 2 s clock-skew margin), without a restart.
+  auto auditor = Client(1, "auditor");
+  ASSERT_TRUE(testing::Eventually(
+      absl::Seconds(60), [&] { return LeaseEvents(*auditor).size() == 2; }));
+  const v1::AuditEvent moved = LeaseEvents(*auditor)[1];
+  EXPECT_TRUE(absl::EndsWith(moved.node(), node1)) << moved.node();
+  EXPECT_THAT(moved.detail(), ::testing::HasSubstr("fence 2"));
+  EXPECT_THAT(moved.detail(),
+              ::testing::HasSubstr(absl::StrCat("previous holder ")));
+  EXPECT_THAT(moved.detail(), ::testing::HasSubstr(node0));
+  auto report = auditor->VerifyAuditChain();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact()) << report->problem();
+}
+
+TEST_F(MultinodeTest, RestartingPostgresUnderLoadLosesNothing) {
+  std::vector<std::unique_ptr<client::VaultClient>> clients;
+  for (int i = 0; i < 4; ++i) clients.push_back(Client(i % 2, "pos"));
+  TokenizeLoad load(this, std::move(clients));
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(60),
+                                  [&] { return load.acknowledged() >= 100; }));
+  ASSERT_THAT(pg_->Stop(), IsOk());
+  // While the database is down, calls fail with UNAVAILABLE and nothing is
+  // acknowledged.
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(90),
+                                  [&] { return !load.failures().empty(); }));
+  const size_t while_down = load.acknowledged();
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(load.acknowledged(), while_down);
+  ASSERT_THAT(pg_->Start(), IsOk());
+  // Both nodes reconnect by themselves.
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(90), [&] {
+    return load.acknowledged() >= while_down + 100;
+  }));
+  load.Stop();
+  std::cout << load.acknowledged() << " tokens acknowledged, "
+            << load.failures().size() << " calls failed\n";
+  for (absl::StatusCode code : load.failures()) {
+    EXPECT_EQ(code, absl::StatusCode::kUnavailable);
+  }
+  for (int node = 0; node < 2; ++node) {
+    auto t = Client(node, "pos")->Tokenize(Request("4000002500003155"));
+    EXPECT_THAT(t, IsOk()) << "node " << node;
+  }
+  ExpectAllDetokenize(*Client(0, "processor"), load.tokens());
+  auto report = Client(1, "auditor")->VerifyAuditChain();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact()) << report->problem();
 }
 
 }  // namespace
