@@ -33,6 +33,10 @@ class MultinodeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     env_ = testing::TestEnv::Create();
+    env_->IssueClient("admin2", testing::TestEnv::Identity("admin2"));
+    env_->AddToPolicy(
+        "bindings { identity: \"spiffe://cardvault.test/admin2\" "
+        "roles: ADMIN }");
     auto pg = testing::PostgresServer::Start(
         {.config_lines = {"log_statement = all",
                           "log_min_duration_statement = 0"}});
@@ -185,6 +189,61 @@ TEST_F(MultinodeTest, NoPanReachesTheDatabaseLogOrFiles) {
                 ::testing::IsEmpty())
         << needle;
   }
+}
+
+TEST_F(MultinodeTest, AKekRotationProposedOnOneNodeIsApprovedOnTheOther) {
+  auto old_token = Client(0, "pos")->Tokenize(Request("4111111111111111"));
+  ASSERT_THAT(old_token, IsOk());
+  v1::ProposeOperationRequest propose;
+  propose.set_kind(v1::ROTATE_KEK);
+  propose.set_reason("yearly KEK rotation");
+  auto op = Client(0, "admin")->ProposeOperation(propose);
+  ASSERT_THAT(op, IsOk());
+  // The other node sees the proposal, and its approval executes it there.
+  auto listed = Client(1, "admin2")->ListOperations();
+  ASSERT_THAT(listed, IsOk());
+  ASSERT_EQ(listed->operations_size(), 1);
+  EXPECT_EQ(listed->operations(0).id(), op->id());
+  auto approved = Client(1, "admin2")->ApproveOperation(op->id());
+  ASSERT_THAT(approved, IsOk());
+  EXPECT_EQ(approved->state(), v1::Operation::EXECUTED) << approved->outcome();
+  // Approving again on the first node is refused: it is no longer pending.
+  EXPECT_THAT(
+      Client(0, "admin2")->ApproveOperation(op->id()),
+      ::cardvault::testing::StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  // The first node wraps a new data key under the KEK the other node made,
+  // and each node uses the key the other made.
+  auto rotated = Client(0, "admin")->RotateDataKey();
+  ASSERT_THAT(rotated, IsOk());
+  std::vector<std::pair<std::string, std::string>> tokens = {
+      {"4111111111111111", old_token->token()}};
+  for (int node = 0; node < 2; ++node) {
+    const std::string pan = node == 0 ? "5555555555554444" : "378282246310005";
+    auto t = Client(node, "pos")->Tokenize(Request(pan));
+    ASSERT_THAT(t, IsOk());
+    tokens.emplace_back(pan, t->token());
+  }
+  for (int node = 0; node < 2; ++node) {
+    for (const auto& [pan, token] : tokens) {
+      auto card = Client(node, "processor")->Detokenize(token, "authorization");
+      ASSERT_THAT(card, IsOk()) << "node " << node;
+      EXPECT_EQ(card->pan(), pan);
+    }
+  }
+  // A restarted node unwraps every key under the new KEK.
+  ASSERT_EQ(WEXITSTATUS(nodes_[0]->Terminate()), 0);
+  auto restarted = testing::ServerProcess::Start(env_->config_path(), log_);
+  ASSERT_THAT(restarted, IsOk());
+  nodes_[0] = *std::move(restarted);
+  for (const auto& [pan, token] : tokens) {
+    auto card = Client(0, "processor")->Detokenize(token, "authorization");
+    ASSERT_THAT(card, IsOk());
+    EXPECT_EQ(card->pan(), pan);
+  }
+  auto report = Client(0, "auditor")->VerifyAuditChain();
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->intact()) << report->problem();
 }
 
 // Tokenize calls from `threads` clients spread over the nodes still up,
