@@ -28,7 +28,9 @@
 #include "client/load_generator.h"
 #include "client/vault_client.h"
 
-ABSL_FLAG(std::string, address, "127.0.0.1:9443", "cardvaultd host:port.");
+ABSL_FLAG(std::string, address, "127.0.0.1:9443",
+          "cardvaultd host:port, or several, comma-separated (nodes of one "
+          "cluster): channel i goes to address i mod their number.");
 ABSL_FLAG(std::string, pki_dir, "var/dev/pki",
           "Directory with ca.crt and <identity>.crt/.key.");
 ABSL_FLAG(std::string, tokenizer, "pos",
@@ -86,9 +88,12 @@ absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> Channels(
     absl::string_view identity, int n) {
   std::vector<std::shared_ptr<grpc::Channel>> out;
   const std::string dir = absl::GetFlag(FLAGS_pki_dir);
+  const std::vector<std::string> addresses =
+      absl::StrSplit(absl::GetFlag(FLAGS_address), ',', absl::SkipEmpty());
+  if (addresses.empty()) return absl::InvalidArgumentError("no --address");
   for (int i = 0; i < n; ++i) {
     client::ClientOptions options;
-    options.address = absl::GetFlag(FLAGS_address);
+    options.address = addresses[i % addresses.size()];
     options.ca_file = dir + "/ca.crt";
     options.cert_file = absl::StrCat(dir, "/", identity, ".crt");
     options.key_file = absl::StrCat(dir, "/", identity, ".key");
