@@ -7,6 +7,7 @@
 
 #include <fstream>
 #include <latch>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -244,6 +245,56 @@ TEST_F(MultinodeTest, AKekRotationProposedOnOneNodeIsApprovedOnTheOther) {
   auto report = Client(0, "auditor")->VerifyAuditChain();
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->intact()) << report->problem();
+}
+
+TEST_F(MultinodeTest, APolicyChangeReachesEveryNodeAndTheTrailShowsWhich) {
+  // Both nodes recorded the policy they started with, with their names.
+  auto auditor = Client(0, "auditor");
+  std::map<std::string, std::string> started;  // node -> policy detail
+  v1::ListEventsRequest starts;
+  starts.set_event_type(v1::SERVER_START);
+  ASSERT_THAT(auditor->ListAuditEvents(starts,
+                                       [&](const v1::AuditEvent& e) {
+                                         started[e.node()] = e.detail();
+                                       }),
+              IsOk());
+  ASSERT_EQ(started.size(), 2u);
+  EXPECT_EQ(started.begin()->second, started.rbegin()->second);
+  EXPECT_THAT(started.begin()->second, ::testing::StartsWith("policy sha256="));
+
+  env_->IssueClient("late-pos", testing::TestEnv::Identity("late-pos"));
+  env_->AddToPolicy(absl::StrCat(
+      "bindings { identity: \"", testing::TestEnv::Identity("late-pos"),
+      "\" roles: TOKENIZER tokenize_domains: \"dev-merchant/pos\" }"));
+  // Each node re-reads the file (every 2 s by default) and serves the new
+  // binding; each records the reload with the new file's hash.
+  for (int node = 0; node < 2; ++node) {
+    auto late = Client(node, "late-pos");
+    absl::Status last;
+    for (int i = 0; i < 100; ++i) {
+      last = late->Tokenize(Request("4111111111111111")).status();
+      if (last.ok()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_THAT(last, IsOk()) << "node " << node;
+  }
+  std::map<std::string, std::string> reloaded;
+  v1::ListEventsRequest reloads;
+  reloads.set_event_type(v1::POLICY_RELOAD);
+  ASSERT_THAT(auditor->ListAuditEvents(reloads,
+                                       [&](const v1::AuditEvent& e) {
+                                         EXPECT_EQ(e.status_code(), 0);
+                                         reloaded[e.node()] = e.detail();
+                                       }),
+              IsOk());
+  ASSERT_EQ(reloaded.size(), 2u);
+  for (const auto& [node, detail] : reloaded) {
+    EXPECT_TRUE(started.contains(node)) << node;
+    EXPECT_THAT(detail, ::testing::StartsWith("policy sha256="));
+    EXPECT_NE(detail.substr(0, 78), started[node].substr(0, 78)) << node;
+  }
+  EXPECT_EQ(reloaded.begin()->second.substr(0, 78),
+            reloaded.rbegin()->second.substr(0, 78));
 }
 
 // Tokenize calls from `threads` clients spread over the nodes still up,
