@@ -70,6 +70,7 @@
 #include "server/vault/reencryptor.h"
 #include "server/vault/restore.h"
 #include "server/vault/vault.h"
+#include "server/vault/velocity_reservations.h"
 #include "server/vault/wrapped_keys.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -465,6 +466,14 @@ int Run(const sigset_t& stop_signals) {
   vault_options.idempotency_window =
       absl::Seconds(cfg.tokens().idempotency_window_seconds());
   vault_options.max_batch_items = cfg.tokens().max_batch_items();
+  // On PostgreSQL, nodes may share the database: daily velocity limits
+  // hold for all of them together (auth::RateLimiter, "Several nodes").
+  // One process alone opens a RocksDB directory: its own counts suffice.
+  std::unique_ptr<coordination::UseReservations> day_reservations;
+  if (!embedded) {
+    day_reservations = OrDie(coordination::UseReservations::Create(store, {}),
+                             "velocity reservations");
+  }
   auto vault =
       OrDie(vault::Vault::Create({.records = store,
                                   .keys = keys.get(),
@@ -472,7 +481,8 @@ int Run(const sigset_t& stop_signals) {
                                   .fingerprint_key = fingerprint_key.mac.get(),
                                   .cvv_cache = cvv_cache.get(),
                                   .policy = &policy,
-                                  .audit = audit_log.get()},
+                                  .audit = audit_log.get(),
+                                  .day_reservations = day_reservations.get()},
                                  std::move(vault_options)),
             "vault");
   // Daily velocity counts survive a restart (written with each record).
@@ -747,6 +757,16 @@ int Run(const sigset_t& stop_signals) {
          .run = [&storage, batch](const storage::Condition&) {
            return storage->SweepAllExpired(absl::Now(), batch);
          }});
+    // Reservations of daily velocity uses of days before yesterday.
+    jobs.push_back({.name = "velocity-purge",
+                    .interval = absl::Hours(1),
+                    .run =
+                        [store, batch](const storage::Condition& fence) {
+                          return vault::PurgeVelocityReservations(
+                                     *store, *store, absl::Now(), fence, batch)
+                              .status();
+                        },
+                    .cancel = nullptr});
   }
   auto background = OrDie(coordination::BackgroundWork::Start(
                               background_lease.get(), std::move(jobs), {}),

@@ -307,29 +307,90 @@ std::string AccessPolicy::ChangesFrom(const AccessPolicy& before) const {
   return parts.empty() ? "no change in force" : absl::StrJoin(parts, "; ");
 }
 
+uint64_t DayBlock(uint32_t per_day) {
+  return std::clamp<uint64_t>(per_day / kDayBlockDivisor, 1, kMaxDayBlock);
+}
+
+RateLimiter::Window& RateLimiter::WindowOf(absl::string_view identity,
+                                           int64_t day) {
+  Window& w = windows_[identity];
+  if (w.day != day) {
+    w.day = day, w.in_day = 0, w.reserved = 0, w.exhausted_under = 0;
+  }
+  return w;
+}
+
+absl::Status RateLimiter::Check(Window& w, const RateLimit& limit,
+                                absl::Time now, bool shared) {
+  const double per_second = limit.per_second;
+  if ((per_second != 0 && w.second.Refill(now, per_second, per_second) < 1) ||
+      (limit.per_day != 0 && w.in_day >= limit.per_day) ||
+      (shared && w.reserved == 0 && w.exhausted_under != 0 &&
+       limit.per_day <= w.exhausted_under)) {
+    return absl::ResourceExhaustedError("Detokenize rate limit reached");
+  }
+  return absl::OkStatus();
+}
+
+void RateLimiter::Take(Window& w, const RateLimit& limit, bool shared) {
+  if (limit.per_second != 0) w.second.Take();
+  ++w.in_day;
+  if (shared) --w.reserved;
+}
+
 absl::Status RateLimiter::Admit(absl::string_view identity,
                                 const RateLimit& limit, absl::Time now) {
   if (limit.per_second == 0 && limit.per_day == 0) return absl::OkStatus();
   const int64_t day = absl::ToUnixSeconds(now) / 86400;
-  absl::MutexLock lock(&mu_);
-  Window& w = windows_[identity];
-  if (w.day != day) w.day = day, w.in_day = 0;
-  const double per_second = limit.per_second;
-  if ((per_second != 0 && w.second.Refill(now, per_second, per_second) < 1) ||
-      (limit.per_day != 0 && w.in_day >= limit.per_day)) {
+  const bool shared = reserve_ != nullptr && limit.per_day != 0;
+  std::shared_ptr<absl::Mutex> reserving;
+  {
+    absl::MutexLock lock(&mu_);
+    Window& w = WindowOf(identity, day);
+    if (absl::Status s = Check(w, limit, now, shared); !s.ok()) return s;
+    if (!shared || w.reserved > 0) {
+      Take(w, limit, shared);
+      return absl::OkStatus();
+    }
+    if (w.reserving == nullptr) w.reserving = std::make_shared<absl::Mutex>();
+    reserving = w.reserving;
+  }
+  // No use reserved here: one thread per identity reserves a block, the
+  // others wait and use it. Never with mu_ held (a store round trip).
+  absl::MutexLock one(reserving.get());
+  {
+    absl::MutexLock lock(&mu_);
+    Window& w = WindowOf(identity, day);
+    if (absl::Status s = Check(w, limit, now, shared); !s.ok()) return s;
+    if (w.reserved > 0) {
+      Take(w, limit, shared);
+      return absl::OkStatus();
+    }
+  }
+  absl::StatusOr<uint64_t> granted =
+      reserve_(identity, day, DayBlock(limit.per_day), limit.per_day);
+  if (absl::IsResourceExhausted(granted.status())) {
+    absl::MutexLock lock(&mu_);
+    WindowOf(identity, day).exhausted_under = limit.per_day;
     return absl::ResourceExhaustedError("Detokenize rate limit reached");
   }
-  if (per_second != 0) w.second.Take();
-  ++w.in_day;
+  if (!granted.ok() || *granted == 0) {
+    return absl::UnavailableError(
+        "Detokenize uses of the daily limit could not be reserved");
+  }
+  absl::MutexLock lock(&mu_);
+  Window& w = WindowOf(identity, day);
+  w.reserved += *granted;
+  // The bucket may have emptied meanwhile; the block stays for later calls.
+  if (absl::Status s = Check(w, limit, now, shared); !s.ok()) return s;
+  Take(w, limit, shared);
   return absl::OkStatus();
 }
 
 void RateLimiter::Seed(absl::string_view identity, int64_t day,
                        uint64_t count) {
   absl::MutexLock lock(&mu_);
-  Window& w = windows_[identity];
-  if (w.day != day) w.day = day, w.in_day = 0;
-  w.in_day += count;
+  WindowOf(identity, day).in_day += count;
 }
 
 void RateLimiter::SeedFromCounters(

@@ -7,6 +7,7 @@
 #define CARDVAULT_SERVER_AUTH_ACCESS_POLICY_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -228,10 +229,56 @@ class PolicyHolder {
 // per UTC day. The day counts of a running vault are also written durably
 // with each Detokenize's record (DayCounterId), and Seed gives them back at
 // start, so a restart does not reset them.
+//
+// Several nodes on one store (docs/multinode.md): a limiter given a
+// DayReserver makes each daily limit hold for all nodes together. A call
+// counted against a daily limit is admitted only with a use this node has
+// reserved for (identity, UTC day) in the shared store; when it has none
+// left, it reserves a block of DayBlock(per_day) = per_day / 32, at least 1
+// and at most 256, under the limit for all nodes together (one thread per
+// identity reserves, the others wait for its block). How exact:
+//   - Never more than per_day calls of an identity in one UTC day, all
+//     nodes together: a node admits only uses it reserved, and the store
+//     hands out no more than per_day (coordination/use_reservations.h).
+//     A limit lowered during the day is held to within the uses nodes had
+//     already reserved under the old one (at most nodes x block).
+//   - A caller may be refused early, before per_day calls, by at most
+//     (nodes - 1) x block uses that other nodes hold reserved and unused
+//     (a node uses its own block up before reserving again), plus the
+//     unused uses of blocks reserved that day by nodes that stopped or died
+//     (a restarted node starts with none; at most one block per node
+//     start). With two nodes and a limit of 1,000 (block 31): at least 969.
+//     Limits of 63 or less have blocks of 1: every counted call is then a
+//     store round trip, and the bound is nodes - 1 calls.
+//   - A UTC day is each node's clock's: clock skew between nodes moves the
+//     boundary by as much on each node.
+//   - A store failure while reserving fails the call closed: UNAVAILABLE,
+//     nothing admitted (the caller's audit record says so).
+//   - Once the store has no use left, the node refuses that identity's
+//     calls for the rest of the day without asking it again (unless a
+//     policy reload raises the limit).
+// The per-second token bucket stays per node: behind a balancer spreading
+// calls over k nodes a caller can reach k x per_second. It is a brake on
+// bursts; the daily limit is the bound on bulk export, and that one is
+// cluster-wide.
 class RateLimiter {
  public:
+  // Reserves up to `wanted` more uses (at least 1) of `identity`'s calls on
+  // UTC day `day` (days since the epoch) for this node, as many as are left
+  // under `limit` for all nodes together: the number reserved;
+  // RESOURCE_EXHAUSTED when none are left; any other error when the store
+  // could not reserve (nothing reserved).
+  using DayReserver = std::function<absl::StatusOr<uint64_t>(
+      absl::string_view identity, int64_t day, uint64_t wanted,
+      uint64_t limit)>;
+
+  // Without `reserve`, day counts are this process's alone (one node).
+  explicit RateLimiter(DayReserver reserve = nullptr)
+      : reserve_(std::move(reserve)) {}
+
   // Counts one call of `identity` at `now`; RESOURCE_EXHAUSTED (and not
-  // counted) when it would exceed `limit`.
+  // counted) when it would exceed `limit`; with a DayReserver, UNAVAILABLE
+  // (not counted) when no use could be reserved for it.
   absl::Status Admit(absl::string_view identity, const RateLimit& limit,
                      absl::Time now);
 
@@ -249,10 +296,39 @@ class RateLimiter {
     util::TokenBucket second;
     int64_t day = 0;
     uint64_t in_day = 0;
+    // Uses of `day` this node reserved and has not used (DayReserver).
+    uint64_t reserved = 0;
+    // The daily limit under which the store had no use left for `day`
+    // (0: none such): calls refused without asking again, until a policy
+    // raises the limit.
+    uint64_t exhausted_under = 0;
+    // Held by the one thread reserving a block for this identity.
+    std::shared_ptr<absl::Mutex> reserving;
   };
+  // The window of `identity`, moved to `day` if it was on another.
+  Window& WindowOf(absl::string_view identity, int64_t day)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK if `w` admits one more call under `limit`, a use reserved aside
+  // (`shared`: unless the store had none left under this limit).
+  static absl::Status Check(Window& w, const RateLimit& limit, absl::Time now,
+                            bool shared);
+  // Counts one call in `w`, taking a reserved use if `shared`.
+  static void Take(Window& w, const RateLimit& limit, bool shared);
+
+  const DayReserver reserve_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Window> windows_ ABSL_GUARDED_BY(mu_);
 };
+
+// Uses a node reserves at once against a daily limit of `per_day`
+// (RateLimiter): per_day / kDayBlockDivisor, at least 1, at most
+// kMaxDayBlock. Small against the limit, so the calls other nodes hold
+// reserved and unused (the early-refusal bound) are a thirty-second of it
+// per node at most; large enough that a busy identity costs the store one
+// reservation per block, not one per call.
+inline constexpr uint64_t kDayBlockDivisor = 32;
+inline constexpr uint64_t kMaxDayBlock = 256;
+uint64_t DayBlock(uint32_t per_day);
 
 // The durable counter of `identity`'s calls on UTC day `day`:
 // "velocity/<day>/<identity>" (storage counters, token_store.h).

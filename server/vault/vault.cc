@@ -15,6 +15,7 @@
 #include "server/vault/card_record.h"
 #include "server/vault/index_entry.h"
 #include "server/vault/token.h"
+#include "server/vault/velocity_reservations.h"
 
 namespace cardvault::vault {
 namespace {
@@ -666,6 +667,27 @@ absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
   });
 }
 
+auth::RateLimiter::DayReserver Vault::MakeDayReserver(
+    const Dependencies& deps) const {
+  if (deps.day_reservations == nullptr) return nullptr;
+  return [this, uses = deps.day_reservations, key = deps.index_key](
+             absl::string_view identity, int64_t day, uint64_t wanted,
+             uint64_t limit) -> absl::StatusOr<uint64_t> {
+    absl::StatusOr<coordination::UseReservations::Grant> grant = uses->Reserve(
+        VelocityReservationCounter(*key, day, identity), 1, wanted, limit);
+    if (grant.ok()) return grant->granted;
+    if (!absl::IsResourceExhausted(grant.status())) {
+      // Names the counter (a keyed digest), never the identity.
+      reservation_log_.Log(
+          util::Severity::kError,
+          absl::StrCat("cannot reserve Detokenize uses of a daily limit, "
+                       "calls refused: ",
+                       grant.status().ToString()));
+    }
+    return grant.status();
+  };
+}
+
 absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
     const auth::AccessPolicy& policy, const auth::Caller& caller,
     const DetokenizeRequest& r, absl::Time now, audit::AuditEvent* event,
@@ -678,6 +700,9 @@ absl::StatusOr<OpenedCard> Vault::FindForDetokenize(
   // against bulk export, including by guessing.
   const auth::RateLimit limit = policy.DetokenizeLimit(caller);
   if (absl::Status s = limiter_.Admit(caller.identity, limit, now); !s.ok()) {
+    // Anything but a limit reached: the daily uses could not be reserved
+    // (logged by the reserver), and the call fails closed.
+    if (!absl::IsResourceExhausted(s)) return s;
     ++velocity_denials_;
     util::LogWarning(absl::StrCat("ALERT velocity limit reached by ",
                                   caller.identity, " (",

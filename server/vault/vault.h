@@ -29,10 +29,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "server/commit/write_path.h"
 #include "server/auth/access_policy.h"
+#include "server/commit/write_path.h"
+#include "server/coordination/use_reservations.h"
 #include "server/storage/token_store.h"
 #include "server/util/blocking_executor.h"
+#include "server/util/log.h"
 #include "server/vault/card.h"
 #include "server/vault/card_record.h"
 #include "server/vault/cvv_cache.h"
@@ -161,6 +163,11 @@ class Vault {
     const CvvCache* cvv_cache = nullptr;
     const auth::PolicyHolder* policy = nullptr;
     const commit::WritePath* audit = nullptr;
+    // Where the daily velocity limits are shared with the other nodes on
+    // the store (auth::RateLimiter, "Several nodes"; counters named by
+    // velocity_reservations.h). nullptr: counted in this process alone,
+    // for a store only one process opens (RocksDB).
+    const coordination::UseReservations* day_reservations = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<Vault>> Create(Dependencies deps,
@@ -268,7 +275,9 @@ class Vault {
                                   absl::string_view detail) const;
 
   // Resumes today's Detokenize counts from stored counters (the storage's
-  // counters, DayCounterId), after a restart.
+  // counters, DayCounterId), after a restart. With day_reservations the
+  // cluster-wide bound is the reservations'; the resumed count (all nodes'
+  // calls until the start) only adds a bound of this node's.
   void ResumeVelocityCounts(
       const std::map<std::string, uint64_t>& counters) const {
     limiter_.SeedFromCounters(counters, options_.now());
@@ -300,7 +309,13 @@ class Vault {
         std::unique_ptr<util::BlockingExecutor> replanner)
       : deps_(deps),
         options_(std::move(options)),
+        limiter_(MakeDayReserver(deps)),
         replanner_(std::move(replanner)) {}
+
+  // What the limiter reserves daily uses with: deps.day_reservations under
+  // velocity_reservations.h's counter names (nullptr without them).
+  auth::RateLimiter::DayReserver MakeDayReserver(
+      const Dependencies& deps) const;
 
   audit::AuditEvent NewEvent(const auth::Caller& caller,
                              ::cardvault::v1::EventType type,
@@ -388,6 +403,8 @@ class Vault {
   const Options options_;
   mutable auth::RateLimiter limiter_;
   mutable std::atomic<uint64_t> velocity_denials_{0};
+  // Failed reservations of daily uses, logged at most once a second.
+  mutable util::LogRate reservation_log_{1};
   // Plans again, off the audit writer's thread, the items whose write lost
   // a race (planning reads storage and may rotate a key). One thread: such
   // races are rare. Declared last: it finishes its work first on

@@ -29,6 +29,10 @@ namespace cardvault {
 namespace {
 
 using ::cardvault::testing::IsOk;
+using ::cardvault::testing::StatusIs;
+
+// The capped processor's daily limit: blocks of 2 (auth::DayBlock).
+constexpr int kCappedPerDay = 64;
 
 class MultinodeTest : public ::testing::Test {
  protected:
@@ -58,6 +62,15 @@ class MultinodeTest : public ::testing::Test {
         config, {{rocksdb, absl::StrCat("postgres { conninfo_file: \"",
                                         conninfo_file, "\" }")}});
     std::ofstream(env_->config_path(), std::ios::trunc) << config;
+    // A detokenizer with a daily limit, for the cluster-wide velocity test.
+    env_->IssueClient("capped-processor",
+                      testing::TestEnv::Identity("capped-processor"));
+    env_->AddToPolicy(absl::StrCat(
+        "bindings { identity: \"",
+        testing::TestEnv::Identity("capped-processor"),
+        "\" roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" "
+        "detokenize_limit { per_day: ",
+        kCappedPerDay, " } }"));
     log_ = env_->dir() + "/server.log";
     testing::RunOrDie(absl::StrCat(CARDVAULTD_PATH, " --config ",
                                    env_->config_path(), " --migrate >>", log_,
@@ -453,6 +466,59 @@ TEST_F(MultinodeTest, RestartingPostgresUnderLoadLosesNothing) {
   auto report = Client(1, "auditor")->VerifyAuditChain();
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->intact()) << report->problem();
+}
+
+TEST_F(MultinodeTest, ADailyVelocityLimitHoldsForBothNodesTogether) {
+  auto token = Client(0, "pos")->Tokenize(Request("4111111111111111"));
+  ASSERT_THAT(token, IsOk());
+  std::vector<std::unique_ptr<client::VaultClient>> capped;
+  for (int node = 0; node < 2; ++node) {
+    capped.push_back(Client(node, "capped-processor"));
+  }
+  // Alternating, each node uses up its block before it reserves another:
+  // the whole limit is admitted, half through each node.
+  for (int i = 0; i < kCappedPerDay; ++i) {
+    ASSERT_THAT(capped[i % 2]->Detokenize(token->token(), "authorization"),
+                IsOk())
+        << i;
+  }
+  // The cluster-wide total is at the limit: both nodes refuse, though each
+  // admitted only half of it itself.
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_THAT(capped[i % 2]->Detokenize(token->token(), "authorization"),
+                StatusIs(absl::StatusCode::kResourceExhausted))
+        << i;
+  }
+  // Another identity's limit is its own.
+  EXPECT_THAT(
+      Client(1, "processor")->Detokenize(token->token(), "authorization"),
+      IsOk());
+  // The audit trail: 32 admitted by each node, and the refusals recorded.
+  std::map<std::string, int> admitted;
+  int refused = 0;
+  v1::ListEventsRequest all;
+  all.set_event_type(v1::DETOKENIZE);
+  ASSERT_THAT(Client(0, "auditor")
+                  ->ListAuditEvents(
+                      all,
+                      [&](const v1::AuditEvent& e) {
+                        if (e.identity() !=
+                            testing::TestEnv::Identity("capped-processor")) {
+                          return;
+                        }
+                        if (e.status_code() == 0) ++admitted[e.node()];
+                        refused += e.status_code() ==
+                                   static_cast<int>(
+                                       absl::StatusCode::kResourceExhausted);
+                      }),
+              IsOk());
+  EXPECT_THAT(admitted, ::testing::UnorderedElementsAre(
+                            ::testing::Pair(::testing::_, kCappedPerDay / 2),
+                            ::testing::Pair(::testing::_, kCappedPerDay / 2)));
+  EXPECT_EQ(refused, 4);
+  // Neither node's background purge of past reservations failed.
+  EXPECT_THAT(testing::ReadFileOrEmpty(log_),
+              ::testing::Not(::testing::HasSubstr("velocity-purge failed")));
 }
 
 }  // namespace

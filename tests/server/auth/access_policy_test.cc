@@ -1,6 +1,13 @@
 #include "server/auth/access_policy.h"
 
+#include <atomic>
+#include <map>
+#include <thread>
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -270,6 +277,123 @@ TEST(RateLimiterTest, SeededDayCountsCountAgainstTheDay) {
               StatusIs(absl::StatusCode::kResourceExhausted));
   // Yesterday's count does not count today.
   EXPECT_THAT(limiter.Admit("q", limit, now), IsOk());
+}
+
+TEST(RateLimiterTest, DayBlocksAreAThirtySecondOfTheLimitBetween1And256) {
+  EXPECT_EQ(DayBlock(1), 1u);
+  EXPECT_EQ(DayBlock(63), 1u);
+  EXPECT_EQ(DayBlock(64), 2u);
+  EXPECT_EQ(DayBlock(1000), 31u);
+  EXPECT_EQ(DayBlock(8192), 256u);
+  EXPECT_EQ(DayBlock(4000000000u), 256u);
+}
+
+// A shared store's reservations of (identity, day) uses, in memory: `nodes`
+// limiters over it are nodes over one store.
+struct FakeReservations {
+  absl::Mutex mu;
+  std::map<std::pair<std::string, int64_t>, uint64_t> reserved;
+  int calls = 0;
+  absl::Status fail = absl::OkStatus();
+  RateLimiter::DayReserver Reserver() {
+    return [this](absl::string_view identity, int64_t day, uint64_t wanted,
+                  uint64_t limit) -> absl::StatusOr<uint64_t> {
+      absl::MutexLock lock(&mu);
+      ++calls;
+      if (!fail.ok()) return fail;
+      uint64_t& total = reserved[{std::string(identity), day}];
+      if (total >= limit) return absl::ResourceExhaustedError("all reserved");
+      const uint64_t granted = std::min(wanted, limit - total);
+      total += granted;
+      return granted;
+    };
+  }
+};
+
+TEST(RateLimiterTest, SharedDailyLimitHoldsForAllNodesTogether) {
+  FakeReservations store;
+  RateLimiter a(store.Reserver()), b(store.Reserver());
+  const absl::Time now = absl::FromUnixSeconds(1764000000);
+  const RateLimit limit{0, 100};  // blocks of 3
+  int admitted = 0;
+  // Alternating: each node uses its block up before reserving again.
+  for (int i = 0; i < 300; ++i) {
+    admitted += (i % 2 == 0 ? a : b).Admit("p", limit, now).ok();
+  }
+  EXPECT_EQ(admitted, 100);
+  EXPECT_EQ(store.calls, 34 + 2);  // 33 blocks of 3 and one of 1, + 2 refused
+  EXPECT_THAT(a.Admit("p", limit, now),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // Another identity, and the next day, have their own reservations.
+  EXPECT_THAT(b.Admit("q", limit, now), IsOk());
+  EXPECT_THAT(a.Admit("p", limit, now + absl::Hours(24)), IsOk());
+}
+
+TEST(RateLimiterTest, OneNodeAloneMayUseTheLimitLessTheOthersBlocks) {
+  FakeReservations store;
+  RateLimiter a(store.Reserver()), b(store.Reserver());
+  const absl::Time now = absl::FromUnixSeconds(1764000000);
+  const RateLimit limit{0, 1000};                 // blocks of 31
+  ASSERT_THAT(b.Admit("p", limit, now), IsOk());  // b holds 30 unused
+  int admitted = 1;
+  while (a.Admit("p", limit, now).ok()) ++admitted;
+  EXPECT_EQ(admitted, 1000 - 30);
+  EXPECT_GE(admitted, 1000 - static_cast<int>(DayBlock(1000)));
+  // b's block is still b's to use: together exactly the limit.
+  while (b.Admit("p", limit, now).ok()) ++admitted;
+  EXPECT_EQ(admitted, 1000);
+}
+
+TEST(RateLimiterTest, AStoreFailureWhileReservingRefusesUnavailable) {
+  FakeReservations store;
+  RateLimiter a(store.Reserver());
+  const absl::Time now = absl::FromUnixSeconds(1764000000);
+  const RateLimit limit{0, 10};  // blocks of 1
+  store.fail = absl::UnavailableError("database down");
+  EXPECT_THAT(a.Admit("p", limit, now),
+              StatusIs(absl::StatusCode::kUnavailable));
+  store.fail = absl::DataLossError("malformed row");
+  EXPECT_THAT(a.Admit("p", limit, now),
+              StatusIs(absl::StatusCode::kUnavailable));
+  // Nothing was counted: all 10 remain once the store answers.
+  store.fail = absl::OkStatus();
+  int admitted = 0;
+  while (a.Admit("p", limit, now).ok()) ++admitted;
+  EXPECT_EQ(admitted, 10);
+  // Without a daily limit nothing is reserved.
+  const int calls = store.calls;
+  EXPECT_THAT(a.Admit("p", RateLimit{5, 0}, now), IsOk());
+  EXPECT_EQ(store.calls, calls);
+}
+
+TEST(RateLimiterTest, ConcurrentCallsOfOneIdentityReserveOneBlockAtATime) {
+  FakeReservations store;
+  RateLimiter a(store.Reserver());
+  const absl::Time now = absl::FromUnixSeconds(1764000000);
+  const RateLimit limit{0, 6400};  // blocks of 200
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 100; ++i) admitted += a.Admit("p", limit, now).ok();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(admitted.load(), 800);
+  // 800 calls: 4 blocks, not one per thread that found none left.
+  EXPECT_EQ(store.calls, 4);
+}
+
+TEST(RateLimiterTest, ThePerSecondBucketStaysPerNode) {
+  FakeReservations store;
+  RateLimiter a(store.Reserver()), b(store.Reserver());
+  const absl::Time now = absl::FromUnixSeconds(1764000000);
+  const RateLimit limit{2, 100};
+  int admitted = 0;
+  for (int i = 0; i < 10; ++i) {
+    admitted += (i % 2 == 0 ? a : b).Admit("p", limit, now).ok();
+  }
+  EXPECT_EQ(admitted, 4);  // 2 a second on each of 2 nodes
 }
 
 }  // namespace
