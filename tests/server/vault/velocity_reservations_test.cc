@@ -59,8 +59,9 @@ class FailingSharedStore : public storage::Store {
       const std::vector<storage::KeyUpdate>& updates) const override {
     return store_->UpdateKeys(updates);
   }
-  absl::StatusOr<std::map<std::string, uint64_t>> KeyUses() const override {
-    return store_->KeyUses();
+  absl::StatusOr<std::map<std::string, uint64_t>> CountersWithPrefix(
+      absl::string_view prefix) const override {
+    return store_->CountersWithPrefix(prefix);
   }
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>>
   LastAuditRecord() const override {
