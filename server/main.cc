@@ -735,9 +735,11 @@ int Run(const sigset_t& stop_signals) {
   std::vector<coordination::BackgroundJob> jobs;
   jobs.push_back({.name = "audit-purge",
                   .interval = absl::Hours(24),
-                  .run = [&](const storage::Condition& fence) {
-                    return audit_log->Purge(absl::Now(), fence).status();
-                  }});
+                  .run =
+                      [&](const storage::Condition& fence) {
+                        return audit_log->Purge(absl::Now(), fence).status();
+                      },
+                  .cancel = nullptr});
   jobs.push_back(
       {.name = "reencrypt",
        .interval = absl::Seconds(cfg.keys().reencrypt_interval_seconds()),
@@ -754,9 +756,11 @@ int Run(const sigset_t& stop_signals) {
          .interval = absl::Seconds(pg.sweep_interval_seconds() == 0
                                        ? 60
                                        : pg.sweep_interval_seconds()),
-         .run = [&storage, batch](const storage::Condition&) {
-           return storage->SweepAllExpired(absl::Now(), batch);
-         }});
+         .run =
+             [&storage, batch](const storage::Condition&) {
+               return storage->SweepAllExpired(absl::Now(), batch);
+             },
+         .cancel = nullptr});
     // Reservations of daily velocity uses of days before yesterday.
     jobs.push_back({.name = "velocity-purge",
                     .interval = absl::Hours(1),

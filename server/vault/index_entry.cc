@@ -100,6 +100,9 @@ absl::Time StoredExpiry(storage::Table table, absl::string_view value) {
       absl::StatusOr<IdempotencyEntry> entry = DecodeIdempotencyEntry(value);
       return entry.ok() ? entry->expires : absl::InfiniteFuture();
     }
+    case storage::Table::kShared:
+      // Coordination rows are removed by their owners (lease, purge jobs).
+      return absl::InfiniteFuture();
   }
   return absl::InfiniteFuture();
 }

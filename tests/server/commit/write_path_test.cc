@@ -826,9 +826,10 @@ TEST_F(WritePathTest, APurgeFencedByALeaseNoLongerHeldWritesNothing) {
   const absl::Time old = absl::Now() - absl::Hours(24 * 1000);
   for (int i = 0; i < 4; ++i) ASSERT_THAT(log_->Append(EventAt(old)), IsOk());
   ASSERT_THAT(
-      storage::CommitUnaudited(
-          *db_,
-          {.writes = {{storage::Table::kShared, "fence/x", std::string("2")}}}),
+      storage::CommitUnaudited(*db_, {.conditions = {},
+                                      .writes = {{storage::Table::kShared,
+                                                  "fence/x", std::string("2")}},
+                                      .counter_adds = {}}),
       IsOk());
   const storage::Condition stale{storage::Table::kShared, "fence/x",
                                  std::string("1")};

@@ -60,11 +60,13 @@ class BackgroundWorkTest : public ::testing::Test {
   BackgroundJob Recording(const std::string& node) {
     return {.name = "test-job",
             .interval = absl::Milliseconds(20),
-            .run = [this, node](const storage::Condition& fence) {
-              absl::MutexLock lock(&mu_);
-              ran_.push_back({node, *fence.expected});
-              return absl::OkStatus();
-            }};
+            .run =
+                [this, node](const storage::Condition& fence) {
+                  absl::MutexLock lock(&mu_);
+                  ran_.push_back({node, *fence.expected});
+                  return absl::OkStatus();
+                },
+            .cancel = nullptr};
   }
   size_t RunsOn(const std::string& node) {
     absl::MutexLock lock(&mu_);
@@ -121,7 +123,8 @@ TEST_F(BackgroundWorkTest, AFailedRunIsCountedAndRetriedAtTheNextInterval) {
                               .run =
                                   [](const storage::Condition&) {
                                     return absl::UnavailableError("store down");
-                                  }}},
+                                  },
+                              .cancel = nullptr}},
                             {.poll = absl::Milliseconds(5)});
   ASSERT_THAT(work, IsOk());
   ASSERT_TRUE(testing::Eventually(absl::Seconds(10),
@@ -138,13 +141,17 @@ TEST_F(BackgroundWorkTest, StartRefusesJobsWithoutIntervalOrRun) {
           lease.get(),
           {{.name = "x",
             .interval = absl::ZeroDuration(),
-            .run = [](const storage::Condition&) { return absl::OkStatus(); }}},
+            .run = [](const storage::Condition&) { return absl::OkStatus(); },
+            .cancel = nullptr}},
           {}),
       StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(
-      BackgroundWork::Start(lease.get(),
-                            {{.name = "x", .interval = absl::Seconds(1)}}, {}),
-      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(BackgroundWork::Start(lease.get(),
+                                    {{.name = "x",
+                                      .interval = absl::Seconds(1),
+                                      .run = nullptr,
+                                      .cancel = nullptr}},
+                                    {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

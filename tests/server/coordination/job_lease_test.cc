@@ -212,11 +212,13 @@ TEST_F(JobLeaseTest, OneOfManyConcurrentTakersWins) {
 }
 
 TEST_F(JobLeaseTest, AMalformedClaimIsDataLossAndNotHeld) {
-  ASSERT_THAT(storage::CommitUnaudited(
-                  *db_, {.writes = {{storage::Table::kShared,
-                                     LeaseClaimKey("background"),
-                                     std::string("\x01garbage")}}}),
-              IsOk());
+  ASSERT_THAT(
+      storage::CommitUnaudited(*db_, {.conditions = {},
+                                      .writes = {{storage::Table::kShared,
+                                                  LeaseClaimKey("background"),
+                                                  std::string("\x01garbage")}},
+                                      .counter_adds = {}}),
+      IsOk());
   auto a = Lease("node-a");
   EXPECT_THAT(a->Step(), StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_FALSE(a->held());

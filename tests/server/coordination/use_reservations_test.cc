@@ -79,11 +79,12 @@ TEST_F(UseReservationsTest, BadArgumentsAndRowsAreRefused) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(uses_->Reserve(std::string(129, 'c'), 1, 1, 10),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  ASSERT_THAT(
-      storage::CommitUnaudited(
-          *db_, {.writes = {{storage::Table::kShared, ReservationKey("c"),
-                             std::string("\x01")}}}),
-      IsOk());
+  ASSERT_THAT(storage::CommitUnaudited(
+                  *db_, {.conditions = {},
+                         .writes = {{storage::Table::kShared,
+                                     ReservationKey("c"), std::string("\x01")}},
+                         .counter_adds = {}}),
+              IsOk());
   EXPECT_THAT(uses_->Reserve("c", 1, 1, 10),
               StatusIs(absl::StatusCode::kDataLoss));
 }
