@@ -410,6 +410,10 @@ int Run(const sigset_t& stop_signals) {
       coordination::UseReservations::Create(store, {}), "use reservations");
   key_options.reservations = use_reservations.get();
   key_options.refresh_interval = absl::Seconds(10);
+  // Only several nodes can lag behind a rotation (one embedded store, one
+  // process).
+  key_options.retire_grace =
+      embedded ? absl::ZeroDuration() : absl::Seconds(30);
   auto keys =
       OrDie(vault::KeyRing::Load(kek.get(), key_options, &created_data_key),
             "data keys");

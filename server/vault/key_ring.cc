@@ -406,12 +406,25 @@ absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
   return next;
 }
 
-void KeyRing::RecordPass(const std::map<uint32_t, uint64_t>& records) const {
+void KeyRing::RecordPass(const std::map<uint32_t, uint64_t>& records,
+                         std::optional<absl::Time> started) const {
+  const absl::Time began = started.value_or(options_.now());
   absl::MutexLock lock(&mu_);
-  for (auto& [version, e] : keys_) {
+  for (auto it = keys_.begin(); it != keys_.end(); ++it) {
+    auto& [version, e] = *it;
     if (e.destroyed) continue;
-    auto it = records.find(version);
-    e.records = it == records.end() ? 0 : static_cast<int64_t>(it->second);
+    auto counted = records.find(version);
+    const int64_t n =
+        counted == records.end() ? 0 : static_cast<int64_t>(counted->second);
+    // A key replaced too shortly before the pass began may still gain
+    // records from a node that has not switched: not counted as empty.
+    auto successor = std::next(it);
+    if (n == 0 && version != primary_ && successor != keys_.end() &&
+        began < successor->second.created + options_.retire_grace) {
+      e.records = -1;
+      continue;
+    }
+    e.records = n;
   }
 }
 

@@ -131,6 +131,11 @@ class KeyRing {
     // How often the ring re-reads the key store (keys other nodes created or
     // destroyed, stored counts); zero: never by itself. Default zero.
     absl::Duration refresh_interval = absl::ZeroDuration();
+    // A decrypt-only key retires (may be destroyed) only after a pass that
+    // began this long after the key that replaced it was made: nodes that
+    // had not yet refreshed (and may still seal under it) have switched by
+    // then. Several nodes: at least a few refresh intervals. Default zero.
+    absl::Duration retire_grace = absl::ZeroDuration();
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
 
@@ -208,8 +213,13 @@ class KeyRing {
   void AwaitNoLeases(uint32_t version) const;
 
   // Records the result of a full re-encryption pass (record count per
-  // version); decrypt-only keys with none become retired.
-  void RecordPass(const std::map<uint32_t, uint64_t>& records) const;
+  // version) that began at `started` (now when nullopt); decrypt-only keys
+  // with none become retired, if replaced at least retire_grace before it.
+  void RecordPass(const std::map<uint32_t, uint64_t>& records,
+                  std::optional<absl::Time> started = std::nullopt) const;
+
+  // The ring's clock (Options::now).
+  absl::Time Now() const { return options_.now(); }
 
   // Destroys a retired key: its wrapped copy is replaced by a tombstone and
   // its material wiped from memory. FAILED_PRECONDITION unless retired.

@@ -41,6 +41,7 @@ absl::Status Reencryptor::RunScheduledPass(
 absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass(
     const std::optional<storage::Condition>& fence) const {
   absl::MutexLock pass(&pass_mu_);
+  const absl::Time started = keys_->Now();
   // Writes sealed under a key that has since stopped being primary finish
   // first, so that the pass cannot miss their records.
   for (uint32_t version : keys_->DecryptOnlyVersions()) {
@@ -76,7 +77,7 @@ absl::StatusOr<Reencryptor::PassResult> Reencryptor::RunPass(
     if (chunk.empty()) break;
     cursor = chunk.back().first;
   }
-  keys_->RecordPass(result.records_by_version);
+  keys_->RecordPass(result.records_by_version, started);
   const uint32_t primary = keys_->primary_version();
   uint64_t pending = 0;
   for (const auto& [v, n] : result.records_by_version) {

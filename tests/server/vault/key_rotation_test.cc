@@ -162,6 +162,25 @@ TEST_F(TwoNodeKeyRingTest, BothNodesTogetherStayUnderTheGcmBound) {
               ::cardvault::testing::IsOkAndHolds(kMaxGcmEncryptionsPerKey));
 }
 
+TEST_F(KeyRotationTest,
+       AKeyRetiresOnlyAfterAPassBegunAGraceAfterItsReplacement) {
+  vault_.reset();
+  KeyRing::Options options;
+  options.now = [this] { return Now(); };
+  options.retire_grace = absl::Seconds(30);
+  LoadRing(options);
+  ASSERT_THAT(ring_->Rotate(), IsOk());
+  // A pass right after the rotation finds nothing under dek/1, but a node
+  // that has not refreshed yet may still seal under it: not retired.
+  ring_->RecordPass({{2, 0}}, Now());
+  EXPECT_EQ(States()[1], KeyState::kDecryptOnly);
+  EXPECT_THAT(ring_->Destroy(1),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ring_->RecordPass({{2, 0}}, Now() + absl::Seconds(31));
+  EXPECT_EQ(States()[1], KeyState::kRetired);
+  EXPECT_THAT(ring_->Destroy(1), IsOk());
+}
+
 TEST_F(TwoNodeKeyRingTest, AKeyDestroyedByOneNodeIsDroppedByTheOther) {
   ASSERT_THAT(ring_->Rotate(), IsOk());
   ASSERT_THAT(other_->Refresh(), IsOk());
