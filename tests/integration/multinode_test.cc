@@ -404,5 +404,50 @@ TEST_F(MultinodeTest, RestartingPostgresUnderLoadLosesNothing) {
   EXPECT_TRUE(report->intact()) << report->problem();
 }
 
+// DISABLED: fails today (reported, not fixed). A data key rotated on one
+// node stays the other node's primary until that node's next key refresh
+// (KeyRing refresh_interval, 10 s), so the other node goes on sealing new
+// records under the old key. The rotating node, after a re-encryption pass
+// that saw no record under the old key, holds it retired, and destroys it
+// under dual control: the record the other node sealed after the pass is
+// then unreadable on both nodes (DATA_LOSS "card record names an unknown
+// data key"), though its Tokenize was acknowledged.
+TEST_F(MultinodeTest,
+       DISABLED_ARecordAStaleNodeSealsUnderTheOldKeySurvivesItsDestruction) {
+  auto admin = Client(0, "admin");
+  auto admin2 = Client(0, "admin2");
+  auto first = Client(1, "pos")->Tokenize(Request("4111111111111111"));
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(admin->RotateDataKey(), IsOk());
+  v1::ProposeOperationRequest reencrypt;
+  reencrypt.set_kind(v1::REENCRYPT_ALL);
+  reencrypt.set_reason("move records off dek/00000001");
+  auto op = admin->ProposeOperation(reencrypt);
+  ASSERT_THAT(op, IsOk());
+  auto moved = admin2->ApproveOperation(op->id());
+  ASSERT_THAT(moved, IsOk());
+  EXPECT_EQ(moved->state(), v1::Operation::EXECUTED) << moved->outcome();
+  // Node 1 has not refreshed its keys yet (within 10 s of the rotation): it
+  // seals this record under dek/00000001.
+  auto late = Client(1, "pos")->Tokenize(Request("5555555555554444"));
+  ASSERT_THAT(late, IsOk());
+  v1::ProposeOperationRequest destroy;
+  destroy.set_kind(v1::DESTROY_DATA_KEY);
+  destroy.set_key_version(1);
+  destroy.set_reason("retired");
+  auto dop = admin->ProposeOperation(destroy);
+  ASSERT_THAT(dop, IsOk());
+  // Executed today ("destroyed dek/00000001"); refusing is as good.
+  auto destroyed = admin2->ApproveOperation(dop->id());
+  ASSERT_THAT(destroyed, IsOk());
+  absl::SleepFor(absl::Seconds(11));  // node 1 refreshes its keys too
+  for (int node = 0; node < 2; ++node) {
+    for (const auto* token : {&first->token(), &late->token()}) {
+      auto card = Client(node, "processor")->Detokenize(*token, "refund");
+      EXPECT_THAT(card, IsOk()) << "node " << node << ", token " << *token;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cardvault
