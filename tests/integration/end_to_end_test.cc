@@ -1,5 +1,6 @@
 // End to end through a real cardvaultd over mutual TLS, with its KEK in a real
-// SoftHSM2 token and its records in RocksDB.
+// SoftHSM2 token and its records in RocksDB (or, with CARDVAULT_TEST_POSTGRES,
+// in PostgreSQL behind two nodes that successive clients alternate between).
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <sys/wait.h>
@@ -8,13 +9,16 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/health_check.h"
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/card_data_scan.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_cards.h"
 #include "tests/testing/test_env.h"
@@ -40,7 +44,10 @@ bool RE2Like(const std::string& text, const std::string& regex) {
 class EndToEndTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    env_ = testing::TestEnv::Create().release();
+    // On PostgreSQL its log holds every statement with its bound values,
+    // searched for card data by the last test.
+    env_ =
+        testing::TestEnv::Create({.log_postgres_statements = true}).release();
     env_->IssueClient("stranger", testing::TestEnv::Identity("stranger"));
     env_->IssueClient("cn-only", "-");
     env_->IssueClient("cn-tokenizer", "-");
@@ -119,6 +126,37 @@ class EndToEndTest : public ::testing::Test {
       return out;
     }();
     return *tokenized;
+  }
+
+  // On PostgreSQL, what the last test checks in RocksDB's directory: no
+  // card number or cardholder name in any file of the database (stopped,
+  // so that its checkpoint has written every page) nor in its log, where
+  // every statement's bound values are, bytea decoded from hex; nor in the
+  // nodes' output.
+  static void ExpectNoCardDataInPostgres() {
+    const auto& tokenized = Tokenized();
+    testing::PostgresServer& pg = *env_->postgres();
+    ASSERT_THAT(pg.Stop(), IsOk());
+    const std::string pg_log = testing::ReadFileOrEmpty(pg.log_file());
+    // The log does hold the statements and their values, tokens among them.
+    EXPECT_THAT(pg_log, HasSubstr("parameters: $1 = "));
+    const std::string decoded = testing::WithHexDecoded(pg_log);
+    EXPECT_THAT(decoded, HasSubstr(tokenized[0].second));
+    auto files = testing::ReadTree(pg.data_directory());
+    ASSERT_GT(files.size(), 3u);
+    files.emplace_back(pg.log_file(), pg_log);
+    files.emplace_back(pg.log_file() + " (bytea decoded)", decoded);
+    absl::flat_hash_set<std::string> pans = {"4111111111111111",
+                                             "5555555555554444"};
+    for (const auto& [pan, token] : tokenized) pans.insert(pan);
+    for (const auto& [path, content] : files) {
+      EXPECT_THAT(testing::DigitStringsIn(content, pans), IsEmpty()) << path;
+      // Every cardholder name of the suite is "HOLDER <i>".
+      EXPECT_THAT(content, Not(HasSubstr("HOLDER "))) << path;
+    }
+    const std::string log = testing::ReadFileOrEmpty(*log_path_);
+    EXPECT_THAT(log, HasSubstr("cardvaultd ready"));
+    EXPECT_THAT(testing::DigitStringsIn(log, pans), IsEmpty());
   }
 
   static testing::TestEnv* env_;
@@ -442,25 +480,43 @@ TEST_F(EndToEndTest, CliTokenizesFromStdinAndDetokenizes) {
 
 // Invariant 1 (core dumps): the running server may not dump core and keeps
 // its data keys in locked pages left out of any dump.
+// Every node, when there are two.
 TEST_F(EndToEndTest, ServerCannotDumpCoreAndLocksItsKeys) {
-  const std::string proc = absl::StrCat("/proc/", server_->pid());
-  EXPECT_TRUE(RE2Like(testing::ReadFileOrEmpty(proc + "/limits"),
-                      "Max core file size +0 +0"));
+  const std::vector<pid_t> pids = server_->pids();
+  ASSERT_EQ(pids.size(), server_->node_count());
+  for (const pid_t pid : pids) {
+    EXPECT_TRUE(RE2Like(
+        testing::ReadFileOrEmpty(absl::StrCat("/proc/", pid, "/limits")),
+        "Max core file size +0 +0"))
+        << "pid " << pid;
+  }
   // PR_SET_DUMPABLE has no /proc field a root observer could tell apart;
-  // the server logs what prctl(PR_GET_DUMPABLE) reads back at start.
-  EXPECT_THAT(testing::ReadFileOrEmpty(*log_path_),
-              HasSubstr("process hardening: dumpable=0 core_limit=0/0"));
+  // the server logs what prctl(PR_GET_DUMPABLE) reads back at start (each
+  // node into the one log).
+  const std::string log = testing::ReadFileOrEmpty(*log_path_);
+  const std::string hardened = "process hardening: dumpable=0 core_limit=0/0";
+  EXPECT_THAT(log, HasSubstr(hardened));
+  size_t lines = 0;
+  for (size_t at = log.find(hardened); at != std::string::npos;
+       at = log.find(hardened, at + 1)) {
+    ++lines;
+  }
+  EXPECT_GE(lines, pids.size());
 #ifdef CARDVAULT_SANITIZED
   GTEST_SKIP() << "sanitizer runtimes ignore mlock; checked in the plain build";
 #endif
-  const std::string status = testing::ReadFileOrEmpty(proc + "/status");
-  EXPECT_TRUE(RE2Like(status, "VmLck:\\s+[1-9][0-9]* kB"))
-      << "no locked memory";
-  // Data-key pages are locked ("lo") and excluded from dumps ("dd",
-  // MADV_DONTDUMP); no mapping of an ordinary process has both.
-  EXPECT_TRUE(
-      RE2Like(testing::ReadFileOrEmpty(proc + "/smaps"), "VmFlags:.* lo .*dd"))
-      << "no mapping is both locked and MADV_DONTDUMP";
+  for (const pid_t pid : pids) {
+    SCOPED_TRACE(absl::StrCat("pid ", pid));
+    const std::string proc = absl::StrCat("/proc/", pid);
+    const std::string status = testing::ReadFileOrEmpty(proc + "/status");
+    EXPECT_TRUE(RE2Like(status, "VmLck:\\s+[1-9][0-9]* kB"))
+        << "no locked memory";
+    // Data-key pages are locked ("lo") and excluded from dumps ("dd",
+    // MADV_DONTDUMP); no mapping of an ordinary process has both.
+    EXPECT_TRUE(RE2Like(testing::ReadFileOrEmpty(proc + "/smaps"),
+                        "VmFlags:.* lo .*dd"))
+        << "no mapping is both locked and MADV_DONTDUMP";
+  }
 }
 
 // Runs last: shuts the server down (SIGTERM), restarts it so that RocksDB
@@ -481,6 +537,10 @@ TEST_F(EndToEndTest, ZzNoPanOnDiskOrInServerOutputAfterRestart) {
     EXPECT_EQ(card->pan(), tokenized[i].first);
   }
   ASSERT_EQ(WEXITSTATUS(server_->Terminate()), 0);
+  if (testing::OnPostgres()) {
+    ExpectNoCardDataInPostgres();
+    return;
+  }
 
   bool has_sst = false, has_wal = false;
   for (const auto& e :

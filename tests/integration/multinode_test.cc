@@ -521,5 +521,48 @@ TEST_F(MultinodeTest, ADailyVelocityLimitHoldsForBothNodesTogether) {
               ::testing::Not(::testing::HasSubstr("velocity-purge failed")));
 }
 
+// A data key rotated on one node stays the other node's primary until that
+// node's next key refresh (10 s), so the other node may still seal new
+// records under the old key after the rotating node's re-encryption pass.
+// The key must not retire on that pass (it began within retire_grace of the
+// rotation), so its destruction fails and every record stays readable.
+TEST_F(MultinodeTest,
+       ARecordAStaleNodeSealsUnderTheOldKeySurvivesItsDestruction) {
+  auto admin = Client(0, "admin");
+  auto admin2 = Client(0, "admin2");
+  auto first = Client(1, "pos")->Tokenize(Request("4111111111111111"));
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(admin->RotateDataKey(), IsOk());
+  v1::ProposeOperationRequest reencrypt;
+  reencrypt.set_kind(v1::REENCRYPT_ALL);
+  reencrypt.set_reason("move records off dek/00000001");
+  auto op = admin->ProposeOperation(reencrypt);
+  ASSERT_THAT(op, IsOk());
+  auto moved = admin2->ApproveOperation(op->id());
+  ASSERT_THAT(moved, IsOk());
+  EXPECT_EQ(moved->state(), v1::Operation::EXECUTED) << moved->outcome();
+  // Node 1 has not refreshed its keys yet (within 10 s of the rotation): it
+  // seals this record under dek/00000001.
+  auto late = Client(1, "pos")->Tokenize(Request("5555555555554444"));
+  ASSERT_THAT(late, IsOk());
+  v1::ProposeOperationRequest destroy;
+  destroy.set_kind(v1::DESTROY_DATA_KEY);
+  destroy.set_key_version(1);
+  destroy.set_reason("retired");
+  auto dop = admin->ProposeOperation(destroy);
+  ASSERT_THAT(dop, IsOk());
+  // The pass began within the grace of the rotation: not destroyed.
+  auto destroyed = admin2->ApproveOperation(dop->id());
+  ASSERT_THAT(destroyed, IsOk());
+  EXPECT_EQ(destroyed->state(), v1::Operation::FAILED) << destroyed->outcome();
+  absl::SleepFor(absl::Seconds(11));  // node 1 refreshes its keys too
+  for (int node = 0; node < 2; ++node) {
+    for (const auto* token : {&first->token(), &late->token()}) {
+      auto card = Client(node, "processor")->Detokenize(*token, "refund");
+      EXPECT_THAT(card, IsOk()) << "node " << node << ", token " << *token;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cardvault
