@@ -412,8 +412,9 @@ int Run(const sigset_t& stop_signals) {
   key_options.refresh_interval = absl::Seconds(10);
   // Only several nodes can lag behind a rotation (one embedded store, one
   // process).
-  key_options.retire_grace =
-      embedded ? absl::ZeroDuration() : absl::Seconds(30);
+  key_options.retire_grace = absl::Seconds(
+      cfg.keys().retire_grace_seconds() != 0 ? cfg.keys().retire_grace_seconds()
+                                             : (embedded ? 0 : 30));
   auto keys =
       OrDie(vault::KeyRing::Load(kek.get(), key_options, &created_data_key),
             "data keys");

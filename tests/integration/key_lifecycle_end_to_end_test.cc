@@ -38,7 +38,8 @@ class KeyLifecycleEndToEndTest : public ::testing::Test {
     env_->AddToConfig("metrics", "interval_seconds: 1");
     std::ofstream(env_->config_path(), std::ios::app)
         << "keys { max_encryptions_per_key: " << kUsesPerKey
-        << " reencrypt_interval_seconds: 1 reencrypt_chunk_records: 4 }\n";
+        << " reencrypt_interval_seconds: 1 reencrypt_chunk_records: 4"
+        << " retire_grace_seconds: 1 }\n";
     env_->AddToPolicy(
         "bindings { identity: \"spiffe://cardvault.test/bulk-processor\" "
         "roles: DETOKENIZER detokenize_domains: \"dev-merchant/pos\" }");
@@ -375,6 +376,9 @@ TEST_F(KeyLifecycleEndToEndTest, KeyAdminNeedsTwoAdminsForDestruction) {
   auto rotated = admin->RotateDataKey();
   ASSERT_THAT(rotated, IsOk());
   EXPECT_EQ(rotated->key_id(), "dek/00000002");
+  // A pass counts dek/00000001 empty only once retire_grace (1 s here) has
+  // passed since its replacement.
+  absl::SleepFor(absl::Milliseconds(1100));
   // Neither the processor nor the pos may touch keys; the auditor may look.
   EXPECT_THAT(
       Client("processor")->ListKeys(),
