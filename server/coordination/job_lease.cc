@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "server/audit/audit_chain.h"
+#include "server/util/log.h"
 
 namespace cardvault::coordination {
 namespace {
@@ -175,8 +176,19 @@ absl::StatusOr<bool> JobLease::Step() const {
       previous->fence == stored_fence && previous->fence == fence();
   // Another node's claim stands until it expires by this node's clock, plus
   // the skew its clock may have.
-  const bool restarted =
-      previous.has_value() && previous->holder == options_.holder && !mine;
+  // Only this process's first step may take its own name's claim at once
+  // (the earlier process is gone); later, a claim under this name that is
+  // not this process's is another live node's (a duplicated node name),
+  // and waits for its expiry like any other.
+  const bool first_step = !stepped_.exchange(true);
+  const bool restarted = first_step && previous.has_value() &&
+                         previous->holder == options_.holder && !mine;
+  if (!first_step && previous.has_value() &&
+      previous->holder == options_.holder && !mine) {
+    util::LogError(absl::StrCat(
+        "ALERT another node holds the ", options_.name,
+        " lease under this node's name: node names must be unique"));
+  }
   if (previous.has_value() && !mine && !restarted &&
       start < previous->expires + options_.max_clock_skew) {
     return lose(absl::OkStatus());

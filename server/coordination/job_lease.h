@@ -144,6 +144,7 @@ class JobLease {
   mutable uint64_t fence_ ABSL_GUARDED_BY(mu_) = 0;
   // This node holds the lease until then (by its own clock).
   mutable absl::Time held_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  mutable std::atomic<bool> stepped_{false};
   absl::Notification stop_;
   std::thread renewer_;
 };

@@ -177,6 +177,7 @@ KeyRing::KeyRing(const KekManager* kek, Options options,
                  std::map<uint32_t, Entry> keys)
     : kek_(kek), options_(std::move(options)), keys_(std::move(keys)) {
   absl::MutexLock lock(&mu_);
+  refreshed_ = options_.now();
   // The primary is the newest live key.
   for (auto it = keys_.rbegin(); it != keys_.rend(); ++it) {
     if (!it->second.destroyed) {
@@ -199,10 +200,19 @@ KeyRing::Lease::~Lease() {
 
 absl::StatusOr<KeyRing::Lease> KeyRing::LeasePrimary(uint64_t encryptions,
                                                      Use use) const {
+  const absl::Time now = options_.now();
   for (int attempt = 0;; ++attempt) {
     uint32_t short_of = 0;
     {
       absl::MutexLock lock(&mu_);
+      if (options_.refresh_interval > absl::ZeroDuration() &&
+          options_.retire_grace > options_.refresh_interval &&
+          now - refreshed_ >
+              options_.retire_grace - options_.refresh_interval) {
+        return absl::UnavailableError(
+            "data keys not read from the store lately: not sealing under a "
+            "key another node may have retired");
+      }
       Entry& e = keys_.at(primary_);
       if (e.encryptions + encryptions > kMaxGcmEncryptionsPerKey) {
         return absl::UnavailableError(
@@ -325,6 +335,7 @@ absl::Status KeyRing::Refresh() const {
     fresh.emplace(version, std::move(e));
   }
   absl::MutexLock lock(&mu_);
+  refreshed_ = options_.now();
   for (auto& [version, e] : fresh) keys_.emplace(version, std::move(e));
   for (const auto& [version, s] : *stored) {
     Entry& e = keys_.at(version);

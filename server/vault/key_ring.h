@@ -181,7 +181,9 @@ class KeyRing {
 
   // The primary for `encryptions` encryptions. UNAVAILABLE if that would
   // pass the hard limit of 2^32 (a rotation is overdue: the HSM could not
-  // make a new key).
+  // make a new key), or when refreshing itself (refresh_interval) the ring
+  // has not read the key store for retire_grace - refresh_interval: its
+  // primary may have been retired by another node.
   absl::StatusOr<Lease> LeasePrimary(uint64_t encryptions = 1,
                                      Use use = Use::kNewRecords) const;
 
@@ -269,6 +271,8 @@ class KeyRing {
   mutable absl::Mutex mu_;
   mutable std::map<uint32_t, Entry> keys_ ABSL_GUARDED_BY(mu_);
   mutable uint32_t primary_ ABSL_GUARDED_BY(mu_);
+  // The last successful read of the key store (Load or Refresh).
+  mutable absl::Time refreshed_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 }  // namespace cardvault::vault

@@ -147,6 +147,23 @@ TEST_F(JobLeaseTest, ARestartedNodeTakesItsOwnClaimBackAtOnce) {
               StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
+TEST_F(JobLeaseTest, TwoLiveNodesWithOneNameDoNotTakeTheLeaseFromEachOther) {
+  auto twin = Lease("node-a");
+  ASSERT_THAT(twin->Step(), IsOkAndHolds(true));
+  // A misconfigured second node of the same name takes it once, at its
+  // start (it cannot tell itself from a restart)...
+  auto a = Lease("node-a");
+  ASSERT_THAT(a->Step(), IsOkAndHolds(true));
+  // ...and from then on the two do not take it from each other.
+  for (int i = 0; i < 5; ++i) {
+    clock_.Advance(absl::Seconds(5));
+    EXPECT_THAT(twin->Step(), IsOkAndHolds(false));
+    EXPECT_THAT(a->Step(), IsOkAndHolds(true));
+  }
+  EXPECT_FALSE(twin->held());
+  EXPECT_THAT(LeaseEvents(), SizeIs(2));
+}
+
 TEST_F(JobLeaseTest, AHolderTrustsItsClaimOnlyUntilTheSkewMargin) {
   auto a = Lease("node-a");
   ASSERT_THAT(a->Step(), IsOkAndHolds(true));

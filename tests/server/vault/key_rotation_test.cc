@@ -181,6 +181,21 @@ TEST_F(KeyRotationTest,
   EXPECT_THAT(ring_->Destroy(1), IsOk());
 }
 
+TEST_F(KeyRotationTest, ARingThatCannotRefreshStopsSealing) {
+  vault_.reset();
+  KeyRing::Options options;
+  options.now = [this] { return Now(); };
+  options.refresh_interval = absl::Hours(1);  // the thread never runs here
+  options.retire_grace = absl::Hours(3);
+  LoadRing(options);
+  EXPECT_THAT(ring_->LeasePrimary(), IsOk());
+  Advance(absl::Hours(2) + absl::Seconds(1));
+  EXPECT_THAT(ring_->LeasePrimary(),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("not read")));
+  ASSERT_THAT(ring_->Refresh(), IsOk());
+  EXPECT_THAT(ring_->LeasePrimary(), IsOk());
+}
+
 TEST_F(TwoNodeKeyRingTest, AKeyDestroyedByOneNodeIsDroppedByTheOther) {
   ASSERT_THAT(ring_->Rotate(), IsOk());
   ASSERT_THAT(other_->Refresh(), IsOk());
