@@ -45,6 +45,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "gtest/gtest.h"
 
 namespace cardvault::testing {
 
@@ -115,6 +116,29 @@ class PostgresServer {
   const std::string password_;
   int port_ = 0;
   pid_t pid_ = -1;
+};
+
+// One PostgreSQL server for a whole test binary, started on first use and
+// stopped when the binary's tests end. Register it once per binary:
+//   ::testing::AddGlobalTestEnvironment(new SharedPostgresServer);
+class SharedPostgresServer : public ::testing::Environment {
+ public:
+  // The server, or null if it could not start (the failure is reported).
+  static PostgresServer* server() {
+    if (server_ == nullptr && !tried_) {
+      tried_ = true;
+      absl::StatusOr<std::unique_ptr<PostgresServer>> s =
+          PostgresServer::Start({});
+      EXPECT_TRUE(s.ok()) << s.status();
+      if (s.ok()) server_ = std::move(*s);
+    }
+    return server_.get();
+  }
+  void TearDown() override { server_.reset(); }
+
+ private:
+  static inline std::unique_ptr<PostgresServer> server_;
+  static inline bool tried_ = false;
 };
 
 }  // namespace cardvault::testing

@@ -68,31 +68,13 @@ class RocksDbHarness : public StoreHarness {
 
 // One PostgreSQL server for the whole binary (a new database per test),
 // stopped and removed when the binary's tests end.
-class PostgresEnvironment : public ::testing::Environment {
- public:
-  static testing::PostgresServer* server() {
-    if (server_ == nullptr && !tried_) {
-      tried_ = true;
-      absl::StatusOr<std::unique_ptr<testing::PostgresServer>> s =
-          testing::PostgresServer::Start({});
-      EXPECT_THAT(s, IsOk());
-      if (s.ok()) server_ = std::move(*s);
-    }
-    return server_.get();
-  }
-  void TearDown() override { server_.reset(); }
-
- private:
-  static inline std::unique_ptr<testing::PostgresServer> server_;
-  static inline bool tried_ = false;
-};
 const ::testing::Environment* const kPostgresEnvironment =
-    ::testing::AddGlobalTestEnvironment(new PostgresEnvironment);
+    ::testing::AddGlobalTestEnvironment(new testing::SharedPostgresServer);
 
 class PostgresHarness : public StoreHarness {
  public:
   PostgresHarness() {
-    testing::PostgresServer* server = PostgresEnvironment::server();
+    testing::PostgresServer* server = testing::SharedPostgresServer::server();
     if (server == nullptr) return;
     const std::string database = absl::StrCat("conformance_", counter_++);
     auto admin = PgConnection::Connect(server->conninfo("postgres"));

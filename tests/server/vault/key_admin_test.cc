@@ -807,26 +807,8 @@ TEST(OperationRecordTest, DecodingRefusesMalformedOrSmuggledRecords) {
 // Two nodes on one PostgreSQL database: each its own PostgresStore, audit
 // write path, KEK manager, key ring, vault and KeyAdmin; the "HSM" and the
 // policy shared, as the nodes of one cluster share them.
-class PostgresEnvironment : public ::testing::Environment {
- public:
-  static testing::PostgresServer* server() {
-    if (server_ == nullptr && !tried_) {
-      tried_ = true;
-      absl::StatusOr<std::unique_ptr<testing::PostgresServer>> s =
-          testing::PostgresServer::Start({});
-      EXPECT_THAT(s, IsOk());
-      if (s.ok()) server_ = std::move(*s);
-    }
-    return server_.get();
-  }
-  void TearDown() override { server_.reset(); }
-
- private:
-  static inline std::unique_ptr<testing::PostgresServer> server_;
-  static inline bool tried_ = false;
-};
 const ::testing::Environment* const kPostgresEnvironment =
-    ::testing::AddGlobalTestEnvironment(new PostgresEnvironment);
+    ::testing::AddGlobalTestEnvironment(new testing::SharedPostgresServer);
 
 class KeyAdminOnPostgresTest : public ::testing::Test {
  protected:
@@ -842,7 +824,7 @@ class KeyAdminOnPostgresTest : public ::testing::Test {
   };
 
   void SetUp() override {
-    testing::PostgresServer* server = PostgresEnvironment::server();
+    testing::PostgresServer* server = testing::SharedPostgresServer::server();
     ASSERT_NE(server, nullptr);
     // A new database per test (and per round of --gtest_repeat).
     static int databases = 0;
