@@ -152,7 +152,10 @@ absl::StatusOr<std::unique_ptr<storage::PostgresStore>> OpenPostgres(
           {.conninfo = *std::move(conninfo),
            .pool_size =
                pg.pool_size() == 0 ? 8 : static_cast<int>(pg.pool_size()),
-           .expiry_of = vault::StoredExpiry});
+           .expiry_of = vault::StoredExpiry,
+           .max_commit_attempts = 5,
+           .resolve_timeout = absl::Milliseconds(
+               pg.resolve_timeout_ms() == 0 ? 2000 : pg.resolve_timeout_ms())});
   if (!store.ok()) return store.status();
   return *std::move(store);
 }

@@ -102,6 +102,8 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "storage.postgres.conninfo_file is required");
   check(c.storage().postgres().pool_size() <= 256,
         "storage.postgres.pool_size must be at most 256");
+  check(c.storage().postgres().resolve_timeout_ms() <= 60000,
+        "storage.postgres.resolve_timeout_ms must be at most 60000");
   // Backups of the PostgreSQL store are the database's own (pgBackRest).
   check(!c.storage().has_postgres() || c.backup().directory().empty(),
         "backup is for storage.rocksdb; back up PostgreSQL with its own tools");

@@ -92,8 +92,9 @@ class PostgresStore : public Store {
     // connections before UNAVAILABLE. Default 5.
     int max_commit_attempts = 5;
     // How long an unknown commit outcome is retried to be read back before
-    // UNKNOWN. Default 30 s.
-    absl::Duration resolve_timeout = absl::Seconds(30);
+    // UNKNOWN. The write path waits this long with its queue behind it, so
+    // it stays below the callers' deadlines. Default 2 s.
+    absl::Duration resolve_timeout = absl::Seconds(2);
   };
 
   // Connects and checks the schema version: FAILED_PRECONDITION for a

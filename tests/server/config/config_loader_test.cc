@@ -95,6 +95,12 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
                     "backup { directory: \"/b\" staging_directory: "
                     "\"/b/stage\" }"),
        "backup.staging_directory"},
+      {With("rocksdb { data_dir: \"/data\" }",
+            "postgres { conninfo_file: \"/c\" pool_size: 257 }"),
+       "storage.postgres.pool_size must be at most 256"},
+      {With("rocksdb { data_dir: \"/data\" }",
+            "postgres { conninfo_file: \"/c\" resolve_timeout_ms: 60001 }"),
+       "storage.postgres.resolve_timeout_ms must be at most 60000"},
   };
   for (const auto& [text, field] : cases) {
     EXPECT_THAT(ParseConfig(text, "c"),
