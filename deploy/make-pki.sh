@@ -114,7 +114,7 @@ issue server localhost "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1" "$out" "$ca"
-for name in pos processor auditor admin watchdog; do
+for name in pos processor auditor admin watchdog node; do
   issue "$name" "$name" "$(client_ext "spiffe://$domain/$name")" "$out" "$ca"
 done
 echo "make-pki: PKI ready in $out"

@@ -7,7 +7,8 @@
 # For one node of several on PostgreSQL (deploy/multinode.sh):
 #   WRITE_CONFIG_POSTGRES=CONNINFO_FILE  storage.postgres with that connection
 #     file instead of storage.rocksdb in STATE/data; no backup block (the
-#     database is backed up with its own tools)
+#     database is backed up with its own tools); a cluster block, so that the
+#     nodes take CVVs from each other with STATE/pki/node.crt (role NODE)
 #   WRITE_CONFIG_NODE_NAME=NAME  node_name NAME (in audit records), metrics in
 #     STATE/NAME.prom instead of STATE/cardvault.prom
 # Keeps existing files (a re-run must not change a running set-up).
@@ -44,6 +45,14 @@ bindings {
 }
 bindings { identity: "spiffe://$domain/auditor" roles: AUDITOR }
 bindings { identity: "spiffe://$domain/admin" roles: ADMIN }
+POLICY
+  if [[ -n "$conninfo" ]]; then
+    cat >>"$policy" <<POLICY
+# The other vault nodes on the database: they take CVVs this node holds.
+bindings { identity: "spiffe://$domain/node" roles: NODE }
+POLICY
+  fi
+  cat >>"$policy" <<POLICY
 # Per-domain token settings (defaults: not deterministic, no TTL cap, 6-digit
 # BIN), for example:
 # domains { name: "dev-merchant/ecommerce" deterministic: true
@@ -97,6 +106,15 @@ listener {
   }
 }
 CONF
+if [[ -n "$conninfo" ]]; then
+  cat >>"$out" <<CONF
+cluster {
+  # How this node calls the others (a CVV given at one is returned by any).
+  client_cert_file: "$state/pki/node.crt"
+  client_key_file: "$state/pki/node.key"
+}
+CONF
+fi
 if [[ "${WRITE_CONFIG_BACKUPS:-1}" != 0 && -z "$conninfo" ]]; then
   cat >>"$out" <<CONF
 backup {

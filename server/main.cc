@@ -46,6 +46,7 @@
 #include "server/service/key_admin_service.h"
 #include "server/service/library_logs.h"
 #include "server/service/listener_watchdog.h"
+#include "server/service/node_peers.h"
 #include "server/service/served_connection_observer.h"
 #include "server/service/server_credentials.h"
 #include "server/service/serving_gate.h"
@@ -158,6 +159,21 @@ absl::StatusOr<std::unique_ptr<storage::PostgresStore>> OpenPostgres(
                pg.resolve_timeout_ms() == 0 ? 2000 : pg.resolve_timeout_ms())});
   if (!store.ok()) return store.status();
   return *std::move(store);
+}
+
+// Where the other nodes reach this one: configured, or the listen address
+// unless it is a wildcard ("" then).
+std::string AdvertisedAddress(const config::ServerConfig& cfg) {
+  if (!cfg.cluster().advertise_address().empty()) {
+    return cfg.cluster().advertise_address();
+  }
+  const std::string& listen = cfg.listen_address();
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" ||
+      host == "*") {
+    return "";
+  }
+  return listen;
 }
 
 // The node's name in audit records: configured, or host name and port.
@@ -302,7 +318,9 @@ int Run(const sigset_t& stop_signals) {
        {std::tuple{cfg.policy().file(), "policy file", false},
         std::tuple{cfg.hsm().pin_file(), "HSM PIN file", true},
         std::tuple{cfg.storage().postgres().conninfo_file(),
-                   "PostgreSQL connection file", true}}) {
+                   "PostgreSQL connection file", true},
+        std::tuple{cfg.cluster().client_key_file(), "cluster client key",
+                   true}}) {
     if (path.empty()) continue;
     if (absl::Status s = config::CheckFileIsPrivate(path, what, secret);
         !s.ok()) {
@@ -482,6 +500,26 @@ int Run(const sigset_t& stop_signals) {
     day_reservations = OrDie(coordination::UseReservations::Create(store, {}),
                              "velocity reservations");
   }
+  // With a cluster block, a CVV given at another node is taken from it.
+  std::unique_ptr<service::GrpcCvvPeers> cvv_peers;
+  if (cfg.has_cluster()) {
+    const config::v1::ClusterConfig& cluster = cfg.cluster();
+    vault_options.node_address = AdvertisedAddress(cfg);
+    if (vault_options.node_address.empty()) {
+      util::LogError(
+          "cluster.advertise_address is required when listen_address is a "
+          "wildcard address");
+      return 1;
+    }
+    cvv_peers =
+        OrDie(service::GrpcCvvPeers::Create(
+                  {.server_ca_file = cluster.server_ca_file(),
+                   .client_cert_file = cluster.client_cert_file(),
+                   .client_key_file = cluster.client_key_file(),
+                   .deadline = absl::Milliseconds(cluster.peer_deadline_ms()),
+                   .max_peers = 64}),
+              "cluster client certificate");
+  }
   auto vault =
       OrDie(vault::Vault::Create({.records = store,
                                   .keys = keys.get(),
@@ -490,7 +528,8 @@ int Run(const sigset_t& stop_signals) {
                                   .cvv_cache = cvv_cache.get(),
                                   .policy = &policy,
                                   .audit = audit_log.get(),
-                                  .day_reservations = day_reservations.get()},
+                                  .day_reservations = day_reservations.get(),
+                                  .cvv_peers = cvv_peers.get()},
                                  std::move(vault_options)),
             "vault");
   // Daily velocity counts survive a restart (written with each record).
@@ -581,6 +620,7 @@ int Run(const sigset_t& stop_signals) {
                                              &calls_in_flight);
   service::BackupAdminService backup_service(backups.get(), vault.get(),
                                              &calls_in_flight);
+  service::NodePeerService node_peer_service(vault.get(), &calls_in_flight);
   // cardvaultd accepts TCP itself: gRPC gets only admitted connections.
   const config::v1::ListenerConfig& listener_cfg = cfg.listener();
   const absl::Duration handshake_timeout =
@@ -623,6 +663,7 @@ int Run(const sigset_t& stop_signals) {
   builder.RegisterService(&audit_service);
   builder.RegisterService(&key_admin_service);
   builder.RegisterService(&backup_service);
+  if (cfg.has_cluster()) builder.RegisterService(&node_peer_service);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(cfg.limits().max_request_bytes()));
   builder.SetSyncServerOption(

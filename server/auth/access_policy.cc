@@ -29,6 +29,9 @@ uint32_t GrantsOf(Role role) {
       return Bit(Permission::kReadKeyInventory) |
              Bit(Permission::kAdministerKeys) |
              Bit(Permission::kAdministerBackups);
+    case Role::kNode:
+      // Nothing a client may do: a node's certificate opens no card data.
+      return Bit(Permission::kTakeHeldCvv);
   }
   return 0;
 }
@@ -84,6 +87,8 @@ absl::string_view PermissionName(Permission permission) {
       return "administer keys";
     case Permission::kAdministerBackups:
       return "administer backups";
+    case Permission::kTakeHeldCvv:
+      return "take a CVV another node holds";
   }
   return "unknown";
 }

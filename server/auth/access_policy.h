@@ -26,7 +26,7 @@
 
 namespace cardvault::auth {
 
-enum class Role { kTokenizer, kDetokenizer, kAuditor, kAdmin };
+enum class Role { kTokenizer, kDetokenizer, kAuditor, kAdmin, kNode };
 
 // One right per kind of access.
 enum class Permission {
@@ -38,6 +38,7 @@ enum class Permission {
   kReadKeyInventory,   // key states and use, never key material
   kAdministerKeys,     // rotate, propose and approve key operations
   kAdministerBackups,  // take, list, verify and delete backups
+  kTakeHeldCvv,        // another node takes a CVV this node holds
 };
 
 absl::string_view PermissionName(Permission permission);

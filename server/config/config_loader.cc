@@ -104,6 +104,22 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
         "storage.postgres.pool_size must be at most 256");
   check(c.storage().postgres().resolve_timeout_ms() <= 60000,
         "storage.postgres.resolve_timeout_ms must be at most 60000");
+  if (c.has_cluster()) {
+    const auto& cluster = c.cluster();
+    check(c.storage().has_postgres(),
+          "cluster is for storage.postgres (nodes sharing one database)");
+    check(cluster.advertise_address().empty() ||
+              (cluster.advertise_address().size() <= 255 &&
+               IsHostPort(cluster.advertise_address())),
+          "cluster.advertise_address must be host:port with a port of "
+          "1-65535");
+    check(!cluster.client_cert_file().empty(),
+          "cluster.client_cert_file is required");
+    check(!cluster.client_key_file().empty(),
+          "cluster.client_key_file is required");
+    check(cluster.peer_deadline_ms() <= 10000,
+          "cluster.peer_deadline_ms must be at most 10000");
+  }
   // Backups of the PostgreSQL store are the database's own (pgBackRest).
   check(!c.storage().has_postgres() || c.backup().directory().empty(),
         "backup is for storage.rocksdb; back up PostgreSQL with its own tools");
@@ -217,6 +233,13 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
   }
   if (tokens->max_batch_items() == 0) {
     tokens->set_max_batch_items(kDefaultMaxBatchItems);
+  }
+  if (c.has_cluster()) {
+    auto* cluster = c.mutable_cluster();
+    if (cluster->server_ca_file().empty()) {
+      cluster->set_server_ca_file(c.tls().client_ca_file());
+    }
+    if (cluster->peer_deadline_ms() == 0) cluster->set_peer_deadline_ms(1000);
   }
   auto* limits = c.mutable_limits();
   if (limits->max_request_bytes() == 0) {

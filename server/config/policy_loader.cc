@@ -1,5 +1,6 @@
 #include "server/config/policy_loader.h"
 
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -11,7 +12,7 @@
 namespace cardvault::config {
 namespace {
 
-auth::Role RoleOf(int role) {
+std::optional<auth::Role> RoleOf(int role) {
   switch (role) {
     case v1::TOKENIZER:
       return auth::Role::kTokenizer;
@@ -19,8 +20,12 @@ auth::Role RoleOf(int role) {
       return auth::Role::kDetokenizer;
     case v1::AUDITOR:
       return auth::Role::kAuditor;
-    default:
+    case v1::ADMIN:
       return auth::Role::kAdmin;
+    case v1::NODE:
+      return auth::Role::kNode;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -42,11 +47,12 @@ absl::StatusOr<std::unique_ptr<auth::AccessPolicy>> ParsePolicy(
     auth::RoleBinding binding;
     binding.identity = b.identity();
     for (int r : b.roles()) {
-      if (r == v1::ROLE_UNSPECIFIED || !v1::Role_IsValid(r)) {
+      const std::optional<auth::Role> role = RoleOf(r);
+      if (!role.has_value()) {
         return absl::InvalidArgumentError(absl::StrCat(
             source, ": bindings[", i, "].roles has an unknown role"));
       }
-      binding.roles.push_back(RoleOf(r));
+      binding.roles.push_back(*role);
     }
     binding.tokenize_domains.assign(b.tokenize_domains().begin(),
                                     b.tokenize_domains().end());

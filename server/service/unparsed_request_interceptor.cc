@@ -28,6 +28,7 @@ std::optional<pb::EventType> EventTypeOf(absl::string_view method) {
       {vault::kProposeOperationRpc, pb::KEY_ADMIN},
       {vault::kApproveOperationRpc, pb::KEY_ADMIN},
       {vault::kListOperationsRpc, pb::KEY_ADMIN},
+      {vault::kTakeHeldCvvRpc, pb::CVV_RELEASE},
   };
   for (const auto& [name, type] : kMethods) {
     if (name == method) return type;

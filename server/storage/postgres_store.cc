@@ -592,7 +592,8 @@ PostgresStore::Attempt PostgresStore::TryCommitGroup(
     puts[t].values.push_back(*value);
     int64_t expires = kNeverExpires;
     if (options_.expiry_of) {
-      const absl::Time at = options_.expiry_of(where.first, *value);
+      const absl::Time at =
+          options_.expiry_of(where.first, where.second, *value);
       if (at != absl::InfiniteFuture()) {
         expires = std::max<int64_t>(0, absl::ToUnixMillis(at));
       }

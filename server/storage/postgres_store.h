@@ -86,8 +86,9 @@ class PostgresStore : public Store {
     int pool_size = 8;
     // When a token-data value expires (InfiniteFuture = never). Unset:
     // nothing expires.
-    std::function<absl::Time(Table, absl::string_view value)> expiry_of =
-        nullptr;
+    std::function<absl::Time(Table, absl::string_view key,
+                             absl::string_view value)>
+        expiry_of = nullptr;
     // Attempts of one group commit on serialisation failures and lost
     // connections before UNAVAILABLE. Default 5.
     int max_commit_attempts = 5;

@@ -69,11 +69,11 @@ class RocksDbStorage::ExpiryFilter : public rocksdb::CompactionFilter {
   ExpiryFilter(Table table, const Options& options)
       : table_(table), expiry_of_(options.expiry_of), now_(options.now) {}
 
-  bool Filter(int /*level*/, const rocksdb::Slice& /*key*/,
+  bool Filter(int /*level*/, const rocksdb::Slice& key,
               const rocksdb::Slice& existing_value, std::string* /*new_value*/,
               bool* /*value_changed*/) const override {
     const absl::Time expires = expiry_of_(
-        table_,
+        table_, absl::string_view(key.data(), key.size()),
         absl::string_view(existing_value.data(), existing_value.size()));
     return expires <= now_();
   }
@@ -82,7 +82,8 @@ class RocksDbStorage::ExpiryFilter : public rocksdb::CompactionFilter {
 
  private:
   const Table table_;
-  const std::function<absl::Time(Table, absl::string_view)> expiry_of_;
+  const std::function<absl::Time(Table, absl::string_view, absl::string_view)>
+      expiry_of_;
   const std::function<absl::Time()> now_;
 };
 

@@ -52,8 +52,9 @@ class RocksDbStorage : public Store {
     size_t block_cache_bytes = 64 << 20;
     // When a value of a token-data table expires (InfiniteFuture = never).
     // Unset: nothing expires. Called from compaction threads.
-    std::function<absl::Time(Table, absl::string_view value)> expiry_of =
-        nullptr;
+    std::function<absl::Time(Table, absl::string_view key,
+                             absl::string_view value)>
+        expiry_of = nullptr;
     // Clock the compaction filter compares expiry times with.
     std::function<absl::Time()> now = [] { return absl::Now(); };
     // Every token-data file is recompacted (and so filtered) at least this

@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/util/big_endian.h"
 #include "server/vault/card_record.h"
+#include "server/vault/cvv_holders.h"
 
 namespace cardvault::vault {
 namespace {
@@ -86,7 +87,8 @@ absl::StatusOr<IdempotencyEntry> DecodeIdempotencyEntry(
   return entry;
 }
 
-absl::Time StoredExpiry(storage::Table table, absl::string_view value) {
+absl::Time StoredExpiry(storage::Table table, absl::string_view key,
+                        absl::string_view value) {
   switch (table) {
     case storage::Table::kTokens: {
       absl::StatusOr<RecordHeader> header = ParseRecordHeader(value);
@@ -100,9 +102,13 @@ absl::Time StoredExpiry(storage::Table table, absl::string_view value) {
       absl::StatusOr<IdempotencyEntry> entry = DecodeIdempotencyEntry(value);
       return entry.ok() ? entry->expires : absl::InfiniteFuture();
     }
-    case storage::Table::kShared:
-      // Coordination rows are removed by their owners (lease, purge jobs).
-      return absl::InfiniteFuture();
+    case storage::Table::kShared: {
+      // Which node holds a CVV matters only while the CVV may be held;
+      // other coordination rows are removed by their owners.
+      if (!IsCvvHolderKey(key)) return absl::InfiniteFuture();
+      absl::StatusOr<CvvHolder> holder = DecodeCvvHolder(value);
+      return holder.ok() ? holder->expires : absl::InfiniteFuture();
+    }
   }
   return absl::InfiniteFuture();
 }

@@ -77,10 +77,12 @@ std::string EncodeIdempotencyEntry(const IdempotencyEntry& entry);
 absl::StatusOr<IdempotencyEntry> DecodeIdempotencyEntry(
     absl::string_view value);
 
-// When a stored value of `table` expires, for the compaction filter;
-// InfiniteFuture for values that never expire and for malformed ones (kept
-// for an operator to inspect rather than silently dropped).
-absl::Time StoredExpiry(storage::Table table, absl::string_view value);
+// When the value stored under `key` in `table` expires, for the compaction
+// filter and the TTL sweep; InfiniteFuture for values that never expire and
+// for malformed ones (kept for an operator to inspect rather than silently
+// dropped).
+absl::Time StoredExpiry(storage::Table table, absl::string_view key,
+                        absl::string_view value);
 
 }  // namespace cardvault::vault
 

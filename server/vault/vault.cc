@@ -109,6 +109,13 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
       options.max_batch_items == 0) {
     return absl::InvalidArgumentError("bad vault options");
   }
+  if (deps.cvv_peers != nullptr &&
+      !EncodeCvvHolder(
+           {.expires = absl::UnixEpoch(), .address = options.node_address})
+           .ok()) {
+    return absl::InvalidArgumentError(
+        "a vault that takes CVVs from other nodes needs its own node address");
+  }
   // Unbounded: what waits there is calls already admitted.
   absl::StatusOr<std::unique_ptr<util::BlockingExecutor>> replanner =
       util::BlockingExecutor::Create(
@@ -312,6 +319,18 @@ void Vault::CheckTokenizeRequest(const auth::AccessPolicy& policy,
   }
 }
 
+void Vault::NameCvvHolder(const TokenizeWork& w, absl::string_view token,
+                          commit::Mutation* mutation) const {
+  if (deps_.cvv_peers == nullptr || w.request->cvv.empty()) return;
+  // The address was checked at Create, so the row always encodes.
+  absl::StatusOr<std::string> row =
+      EncodeCvvHolder({.expires = w.now + deps_.cvv_cache->ttl(),
+                       .address = options_.node_address});
+  if (!row.ok()) return;
+  mutation->writes.push_back(
+      {storage::Table::kShared, CvvHolderKey(token), *std::move(row)});
+}
+
 commit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
   commit::Entry entry;
   w.answer.reset();
@@ -403,6 +422,7 @@ commit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
             {storage::Table::kPanIndex, w.index_key, *v});
         Tokenized t{existing->token, w.domain, false, existing->expires};
         remember_idempotency(t);
+        NameCvvHolder(w, t.token, &entry.mutation);
         // The newest CVV for a card replaces one still held; said so.
         const bool replaces_cvv =
             !r.cvv.empty() &&
@@ -484,6 +504,7 @@ commit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
   }
   Tokenized t{token, w.domain, true, w.expires};
   remember_idempotency(t);
+  NameCvvHolder(w, token, &entry.mutation);
   answer(std::move(t), "");
   return entry;
 }
@@ -619,6 +640,8 @@ struct Vault::DetokenizeWork {
   audit::AuditEvent event;
   std::optional<absl::Status> refusal;
   std::optional<OpenedCard> opened;
+  // The node that holds this token's CVV, when another than this one.
+  std::string cvv_holder;
 };
 
 // One Detokenize or DetokenizeBatch call waiting for its audit records.
@@ -760,6 +783,8 @@ void Vault::DetokenizeAll(
     }
     if (opened.ok()) {
       w.opened = *std::move(opened);
+      w.cvv_holder =
+          RemoteCvvHolder(*policy, call->requests[i], call->now, &w.event);
     } else {
       w.refusal = opened.status();
     }
@@ -773,6 +798,7 @@ void Vault::DetokenizeAll(
        call = std::move(call)](std::vector<commit::Entry>& written) mutable {
         std::vector<absl::StatusOr<Detokenized>> results;
         results.reserve(call->work.size());
+        std::vector<size_t> remote;
         for (size_t i = 0; i < call->work.size(); ++i) {
           DetokenizeWork& w = call->work[i];
           if (!written[i].result.ok()) {
@@ -788,11 +814,115 @@ void Vault::DetokenizeAll(
                             call->policy->ReleasesCvvFor(r.purpose)
                                 ? deps_.cvv_cache->Take(r.token, call->now)
                                 : std::nullopt};
+            if (!out.cvv.has_value() && !w.cvv_holder.empty()) {
+              remote.push_back(i);
+            }
             results.push_back(std::move(out));
           }
         }
-        std::move(call->done)(std::move(results));
+        if (remote.empty()) {
+          std::move(call->done)(std::move(results));
+          return;
+        }
+        TakeRemoteCvvs(std::move(call), std::move(results), remote);
       });
+}
+
+std::string Vault::RemoteCvvHolder(const auth::AccessPolicy& policy,
+                                   const DetokenizeRequest& r, absl::Time now,
+                                   audit::AuditEvent* event) const {
+  if (deps_.cvv_peers == nullptr || !policy.ReleasesCvvFor(r.purpose) ||
+      deps_.cvv_cache->Holds(r.token, now)) {
+    return "";
+  }
+  absl::StatusOr<std::string> row =
+      deps_.records->Get(storage::Table::kShared, CvvHolderKey(r.token));
+  if (!row.ok()) return "";  // none given, or unreadable: no CVV, as before
+  absl::StatusOr<CvvHolder> holder = DecodeCvvHolder(*row);
+  if (!holder.ok() || holder->expires <= now ||
+      holder->address == options_.node_address) {
+    return "";
+  }
+  event->set_detail(
+      absl::StrCat(event->detail(), " cvv-asked-of ", holder->address));
+  return holder->address;
+}
+
+void Vault::TakeRemoteCvvs(std::unique_ptr<DetokenizeCall> call,
+                           std::vector<absl::StatusOr<Detokenized>> results,
+                           const std::vector<size_t>& remote) const {
+  // Each answer fills its own item; the last one finishes the call.
+  struct Join {
+    std::unique_ptr<DetokenizeCall> call;
+    std::vector<absl::StatusOr<Detokenized>> results;
+    std::atomic<size_t> left{0};
+  };
+  auto join = std::make_shared<Join>();
+  join->call = std::move(call);
+  join->results = std::move(results);
+  join->left = remote.size();
+  for (size_t i : remote) {
+    const DetokenizeWork& w = join->call->work[i];
+    deps_.cvv_peers->TakeHeldCvv(
+        w.cvv_holder, join->call->requests[i].token,
+        [this, join,
+         i](absl::StatusOr<std::optional<crypto::SecretBytes>> cvv) mutable {
+          if (cvv.ok() && cvv->has_value()) {
+            join->results[i]->cvv = **std::move(cvv);
+          } else if (!cvv.ok()) {
+            // The card still leaves: a CVV another node could not give is
+            // lost, as with that node's restart.
+            peer_log_.Log(util::Severity::kWarning,
+                          absl::StrCat("no CVV from node ",
+                                       join->call->work[i].cvv_holder, ": ",
+                                       cvv.status().ToString()),
+                          /*library=*/true);
+          }
+          if (join->left.fetch_sub(1) == 1) {
+            std::move(join->call->done)(std::move(join->results));
+          }
+        });
+  }
+}
+
+absl::StatusOr<std::optional<crypto::SecretBytes>> Vault::ReleaseHeldCvv(
+    const auth::Caller& caller, absl::string_view token) const {
+  const std::shared_ptr<const auth::AccessPolicy> policy =
+      deps_.policy->Current();
+  audit::AuditEvent event =
+      NewEvent(*policy, caller, v1::CVV_RELEASE, kTakeHeldCvvRpc);
+  if (absl::Status s = CheckTokenCall(
+          *policy, caller, auth::Permission::kTakeHeldCvv, token, &event);
+      !s.ok()) {
+    return Record(std::move(event), s);
+  }
+  const absl::Time now = options_.now();
+  const bool held = deps_.cvv_cache->Holds(token, now);
+  event.set_detail(held ? "cvv released" : "no cvv held");
+  SetOutcome(absl::OkStatus(), &event);
+  // The row naming this node goes with the CVV, so no node asks again; only
+  // while it still names this node (a later Tokenize may name another).
+  commit::Mutation mutation;
+  const std::string key = CvvHolderKey(token);
+  if (absl::StatusOr<std::string> row =
+          deps_.records->Get(storage::Table::kShared, key);
+      held && row.ok()) {
+    absl::StatusOr<CvvHolder> holder = DecodeCvvHolder(*row);
+    if (holder.ok() && holder->address == options_.node_address) {
+      mutation.conditions.push_back({storage::Table::kShared, key, *row});
+      mutation.writes.push_back({storage::Table::kShared, key, std::nullopt});
+    }
+  }
+  // Fail closed: nothing leaves unless its record is durable.
+  absl::Status written = deps_.audit->Append(event, mutation);
+  if (absl::IsAborted(written)) {
+    written = deps_.audit->Append(std::move(event), commit::Mutation());
+  }
+  if (!written.ok()) {
+    return absl::UnavailableError("storage or audit trail unavailable");
+  }
+  if (!held) return std::nullopt;
+  return deps_.cvv_cache->Take(token, now);
 }
 
 absl::Status Vault::CheckBatch(const auth::Caller& caller,
@@ -938,6 +1068,11 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
         mutation.writes.push_back(
             {storage::Table::kPanIndex, key, std::nullopt});
       }
+    }
+    if (deps_.cvv_peers != nullptr) {
+      // No other node asks the holder for this token's CVV any more.
+      mutation.writes.push_back(
+          {storage::Table::kShared, CvvHolderKey(token), std::nullopt});
     }
     audit::AuditEvent done = event;
     done.set_detail("deleted record and index entries");

@@ -38,12 +38,14 @@
 #include "server/vault/card.h"
 #include "server/vault/card_record.h"
 #include "server/vault/cvv_cache.h"
+#include "server/vault/cvv_holders.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/token.h"
 
 namespace cardvault::vault {
 
 inline constexpr char kTokenizeRpc[] = "/cardvault.v1.TokenVault/Tokenize";
+inline constexpr char kTakeHeldCvvRpc[] = "/cardvault.v1.NodePeer/TakeHeldCvv";
 inline constexpr char kDetokenizeRpc[] = "/cardvault.v1.TokenVault/Detokenize";
 inline constexpr char kTokenizeBatchRpc[] =
     "/cardvault.v1.TokenVault/TokenizeBatch";
@@ -151,6 +153,9 @@ class Vault {
     absl::Duration idempotency_window = absl::Hours(24);
     // Most items in one TokenizeBatch or DetokenizeBatch. Default 1,000.
     size_t max_batch_items = 1000;
+    // host:port at which other nodes reach this one, written next to each
+    // CVV it holds (cvv_holders.h). Required with Dependencies::cvv_peers.
+    std::string node_address;
   };
 
   // What the vault works with; all must outlive it.
@@ -168,6 +173,9 @@ class Vault {
     // velocity_reservations.h). nullptr: counted in this process alone,
     // for a store only one process opens (RocksDB).
     const coordination::UseReservations* day_reservations = nullptr;
+    // Where CVVs that other nodes hold are taken from (cvv_holders.h).
+    // nullptr: a CVV is returned only by the node it was given to.
+    const CvvPeers* cvv_peers = nullptr;
   };
 
   static absl::StatusOr<std::unique_ptr<Vault>> Create(Dependencies deps,
@@ -233,6 +241,13 @@ class Vault {
   // when there is nothing of the caller's to remove.
   absl::StatusOr<bool> DeleteToken(const auth::Caller& caller,
                                    absl::string_view token) const;
+
+  // For another node answering a Detokenize (role NODE): the CVV this node
+  // holds for `token`, removed as it leaves, once its audit record is
+  // durable; nullopt when none is held. PERMISSION_DENIED (role),
+  // INVALID_ARGUMENT (malformed token), UNAVAILABLE.
+  absl::StatusOr<std::optional<crypto::SecretBytes>> ReleaseHeldCvv(
+      const auth::Caller& caller, absl::string_view token) const;
 
   // Streams matching audit events to `visit` (stop by returning false). Needs
   // the auditor role; the read itself is recorded first.
@@ -394,6 +409,20 @@ class Vault {
                                                absl::Time now,
                                                audit::AuditEvent* event,
                                                std::string* day_counter) const;
+  // Writes into `mutation` that this node holds the CVV of `w`'s request
+  // for `token` (nothing without cvv_peers or a CVV).
+  void NameCvvHolder(const TokenizeWork& w, absl::string_view token,
+                     commit::Mutation* mutation) const;
+  // The other node holding the CVV of `r.token` that this Detokenize may
+  // receive ("" for none), noted in `event`.
+  std::string RemoteCvvHolder(const auth::AccessPolicy& policy,
+                              const DetokenizeRequest& r, absl::Time now,
+                              audit::AuditEvent* event) const;
+  // Finishes `call` once the items `remote` of `results` have asked their
+  // holders for their CVVs.
+  void TakeRemoteCvvs(std::unique_ptr<DetokenizeCall> call,
+                      std::vector<absl::StatusOr<Detokenized>> results,
+                      const std::vector<size_t>& remote) const;
   // Reads and opens the record of a well-formed `token` (the caller checks
   // its expiry): NOT_FOUND, UNAVAILABLE or DATA_LOSS otherwise.
   absl::StatusOr<OpenedCard> OpenRecord(absl::string_view token,
@@ -405,6 +434,8 @@ class Vault {
   mutable std::atomic<uint64_t> velocity_denials_{0};
   // Failed reservations of daily uses, logged at most once a second.
   mutable util::LogRate reservation_log_{1};
+  // CVVs other nodes could not give, logged at most once a second.
+  mutable util::LogRate peer_log_{1};
   // Plans again, off the audit writer's thread, the items whose write lost
   // a race (planning reads storage and may rotate a key). One thread: such
   // races are rare. Declared last: it finishes its work first on

@@ -140,6 +140,14 @@ test_multinode() {
   out=$("$cli" --pki_dir="$state/pki" --address="127.0.0.1:$pb" detokenize --purpose=authorization "$token") \
     || fail "detokenize through node-b"
   grep -qx "pan: 4111111111111111" <<<"$out" || fail "node-b detokenized [$out]"
+  # A CVV given to node-a comes back once, through node-b (cluster block).
+  local with_cvv
+  with_cvv=$(printf '5555555555554444\n7391\n' | "$cli" --pki_dir="$state/pki" --address="127.0.0.1:$pa" \
+    tokenize --exp_month=12 --exp_year=2030 --cvv_from_stdin) || fail "tokenize with a CVV through node-a"
+  out=$("$cli" --pki_dir="$state/pki" --address="127.0.0.1:$pb" detokenize --purpose=authorization "$with_cvv")
+  grep -qx "cvv: 7391" <<<"$out" || fail "node-b did not return node-a's CVV [$out]"
+  out=$("$cli" --pki_dir="$state/pki" --address="127.0.0.1:$pa" detokenize --purpose=authorization "$with_cvv")
+  grep -q cvv <<<"$out" && fail "the CVV came back twice [$out]"
   out=$("$cli" --pki_dir="$state/pki" --address="127.0.0.1:$pb" audit list)
   grep -q '"node":"node-a"' <<<"$out" || fail "no audit record of node-a through node-b"
   grep -q '"node":"node-b"' <<<"$out" || fail "no audit record of node-b"

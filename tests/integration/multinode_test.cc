@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "cardvault/v1/node_peer.grpc.pb.h"
 #include "client/vault_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -62,6 +63,7 @@ class MultinodeTest : public ::testing::Test {
         config, {{rocksdb, absl::StrCat("postgres { conninfo_file: \"",
                                         conninfo_file, "\" }")}});
     std::ofstream(env_->config_path(), std::ios::trunc) << config;
+    env_->JoinCluster();
     // A detokenizer with a daily limit, for the cluster-wide velocity test.
     env_->IssueClient("capped-processor",
                       testing::TestEnv::Identity("capped-processor"));
@@ -134,6 +136,138 @@ TEST_F(MultinodeTest, TokensOfOneNodeDetokenizeThroughTheOther) {
     ASSERT_THAT(report, IsOk());
     EXPECT_TRUE(report->intact()) << report->problem();
   }
+}
+
+v1::DetokenizeRequest ForAuthorization(const std::string& token) {
+  v1::DetokenizeRequest d;
+  d.set_token(token);
+  d.set_purpose("authorization");
+  return d;
+}
+
+// A NodePeer stub presenting pki/NAME.crt to `node`.
+std::unique_ptr<v1::NodePeer::Stub> PeerStub(const testing::TestEnv& env,
+                                             const std::string& address,
+                                             absl::string_view name) {
+  return v1::NodePeer::NewStub(*client::CreateMutualTlsChannel(
+      testing::ClientOptionsFor(env, address, name)));
+}
+
+grpc::Status TakeHeldCvv(v1::NodePeer::Stub& stub, const std::string& token,
+                         v1::TakeHeldCvvResponse* response) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::TakeHeldCvvRequest request;
+  request.set_token(token);
+  return stub.TakeHeldCvv(&context, request, response);
+}
+
+TEST_F(MultinodeTest, ACvvGivenToOneNodeIsReturnedOnceThroughTheOther) {
+  v1::TokenizeRequest r = Request("4111111111111111");
+  r.set_cvv("7391");
+  auto token = Client(0, "pos")->Tokenize(r);
+  ASSERT_THAT(token, IsOk());
+  auto first =
+      Client(1, "processor")->Detokenize(ForAuthorization(token->token()));
+  ASSERT_THAT(first, IsOk());
+  EXPECT_EQ(first->card().pan(), "4111111111111111");
+  EXPECT_EQ(first->cvv(), "7391");
+  for (int node = 0; node < 2; ++node) {
+    auto again =
+        Client(node, "processor")->Detokenize(ForAuthorization(token->token()));
+    ASSERT_THAT(again, IsOk());
+    EXPECT_THAT(again->cvv(), ::testing::IsEmpty()) << node;
+  }
+  // The holder recorded whom it released the CVV to; no record holds it.
+  std::vector<v1::AuditEvent> releases;
+  bool cvv_in_trail = false;
+  v1::ListEventsRequest all;
+  ASSERT_THAT(Client(1, "auditor")
+                  ->ListAuditEvents(all,
+                                    [&](const v1::AuditEvent& e) {
+                                      if (e.event_type() == v1::CVV_RELEASE) {
+                                        releases.push_back(e);
+                                      }
+                                      cvv_in_trail |= absl::StrContains(
+                                          e.DebugString(), "7391");
+                                    }),
+              IsOk());
+  EXPECT_FALSE(cvv_in_trail);
+  ASSERT_EQ(releases.size(), 1u);
+  EXPECT_EQ(releases[0].token(), token->token());
+  EXPECT_EQ(releases[0].detail(), "cvv released");
+  EXPECT_EQ(releases[0].identity(), testing::TestEnv::Identity("node"));
+  EXPECT_TRUE(
+      absl::EndsWith(releases[0].node(), absl::StrCat(":", nodes_[0]->port())))
+      << releases[0].node();
+  // The database never sees it either: token_lifecycle_end_to_end_test's
+  // CVV scan runs on two nodes (_postgres), its processor on the other one.
+}
+
+TEST_F(MultinodeTest, OnlyANodeIdentityMayTakeAHeldCvv) {
+  v1::TokenizeRequest r = Request("4111111111111111");
+  r.set_cvv("123");
+  auto token = Client(0, "pos")->Tokenize(r);
+  ASSERT_THAT(token, IsOk());
+  const std::string node0 = nodes_[0]->node_address(0);
+  for (const char* who : {"pos", "processor", "auditor", "admin"}) {
+    v1::TakeHeldCvvResponse response;
+    grpc::Status s =
+        TakeHeldCvv(*PeerStub(*env_, node0, who), token->token(), &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << who;
+    EXPECT_THAT(response.cvv(), ::testing::IsEmpty());
+  }
+  // A node's identity opens no card data through the client API.
+  auto as_node = Client(1, "node");
+  EXPECT_THAT(as_node->Tokenize(Request("5555555555554444")),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(as_node->Detokenize(ForAuthorization(token->token())),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  // Hostile tokens: refused, never echoed, never recorded as sent.
+  auto node_stub = PeerStub(*env_, node0, "node");
+  for (const std::string& bad :
+       {std::string("4111111111111111"), std::string(4000, '4'),
+        absl::StrCat(token->token(), "\n4111111111111111")}) {
+    v1::TakeHeldCvvResponse response;
+    grpc::Status s = TakeHeldCvv(*node_stub, bad, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(),
+                ::testing::Not(::testing::HasSubstr("4111")));
+  }
+  bool pan_in_trail = false;
+  ASSERT_THAT(Client(1, "auditor")
+                  ->ListAuditEvents(v1::ListEventsRequest(),
+                                    [&](const v1::AuditEvent& e) {
+                                      pan_in_trail |= absl::StrContains(
+                                          e.DebugString(), "4111111111111111");
+                                    }),
+              IsOk());
+  EXPECT_FALSE(pan_in_trail);
+  // The CVV survived all of that, for the processor.
+  auto card =
+      Client(1, "processor")->Detokenize(ForAuthorization(token->token()));
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->cvv(), "123");
+  // And a node asking again gets nothing.
+  v1::TakeHeldCvvResponse response;
+  ASSERT_TRUE(TakeHeldCvv(*node_stub, token->token(), &response).ok());
+  EXPECT_THAT(response.cvv(), ::testing::IsEmpty());
+}
+
+TEST_F(MultinodeTest, TheCvvsOfAKilledNodeAreGoneAndItsCardsStillDetokenize) {
+  v1::TokenizeRequest r = Request("4111111111111111");
+  r.set_cvv("123");
+  auto token = Client(0, "pos")->Tokenize(r);
+  ASSERT_THAT(token, IsOk());
+  nodes_[0]->Kill9();
+  const absl::Time start = absl::Now();
+  auto card =
+      Client(1, "processor")->Detokenize(ForAuthorization(token->token()));
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->card().pan(), "4111111111111111");
+  EXPECT_THAT(card->cvv(), ::testing::IsEmpty());
+  std::cout << "Detokenize with the CVV holder dead took "
+            << absl::ToDoubleMilliseconds(absl::Now() - start) << " ms\n";
 }
 
 TEST_F(MultinodeTest,

@@ -312,11 +312,12 @@ TEST_F(TokenLifecycleEndToEndTest, CvvNeverReachesAFileAndIsReturnedOnce) {
     control.push_back(std::to_string(values[kCards + i]));
   }
   const std::vector<std::string> pans = testing::MakePans(kCards, 11);
-  // A CVV is held by the node that took it, in its memory alone (by
-  // design): the processor asks the node the pos told.
-  const std::string node = server_->address();
-  auto pos = testing::ClientFor(*env_, node, "pos");
-  auto processor = testing::ClientFor(*env_, node, "processor");
+  // A CVV is held by the node that took it, in its memory alone. With two
+  // nodes the processor asks the other one, which takes each CVV from its
+  // holder (NodePeer.TakeHeldCvv).
+  auto pos = testing::ClientFor(*env_, server_->node_address(0), "pos");
+  auto processor = testing::ClientFor(
+      *env_, server_->node_address(server_->node_count() - 1), "processor");
   std::vector<std::string> tokens;
   for (int i = 0; i < kCards; ++i) {
     v1::TokenizeRequest r = Request(pans[i]);

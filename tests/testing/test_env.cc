@@ -158,8 +158,18 @@ void TestEnv::UsePostgres(const TestEnvOptions& options) {
       config, {{rocksdb, absl::StrCat("postgres { conninfo_file: \"",
                                       conninfo_file, "\" }")}});
   std::ofstream(config_path(), std::ios::trunc) << config;
+  JoinCluster();
   RunOrDie(absl::StrCat(CARDVAULTD_PATH, " --config ", config_path(),
                         " --migrate >>", dir_, "/migrate.log 2>&1"));
+}
+
+void TestEnv::JoinCluster() const {
+  IssueClient("node", Identity("node"));
+  std::ofstream(config_path(), std::ios::app)
+      << "cluster {\n  client_cert_file: \"" << pki("node.crt")
+      << "\"\n  client_key_file: \"" << pki("node.key") << "\"\n}\n";
+  AddToPolicy(absl::StrCat("bindings { identity: \"", Identity("node"),
+                           "\" roles: NODE }"));
 }
 
 std::vector<std::string> TestEnv::metrics_files() const {

@@ -89,6 +89,9 @@ class TestEnv {
   // Appends `line` (e.g. a `bindings { ... }` block) to the policy file; a
   // running server picks it up at its next reload check.
   void AddToPolicy(absl::string_view line) const;
+  // Lets the nodes of a PostgreSQL config call each other (cluster block):
+  // pki/node.crt, bound to the NODE role as Identity("node").
+  void JoinCluster() const;
   // Revokes pki/NAME.crt and writes the CA's CRL into crl/; returns crl/.
   std::string Revoke(absl::string_view name) const;
   // A complete PKI under another CA in `subdir`; returns its directory.

@@ -56,6 +56,18 @@ TEST(ConfigLoaderTest, ParsesGoodConfigAndFillsDefaults) {
   EXPECT_EQ(config->backup().interval_seconds(), 0u);
 }
 
+TEST(ConfigLoaderTest, ClusterDefaultsToTheClientCaAndOneSecond) {
+  auto config = ParseConfig(
+      With("rocksdb { data_dir: \"/data\" }",
+           "postgres { conninfo_file: \"/c\" } } cluster { "
+           "client_cert_file: \"/node.crt\" client_key_file: \"/node.key\""),
+      "c");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->cluster().server_ca_file(), "/pki/ca.crt");
+  EXPECT_EQ(config->cluster().peer_deadline_ms(), 1000u);
+  EXPECT_TRUE(config->cluster().advertise_address().empty());
+}
+
 TEST(ConfigLoaderTest, UnknownKeyNamesFileLineAndKey) {
   auto config = ParseConfig(With("storage {", "stroage {"), "c.textproto");
   EXPECT_THAT(config, StatusIs(absl::StatusCode::kInvalidArgument,
@@ -101,6 +113,28 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
       {With("rocksdb { data_dir: \"/data\" }",
             "postgres { conninfo_file: \"/c\" resolve_timeout_ms: 60001 }"),
        "storage.postgres.resolve_timeout_ms must be at most 60000"},
+      {absl::StrCat(kGood,
+                    "cluster { client_cert_file: \"/c\" "
+                    "client_key_file: \"/k\" }"),
+       "cluster is for storage.postgres"},
+      {With("rocksdb { data_dir: \"/data\" }",
+            "postgres { conninfo_file: \"/c\" } } cluster { "
+            "client_key_file: \"/k\""),
+       "cluster.client_cert_file is required"},
+      {With("rocksdb { data_dir: \"/data\" }",
+            "postgres { conninfo_file: \"/c\" } } cluster { "
+            "client_cert_file: \"/c\""),
+       "cluster.client_key_file is required"},
+      {With("rocksdb { data_dir: \"/data\" }",
+            "postgres { conninfo_file: \"/c\" } } cluster { "
+            "client_cert_file: \"/c\" client_key_file: \"/k\" "
+            "advertise_address: \"node-a\""),
+       "cluster.advertise_address"},
+      {With("rocksdb { data_dir: \"/data\" }",
+            "postgres { conninfo_file: \"/c\" } } cluster { "
+            "client_cert_file: \"/c\" client_key_file: \"/k\" "
+            "peer_deadline_ms: 10001"),
+       "cluster.peer_deadline_ms"},
   };
   for (const auto& [text, field] : cases) {
     EXPECT_THAT(ParseConfig(text, "c"),

@@ -103,12 +103,12 @@ TEST_F(PostgresStoreTest, CommitsFailWhileTheDatabaseIsDownAndResumeAfter) {
 TEST_F(PostgresStoreTest, ExpiredTokenDataIsSweptInChunks) {
   ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
   // Values "exp" expire at t = 1000 s; anything else never.
-  auto store =
-      PostgresStore::Open({.conninfo = server_->conninfo(),
-                           .expiry_of = [](Table, absl::string_view v) {
-                             return v == "exp" ? absl::FromUnixSeconds(1000)
-                                               : absl::InfiniteFuture();
-                           }});
+  auto store = PostgresStore::Open(
+      {.conninfo = server_->conninfo(),
+       .expiry_of = [](Table, absl::string_view, absl::string_view v) {
+         return v == "exp" ? absl::FromUnixSeconds(1000)
+                           : absl::InfiniteFuture();
+       }});
   ASSERT_THAT(store, IsOk());
   Transaction t;
   for (int i = 0; i < 5; ++i) {
@@ -130,12 +130,12 @@ TEST_F(PostgresStoreTest, ExpiredTokenDataIsSweptInChunks) {
 
 TEST_F(PostgresStoreTest, TheSweepJobDeletesEveryExpiredRowInChunks) {
   ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
-  auto store =
-      PostgresStore::Open({.conninfo = server_->conninfo(),
-                           .expiry_of = [](Table, absl::string_view v) {
-                             return v == "exp" ? absl::FromUnixSeconds(1000)
-                                               : absl::InfiniteFuture();
-                           }});
+  auto store = PostgresStore::Open(
+      {.conninfo = server_->conninfo(),
+       .expiry_of = [](Table, absl::string_view, absl::string_view v) {
+         return v == "exp" ? absl::FromUnixSeconds(1000)
+                           : absl::InfiniteFuture();
+       }});
   ASSERT_THAT(store, IsOk());
   Transaction t;
   for (int i = 0; i < 5; ++i) {

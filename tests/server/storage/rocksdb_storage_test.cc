@@ -57,7 +57,7 @@ TEST_F(RocksDbStorageTest, CompactionDropsExpiredAndDeletedValues) {
   // Values "exp:<ms>" expire at <ms>; anything else never.
   absl::Time now = absl::FromUnixSeconds(1000);
   RocksDbStorage::Options options{.data_dir = dir_.string()};
-  options.expiry_of = [](Table, absl::string_view value) {
+  options.expiry_of = [](Table, absl::string_view, absl::string_view value) {
     if (!absl::ConsumePrefix(&value, "exp:")) return absl::InfiniteFuture();
     int64_t ms = 0;
     return absl::SimpleAtoi(value, &ms) ? absl::FromUnixMillis(ms)
@@ -107,8 +107,8 @@ TEST_F(RocksDbStorageTest, TokensAndKeysLiveInSeparateColumnFamilies) {
                                               dir_.string(), &families)
                   .ok());
   EXPECT_THAT(families, UnorderedElementsAre("default", "tokens", "pan_index",
-                                             "idempotency", "shared", "keys", "key_usage",
-                                             "audit"));
+                                             "idempotency", "shared", "keys",
+                                             "key_usage", "audit"));
 }
 
 TEST_F(RocksDbStorageTest, SecondOpenOfSameDirectoryIsUnavailable) {
