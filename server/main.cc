@@ -460,6 +460,9 @@ int Run(const sigset_t& stop_signals) {
   vault::MacKey fingerprint_key =
       OrDie(vault::LoadMacKey(kek.get(), vault::kFingerprintKeyPrefix),
             "fingerprint key");
+  vault::MacKey operation_key =
+      OrDie(vault::LoadMacKey(kek.get(), vault::kOperationMacKeyPrefix),
+            "operation key");
   auto cvv_cache =
       OrDie(vault::CvvCache::Create(
                 {.ttl = absl::Seconds(cfg.tokens().cvv_ttl_seconds()),
@@ -546,7 +549,9 @@ int Run(const sigset_t& stop_signals) {
        {std::tuple{vault::kAuditKeyPrefix, "audit chain", audit_key_version},
         std::tuple{vault::kPanIndexKeyPrefix, "PAN index", index_key.version},
         std::tuple{vault::kFingerprintKeyPrefix, "fingerprint",
-                   fingerprint_key.version}}) {
+                   fingerprint_key.version},
+        std::tuple{vault::kOperationMacKeyPrefix, "dual-control operations",
+                   operation_key.version}}) {
     other_keys.push_back({.id = vault::WrappedKeyId(prefix, version),
                           .version = version,
                           .purpose = purpose,
@@ -580,6 +585,8 @@ int Run(const sigset_t& stop_signals) {
                  .policy = &policy,
                  .audit = audit_log.get(),
                  .records = store,
+                 .operation_mac = {.mac = operation_key.mac.get(),
+                                   .version = operation_key.version},
                  .other_keys = std::move(other_keys),
                  .backups = backup_store.get()},
                 {.required_approvals = cfg.keys().required_approvals(),
@@ -768,6 +775,11 @@ int Run(const sigset_t& stop_signals) {
         std::pair{fingerprint_key.created,
                   absl::StrCat("created fingerprint key "
                                "fingerprint/00000001: 256 bits generated in "
+                               "the HSM, stored wrapped under KEK \"",
+                               kek_label, "\"")},
+        std::pair{operation_key.created,
+                  absl::StrCat("created operation key "
+                               "operation-mac/00000001: 256 bits generated in "
                                "the HSM, stored wrapped under KEK \"",
                                kek_label, "\"")}}) {
     if (created && !vault->RecordKeyEvent(detail).ok()) {

@@ -60,7 +60,7 @@ absl::StatusOr<std::unique_ptr<KeyAdmin>> KeyAdmin::Create(Dependencies deps,
   if (deps.keys == nullptr || deps.kek == nullptr ||
       deps.reencryptor == nullptr || deps.vault == nullptr ||
       deps.policy == nullptr || deps.audit == nullptr ||
-      deps.records == nullptr) {
+      deps.records == nullptr || deps.operation_mac.mac == nullptr) {
     return absl::InvalidArgumentError("key admin dependencies must be set");
   }
   if (options.required_approvals < 2 ||
@@ -244,7 +244,8 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
     mutation.conditions.push_back({storage::Table::kShared, "", std::nullopt});
     size_t forgotten = 0;
     for (const auto& [key, value] : *held) {
-      absl::StatusOr<Operation> old = DecodeOperationRecord(value);
+      absl::StatusOr<Operation> old =
+          DecodeOperationRecord(value, deps_.operation_mac);
       if (!old.ok()) continue;
       const OperationState state = EffectiveState(*old, now);
       const absl::Time ended =
@@ -295,7 +296,8 @@ absl::StatusOr<Operation> KeyAdmin::Propose(const auth::Caller& caller,
     op.proposed = now;
     op.expires = StoredTime(now + options_.proposal_ttl);
     op.changed = now;
-    absl::StatusOr<std::string> record = EncodeOperationRecord(op);
+    absl::StatusOr<std::string> record =
+        EncodeOperationRecord(op, deps_.operation_mac);
     if (!record.ok()) {
       return Record(caller, kProposeOperationRpc, refused_what,
                     absl::InternalError("operation record not encodable"));
@@ -354,7 +356,8 @@ absl::StatusOr<Operation> KeyAdmin::Approve(
       return Record(caller, kApproveOperationRpc, what,
                     absl::UnavailableError("storage unavailable"));
     }
-    absl::StatusOr<Operation> op = DecodeOperationRecord(*value);
+    absl::StatusOr<Operation> op =
+        DecodeOperationRecord(*value, deps_.operation_mac);
     if (!op.ok() || op->id != operation_id) {
       util::LogError(absl::StrCat("ALERT operation record ", operation_id,
                                   " does not decode"));
@@ -397,7 +400,8 @@ absl::StatusOr<Operation> KeyAdmin::Approve(
               absl::FormatTime(absl::RFC3339_sec, now, absl::UTCTimeZone())),
           kMaxOutcomeBytes);
     }
-    absl::StatusOr<std::string> updated = EncodeOperationRecord(*op);
+    absl::StatusOr<std::string> updated =
+        EncodeOperationRecord(*op, deps_.operation_mac);
     if (!updated.ok()) {
       return Record(caller, kApproveOperationRpc, what,
                     absl::InternalError("operation record not encodable"));
@@ -436,7 +440,8 @@ Operation KeyAdmin::ExecuteAndRecord(Operation op,
                          absl::StrJoin(op.approvers, ", "),
                          outcome.ok() ? absl::StrCat(": ", *outcome) : ""),
             outcome.status());
-  absl::StatusOr<std::string> done = EncodeOperationRecord(op);
+  absl::StatusOr<std::string> done =
+      EncodeOperationRecord(op, deps_.operation_mac);
   commit::Mutation mutation;
   if (done.ok()) {
     const std::string key = OperationKey(op.id);
@@ -560,7 +565,8 @@ absl::StatusOr<std::vector<Operation>> KeyAdmin::ListOperations(
   const absl::Time now = options_.now();
   std::vector<Operation> out;
   for (const auto& [key, value] : *held) {
-    absl::StatusOr<Operation> op = DecodeOperationRecord(value);
+    absl::StatusOr<Operation> op =
+        DecodeOperationRecord(value, deps_.operation_mac);
     if (!op.ok() || OperationKey(op->id) != key) {
       util::LogError(
           absl::StrCat("ALERT an operation record does not decode (key ",

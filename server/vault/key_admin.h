@@ -104,6 +104,8 @@ class KeyAdmin {
     const commit::WritePath* audit = nullptr;
     // Reads of the operations (Table::kShared of the store `audit` writes).
     const storage::RecordStore* records = nullptr;
+    // What operation records are authenticated under (operation_record.h).
+    OperationMac operation_mac;
     // Keys outside the data-key ring and the KEKs (HMAC keys), for the
     // inventory.
     std::vector<KeyInfo> other_keys;

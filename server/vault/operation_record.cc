@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "openssl/crypto.h"
 #include "server/util/big_endian.h"
 #include "server/util/safe_text.h"
 
@@ -99,11 +100,28 @@ bool IsStorableText(absl::string_view text) {
   return IsPrintable(text) && !util::HoldsCardNumber(text);
 }
 
+namespace {
+
+constexpr absl::string_view kMacLabel = "cardvault/operation-record";
+
+bool VerifyTag(const crypto::HmacSha256& mac, absl::string_view signed_part,
+               absl::string_view tag) {
+  const std::string expected = mac.ComputeSecret({kMacLabel, signed_part});
+  return tag.size() == expected.size() &&
+         CRYPTO_memcmp(tag.data(), expected.data(), tag.size()) == 0;
+}
+
+}  // namespace
+
 std::string OperationKey(absl::string_view id) {
   return absl::StrCat(kOperationKeyPrefix, id);
 }
 
-absl::StatusOr<std::string> EncodeOperationRecord(const Operation& op) {
+absl::StatusOr<std::string> EncodeOperationRecord(const Operation& op,
+                                                  const OperationMac& mac) {
+  if (mac.mac == nullptr) {
+    return absl::InvalidArgumentError("no operation MAC key");
+  }
   uint8_t state = 0;
   switch (op.state) {
     case OperationState::kPending:
@@ -125,7 +143,7 @@ absl::StatusOr<std::string> EncodeOperationRecord(const Operation& op) {
     return absl::InvalidArgumentError(
         "operation record breaks a rule of its format");
   }
-  std::string out(1, static_cast<char>(kOperationRecordV1));
+  std::string out(1, static_cast<char>(kOperationRecordV2));
   out.push_back(static_cast<char>(op.kind));
   out.push_back(static_cast<char>(state));
   util::AppendBigEndian32(op.key_version, &out);
@@ -138,16 +156,30 @@ absl::StatusOr<std::string> EncodeOperationRecord(const Operation& op) {
   out.push_back(static_cast<char>(op.approvers.size()));
   for (const std::string& a : op.approvers) AppendString(a, &out);
   AppendString(op.outcome, &out);
+  util::AppendBigEndian32(mac.version, &out);
+  out.append(mac.mac->ComputeSecret({kMacLabel, out}));
   return out;
 }
 
-absl::StatusOr<Operation> DecodeOperationRecord(absl::string_view value) {
+absl::StatusOr<Operation> DecodeOperationRecord(absl::string_view value,
+                                                const OperationMac& mac) {
   const absl::Status bad = absl::DataLossError("operation record is malformed");
-  if (value.size() < kFixedBytes ||
-      static_cast<uint8_t>(value[0]) != kOperationRecordV1 ||
+  constexpr size_t kTrailer = 4 + crypto::HmacSha256::kMacSize;
+  if (mac.mac == nullptr || value.size() < kFixedBytes + kTrailer ||
+      static_cast<uint8_t>(value[0]) != kOperationRecordV2 ||
       !IsKind(static_cast<uint8_t>(value[1]))) {
     return bad;
   }
+  // Nothing of a record is believed before its MAC is.
+  const absl::string_view signed_part =
+      value.substr(0, value.size() - crypto::HmacSha256::kMacSize);
+  if (util::ReadBigEndian32(value.substr(signed_part.size() - 4, 4)) !=
+          mac.version ||
+      !VerifyTag(*mac.mac, signed_part, value.substr(signed_part.size()))) {
+    return absl::DataLossError(
+        "operation record does not verify under the operation key");
+  }
+  value = signed_part.substr(0, signed_part.size() - 4);
   Operation op;
   op.kind = static_cast<OperationKind>(static_cast<uint8_t>(value[1]));
   switch (static_cast<uint8_t>(value[2])) {

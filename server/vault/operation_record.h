@@ -10,7 +10,8 @@
 // Value, byte by byte (integers big-endian; a "string" is a 2-byte length L
 // and L bytes):
 //   offset  size  field
-//   0       1     record format version, kOperationRecordV1 = 0x01
+//   0       1     record format version, kOperationRecordV2 = 0x02 (format
+//                 1, the same without the MAC below, is no longer read)
 //   1       1     kind: OperationKind, 1..4
 //   2       1     stored state: 1 pending, 2 executing, 3 executed,
 //                 4 failed (StoredState). kExpired is never stored: a
@@ -29,7 +30,17 @@
 //                 proposer first, pairwise distinct, 1 <= I <=
 //                 kMaxStoredIdentityBytes
 //   .       2+O   string: outcome, O <= kMaxOutcomeBytes
+//   .       4     version of the operation MAC key ("operation-mac/<8 hex>",
+//                 wrapped under the KEK like every key, wrapped_keys.h)
+//   .       32    HMAC-SHA256 under that key of "cardvault/operation-record"
+//                 || every byte before this field
 //   nothing after it.
+//
+// The MAC is what makes dual control hold against whoever can write the
+// database: without the key, which only the HSM unwraps, a proposal, an
+// approval or a state cannot be forged or altered, only deleted or replaced
+// by an earlier record of the same operation (docs/multinode.md says what
+// that replay can and cannot do).
 //
 // What a caller could smuggle card data through, and the rule for each
 // field (checked by EncodeOperationRecord, which refuses a record that
@@ -62,10 +73,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/crypto/hmac_sha256.h"
 
 namespace cardvault::vault {
 
-inline constexpr uint8_t kOperationRecordV1 = 0x01;
+inline constexpr uint8_t kOperationRecordV2 = 0x02;
 inline constexpr char kOperationKeyPrefix[] = "op/";
 inline constexpr size_t kOperationIdBytes = 19;
 inline constexpr size_t kMaxReasonBytes = 256;
@@ -125,14 +137,24 @@ bool IsStorableText(absl::string_view text);
 // The key of operation `id` in Table::kShared.
 std::string OperationKey(absl::string_view id);
 
-// The record of `op` (its state never kExpired); INVALID_ARGUMENT when a
-// field breaks its rule or bound (file comment).
-absl::StatusOr<std::string> EncodeOperationRecord(const Operation& op);
+// The key operation records are authenticated under, and its version.
+struct OperationMac {
+  const crypto::HmacSha256* mac = nullptr;
+  uint32_t version = 0;
+};
 
-// The operation of a record; DATA_LOSS for one that is malformed or breaks
-// a rule. `proposer` is set from the first approver; `state` is as stored
-// (apply expiry with EffectiveState).
-absl::StatusOr<Operation> DecodeOperationRecord(absl::string_view value);
+// The record of `op` (its state never kExpired), authenticated under
+// `mac`; INVALID_ARGUMENT when a field breaks its rule or bound (file
+// comment).
+absl::StatusOr<std::string> EncodeOperationRecord(const Operation& op,
+                                                  const OperationMac& mac);
+
+// The operation of a record; DATA_LOSS for one that is malformed, breaks a
+// rule, names another MAC key version or does not verify under `mac`.
+// `proposer` is set from the first approver; `state` is as stored (apply
+// expiry with EffectiveState).
+absl::StatusOr<Operation> DecodeOperationRecord(absl::string_view value,
+                                                const OperationMac& mac);
 
 // `op.state`, or kExpired for a pending operation whose time is up at `now`.
 OperationState EffectiveState(const Operation& op, absl::Time now);

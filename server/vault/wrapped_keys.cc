@@ -281,9 +281,15 @@ absl::StatusOr<std::map<uint32_t, crypto::SecretBytes>> LoadWrappedKeys(
   if (stored->empty() && create_first) {
     absl::StatusOr<StoredKey> first =
         CreateStoredKey(kek, prefix, 1, absl::Now(), absl::InfiniteFuture());
-    if (!first.ok()) return first.status();
-    if (created != nullptr) *created = true;
-    stored->emplace(1, *std::move(first));
+    if (absl::IsAlreadyExists(first.status())) {
+      // Another node sharing the store created it first: use that one.
+      stored = LoadStoredKeys(kek, prefix);
+      if (!stored.ok()) return stored.status();
+    } else {
+      if (!first.ok()) return first.status();
+      if (created != nullptr) *created = true;
+      stored->emplace(1, *std::move(first));
+    }
   }
   std::map<uint32_t, crypto::SecretBytes> plain;
   for (auto& [version, key] : *stored) {

@@ -51,6 +51,8 @@ inline constexpr absl::string_view kDataKeyPrefix = "dek/";
 inline constexpr absl::string_view kAuditKeyPrefix = "audit-mac/";
 inline constexpr absl::string_view kPanIndexKeyPrefix = "pan-index/";
 inline constexpr absl::string_view kFingerprintKeyPrefix = "fingerprint/";
+// Authenticates dual-control operation records (operation_record.h).
+inline constexpr absl::string_view kOperationMacKeyPrefix = "operation-mac/";
 
 // "<prefix><8 hex digits>".
 std::string WrappedKeyId(absl::string_view prefix, uint32_t version);

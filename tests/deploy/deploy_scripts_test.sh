@@ -34,7 +34,7 @@ test_setup() {
   first=$(snapshot)
   tokens_first=$(ls "$work/softhsm/tokens")
 
-  expected="admin.crt admin.key auditor.crt auditor.key ca.crt pos.crt pos.key processor.crt processor.key server.crt server.key watchdog.crt watchdog.key"
+  expected="admin.crt admin.key auditor.crt auditor.key ca.crt node.crt node.key pos.crt pos.key processor.crt processor.key server.crt server.key watchdog.crt watchdog.key"
   actual=$(ls "$work/pki" | sort | tr '\n' ' ' | sed 's/ $//')
   [[ "$actual" == "$expected" ]] || fail "pki has [$actual], want [$expected]"
   [[ ! -e "$work/pki/ca.key" ]] || fail "CA key must not be in the PKI directory"

@@ -269,9 +269,9 @@ TEST_F(AuditEndToEndTest, OnlyAuditorsReadTheTrail) {
   auto report = Client("auditor")->VerifyAuditChain();
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->intact()) << report->problem();
-  // start, 5 key creations, the background lease, 6 denied reads, this
+  // start, 6 key creations, the background lease, 6 denied reads, this
   // verify; and the second node's start on PostgreSQL
-  EXPECT_EQ(report->head().sequence(), 14u + (server_->node_count() - 1));
+  EXPECT_EQ(report->head().sequence(), 15u + (server_->node_count() - 1));
   EXPECT_EQ(report->head().mac().size(), 32u);
 }
 
@@ -314,12 +314,13 @@ TEST_F(AuditEndToEndTest, ChainSurvivesRestartAndKill9) {
     EXPECT_EQ(second_node_stops, 1);
   }
   // Keys are created (and recorded) on the first start only.
-  EXPECT_THAT(types, ::testing::ElementsAre(
-                         v1::SERVER_START, v1::KEY_EVENT, v1::KEY_EVENT,
-                         v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT, v1::LEASE,
-                         v1::TOKENIZE, v1::SERVER_STOP, v1::SERVER_START,
-                         v1::LEASE, v1::TOKENIZE, v1::SERVER_START, v1::LEASE,
-                         v1::VERIFY_CHAIN, v1::LIST_EVENTS));
+  EXPECT_THAT(
+      types,
+      ::testing::ElementsAre(
+          v1::SERVER_START, v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT,
+          v1::KEY_EVENT, v1::KEY_EVENT, v1::KEY_EVENT, v1::LEASE, v1::TOKENIZE,
+          v1::SERVER_STOP, v1::SERVER_START, v1::LEASE, v1::TOKENIZE,
+          v1::SERVER_START, v1::LEASE, v1::VERIFY_CHAIN, v1::LIST_EVENTS));
   std::vector<std::string> details;
   for (const auto& e : AllEvents()) {
     if (e.event_type() == v1::KEY_EVENT) details.push_back(e.detail());
@@ -327,7 +328,8 @@ TEST_F(AuditEndToEndTest, ChainSurvivesRestartAndKill9) {
   EXPECT_THAT(details, ::testing::ElementsAre(
                            HasSubstr("created KEK"), HasSubstr("data key dek/"),
                            HasSubstr("audit key"), HasSubstr("PAN index key"),
-                           HasSubstr("fingerprint key")));
+                           HasSubstr("fingerprint key"),
+                           HasSubstr("operation key operation-mac/")));
 }
 
 TEST_F(AuditEndToEndTest, CliListsJsonLinesAndVerifies) {

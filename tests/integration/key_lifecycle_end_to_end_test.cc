@@ -394,13 +394,14 @@ TEST_F(KeyLifecycleEndToEndTest, KeyAdminNeedsTwoAdminsForDestruction) {
   EXPECT_EQ(states["dek/00000001"], "decrypt-only");
   EXPECT_EQ(states["dek/00000002"], "active");
   EXPECT_EQ(states["audit-mac/00000001"], "active");
+  EXPECT_EQ(states["operation-mac/00000001"], "active");
   for (const auto& k : keys->keys()) {
     if (absl::StartsWith(k.id(), "dek/")) {
       EXPECT_EQ(k.algorithm(), testing::SealInHsm() ? "AES-256-GCM, in the HSM"
                                                     : "AES-256-GCM");
     }
   }
-  EXPECT_EQ(states.size(), 6u);
+  EXPECT_EQ(states.size(), 7u);
 
   // Bulk re-encryption: proposed by one admin, executed by the second.
   v1::ProposeOperationRequest reencrypt;

@@ -49,6 +49,24 @@ const auth::Caller kPanAdmin = [] {
   return c;
 }();
 
+// The operation MAC key every node of these tests shares (the HSM would
+// unwrap it for each).
+const OperationMac& TestMac() {
+  static const crypto::HmacSha256* const kKey =
+      crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'o')))
+          ->release();
+  static const OperationMac kMac{.mac = kKey, .version = 1};
+  return kMac;
+}
+
+// `record` with its MAC made again under `mac`: what a writer holding the
+// key, but not applying the format's rules, would store.
+std::string Resigned(const std::string& record, const OperationMac& mac) {
+  std::string body =
+      record.substr(0, record.size() - crypto::HmacSha256::kMacSize);
+  return body + mac.mac->ComputeSecret({"cardvault/operation-record", body});
+}
+
 class KeyAdminTest : public VaultTest {
  protected:
   void SetUp() override {
@@ -80,6 +98,7 @@ class KeyAdminTest : public VaultTest {
                           .policy = policy_.get(),
                           .audit = audit_.get(),
                           .records = store_.get(),
+                          .operation_mac = TestMac(),
                           .other_keys = {{.id = "fingerprint/00000001",
                                           .purpose = "fingerprint",
                                           .algorithm = "HMAC-SHA256"}}},
@@ -193,6 +212,7 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
                                    .policy = policy_.get(),
                                    .audit = audit_.get(),
                                    .records = store_.get(),
+                                   .operation_mac = TestMac(),
                                    .other_keys = {}},
                                   options);
   auto op = strict->Propose(kAdmin1, OperationKind::kDestroyDataKey, 1, "");
@@ -208,6 +228,7 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
                                 .policy = policy_.get(),
                                 .audit = audit_.get(),
                                 .records = store_.get(),
+                                .operation_mac = TestMac(),
                                 .other_keys = {}},
                                {.required_approvals = 1}),
               StatusIs(absl::StatusCode::kInvalidArgument));
@@ -219,6 +240,7 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
                         .policy = policy_.get(),
                         .audit = audit_.get(),
                         .records = store_.get(),
+                        .operation_mac = TestMac(),
                         .other_keys = {}},
                        {.required_approvals = kMaxRequiredApprovals + 1}),
       StatusIs(absl::StatusCode::kInvalidArgument));
@@ -228,6 +250,18 @@ TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
                                 .vault = vault_.get(),
                                 .policy = policy_.get(),
                                 .audit = audit_.get(),
+                                .operation_mac = TestMac(),
+                                .other_keys = {}},
+                               {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Nor without the key its records are authenticated under.
+  EXPECT_THAT(KeyAdmin::Create({.keys = ring_.get(),
+                                .kek = kek_.get(),
+                                .reencryptor = reencryptor_.get(),
+                                .vault = vault_.get(),
+                                .policy = policy_.get(),
+                                .audit = audit_.get(),
+                                .records = store_.get(),
                                 .other_keys = {}},
                                {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
@@ -477,7 +511,7 @@ TEST_F(KeyAdminTest, AnOperationLeftExecutingIsNeverRunAgain) {
   op.proposed = op.changed = Now();
   op.expires = Now() + absl::Hours(24);
   op.outcome = "executing on node b";
-  PutShared(OperationKey(op.id), *EncodeOperationRecord(op));
+  PutShared(OperationKey(op.id), *EncodeOperationRecord(op, TestMac()));
   EXPECT_THAT(admin_->Approve(kAdmin3, op.id),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("no longer pending")));
@@ -547,7 +581,7 @@ TEST_F(KeyAdminTest, AtMostMaxOperationsAreHeld) {
     op.proposed = op.changed = Now();
     op.expires = Now() + absl::Hours(24);
     t.writes.push_back({storage::Table::kShared, OperationKey(op.id),
-                        *EncodeOperationRecord(op)});
+                        *EncodeOperationRecord(op, TestMac())});
   }
   // Something else of the shared table after them.
   t.writes.push_back({storage::Table::kShared, "uses/x", "y"});
@@ -581,6 +615,45 @@ TEST_F(KeyAdminTest, AMalformedRecordIsRefusedAndNotListed) {
   EXPECT_THAT(admin_->Approve(kAdmin2, "op_1a2b3c4d5e6f7a8c"),
               StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(*admin_->ListOperations(kAuditor), SizeIs(1));
+}
+
+TEST_F(KeyAdminTest, ADatabaseWriterCannotForgeAnApproval) {
+  RetireFirstKey();
+  // Whoever can write the database, without the operation key, stores a
+  // destruction that one more approval would execute...
+  const std::unique_ptr<crypto::HmacSha256> guessed =
+      *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'g')));
+  Operation op;
+  op.id = "op_0a0b0c0d0e0f0a0c";
+  op.kind = OperationKind::kDestroyDataKey;
+  op.key_version = 1;
+  op.approvers = {kAdmin1.identity};
+  op.required_approvals = 2;
+  op.proposed = op.changed = Now();
+  op.expires = Now() + absl::Hours(24);
+  PutShared(OperationKey(op.id),
+            *EncodeOperationRecord(op, {.mac = guessed.get(), .version = 1}));
+  // ... or alters a genuine proposal to name a second approver.
+  auto genuine = admin_->Propose(kAdmin1, OperationKind::kDestroyDataKey, 1,
+                                 "retire dek 1");
+  ASSERT_THAT(genuine, IsOk());
+  std::string record =
+      *store_->Get(storage::Table::kShared, OperationKey(genuine->id));
+  absl::StatusOr<Operation> read = DecodeOperationRecord(record, TestMac());
+  ASSERT_THAT(read, IsOk());
+  read->approvers.push_back(kAdmin2.identity);
+  read->state = OperationState::kExecuting;
+  PutShared(
+      OperationKey(genuine->id),
+      *EncodeOperationRecord(*read, {.mac = guessed.get(), .version = 1}));
+  for (const std::string& id : {op.id, genuine->id}) {
+    EXPECT_THAT(admin_->Approve(kAdmin3, id),
+                StatusIs(absl::StatusCode::kDataLoss));
+  }
+  EXPECT_FALSE(FirstKeyDestroyed());
+  auto listed = admin_->ListOperations(kAuditor);
+  ASSERT_THAT(listed, IsOk());
+  EXPECT_THAT(*listed, IsEmpty());
 }
 
 TEST_F(KeyAdminTest, AStoreThatCannotWriteRefusesAndKeepsNothing) {
@@ -648,7 +721,7 @@ TEST_F(KeyAdminTest, NoCardNumberReachesTheStoredOperations) {
   for (const auto& [key, value] : Shared()) {
     EXPECT_THAT(key, Not(HasSubstr(pan.substr(0, 12))));
     EXPECT_THAT(value, Not(HasSubstr(pan.substr(0, 12))));
-    EXPECT_THAT(DecodeOperationRecord(value), IsOk());
+    EXPECT_THAT(DecodeOperationRecord(value, TestMac()), IsOk());
   }
   for (const auto& e : Events()) {
     EXPECT_THAT(e.SerializeAsString(), Not(HasSubstr(pan))) << e.detail();
@@ -695,10 +768,10 @@ TEST(OperationRecordTest, RoundTripsEveryStoredState) {
     Operation op = SampleOperation();
     op.state = state;
     op.outcome = "done: re-encrypted 12 records";
-    absl::StatusOr<std::string> record = EncodeOperationRecord(op);
+    absl::StatusOr<std::string> record = EncodeOperationRecord(op, TestMac());
     ASSERT_THAT(record, IsOk());
-    EXPECT_EQ((*record)[0], '\x01');
-    absl::StatusOr<Operation> back = DecodeOperationRecord(*record);
+    EXPECT_EQ((*record)[0], '\x02');
+    absl::StatusOr<Operation> back = DecodeOperationRecord(*record, TestMac());
     ASSERT_THAT(back, IsOk());
     EXPECT_EQ(back->id, op.id);
     EXPECT_EQ(back->kind, op.kind);
@@ -719,14 +792,20 @@ TEST(OperationRecordTest, LayoutIsAsDocumented) {
   Operation op = SampleOperation();
   op.approvers = {"a"};
   op.reason = "r";
-  const std::string record = *EncodeOperationRecord(op);
+  const std::string record = *EncodeOperationRecord(op, TestMac());
   const std::string expected_head =
-      std::string("\x01\x04\x01\x00\x00\x00\x07\x03", 8);
+      std::string("\x02\x04\x01\x00\x00\x00\x07\x03", 8);
   EXPECT_EQ(record.substr(0, 8), expected_head);
   EXPECT_EQ(record.substr(32, 2 + 19), std::string("\x00\x13", 2) + op.id);
-  EXPECT_EQ(record.substr(53), std::string("\x00\x01r\x01\x00\x01"
-                                           "a\x00\x00",
-                                           9));
+  EXPECT_EQ(record.substr(53, 9), std::string("\x00\x01r\x01\x00\x01"
+                                              "a\x00\x00",
+                                              9));
+  // The MAC key's version, then HMAC-SHA256 of the label and all before it.
+  ASSERT_EQ(record.size(), 62u + 4 + 32);
+  EXPECT_EQ(record.substr(62, 4), std::string("\x00\x00\x00\x01", 4));
+  EXPECT_EQ(record.substr(66),
+            TestMac().mac->Compute(absl::StrCat("cardvault/operation-record",
+                                                record.substr(0, 66))));
 }
 
 TEST(OperationRecordTest, RefusesRecordsThatBreakARule) {
@@ -765,26 +844,26 @@ TEST(OperationRecordTest, RefusesRecordsThatBreakARule) {
   with([](Operation& op) { op.state = OperationState::kExpired; });
   with([](Operation& op) { op.kind = static_cast<OperationKind>(5); });
   for (const Operation& op : bad) {
-    EXPECT_THAT(EncodeOperationRecord(op),
+    EXPECT_THAT(EncodeOperationRecord(op, TestMac()),
                 StatusIs(absl::StatusCode::kInvalidArgument))
         << op.reason << " " << op.id;
   }
 }
 
 TEST(OperationRecordTest, DecodingRefusesMalformedOrSmuggledRecords) {
-  const std::string good = *EncodeOperationRecord(SampleOperation());
+  const std::string good = *EncodeOperationRecord(SampleOperation(), TestMac());
   // Every truncation, a byte more, another version, an unknown state.
   for (size_t n = 0; n < good.size(); ++n) {
-    EXPECT_THAT(DecodeOperationRecord(good.substr(0, n)),
+    EXPECT_THAT(DecodeOperationRecord(good.substr(0, n), TestMac()),
                 StatusIs(absl::StatusCode::kDataLoss))
         << n;
   }
-  EXPECT_THAT(DecodeOperationRecord(good + "x"),
+  EXPECT_THAT(DecodeOperationRecord(good + "x", TestMac()),
               StatusIs(absl::StatusCode::kDataLoss));
   for (size_t pos : {0, 1, 2}) {
     std::string other = good;
     other[pos] = '\x09';
-    EXPECT_THAT(DecodeOperationRecord(other),
+    EXPECT_THAT(DecodeOperationRecord(other, TestMac()),
                 StatusIs(absl::StatusCode::kDataLoss));
   }
   // A record written by something that did not apply the rules: a PAN in
@@ -792,15 +871,48 @@ TEST(OperationRecordTest, DecodingRefusesMalformedOrSmuggledRecords) {
   Operation op = SampleOperation();
   op.reason = std::string(16, 'r');
   op.approvers[1] = std::string(16, 'a');
-  std::string record = *EncodeOperationRecord(op);
-  ASSERT_THAT(DecodeOperationRecord(record), IsOk());
+  std::string record = *EncodeOperationRecord(op, TestMac());
+  ASSERT_THAT(DecodeOperationRecord(record, TestMac()), IsOk());
   std::string in_reason = record;
   in_reason.replace(in_reason.find(op.reason), 16, kSmuggledPan);
-  EXPECT_THAT(DecodeOperationRecord(in_reason),
+  EXPECT_THAT(DecodeOperationRecord(Resigned(in_reason, TestMac()), TestMac()),
               StatusIs(absl::StatusCode::kDataLoss));
   std::string in_identity = record;
   in_identity.replace(in_identity.find(op.approvers[1]), 16, kSmuggledPan);
-  EXPECT_THAT(DecodeOperationRecord(in_identity),
+  EXPECT_THAT(
+      DecodeOperationRecord(Resigned(in_identity, TestMac()), TestMac()),
+      StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(OperationRecordTest, OnlyTheOperationKeyMakesARecordThatReads) {
+  const std::string good = *EncodeOperationRecord(SampleOperation(), TestMac());
+  ASSERT_THAT(DecodeOperationRecord(good, TestMac()), IsOk());
+  // Another key, or the same key under another version, does not verify.
+  const std::unique_ptr<crypto::HmacSha256> other =
+      *crypto::HmacSha256::Create(crypto::SecretBytes(std::string(32, 'x')));
+  const OperationMac other_key{.mac = other.get(), .version = 1};
+  const OperationMac other_version{.mac = TestMac().mac, .version = 2};
+  EXPECT_THAT(DecodeOperationRecord(good, other_key),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("verify")));
+  EXPECT_THAT(DecodeOperationRecord(good, other_version),
+              StatusIs(absl::StatusCode::kDataLoss));
+  // A database writer adding an approver, or moving the state on, without
+  // the key: every byte it changes breaks the MAC.
+  Operation op = SampleOperation();
+  std::string forged = *EncodeOperationRecord(op, other_key);
+  EXPECT_THAT(DecodeOperationRecord(forged, TestMac()),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("verify")));
+  for (size_t pos = 1; pos < good.size(); ++pos) {
+    std::string changed = good;
+    changed[pos] = static_cast<char>(changed[pos] ^ 0x01);
+    EXPECT_THAT(DecodeOperationRecord(changed, TestMac()),
+                StatusIs(absl::StatusCode::kDataLoss))
+        << pos;
+  }
+  // A format-1 record (no MAC) is not read.
+  std::string v1 = good.substr(0, good.size() - 36);
+  v1[0] = '\x01';
+  EXPECT_THAT(DecodeOperationRecord(v1, TestMac()),
               StatusIs(absl::StatusCode::kDataLoss));
 }
 
@@ -891,6 +1003,7 @@ class KeyAdminOnPostgresTest : public ::testing::Test {
                                  .policy = policy_.get(),
                                  .audit = n.audit.get(),
                                  .records = n.store.get(),
+                                 .operation_mac = TestMac(),
                                  .other_keys = {}},
                                 {.node = name});
     return n;
