@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "server/config/text_proto.h"
+#include "server/util/safe_text.h"
 
 namespace cardvault::config {
 namespace {
@@ -93,6 +94,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
             std::all_of(c.node_name().begin(), c.node_name().end(),
                         [](char ch) { return ch > 0x20 && ch < 0x7f; }),
         "node_name must be at most 64 printable ASCII characters");
+  check(util::SafeText(c.node_name(), 64, util::CardNumbers::kGroupedToo) ==
+            c.node_name(),
+        "node_name must not hold a digit run that could be a card number");
   check(c.storage().has_rocksdb() || c.storage().has_postgres(),
         "storage.rocksdb or storage.postgres is required");
   check(!c.storage().has_rocksdb() || !c.storage().rocksdb().data_dir().empty(),

@@ -6,6 +6,7 @@
 #include "absl/strings/string_view.h"
 #include "server/audit/audit_chain.h"
 #include "server/util/log.h"
+#include "server/util/safe_text.h"
 
 namespace cardvault::coordination {
 namespace {
@@ -62,8 +63,13 @@ absl::StatusOr<LeaseClaim> DecodeLeaseClaim(absl::string_view bytes) {
     return absl::DataLossError("lease claim of an unknown format");
   }
   const size_t holder_bytes = static_cast<uint8_t>(bytes[17]);
+  // The holder's name goes into LEASE records and log lines: no digit run
+  // that could be a card number, whoever wrote the row.
+  const absl::string_view holder = bytes.substr(kClaimHeaderBytes);
   if (bytes.size() != kClaimHeaderBytes + holder_bytes ||
-      !Printable(bytes.substr(kClaimHeaderBytes), kMaxLeaseHolderBytes)) {
+      !Printable(holder, kMaxLeaseHolderBytes) ||
+      util::SafeText(holder, kMaxLeaseHolderBytes,
+                     util::CardNumbers::kGroupedToo) != holder) {
     return absl::DataLossError("lease claim is malformed");
   }
   return LeaseClaim{.fence = ReadUint64(bytes.substr(1, 8)),
@@ -189,7 +195,23 @@ absl::StatusOr<bool> JobLease::Step() const {
         "ALERT another node holds the ", options_.name,
         " lease under this node's name: node names must be unique"));
   }
-  if (previous.has_value() && !mine && !restarted &&
+  bool unchanged_too_long = false;
+  if (previous.has_value() && !mine) {
+    absl::MutexLock lock(&mu_);
+    if (watched_claim_ != **seen_claim) {
+      watched_claim_ = **seen_claim;
+      watched_since_ = start;
+      if (previous->expires > start + options_.ttl + options_.max_clock_skew) {
+        util::LogError(absl::StrCat(
+            "ALERT the ", options_.name, " lease claim of ", previous->holder,
+            " expires further ahead than its ttl allows; it is taken once "
+            "unchanged for the ttl"));
+      }
+    }
+    unchanged_too_long =
+        start >= watched_since_ + options_.ttl + options_.max_clock_skew;
+  }
+  if (previous.has_value() && !mine && !restarted && !unchanged_too_long &&
       start < previous->expires + options_.max_clock_skew) {
     return lose(absl::OkStatus());
   }

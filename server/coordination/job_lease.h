@@ -19,15 +19,18 @@
 //                         of holder, never lowered
 //
 // A node takes the lease when there is no claim, the claim has expired by
-// its own clock, or the claim is its own name's from an earlier process (a
-// restarted node; node names must be unique), raising the fence in the same
-// write, and renews its own claim (same fence) every ttl/3. It treats itself as
-// the holder only until ttl - max_clock_skew after it last wrote the claim
-// (measured before the write), so two nodes never both believe they hold it
-// while their clocks differ by less than max_clock_skew. A holder's writes are
-// fenced: each carries the condition "fence/<name> still equals my fence"
-// (Fence()), so a holder that stalled past its lease (a paused process) cannot
-// write after another node took over, whatever the clocks say.
+// its own clock, the claim has not changed for ttl + max_clock_skew since
+// this node first read it (so a claim written with an expiry far ahead, by
+// hand or by a node with a wrong clock, stops nothing for longer), or the
+// claim is its own name's from an earlier process (a restarted node; node
+// names must be unique), raising the fence in the same write, and renews its
+// own claim (same fence) every ttl/3. It treats itself as the holder only until
+// ttl - max_clock_skew after it last wrote the claim (measured before the
+// write), so two nodes never both believe they hold it while their clocks
+// differ by less than max_clock_skew. A holder's writes are fenced: each
+// carries the condition "fence/<name> still equals my fence" (Fence()), so a
+// holder that stalled past its lease (a paused process) cannot write after
+// another node took over, whatever the clocks say.
 //
 // Every change of holder is an audit event (LEASE) in the same atomic write
 // as the claim; renewals are not events.
@@ -145,6 +148,11 @@ class JobLease {
   // This node holds the lease until then (by its own clock).
   mutable absl::Time held_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   mutable std::atomic<bool> stepped_{false};
+  // Another node's claim as last read, and when this node first read it: a
+  // claim left unchanged for ttl + max_clock_skew is dead, whatever expiry
+  // it states (a live holder rewrites it every ttl/3).
+  mutable std::string watched_claim_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Time watched_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Notification stop_;
   std::thread renewer_;
 };

@@ -92,6 +92,8 @@ TEST(ConfigLoaderTest, RejectsBadValues) {
       {absl::StrCat(kGood, "keys { required_approvals: 17 }"),
        "keys.required_approvals must be at most 16"},
       {absl::StrCat(kGood, "node_name: \"node a\""), "node_name"},
+      {absl::StrCat(kGood, "node_name: \"n4111111111111111\""),
+       "node_name must not hold"},
       {absl::StrCat(kGood, "node_name: \"", std::string(65, 'n'), "\""),
        "node_name"},
       {absl::StrCat(kGood, "backup { directory: \"/b\" interval_seconds: 30 }"),

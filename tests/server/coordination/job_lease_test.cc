@@ -241,6 +241,54 @@ TEST_F(JobLeaseTest, AMalformedClaimIsDataLossAndNotHeld) {
   EXPECT_FALSE(a->held());
 }
 
+TEST_F(JobLeaseTest, AClaimWithAnExpiryFarAheadStopsNothingPastTheTtl) {
+  // Written by hand (or by a node whose clock is a year ahead): fence 1,
+  // expiring in a year.
+  const LeaseClaim forever{.fence = 1,
+                           .expires = clock_.Now() + absl::Hours(24 * 365),
+                           .holder = "node-x"};
+  ASSERT_THAT(
+      storage::CommitUnaudited(
+          *db_,
+          {.conditions = {},
+           .writes = {{storage::Table::kShared, LeaseClaimKey("background"),
+                       EncodeLeaseClaim(forever)},
+                      {storage::Table::kShared, LeaseFenceKey("background"),
+                       std::string("\0\0\0\0\0\0\0\x01", 8)}},
+           .counter_adds = {}}),
+      IsOk());
+  auto a = Lease("node-a");
+  EXPECT_THAT(a->Step(), IsOkAndHolds(false));
+  clock_.Advance(absl::Seconds(16));
+  EXPECT_THAT(a->Step(), IsOkAndHolds(false));
+  // Unchanged for ttl + skew since node-a first read it: dead.
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_THAT(a->Step(), IsOkAndHolds(true));
+  EXPECT_EQ(a->fence(), 2u);
+}
+
+TEST_F(JobLeaseTest, AClaimThatKeepsChangingIsNotTakenBeforeItExpires) {
+  auto a = Lease("node-a");
+  auto b = Lease("node-b");
+  ASSERT_THAT(a->Step(), IsOkAndHolds(true));
+  // b watches a renew for far longer than a ttl: a live holder keeps it.
+  for (int i = 0; i < 12; ++i) {
+    clock_.Advance(absl::Seconds(5));
+    ASSERT_THAT(a->Step(), IsOkAndHolds(true));
+    EXPECT_THAT(b->Step(), IsOkAndHolds(false)) << i;
+  }
+}
+
+TEST_F(JobLeaseTest, AHolderNameThatCouldBeACardNumberIsRefused) {
+  for (const std::string& holder : {std::string("4111111111111111"),
+                                    std::string("n-4111 1111 1111 1111")}) {
+    const std::string bytes = EncodeLeaseClaim(
+        {.fence = 1, .expires = clock_.Now(), .holder = holder});
+    EXPECT_THAT(DecodeLeaseClaim(bytes), StatusIs(absl::StatusCode::kDataLoss))
+        << holder;
+  }
+}
+
 TEST_F(JobLeaseTest, ClaimsRoundTripAndBadBytesAreRefused) {
   const LeaseClaim claim{.fence = 7,
                          .expires = absl::FromUnixMillis(1764000000123),
