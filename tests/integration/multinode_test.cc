@@ -9,6 +9,7 @@
 #include <latch>
 #include <map>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/escaping.h"
@@ -268,6 +269,152 @@ TEST_F(MultinodeTest, TheCvvsOfAKilledNodeAreGoneAndItsCardsStillDetokenize) {
   EXPECT_THAT(card->cvv(), ::testing::IsEmpty());
   std::cout << "Detokenize with the CVV holder dead took "
             << absl::ToDoubleMilliseconds(absl::Now() - start) << " ms\n";
+}
+
+// ---- Hostile tests (review of "CVVs across nodes") ----
+
+// A batch whose CVVs the other node holds: each item is one NodePeer call,
+// all at once, under one NODE identity and one connection.
+TEST_F(MultinodeTest, HostileABatchOfCvvsHeldByTheOtherNodeReturnsThemAll) {
+  constexpr int kItems = 300;
+  v1::TokenizeBatchRequest tokenize;
+  for (int i = 0; i < kItems; ++i) {
+    v1::TokenizeRequest* r = tokenize.add_requests();
+    *r = Request("4111111111111111");
+    r->set_cvv(absl::StrCat(100 + i % 900));
+  }
+  auto tokens = Client(0, "pos")->TokenizeBatch(tokenize);
+  ASSERT_THAT(tokens, IsOk());
+  ASSERT_EQ(tokens->results_size(), kItems);
+  v1::DetokenizeBatchRequest batch;
+  for (const auto& result : tokens->results()) {
+    ASSERT_EQ(result.status().code(), 0);
+    *batch.add_requests() = ForAuthorization(result.response().token());
+  }
+  const absl::Time start = absl::Now();
+  auto first = Client(1, "processor")->DetokenizeBatch(batch);
+  ASSERT_THAT(first, IsOk());
+  int with_cvv = 0;
+  for (const auto& result : first->results()) {
+    with_cvv += !result.response().cvv().empty();
+  }
+  std::cout << "first batch: " << with_cvv << " of " << kItems
+            << " CVVs in " << absl::ToDoubleMilliseconds(absl::Now() - start)
+            << " ms\n";
+  auto second = Client(1, "processor")->DetokenizeBatch(batch);
+  ASSERT_THAT(second, IsOk());
+  int again = 0;
+  for (const auto& result : second->results()) {
+    again += !result.response().cvv().empty();
+  }
+  std::cout << "second batch: " << again << " more CVVs\n";
+  int released = 0, none_held = 0, refused = 0;
+  ASSERT_THAT(Client(0, "auditor")
+                  ->ListAuditEvents(v1::ListEventsRequest(),
+                                    [&](const v1::AuditEvent& e) {
+                                      if (e.event_type() != v1::CVV_RELEASE) {
+                                        return;
+                                      }
+                                      if (e.detail() == "cvv released") {
+                                        ++released;
+                                      } else if (e.detail() == "no cvv held") {
+                                        ++none_held;
+                                      } else {
+                                        ++refused;
+                                      }
+                                    }),
+              IsOk());
+  std::cout << "holder's CVV_RELEASE records: " << released << " released, "
+            << none_held << " none held, " << refused << " other\n";
+  std::istringstream log(testing::ReadFileOrEmpty(log_));
+  int shown = 0;
+  for (std::string line; std::getline(log, line) && shown < 8;) {
+    if (absl::StrContains(line, "no CVV from node") ||
+        absl::StrContains(line, "too many") ||
+        absl::StrContains(line, "RESOURCE")) {
+      std::cout << "log: " << line.substr(0, 400) << "\n";
+      ++shown;
+    }
+  }
+  EXPECT_EQ(with_cvv, kItems);
+  EXPECT_EQ(with_cvv + again, kItems);
+  EXPECT_EQ(released, with_cvv + again) << "CVVs released but never returned";
+}
+
+// Detokenize through both nodes at once, for a CVV one of them holds.
+TEST_F(MultinodeTest, HostileRacingDetokenizesOnBothNodesGetTheCvvOnce) {
+  constexpr int kRounds = 20;
+  auto c0 = Client(0, "processor");
+  auto c1 = Client(1, "processor");
+  for (int round = 0; round < kRounds; ++round) {
+    v1::TokenizeRequest r = Request("4111111111111111");
+    r.set_cvv("123");
+    auto token = Client(0, "pos")->Tokenize(r);
+    ASSERT_THAT(token, IsOk());
+    absl::StatusOr<v1::DetokenizeResponse> a, b;
+    std::thread x([&] { a = c0->Detokenize(ForAuthorization(token->token())); });
+    std::thread y([&] { b = c1->Detokenize(ForAuthorization(token->token())); });
+    x.join();
+    y.join();
+    ASSERT_THAT(a, IsOk());
+    ASSERT_THAT(b, IsOk());
+    EXPECT_EQ(!a->cvv().empty() + !b->cvv().empty(), 1) << round;
+  }
+}
+
+// Identities without the NODE role (the watchdog has no role at all),
+// unknown fields and bytes that are not UTF-8.
+TEST_F(MultinodeTest, HostileNodePeerRefusesOtherIdentitiesAndBadRequests) {
+  v1::TokenizeRequest r = Request("4111111111111111");
+  r.set_cvv("123");
+  auto token = Client(0, "pos")->Tokenize(r);
+  ASSERT_THAT(token, IsOk());
+  const std::string node0 = nodes_[0]->node_address(0);
+  {
+    v1::TakeHeldCvvResponse response;
+    grpc::Status s = TakeHeldCvv(*PeerStub(*env_, node0, "watchdog"),
+                                 token->token(), &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(response.cvv(), ::testing::IsEmpty());
+  }
+  auto node_stub = PeerStub(*env_, node0, "node");
+  {
+    grpc::ClientContext context;
+    v1::TakeHeldCvvRequest request;
+    request.set_token(token->token());
+    request.GetReflection()->MutableUnknownFields(&request)->AddLengthDelimited(
+        7, "4111111111111111");
+    v1::TakeHeldCvvResponse response;
+    grpc::Status s = node_stub->TakeHeldCvv(&context, request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), ::testing::Not(::testing::HasSubstr("4111")));
+    EXPECT_THAT(response.cvv(), ::testing::IsEmpty());
+  }
+  {
+    grpc::ClientContext context;
+    v1::TakeHeldCvvRequest request;
+    request.set_token(std::string("tok_\xff\xfe") + "4111111111111111");
+    v1::TakeHeldCvvResponse response;
+    grpc::Status s = node_stub->TakeHeldCvv(&context, request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), ::testing::Not(::testing::HasSubstr("4111")));
+  }
+  // Still held after all that.
+  auto card =
+      Client(1, "processor")->Detokenize(ForAuthorization(token->token()));
+  ASSERT_THAT(card, IsOk());
+  EXPECT_EQ(card->cvv(), "123");
+  const std::string log = testing::ReadFileOrEmpty(log_);
+  EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr("4111111111111111")));
+  bool pan_in_trail = false;
+  ASSERT_THAT(Client(1, "auditor")
+                  ->ListAuditEvents(v1::ListEventsRequest(),
+                                    [&](const v1::AuditEvent& e) {
+                                      pan_in_trail |= absl::StrContains(
+                                          e.DebugString(), "4111111111111111");
+                                    }),
+              IsOk());
+  EXPECT_FALSE(pan_in_trail);
 }
 
 TEST_F(MultinodeTest,

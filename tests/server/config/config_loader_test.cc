@@ -170,5 +170,25 @@ TEST(ConfigLoaderTest, ReadsPinFromEnvironmentOrFile) {
   EXPECT_EQ(pin->view(), "5678");
 }
 
+// Hostile (review of "CVVs across nodes"): an advertised address other
+// nodes cannot reach this node at, nor one that picks a gRPC resolver.
+TEST(ConfigLoaderTest, HostileClusterAdvertiseAddressMustBeReachable) {
+  for (const char* address :
+       {"0.0.0.0:9443", "[::]:9443", "*:9443", ":9443",
+        "unix:/run/cardvault.sock:1", "dns://10.0.0.53/node-a:9443"}) {
+    EXPECT_THAT(
+        ParseConfig(With("rocksdb { data_dir: \"/data\" }",
+                         absl::StrCat("postgres { conninfo_file: \"/c\" } } "
+                                      "cluster { client_cert_file: \"/c\" "
+                                      "client_key_file: \"/k\" "
+                                      "advertise_address: \"",
+                                      address, "\"")),
+                    "c"),
+        StatusIs(absl::StatusCode::kInvalidArgument,
+                 HasSubstr("cluster.advertise_address")))
+        << address;
+  }
+}
+
 }  // namespace
 }  // namespace cardvault::config

@@ -351,5 +351,100 @@ TEST_F(TwoNodeCvvTest, AVaultThatAsksOtherNodesNeedsItsOwnAddress) {
   }
 }
 
+
+// ---- Hostile tests (review of "CVVs across nodes") ----
+
+// One node, deterministic: the newest CVV for a card replaces the one held.
+// Two nodes: the first node's copy survives the move of the row, so both
+// CVVs leave (the same CVV twice when the client sent the same one).
+TEST_F(TwoNodeCvvTest, HostileDeterministicRetokenizeOnTheOtherNodeReplacesTheHeldCvv) {
+  for (const std::string& second_cvv : {std::string("456"), std::string("123")}) {
+    TokenizeRequest first = WithCvv("4111111111111111", "123");
+    first.deterministic = true;
+    auto t = nodes_[0]->Tokenize(kPos, std::move(first));
+    ASSERT_THAT(t, IsOk());
+    TokenizeRequest again = WithCvv("4111111111111111", second_cvv);
+    again.deterministic = true;
+    auto t2 = nodes_[1]->Tokenize(kPos, std::move(again));
+    ASSERT_THAT(t2, IsOk());
+    ASSERT_EQ(t2->token, t->token);
+    int released = 0;
+    for (int node : {0, 0, 1, 1}) {
+      auto card = nodes_[node]->Detokenize(kProcessor, t->token, "authorization");
+      ASSERT_THAT(card, IsOk());
+      if (card->cvv.has_value()) {
+        ++released;
+        EXPECT_EQ(card->cvv->view(), second_cvv) << "stale CVV from node " << node;
+      }
+    }
+    EXPECT_EQ(released, 1) << "CVVs released for one token (second cvv "
+                           << second_cvv << ")";
+    ASSERT_THAT(nodes_[0]->DeleteToken(kPos, t->token), IsOk());
+  }
+}
+
+// Two nodes asking the holder at once: one CVV leaves, so one record may
+// say "cvv released".
+TEST_F(TwoNodeCvvTest, HostileConcurrentTakesRecordOneReleasePerCvv) {
+  constexpr int kTokens = 40;
+  int returned = 0;
+  for (int i = 0; i < kTokens; ++i) {
+    auto t = nodes_[0]->Tokenize(kPos, WithCvv("4111111111111111", "123"));
+    ASSERT_THAT(t, IsOk());
+    absl::StatusOr<std::optional<crypto::SecretBytes>> a, b;
+    std::thread x([&] { a = nodes_[0]->ReleaseHeldCvv(kNode, t->token); });
+    std::thread y([&] { b = nodes_[0]->ReleaseHeldCvv(kNode, t->token); });
+    x.join();
+    y.join();
+    ASSERT_THAT(a, IsOk());
+    ASSERT_THAT(b, IsOk());
+    returned += a->has_value() + b->has_value();
+  }
+  EXPECT_EQ(returned, kTokens);
+  int recorded = 0;
+  for (const audit::AuditEvent& e : EventsOf(v1::CVV_RELEASE)) {
+    recorded += e.detail() == "cvv released";
+  }
+  EXPECT_EQ(recorded, kTokens) << "records claiming a release of " << kTokens
+                               << " CVVs";
+}
+
+// One node refuses a retry with the key of a request given another CVV;
+// the other node, which holds none, takes it as a replay.
+TEST_F(TwoNodeCvvTest, HostileAnIdempotentRetryWithAnotherCvvIsRefusedOnEitherNode) {
+  TokenizeRequest first = WithCvv("4111111111111111", "123");
+  first.idempotency_key = "checkout-7";
+  ASSERT_THAT(nodes_[0]->Tokenize(kPos, std::move(first)), IsOk());
+  for (int node : {0, 1}) {
+    TokenizeRequest retry = WithCvv("4111111111111111", "999");
+    retry.idempotency_key = "checkout-7";
+    EXPECT_THAT(nodes_[node]->Tokenize(kPos, std::move(retry)),
+                StatusIs(absl::StatusCode::kInvalidArgument))
+        << "node " << node;
+  }
+}
+
+// After DeleteToken (on another node), or past the token's TTL, no
+// Detokenize can return the CVV; a NODE identity still can.
+TEST_F(TwoNodeCvvTest, HostileANodeIdentityGetsNoCvvOfADeletedOrExpiredToken) {
+  auto deleted = nodes_[0]->Tokenize(kPos, WithCvv("4111111111111111", "123"));
+  ASSERT_THAT(deleted, IsOk());
+  ASSERT_THAT(nodes_[1]->DeleteToken(kPos, deleted->token), IsOk());
+  auto from_deleted = nodes_[0]->ReleaseHeldCvv(kNode, deleted->token);
+  ASSERT_THAT(from_deleted, IsOk());
+  EXPECT_FALSE(from_deleted->has_value()) << "CVV of a deleted token released";
+
+  TokenizeRequest short_lived = WithCvv("5555555555554444", "456");
+  short_lived.ttl = absl::Seconds(5);
+  auto expired = nodes_[0]->Tokenize(kPos, std::move(short_lived));
+  ASSERT_THAT(expired, IsOk());
+  Advance(absl::Seconds(10));
+  EXPECT_THAT(nodes_[0]->Detokenize(kProcessor, expired->token, "authorization"),
+              StatusIs(absl::StatusCode::kNotFound));
+  auto from_expired = nodes_[0]->ReleaseHeldCvv(kNode, expired->token);
+  ASSERT_THAT(from_expired, IsOk());
+  EXPECT_FALSE(from_expired->has_value()) << "CVV of an expired token released";
+}
+
 }  // namespace
 }  // namespace cardvault::vault
