@@ -61,6 +61,7 @@
 #include "server/util/descriptor_budget.h"
 #include "server/util/log.h"
 #include "server/util/metrics_file.h"
+#include "server/util/node_address.h"
 #include "server/util/process_hardening.h"
 #include "server/vault/backups.h"
 #include "server/vault/cvv_cache.h"
@@ -162,18 +163,12 @@ absl::StatusOr<std::unique_ptr<storage::PostgresStore>> OpenPostgres(
 }
 
 // Where the other nodes reach this one: configured, or the listen address
-// unless it is a wildcard ("" then).
+// (refused by the caller when it is a wildcard).
 std::string AdvertisedAddress(const config::ServerConfig& cfg) {
   if (!cfg.cluster().advertise_address().empty()) {
     return cfg.cluster().advertise_address();
   }
-  const std::string& listen = cfg.listen_address();
-  const std::string host = listen.substr(0, listen.rfind(':'));
-  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" ||
-      host == "*") {
-    return "";
-  }
-  return listen;
+  return cfg.listen_address();
 }
 
 // The node's name in audit records: configured, or host name and port.
@@ -508,10 +503,10 @@ int Run(const sigset_t& stop_signals) {
   if (cfg.has_cluster()) {
     const config::v1::ClusterConfig& cluster = cfg.cluster();
     vault_options.node_address = AdvertisedAddress(cfg);
-    if (vault_options.node_address.empty()) {
+    if (!util::IsNodeAddress(vault_options.node_address)) {
       util::LogError(
-          "cluster.advertise_address is required when listen_address is a "
-          "wildcard address");
+          "cluster.advertise_address is required when listen_address is not "
+          "an address other nodes can reach (a wildcard, or not host:port)");
       return 1;
     }
     cvv_peers =
@@ -520,7 +515,9 @@ int Run(const sigset_t& stop_signals) {
                    .client_cert_file = cluster.client_cert_file(),
                    .client_key_file = cluster.client_key_file(),
                    .deadline = absl::Milliseconds(cluster.peer_deadline_ms()),
-                   .max_peers = 64}),
+                   .max_peers = 64,
+                   .max_in_flight_per_peer = 4,
+                   .max_waiting_per_peer = 4096}),
               "cluster client certificate");
   }
   auto vault =

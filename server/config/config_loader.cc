@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "server/config/text_proto.h"
+#include "server/util/node_address.h"
 #include "server/util/safe_text.h"
 
 namespace cardvault::config {
@@ -113,9 +114,9 @@ absl::Status Validate(ServerConfig& c, absl::string_view src) {
     check(c.storage().has_postgres(),
           "cluster is for storage.postgres (nodes sharing one database)");
     check(cluster.advertise_address().empty() ||
-              (cluster.advertise_address().size() <= 255 &&
-               IsHostPort(cluster.advertise_address())),
-          "cluster.advertise_address must be host:port with a port of "
+              util::IsNodeAddress(cluster.advertise_address()),
+          "cluster.advertise_address must be host:port (a DNS name or IP "
+          "address other nodes reach, no wildcard, no scheme) with a port of "
           "1-65535");
     check(!cluster.client_cert_file().empty(),
           "cluster.client_cert_file is required");

@@ -3,6 +3,7 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -26,8 +27,33 @@ struct BnFree {
 struct OpenSslFree {
   void operator()(char* p) const { OPENSSL_free(p); }
 };
+struct PkeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
 
 }  // namespace
+
+absl::Status CheckKeyPair(absl::string_view cert_pem,
+                          absl::string_view key_pem) {
+  std::unique_ptr<BIO, BioFree> cert_bio(
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())));
+  std::unique_ptr<X509, X509Free> cert(
+      cert_bio ? PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr)
+               : nullptr);
+  std::unique_ptr<BIO, BioFree> key_bio(
+      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())));
+  std::unique_ptr<EVP_PKEY, PkeyFree> key(
+      key_bio
+          ? PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr)
+          : nullptr);
+  if (cert == nullptr || key == nullptr ||
+      X509_check_private_key(cert.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        "certificate and private key do not parse or do not match");
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<CertificateInfo> ParseCertificateInfo(absl::string_view pem) {
   std::unique_ptr<BIO, BioFree> bio(

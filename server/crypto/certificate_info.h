@@ -17,6 +17,11 @@ struct CertificateInfo {
 // Parses one PEM certificate. INVALID_ARGUMENT if it does not parse.
 absl::StatusOr<CertificateInfo> ParseCertificateInfo(absl::string_view pem);
 
+// OK if `cert_pem` starts with a certificate and `key_pem` holds the private
+// key that matches it; INVALID_ARGUMENT otherwise (neither is echoed).
+absl::Status CheckKeyPair(absl::string_view cert_pem,
+                          absl::string_view key_pem);
+
 }  // namespace cardvault::crypto
 
 #endif  // CARDVAULT_SERVER_CRYPTO_CERTIFICATE_INFO_H_

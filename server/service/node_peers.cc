@@ -9,10 +9,12 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "openssl/crypto.h"
+#include "server/crypto/certificate_info.h"
 #include "server/crypto/secret_bytes.h"
 #include "server/service/caller_context.h"
 #include "server/service/request_checks.h"
 #include "server/service/status_conversion.h"
+#include "server/util/node_address.h"
 #include "server/vault/card.h"
 
 namespace cardvault::service {
@@ -63,7 +65,8 @@ grpc::Status NodePeerService::TakeHeldCvv(grpc::ServerContext* context,
 
 absl::StatusOr<std::unique_ptr<GrpcCvvPeers>> GrpcCvvPeers::Create(
     const Options& options) {
-  if (options.deadline <= absl::ZeroDuration() || options.max_peers == 0) {
+  if (options.deadline <= absl::ZeroDuration() || options.max_peers == 0 ||
+      options.max_in_flight_per_peer == 0) {
     return absl::InvalidArgumentError("bad node peer options");
   }
   grpc::SslCredentialsOptions ssl;
@@ -75,6 +78,11 @@ absl::StatusOr<std::unique_ptr<GrpcCvvPeers>> GrpcCvvPeers::Create(
   absl::StatusOr<std::string> key =
       ReadPem(options.client_key_file, "node key file");
   if (!key.ok()) return key.status();
+  if (absl::Status pair = crypto::CheckKeyPair(*cert, *key); !pair.ok()) {
+    Wipe(*key);
+    return absl::InvalidArgumentError(
+        "node certificate and key do not parse or do not match");
+  }
   ssl.pem_root_certs = *std::move(ca);
   ssl.pem_cert_chain = *std::move(cert);
   ssl.pem_private_key = *std::move(key);
@@ -88,34 +96,109 @@ absl::StatusOr<std::unique_ptr<GrpcCvvPeers>> GrpcCvvPeers::Create(
       new GrpcCvvPeers(options, std::move(credentials)));
 }
 
-pb::NodePeer::Stub* GrpcCvvPeers::StubFor(absl::string_view holder) const {
-  absl::MutexLock lock(&mu_);
-  auto it = stubs_.find(holder);
-  if (it != stubs_.end()) return it->second.get();
-  if (stubs_.size() >= options_.max_peers) return nullptr;
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      std::string(holder), credentials_, grpc::ChannelArguments());
-  auto inserted =
-      stubs_.emplace(std::string(holder), pb::NodePeer::NewStub(channel));
-  return inserted.first->second.get();
-}
-
 void GrpcCvvPeers::TakeHeldCvv(absl::string_view holder,
                                absl::string_view token, TakeDone done) const {
-  pb::NodePeer::Stub* stub = StubFor(holder);
-  if (stub == nullptr) {
-    std::move(done)(absl::UnavailableError(
-        "too many other nodes named as CVV holders; none asked"));
+  // The address comes from the store: host:port only, never a scheme or a
+  // resolver of a database writer's choosing.
+  if (!util::IsNodeAddress(holder)) {
+    std::move(done)(
+        absl::InvalidArgumentError("CVV holder is not a node address"));
     return;
   }
+  std::shared_ptr<pb::NodePeer::Stub> stub;
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(holder);
+    if (it == peers_.end()) {
+      if (peers_.size() >= options_.max_peers) {
+        auto idle = peers_.end();
+        for (auto p = peers_.begin(); p != peers_.end(); ++p) {
+          if (p->second.in_flight == 0 && p->second.waiting.empty() &&
+              (idle == peers_.end() ||
+               p->second.last_used < idle->second.last_used)) {
+            idle = p;
+          }
+        }
+        if (idle != peers_.end()) peers_.erase(idle);
+      }
+      if (peers_.size() < options_.max_peers) {
+        Peer peer;
+        peer.stub = pb::NodePeer::NewStub(
+            grpc::CreateCustomChannel(absl::StrCat("dns:///", holder),
+                                      credentials_, grpc::ChannelArguments()));
+        it = peers_.emplace(std::string(holder), std::move(peer)).first;
+      }
+    }
+    if (it == peers_.end()) {
+      refused = absl::UnavailableError(
+          "every other node's channel is busy; none asked");
+    } else {
+      Peer& peer = it->second;
+      peer.last_used = ++uses_;
+      if (peer.in_flight < options_.max_in_flight_per_peer) {
+        ++peer.in_flight;
+        stub = peer.stub;
+      } else if (peer.waiting.size() < options_.max_waiting_per_peer) {
+        peer.waiting.push_back({std::string(token), std::move(done)});
+        return;
+      } else {
+        refused = absl::UnavailableError("too many calls wait for that node");
+      }
+    }
+  }
+  if (stub == nullptr) {
+    std::move(done)(refused);
+    return;
+  }
+  Start(std::move(stub), std::string(holder), std::string(token),
+        std::move(done));
+}
+
+GrpcCvvPeers::~GrpcCvvPeers() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](absl::flat_hash_map<std::string, Peer>* peers) {
+        for (const auto& [address, peer] : *peers) {
+          if (peer.in_flight > 0 || !peer.waiting.empty()) return false;
+        }
+        return true;
+      },
+      &peers_));
+}
+
+void GrpcCvvPeers::Finished(const std::string& holder) const {
+  std::shared_ptr<pb::NodePeer::Stub> stub;
+  Waiting next;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(holder);
+    if (it == peers_.end()) return;
+    Peer& peer = it->second;
+    if (peer.waiting.empty()) {
+      --peer.in_flight;
+      return;
+    }
+    next = std::move(peer.waiting.front());
+    peer.waiting.pop_front();
+    stub = peer.stub;
+  }
+  Start(std::move(stub), holder, std::move(next.token), std::move(next.done));
+}
+
+void GrpcCvvPeers::Start(std::shared_ptr<pb::NodePeer::Stub> stub,
+                         std::string holder, std::string token,
+                         TakeDone done) const {
   auto* call = new TakeCall;
   call->context.set_deadline(
       absl::ToChronoTime(absl::Now() + options_.deadline));
-  call->request.set_token(std::string(token));
+  call->request.set_token(std::move(token));
   call->done = std::move(done);
-  stub->async()->TakeHeldCvv(
+  pb::NodePeer::Stub* raw = stub.get();
+  raw->async()->TakeHeldCvv(
       &call->context, &call->request, &call->response,
-      [call](grpc::Status status) {
+      [this, call, stub = std::move(stub),
+       holder = std::move(holder)](grpc::Status status) {
         std::unique_ptr<TakeCall> owned(call);
         std::string* cvv = owned->response.mutable_cvv();
         absl::StatusOr<std::optional<crypto::SecretBytes>> result;
@@ -135,6 +218,8 @@ void GrpcCvvPeers::TakeHeldCvv(absl::string_view holder,
         }
         Wipe(*cvv);
         std::move(owned->done)(std::move(result));
+        owned.reset();
+        Finished(holder);
       });
 }
 

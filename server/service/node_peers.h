@@ -8,6 +8,8 @@
 #define CARDVAULT_SERVER_SERVICE_NODE_PEERS_H_
 
 #include <cstddef>
+#include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -51,14 +53,22 @@ class GrpcCvvPeers final : public vault::CvvPeers {
     std::string client_key_file;
     // Deadline of one call. Default 1 s.
     absl::Duration deadline = absl::Seconds(1);
-    // Most nodes a channel is kept open to; asking another is UNAVAILABLE
-    // (the addresses come from the store). Default 64.
+    // Most nodes a channel is kept open to (the addresses come from the
+    // store); past it the least recently used idle one is closed. Default 64.
     size_t max_peers = 64;
+    // Calls in flight to one node; more wait, so that a batch of CVVs held
+    // by one node does not take all of its threads. Default 4.
+    size_t max_in_flight_per_peer = 4;
+    // Calls waiting for one node; past it UNAVAILABLE. Default 4,096.
+    size_t max_waiting_per_peer = 4096;
   };
 
   // Reads the files; NOT_FOUND or INVALID_ARGUMENT when one is missing.
   static absl::StatusOr<std::unique_ptr<GrpcCvvPeers>> Create(
       const Options& options);
+
+  // Waits for the calls in flight (each ends within the deadline).
+  ~GrpcCvvPeers() override;
 
   void TakeHeldCvv(absl::string_view holder, absl::string_view token,
                    TakeDone done) const override;
@@ -68,15 +78,28 @@ class GrpcCvvPeers final : public vault::CvvPeers {
                std::shared_ptr<grpc::ChannelCredentials> credentials)
       : options_(std::move(options)), credentials_(std::move(credentials)) {}
 
-  // The stub for `holder`, made on first use; nullptr past max_peers.
-  ::cardvault::v1::NodePeer::Stub* StubFor(absl::string_view holder) const;
+  struct Waiting {
+    std::string token;
+    TakeDone done;
+  };
+  struct Peer {
+    std::shared_ptr<::cardvault::v1::NodePeer::Stub> stub;
+    size_t in_flight = 0;
+    std::deque<Waiting> waiting;
+    uint64_t last_used = 0;
+  };
+
+  // Starts one call; `stub` stays alive until it completes.
+  void Start(std::shared_ptr<::cardvault::v1::NodePeer::Stub> stub,
+             std::string holder, std::string token, TakeDone done) const;
+  // One call to `holder` ended: starts the next waiting one, if any.
+  void Finished(const std::string& holder) const;
 
   const Options options_;
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   mutable absl::Mutex mu_;
-  mutable absl::flat_hash_map<std::string,
-                              std::unique_ptr<::cardvault::v1::NodePeer::Stub>>
-      stubs_ ABSL_GUARDED_BY(mu_);
+  mutable absl::flat_hash_map<std::string, Peer> peers_ ABSL_GUARDED_BY(mu_);
+  mutable uint64_t uses_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace cardvault::service

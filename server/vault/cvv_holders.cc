@@ -6,21 +6,17 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/util/big_endian.h"
-#include "server/util/safe_text.h"
+#include "server/util/node_address.h"
 
 namespace cardvault::vault {
 namespace {
 
 constexpr size_t kFixedBytes = 1 + 8 + 1;
 
-// Audit records name the holder, so its address is checked as any value
-// they hold: printable, bounded, and with no run of digits a PAN could be.
+// Audit records name the holder and nodes connect to it: host:port only,
+// no digit run that could be a card number (util/node_address.h).
 bool IsPrintableAddress(absl::string_view address) {
-  return !address.empty() && address.size() <= kMaxNodeAddressBytes &&
-         std::all_of(address.begin(), address.end(),
-                     [](char c) { return c > 0x20 && c < 0x7f; }) &&
-         util::SafeText(address, kMaxNodeAddressBytes,
-                        util::CardNumbers::kGroupedToo) == address;
+  return util::IsNodeAddress(address);
 }
 
 }  // namespace

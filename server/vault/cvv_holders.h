@@ -13,8 +13,9 @@
 //   1       8     expires: when the holder drops the CVV untaken, Unix
 //                 milliseconds, uint64 big-endian
 //   9       1     holder address length A, 1..kMaxNodeAddressBytes
-//   10      A     holder address: host:port of its listener, printable ASCII
-//                 without a digit run that may be a card number
+//   10      A     holder address: host:port of its listener
+//                 (util::IsNodeAddress: a DNS name or IP literal, no
+//                 scheme, no digit run that may be a card number)
 // The row holds no card data, only that some CVV was given for the token;
 // the TTL sweep deletes it once expired.
 #ifndef CARDVAULT_SERVER_VAULT_CVV_HOLDERS_H_
@@ -30,11 +31,12 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/crypto/secret_bytes.h"
+#include "server/util/node_address.h"
 
 namespace cardvault::vault {
 
 inline constexpr uint8_t kCvvHolderFormatV1 = 0x01;
-inline constexpr size_t kMaxNodeAddressBytes = 255;
+inline constexpr size_t kMaxNodeAddressBytes = util::kMaxNodeAddressBytes;
 inline constexpr absl::string_view kCvvHolderKeyPrefix = "cvv/";
 
 struct CvvHolder {
@@ -44,8 +46,9 @@ struct CvvHolder {
 
 std::string CvvHolderKey(absl::string_view token);
 bool IsCvvHolderKey(absl::string_view key);
-// INVALID_ARGUMENT for an address that is empty, over kMaxNodeAddressBytes,
-// not printable ASCII or holding a digit run that may be a card number.
+// INVALID_ARGUMENT for an address that is not host:port as
+// util::IsNodeAddress allows (no scheme, no wildcard, no digit run that may
+// be a card number).
 absl::StatusOr<std::string> EncodeCvvHolder(const CvvHolder& holder);
 // DATA_LOSS for a value not in format 1.
 absl::StatusOr<CvvHolder> DecodeCvvHolder(absl::string_view value);

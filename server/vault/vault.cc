@@ -809,14 +809,16 @@ void Vault::DetokenizeAll(
           } else {
             // A CVV leaves only for the purposes the policy marks.
             const DetokenizeRequest& r = call->requests[i];
-            Detokenized out{std::move(w.opened->card),
-                            std::move(w.opened->header.domain),
-                            call->policy->ReleasesCvvFor(r.purpose)
-                                ? deps_.cvv_cache->Take(r.token, call->now)
-                                : std::nullopt};
-            if (!out.cvv.has_value() && !w.cvv_holder.empty()) {
-              remote.push_back(i);
-            }
+            // When the store names another holder, a copy held here is an
+            // older CVV, replaced there: dropped, never returned.
+            const bool remote_holder = !w.cvv_holder.empty();
+            if (remote_holder) deps_.cvv_cache->Erase(r.token);
+            Detokenized out{
+                std::move(w.opened->card), std::move(w.opened->header.domain),
+                call->policy->ReleasesCvvFor(r.purpose) && !remote_holder
+                    ? deps_.cvv_cache->Take(r.token, call->now)
+                    : std::nullopt};
+            if (remote_holder) remote.push_back(i);
             results.push_back(std::move(out));
           }
         }
@@ -831,8 +833,9 @@ void Vault::DetokenizeAll(
 std::string Vault::RemoteCvvHolder(const auth::AccessPolicy& policy,
                                    const DetokenizeRequest& r, absl::Time now,
                                    audit::AuditEvent* event) const {
-  if (deps_.cvv_peers == nullptr || !policy.ReleasesCvvFor(r.purpose) ||
-      deps_.cvv_cache->Holds(r.token, now)) {
+  // The row, not this node's cache, says where the newest CVV is: a
+  // Tokenize on another node may have replaced the one held here.
+  if (deps_.cvv_peers == nullptr || !policy.ReleasesCvvFor(r.purpose)) {
     return "";
   }
   absl::StatusOr<std::string> row =
@@ -897,8 +900,28 @@ absl::StatusOr<std::optional<crypto::SecretBytes>> Vault::ReleaseHeldCvv(
     return Record(std::move(event), s);
   }
   const absl::Time now = options_.now();
-  const bool held = deps_.cvv_cache->Holds(token, now);
-  event.set_detail(held ? "cvv released" : "no cvv held");
+  // Only the CVV of a token that still exists leaves: one deleted (on any
+  // node) or expired is dropped here instead.
+  absl::StatusOr<std::string> record =
+      deps_.records->Get(storage::Table::kTokens, token);
+  if (!record.ok() && !absl::IsNotFound(record.status())) {
+    return Record(std::move(event),
+                  absl::UnavailableError("storage unavailable"));
+  }
+  bool live = record.ok();
+  if (live) {
+    absl::StatusOr<RecordHeader> header = ParseRecordHeader(*record);
+    live = header.ok() && header->expires > now;
+  }
+  if (!live) deps_.cvv_cache->Erase(token);
+  // Taken before the record is written, so that of concurrent callers only
+  // the one that gets the CVV records a release; put back if the record
+  // cannot be written (fail closed).
+  std::optional<crypto::SecretBytes> cvv =
+      live ? deps_.cvv_cache->Take(token, now) : std::nullopt;
+  event.set_detail(cvv.has_value() ? "cvv released"
+                   : live          ? "no cvv held"
+                                   : "no such token: nothing released");
   SetOutcome(absl::OkStatus(), &event);
   // The row naming this node goes with the CVV, so no node asks again; only
   // while it still names this node (a later Tokenize may name another).
@@ -906,23 +929,22 @@ absl::StatusOr<std::optional<crypto::SecretBytes>> Vault::ReleaseHeldCvv(
   const std::string key = CvvHolderKey(token);
   if (absl::StatusOr<std::string> row =
           deps_.records->Get(storage::Table::kShared, key);
-      held && row.ok()) {
+      cvv.has_value() && row.ok()) {
     absl::StatusOr<CvvHolder> holder = DecodeCvvHolder(*row);
     if (holder.ok() && holder->address == options_.node_address) {
       mutation.conditions.push_back({storage::Table::kShared, key, *row});
       mutation.writes.push_back({storage::Table::kShared, key, std::nullopt});
     }
   }
-  // Fail closed: nothing leaves unless its record is durable.
   absl::Status written = deps_.audit->Append(event, mutation);
   if (absl::IsAborted(written)) {
     written = deps_.audit->Append(std::move(event), commit::Mutation());
   }
   if (!written.ok()) {
+    if (cvv.has_value()) (void)deps_.cvv_cache->Put(token, *cvv, now);
     return absl::UnavailableError("storage or audit trail unavailable");
   }
-  if (!held) return std::nullopt;
-  return deps_.cvv_cache->Take(token, now);
+  return cvv;
 }
 
 absl::Status Vault::CheckBatch(const auth::Caller& caller,

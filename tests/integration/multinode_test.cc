@@ -298,9 +298,8 @@ TEST_F(MultinodeTest, HostileABatchOfCvvsHeldByTheOtherNodeReturnsThemAll) {
   for (const auto& result : first->results()) {
     with_cvv += !result.response().cvv().empty();
   }
-  std::cout << "first batch: " << with_cvv << " of " << kItems
-            << " CVVs in " << absl::ToDoubleMilliseconds(absl::Now() - start)
-            << " ms\n";
+  std::cout << "first batch: " << with_cvv << " of " << kItems << " CVVs in "
+            << absl::ToDoubleMilliseconds(absl::Now() - start) << " ms\n";
   auto second = Client(1, "processor")->DetokenizeBatch(batch);
   ASSERT_THAT(second, IsOk());
   int again = 0;
@@ -352,8 +351,10 @@ TEST_F(MultinodeTest, HostileRacingDetokenizesOnBothNodesGetTheCvvOnce) {
     auto token = Client(0, "pos")->Tokenize(r);
     ASSERT_THAT(token, IsOk());
     absl::StatusOr<v1::DetokenizeResponse> a, b;
-    std::thread x([&] { a = c0->Detokenize(ForAuthorization(token->token())); });
-    std::thread y([&] { b = c1->Detokenize(ForAuthorization(token->token())); });
+    std::thread x(
+        [&] { a = c0->Detokenize(ForAuthorization(token->token())); });
+    std::thread y(
+        [&] { b = c1->Detokenize(ForAuthorization(token->token())); });
     x.join();
     y.join();
     ASSERT_THAT(a, IsOk());
@@ -387,7 +388,8 @@ TEST_F(MultinodeTest, HostileNodePeerRefusesOtherIdentitiesAndBadRequests) {
     v1::TakeHeldCvvResponse response;
     grpc::Status s = node_stub->TakeHeldCvv(&context, request, &response);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), ::testing::Not(::testing::HasSubstr("4111")));
+    EXPECT_THAT(s.error_message(),
+                ::testing::Not(::testing::HasSubstr("4111")));
     EXPECT_THAT(response.cvv(), ::testing::IsEmpty());
   }
   {
@@ -397,7 +399,8 @@ TEST_F(MultinodeTest, HostileNodePeerRefusesOtherIdentitiesAndBadRequests) {
     v1::TakeHeldCvvResponse response;
     grpc::Status s = node_stub->TakeHeldCvv(&context, request, &response);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), ::testing::Not(::testing::HasSubstr("4111")));
+    EXPECT_THAT(s.error_message(),
+                ::testing::Not(::testing::HasSubstr("4111")));
   }
   // Still held after all that.
   auto card =
