@@ -50,8 +50,13 @@ class UnparsedRequestInterceptor : public grpc::experimental::Interceptor {
         methods->GetRecvMessage() == nullptr) {
       unparsed_ = true;
     }
-    if (unparsed_ && methods->QueryInterceptionHookPoint(
-                         InterceptionHookPoints::PRE_SEND_STATUS)) {
+    // A call gRPC refused before reading its message (its sync thread pool
+    // exhausted) also has none: that refusal stands as it is.
+    if (unparsed_ &&
+        methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() !=
+            grpc::StatusCode::RESOURCE_EXHAUSTED) {
       const absl::Status refusal = absl::InvalidArgumentError(
           "request does not parse: malformed protobuf, or a string field "
           "that is not valid UTF-8");
