@@ -203,67 +203,41 @@ TEST_F(KeyAdminTest, OneAdminAloneCannotRotateTheKek) {
 
 TEST_F(KeyAdminTest, ThreeApprovalsWhenConfigured) {
   RetireFirstKey();
+  const KeyAdmin::Dependencies deps{.keys = ring_.get(),
+                                    .kek = kek_.get(),
+                                    .reencryptor = reencryptor_.get(),
+                                    .vault = vault_.get(),
+                                    .policy = policy_.get(),
+                                    .audit = audit_.get(),
+                                    .records = store_.get(),
+                                    .operation_mac = TestMac(),
+                                    .other_keys = {},
+                                    .backups = nullptr};
   KeyAdmin::Options options;
   options.required_approvals = 3;
-  auto strict = *KeyAdmin::Create({.keys = ring_.get(),
-                                   .kek = kek_.get(),
-                                   .reencryptor = reencryptor_.get(),
-                                   .vault = vault_.get(),
-                                   .policy = policy_.get(),
-                                   .audit = audit_.get(),
-                                   .records = store_.get(),
-                                   .operation_mac = TestMac(),
-                                   .other_keys = {}},
-                                  options);
+  auto strict = *KeyAdmin::Create(deps, options);
   auto op = strict->Propose(kAdmin1, OperationKind::kDestroyDataKey, 1, "");
   ASSERT_THAT(op, IsOk());
   EXPECT_EQ(strict->Approve(kAdmin2, op->id)->state, OperationState::kPending);
   EXPECT_FALSE(FirstKeyDestroyed());
   EXPECT_EQ(strict->Approve(kAdmin3, op->id)->state, OperationState::kExecuted);
   EXPECT_TRUE(FirstKeyDestroyed());
-  EXPECT_THAT(KeyAdmin::Create({.keys = ring_.get(),
-                                .kek = kek_.get(),
-                                .reencryptor = reencryptor_.get(),
-                                .vault = vault_.get(),
-                                .policy = policy_.get(),
-                                .audit = audit_.get(),
-                                .records = store_.get(),
-                                .operation_mac = TestMac(),
-                                .other_keys = {}},
-                               {.required_approvals = 1}),
+  for (uint32_t approvals : {1u, kMaxRequiredApprovals + 1}) {
+    KeyAdmin::Options bad;
+    bad.required_approvals = approvals;
+    EXPECT_THAT(KeyAdmin::Create(deps, bad),
+                StatusIs(absl::StatusCode::kInvalidArgument))
+        << approvals;
+  }
+  // Nor without the store its operations live in, or the key their records
+  // are authenticated under.
+  KeyAdmin::Dependencies no_records = deps;
+  no_records.records = nullptr;
+  EXPECT_THAT(KeyAdmin::Create(no_records, {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(
-      KeyAdmin::Create({.keys = ring_.get(),
-                        .kek = kek_.get(),
-                        .reencryptor = reencryptor_.get(),
-                        .vault = vault_.get(),
-                        .policy = policy_.get(),
-                        .audit = audit_.get(),
-                        .records = store_.get(),
-                        .operation_mac = TestMac(),
-                        .other_keys = {}},
-                       {.required_approvals = kMaxRequiredApprovals + 1}),
-      StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(KeyAdmin::Create({.keys = ring_.get(),
-                                .kek = kek_.get(),
-                                .reencryptor = reencryptor_.get(),
-                                .vault = vault_.get(),
-                                .policy = policy_.get(),
-                                .audit = audit_.get(),
-                                .operation_mac = TestMac(),
-                                .other_keys = {}},
-                               {}),
-              StatusIs(absl::StatusCode::kInvalidArgument));
-  // Nor without the key its records are authenticated under.
-  EXPECT_THAT(KeyAdmin::Create({.keys = ring_.get(),
-                                .kek = kek_.get(),
-                                .reencryptor = reencryptor_.get(),
-                                .vault = vault_.get(),
-                                .policy = policy_.get(),
-                                .audit = audit_.get(),
-                                .records = store_.get(),
-                                .other_keys = {}},
-                               {}),
+  KeyAdmin::Dependencies no_mac = deps;
+  no_mac.operation_mac = {};
+  EXPECT_THAT(KeyAdmin::Create(no_mac, {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
