@@ -22,33 +22,6 @@ namespace {
 
 using ::cardvault::v1::EventType;
 
-bool Matches(const AuditFilter& f, const audit::AuditEvent& e) {
-  const absl::Time t = audit::EventTime(e.event_time());
-  return (!f.start_time || t >= *f.start_time) &&
-         (!f.end_time || t < *f.end_time) &&
-         (f.identity.empty() || e.identity() == f.identity) &&
-         (f.event_type == v1::EVENT_TYPE_UNSPECIFIED ||
-          e.event_type() == f.event_type) &&
-         (f.token.empty() || e.token() == f.token ||
-          std::any_of(
-              e.items().begin(), e.items().end(),
-              [&](const v1::BatchItem& i) { return i.token() == f.token; }));
-}
-
-// Starts an asynchronous call with a completion that hands its result back
-// here, and waits for it: the synchronous form of every …Async call.
-template <typename T, typename Start>
-T Await(Start start) {
-  absl::Notification finished;
-  std::optional<T> result;
-  start([&](T r) {
-    result.emplace(std::move(r));
-    finished.Notify();
-  });
-  finished.WaitForNotification();
-  return *std::move(result);
-}
-
 // Every item is planned and written in one write; only items whose write
 // condition lost a race (token drawn twice, index or idempotency entry
 // written concurrently) are planned again, at most this many rounds.
@@ -68,28 +41,6 @@ absl::string_view TokenFormatName(TokenFormat format) {
       return "bin_last_four";
   }
   return "unknown";
-}
-
-// What an audit read asked for, for its own record: the identity filter as
-// itself only when the policy binds it (else its marker), the token filter
-// in the record's token field.
-std::string DescribeFilter(const AuditFilter& f,
-                           const auth::AccessPolicy& policy,
-                           const audit::ValueMarker& marker) {
-  std::string out = "filter:";
-  if (f.start_time) {
-    absl::StrAppend(&out, " from=", absl::FormatTime(*f.start_time));
-  }
-  if (f.end_time) absl::StrAppend(&out, " to=", absl::FormatTime(*f.end_time));
-  if (!f.identity.empty()) {
-    absl::StrAppend(&out, " identity=",
-                    marker.Recorded(f.identity, policy.Binds(f.identity)));
-  }
-  if (f.event_type != v1::EVENT_TYPE_UNSPECIFIED) {
-    absl::StrAppend(&out, " event_type=", v1::EventType_Name(f.event_type));
-  }
-  if (f.max_events != 0) absl::StrAppend(&out, " max_events=", f.max_events);
-  return out == "filter:" ? "filter: none" : out;
 }
 
 }  // namespace
@@ -125,21 +76,20 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
       new Vault(deps, std::move(options), *std::move(replanner)));
 }
 
-audit::AuditEvent Vault::NewEvent(const auth::Caller& caller, EventType type,
-                                  absl::string_view rpc) const {
-  return NewEvent(*deps_.policy->Current(), caller, type, rpc);
-}
-
-audit::AuditEvent Vault::NewEvent(const auth::AccessPolicy& policy,
-                                  const auth::Caller& caller, EventType type,
-                                  absl::string_view rpc) const {
-  return CallerEvent(caller, policy, deps_.audit->marker(), type, rpc,
-                     options_.now());
-}
-
 std::string Vault::RecordedIdentity(const auth::Caller& caller) const {
-  return vault::RecordedIdentity(caller, *deps_.policy->Current(),
-                                 deps_.audit->marker());
+  return recorder_.RecordedIdentity(caller);
+}
+
+absl::Status Vault::ListAuditEvents(
+    const auth::Caller& caller, const AuditFilter& filter,
+    const std::function<bool(const audit::AuditEvent&)>& visit) const {
+  return audit_reader_.ListAuditEvents(caller, filter, visit);
+}
+
+absl::StatusOr<audit::ChainReport> Vault::VerifyAuditChain(
+    const auth::Caller& caller,
+    const std::optional<audit::Checkpoint>& checkpoint) const {
+  return audit_reader_.VerifyAuditChain(caller, checkpoint);
 }
 
 std::optional<audit::AuditEvent> Vault::BatchEvent(
@@ -148,35 +98,9 @@ std::optional<audit::AuditEvent> Vault::BatchEvent(
   if (rpc != kTokenizeBatchRpc && rpc != kDetokenizeBatchRpc) {
     return std::nullopt;
   }
-  audit::AuditEvent event = NewEvent(policy, caller, type, rpc);
+  audit::AuditEvent event = recorder_.NewEvent(policy, caller, type, rpc);
   SetOutcome(absl::OkStatus(), &event);
   return event;
-}
-
-audit::AuditEvent Vault::ServerEvent(EventType type) const {
-  return audit::ServerEvent(type, options_.now());
-}
-
-absl::Status Vault::Record(audit::AuditEvent event,
-                           const absl::Status& status) const {
-  return Await<absl::Status>([&](Done<absl::Status> done) {
-    RecordAsync(std::move(event), status, std::move(done));
-  });
-}
-
-void Vault::RecordAsync(audit::AuditEvent event, absl::Status status,
-                        Done<absl::Status> done) const {
-  SetOutcome(status, &event);
-  std::vector<commit::Entry> entries(1);
-  entries[0].event = std::move(event);
-  deps_.audit->AppendAllAsync(
-      std::move(entries), [status = std::move(status), done = std::move(done)](
-                              std::vector<commit::Entry>& written) mutable {
-        std::move(done)(
-            written[0].result.ok()
-                ? std::move(status)
-                : absl::UnavailableError("audit trail unavailable"));
-      });
 }
 
 // One Tokenize item on its way through one or more planning rounds.
@@ -236,7 +160,8 @@ absl::StatusOr<std::vector<absl::StatusOr<Tokenized>>> Vault::TokenizeBatch(
   if (absl::Status s =
           CheckBatch(caller, auth::Permission::kTokenize, requests.size());
       !s.ok()) {
-    return Record(NewEvent(caller, v1::TOKENIZE, kTokenizeBatchRpc), s);
+    return recorder_.Record(
+        recorder_.NewEvent(caller, v1::TOKENIZE, kTokenizeBatchRpc), s);
   }
   using Results = std::vector<absl::StatusOr<Tokenized>>;
   return Await<Results>([&](Done<Results> done) {
@@ -544,7 +469,7 @@ void Vault::TokenizeAll(
     w.request = &call->requests[i];
     w.now = call->now;
     if (!call->batch_event.has_value()) {
-      w.event = NewEvent(*policy, caller, v1::TOKENIZE, rpc);
+      w.event = recorder_.NewEvent(*policy, caller, v1::TOKENIZE, rpc);
     }
     if (!allowed.ok()) {
       w.refusal = allowed;
@@ -682,7 +607,8 @@ absl::StatusOr<std::vector<absl::StatusOr<Detokenized>>> Vault::DetokenizeBatch(
   if (absl::Status s =
           CheckBatch(caller, auth::Permission::kDetokenize, requests.size());
       !s.ok()) {
-    return Record(NewEvent(caller, v1::DETOKENIZE, kDetokenizeBatchRpc), s);
+    return recorder_.Record(
+        recorder_.NewEvent(caller, v1::DETOKENIZE, kDetokenizeBatchRpc), s);
   }
   using Results = std::vector<absl::StatusOr<Detokenized>>;
   return Await<Results>([&](Done<Results> done) {
@@ -769,7 +695,7 @@ void Vault::DetokenizeAll(
   for (size_t i = 0; i < call->requests.size(); ++i) {
     DetokenizeWork& w = call->work[i];
     if (!batch_event.has_value()) {
-      w.event = NewEvent(*policy, caller, v1::DETOKENIZE, rpc);
+      w.event = recorder_.NewEvent(*policy, caller, v1::DETOKENIZE, rpc);
     }
     entries[i].batch_index = static_cast<uint32_t>(i);
     RecordRequested(*policy, call->requests[i], &w.event);
@@ -893,11 +819,11 @@ absl::StatusOr<std::optional<crypto::SecretBytes>> Vault::ReleaseHeldCvv(
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   audit::AuditEvent event =
-      NewEvent(*policy, caller, v1::CVV_RELEASE, kTakeHeldCvvRpc);
+      recorder_.NewEvent(*policy, caller, v1::CVV_RELEASE, kTakeHeldCvvRpc);
   if (absl::Status s = CheckTokenCall(
           *policy, caller, auth::Permission::kTakeHeldCvv, token, &event);
       !s.ok()) {
-    return Record(std::move(event), s);
+    return recorder_.Record(std::move(event), s);
   }
   const absl::Time now = options_.now();
   // Only the CVV of a token that still exists leaves: one deleted (on any
@@ -905,8 +831,8 @@ absl::StatusOr<std::optional<crypto::SecretBytes>> Vault::ReleaseHeldCvv(
   absl::StatusOr<std::string> record =
       deps_.records->Get(storage::Table::kTokens, token);
   if (!record.ok() && !absl::IsNotFound(record.status())) {
-    return Record(std::move(event),
-                  absl::UnavailableError("storage unavailable"));
+    return recorder_.Record(std::move(event),
+                            absl::UnavailableError("storage unavailable"));
   }
   bool live = record.ok();
   if (live) {
@@ -968,7 +894,7 @@ absl::Status Vault::CheckTokenCall(const auth::AccessPolicy& policy,
                                    absl::string_view token,
                                    audit::AuditEvent* event) const {
   const bool well_formed = IsWellFormedToken(token);
-  event->set_token(RecordedToken(token, false));
+  event->set_token(recorder_.RecordedToken(token, false));
   // Authorise before looking at the token, so an unauthorised caller
   // learns nothing about it.
   if (absl::Status s = policy.Check(caller, permission); !s.ok()) return s;
@@ -990,13 +916,13 @@ void Vault::GetTokenInfoAsync(const auth::Caller& caller,
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   audit::AuditEvent event =
-      NewEvent(*policy, caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
+      recorder_.NewEvent(*policy, caller, v1::TOKEN_INFO, kGetTokenInfoRpc);
   // A refusal: recorded, then answered.
   auto refuse = [&](absl::Status status) {
-    RecordAsync(std::move(event), std::move(status),
-                [done = std::move(done)](absl::Status s) mutable {
-                  std::move(done)(std::move(s));
-                });
+    recorder_.RecordAsync(std::move(event), std::move(status),
+                          [done = std::move(done)](absl::Status s) mutable {
+                            std::move(done)(std::move(s));
+                          });
   };
   if (absl::Status s = CheckTokenCall(
           *policy, caller, auth::Permission::kReadTokenInfo, token, &event);
@@ -1027,7 +953,7 @@ void Vault::GetTokenInfoAsync(const auth::Caller& caller,
   info.expires = h.expires;
   info.fingerprint = Fingerprint(*deps_.fingerprint_key, h.domain, pan);
   info.deterministic = h.deterministic;
-  RecordAsync(
+  recorder_.RecordAsync(
       std::move(event), absl::OkStatus(),
       [info = std::move(info), done = std::move(done)](absl::Status s) mutable {
         if (s.ok()) {
@@ -1043,11 +969,11 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
   const std::shared_ptr<const auth::AccessPolicy> policy =
       deps_.policy->Current();
   audit::AuditEvent event =
-      NewEvent(*policy, caller, v1::DELETE_TOKEN, kDeleteTokenRpc);
+      recorder_.NewEvent(*policy, caller, v1::DELETE_TOKEN, kDeleteTokenRpc);
   if (absl::Status s = CheckTokenCall(
           *policy, caller, auth::Permission::kDeleteToken, token, &event);
       !s.ok()) {
-    return Record(std::move(event), s);
+    return recorder_.Record(std::move(event), s);
   }
   // A concurrent change of the record or its index entry makes the write
   // condition fail; the delete is then planned again on fresh reads.
@@ -1056,17 +982,20 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
     absl::StatusOr<OpenedCard> opened = OpenRecord(token, &record);
     if (absl::IsNotFound(opened.status())) {
       event.set_detail("nothing to delete");
-      if (absl::Status s = Record(event, absl::OkStatus()); !s.ok()) return s;
+      if (absl::Status s = recorder_.Record(event, absl::OkStatus()); !s.ok())
+        return s;
       return false;
     }
-    if (!opened.ok()) return Record(std::move(event), opened.status());
+    if (!opened.ok())
+      return recorder_.Record(std::move(event), opened.status());
     event.set_token(std::string(token));
     const RecordHeader& h = opened->header;
     event.set_domain(h.domain);
     if (!policy->MayDeleteToken(caller, h.domain)) {
       // Same answer as for an absent token: existence does not leak.
       event.set_detail("nothing of the caller's to delete");
-      if (absl::Status s = Record(event, absl::OkStatus()); !s.ok()) return s;
+      if (absl::Status s = recorder_.Record(event, absl::OkStatus()); !s.ok())
+        return s;
       return false;
     }
     commit::Mutation mutation;
@@ -1080,8 +1009,8 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
       absl::StatusOr<std::string> v =
           deps_.records->Get(storage::Table::kPanIndex, key);
       if (!v.ok() && !absl::IsNotFound(v.status())) {
-        return Record(std::move(event),
-                      absl::UnavailableError("storage unavailable"));
+        return recorder_.Record(std::move(event),
+                                absl::UnavailableError("storage unavailable"));
       }
       absl::StatusOr<IndexEntry> entry =
           v.ok() ? DecodeIndexEntry(*v) : absl::NotFoundError("");
@@ -1107,8 +1036,9 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
     deps_.cvv_cache->Erase(token);
     return true;
   }
-  return Record(std::move(event),
-                absl::AbortedError("conflicting concurrent requests; retry"));
+  return recorder_.Record(
+      std::move(event),
+      absl::AbortedError("conflicting concurrent requests; retry"));
 }
 
 absl::StatusOr<uint32_t> Vault::RotateDataKey() const {
@@ -1148,55 +1078,18 @@ void Vault::RotateDueDataKey() const {
       " reached its encryption limit or cryptoperiod; now decrypt-only)"));
 }
 
-absl::Status Vault::ListAuditEvents(
-    const auth::Caller& caller, const AuditFilter& filter,
-    const std::function<bool(const audit::AuditEvent&)>& visit) const {
-  const std::shared_ptr<const auth::AccessPolicy> policy =
-      deps_.policy->Current();
-  audit::AuditEvent event =
-      NewEvent(*policy, caller, v1::LIST_EVENTS, kListEventsRpc);
-  const audit::ValueMarker& marker = deps_.audit->marker();
-  event.set_token(RecordedToken(
-      filter.token,
-      deps_.records->Get(storage::Table::kTokens, filter.token).ok()));
-  event.set_detail(DescribeFilter(filter, *policy, marker));
-  absl::Status allowed = policy->Check(caller, auth::Permission::kReadAudit);
-  if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
-  uint32_t sent = 0;
-  return deps_.audit->Scan(1, [&](const audit::AuditEvent& e) {
-    if (!Matches(filter, e)) return true;
-    if (!visit(e)) return false;
-    return filter.max_events == 0 || ++sent < filter.max_events;
-  });
-}
-
-absl::StatusOr<audit::ChainReport> Vault::VerifyAuditChain(
-    const auth::Caller& caller,
-    const std::optional<audit::Checkpoint>& checkpoint) const {
-  audit::AuditEvent event = NewEvent(caller, v1::VERIFY_CHAIN, kVerifyChainRpc);
-  absl::Status allowed =
-      deps_.policy->Current()->Check(caller, auth::Permission::kReadAudit);
-  if (absl::Status s = Record(std::move(event), allowed); !s.ok()) return s;
-  return deps_.audit->Verify(checkpoint);
-}
-
 void Vault::RecordRejectedAsync(const auth::Caller& caller, EventType type,
                                 absl::string_view rpc,
                                 const absl::Status& status) const {
-  RecordAsync(NewEvent(caller, type, rpc), status, [](absl::Status) {});
-}
-
-std::string Vault::RecordedToken(absl::string_view token, bool found) const {
-  const bool numeric = !token.empty() && token[0] >= '0' && token[0] <= '9';
-  return deps_.audit->marker().Recorded(
-      token, IsWellFormedToken(token) && (found || !numeric));
+  recorder_.RecordAsync(recorder_.NewEvent(caller, type, rpc), status,
+                        [](absl::Status) {});
 }
 
 void Vault::RecordRequested(const auth::AccessPolicy& policy,
                             const DetokenizeRequest& r,
                             audit::AuditEvent* event) const {
   const audit::ValueMarker& marker = deps_.audit->marker();
-  event->set_token(RecordedToken(r.token, false));
+  event->set_token(recorder_.RecordedToken(r.token, false));
   event->set_purpose(
       marker.Recorded(r.purpose, policy.KnowsPurpose(r.purpose)));
 }
@@ -1204,18 +1097,18 @@ void Vault::RecordRequested(const auth::AccessPolicy& policy,
 absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
                                    absl::string_view rpc,
                                    const absl::Status& status) const {
-  return Record(NewEvent(caller, type, rpc), status);
+  return recorder_.Record(recorder_.NewEvent(caller, type, rpc), status);
 }
 
 absl::Status Vault::RecordKeyEvent(absl::string_view detail) const {
-  audit::AuditEvent event = ServerEvent(v1::KEY_EVENT);
+  audit::AuditEvent event = recorder_.ServerEvent(v1::KEY_EVENT);
   event.set_detail(std::string(detail));
   return deps_.audit->Append(std::move(event));
 }
 
 absl::Status Vault::RecordPolicyReload(const absl::Status& outcome,
                                        absl::string_view detail) const {
-  audit::AuditEvent event = ServerEvent(v1::POLICY_RELOAD);
+  audit::AuditEvent event = recorder_.ServerEvent(v1::POLICY_RELOAD);
   event.set_detail(std::string(detail));
   event.set_status_code(static_cast<int32_t>(outcome.code()));
   event.set_status_message(std::string(outcome.message()));
@@ -1224,9 +1117,9 @@ absl::Status Vault::RecordPolicyReload(const absl::Status& outcome,
 
 absl::Status Vault::RecordLifecycle(EventType type,
                                     absl::string_view detail) const {
-  audit::AuditEvent event = ServerEvent(type);
+  audit::AuditEvent event = recorder_.ServerEvent(type);
   event.set_detail(std::string(detail));
-  return Record(std::move(event), absl::OkStatus());
+  return recorder_.Record(std::move(event), absl::OkStatus());
 }
 
 }  // namespace cardvault::vault

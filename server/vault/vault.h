@@ -35,6 +35,8 @@
 #include "server/storage/token_store.h"
 #include "server/util/blocking_executor.h"
 #include "server/util/log.h"
+#include "server/vault/audit_reader.h"
+#include "server/vault/call_recorder.h"
 #include "server/vault/card.h"
 #include "server/vault/card_record.h"
 #include "server/vault/cvv_cache.h"
@@ -55,22 +57,9 @@ inline constexpr char kGetTokenInfoRpc[] =
     "/cardvault.v1.TokenVault/GetTokenInfo";
 inline constexpr char kDeleteTokenRpc[] =
     "/cardvault.v1.TokenVault/DeleteToken";
-inline constexpr char kListEventsRpc[] = "/cardvault.v1.AuditLog/ListEvents";
-inline constexpr char kVerifyChainRpc[] = "/cardvault.v1.AuditLog/VerifyChain";
 
 // Longest TTL a token may be given (no card outlives its expiry year bound).
 inline constexpr absl::Duration kMaxTokenTtl = absl::Hours(24 * 366 * 50);
-
-// Which audit events an auditor asks for; empty fields match everything.
-struct AuditFilter {
-  std::optional<absl::Time> start_time;  // inclusive
-  std::optional<absl::Time> end_time;    // exclusive
-  std::string identity;
-  ::cardvault::v1::EventType event_type =
-      ::cardvault::v1::EVENT_TYPE_UNSPECIFIED;
-  std::string token;
-  uint32_t max_events = 0;  // 0 = no limit
-};
 
 // One card to tokenize and how. Move-only (holds card data).
 struct TokenizeRequest {
@@ -132,7 +121,7 @@ class Vault {
   // audit writer's thread, so it must be quick and must not wait for the
   // vault or the audit trail (see commit::WritePath::AppendAllAsync).
   template <typename T>
-  using Done = absl::AnyInvocable<void(T) &&>;
+  using Done = vault::Done<T>;
 
   struct Options {
     // Clock for expiry checks and audit timestamps.
@@ -324,6 +313,8 @@ class Vault {
         std::unique_ptr<util::BlockingExecutor> replanner)
       : deps_(deps),
         options_(std::move(options)),
+        recorder_(deps.policy, deps.audit, options_.now),
+        audit_reader_(&recorder_, deps.policy, deps.audit, deps.records),
         limiter_(MakeDayReserver(deps)),
         replanner_(std::move(replanner)) {}
 
@@ -332,20 +323,6 @@ class Vault {
   auth::RateLimiter::DayReserver MakeDayReserver(
       const Dependencies& deps) const;
 
-  audit::AuditEvent NewEvent(const auth::Caller& caller,
-                             ::cardvault::v1::EventType type,
-                             absl::string_view rpc) const;
-  // As NewEvent, under the policy a call already holds (one read of the
-  // policy per call, not per event).
-  audit::AuditEvent NewEvent(const auth::AccessPolicy& policy,
-                             const auth::Caller& caller,
-                             ::cardvault::v1::EventType type,
-                             absl::string_view rpc) const;
-  // A token a caller named, as a record may hold it (recorded_value.h): a
-  // well-formed random token as itself; a numeric one only once `found`
-  // (digits that merely fail Luhn may be a PAN with a CVV appended, or one
-  // digit off); otherwise its marker.
-  std::string RecordedToken(absl::string_view token, bool found) const;
   // Records a Detokenize item's token and purpose in `event` by the rule of
   // recorded_value.h: as themselves when well-formed (token) or listed
   // (purpose), else as markers.
@@ -358,15 +335,6 @@ class Vault {
                                               const auth::Caller& caller,
                                               ::cardvault::v1::EventType type,
                                               absl::string_view rpc) const;
-  // An event of the server itself (start, stop, keys, policy).
-  audit::AuditEvent ServerEvent(::cardvault::v1::EventType type) const;
-  // Records `event` with the outcome `status` and returns `status`; if the
-  // record cannot be written, UNAVAILABLE.
-  absl::Status Record(audit::AuditEvent event,
-                      const absl::Status& status) const;
-  // As Record, finishing through `done`.
-  void RecordAsync(audit::AuditEvent event, absl::Status status,
-                   Done<absl::Status> done) const;
 
   // A batch call's own checks: the role, then 1 to max_batch_items items.
   absl::Status CheckBatch(const auth::Caller& caller,
@@ -430,6 +398,9 @@ class Vault {
 
   const Dependencies deps_;
   const Options options_;
+  // How every call is recorded, and the auditors' use cases.
+  const CallRecorder recorder_;
+  const AuditReader audit_reader_;
   mutable auth::RateLimiter limiter_;
   mutable std::atomic<uint64_t> velocity_denials_{0};
   // Failed reservations of daily uses, logged at most once a second.
