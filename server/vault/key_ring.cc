@@ -371,20 +371,22 @@ bool KeyRing::PrimaryDue() const {
          now >= e.cryptoperiod_end;
 }
 
-absl::StatusOr<uint32_t> KeyRing::Rotate() const {
+absl::StatusOr<uint32_t> KeyRing::Rotate(bool* made_here) const {
   absl::MutexLock rotating(&rotate_mu_);
-  return RotateLocked();
+  return RotateLocked(made_here);
 }
 
-absl::StatusOr<std::optional<uint32_t>> KeyRing::RotateIfDue() const {
+absl::StatusOr<std::optional<uint32_t>> KeyRing::RotateIfDue(
+    bool* made_here) const {
   absl::MutexLock rotating(&rotate_mu_);
   if (!PrimaryDue()) return std::nullopt;
-  absl::StatusOr<uint32_t> version = RotateLocked();
+  absl::StatusOr<uint32_t> version = RotateLocked(made_here);
   if (!version.ok()) return version.status();
   return *version;
 }
 
-absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
+absl::StatusOr<uint32_t> KeyRing::RotateLocked(bool* made_here) const {
+  if (made_here != nullptr) *made_here = false;
   if (kek_ == nullptr) {
     return absl::FailedPreconditionError("this key ring cannot rotate");
   }
@@ -414,6 +416,7 @@ absl::StatusOr<uint32_t> KeyRing::RotateLocked() const {
   absl::MutexLock lock(&mu_);
   keys_.emplace(next, std::move(e));
   primary_ = next;
+  if (made_here != nullptr) *made_here = true;
   return next;
 }
 

@@ -205,11 +205,14 @@ class KeyRing {
 
   // Generates a new data key in the HSM, stores it wrapped and makes it the
   // primary; the previous one becomes decrypt-only. Returns its version.
-  absl::StatusOr<uint32_t> Rotate() const;
+  // When another node sharing the store made that version first, its key
+  // is the primary instead and `*made_here` (when given) is false.
+  absl::StatusOr<uint32_t> Rotate(bool* made_here = nullptr) const;
 
   // Rotate() if the primary is due; nullopt if it is not (so that many
   // callers noticing the same due key rotate it once).
-  absl::StatusOr<std::optional<uint32_t>> RotateIfDue() const;
+  absl::StatusOr<std::optional<uint32_t>> RotateIfDue(
+      bool* made_here = nullptr) const;
 
   // Blocks until no lease of `version` is outstanding.
   void AwaitNoLeases(uint32_t version) const;
@@ -254,7 +257,7 @@ class KeyRing {
   // Reserves at least `n` more encryptions under `version` into its
   // in_hand; UNAVAILABLE when the hard bound leaves fewer.
   absl::Status ReserveUses(uint32_t version, uint64_t n) const;
-  absl::StatusOr<uint32_t> RotateLocked() const
+  absl::StatusOr<uint32_t> RotateLocked(bool* made_here) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(rotate_mu_);
   KeyState StateOf(uint32_t version, const Entry& e) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

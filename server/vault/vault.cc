@@ -1043,12 +1043,19 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
 
 absl::StatusOr<uint32_t> Vault::RotateDataKey() const {
   const uint32_t old = deps_.keys->primary_version();
-  absl::StatusOr<uint32_t> rotated = deps_.keys->Rotate();
+  bool made_here = false;
+  absl::StatusOr<uint32_t> rotated = deps_.keys->Rotate(&made_here);
   if (!rotated.ok()) return rotated.status();
+  // Another node's rotation is that node's event; this one only says so.
   if (absl::Status s = RecordKeyEvent(
-          absl::StrCat("rotated data keys on demand: ", DataKeyId(*rotated),
-                       " generated in the HSM and made primary (",
-                       DataKeyId(old), " now decrypt-only)"));
+          made_here
+              ? absl::StrCat(
+                    "rotated data keys on demand: ", DataKeyId(*rotated),
+                    " generated in the HSM and made primary (", DataKeyId(old),
+                    " now decrypt-only)")
+              : absl::StrCat("rotation on demand found ", DataKeyId(*rotated),
+                             " just made primary by another node (",
+                             DataKeyId(old), " now decrypt-only)"));
       !s.ok()) {
     return s;
   }
@@ -1064,14 +1071,17 @@ absl::Status Vault::DestroyDataKey(uint32_t version) const {
 
 void Vault::RotateDueDataKey() const {
   const uint32_t old = deps_.keys->primary_version();
-  absl::StatusOr<std::optional<uint32_t>> rotated = deps_.keys->RotateIfDue();
+  bool made_here = false;
+  absl::StatusOr<std::optional<uint32_t>> rotated =
+      deps_.keys->RotateIfDue(&made_here);
   if (!rotated.ok()) {
     // Sealing goes on under the old key up to the hard limit; alert.
     util::LogError(absl::StrCat("ALERT data key rotation failed: ",
                                 rotated.status().ToString()));
     return;
   }
-  if (!rotated->has_value()) return;  // another call rotated it
+  // Another call, or another node, rotated it (and records it).
+  if (!rotated->has_value() || !made_here) return;
   (void)RecordKeyEvent(absl::StrCat(
       "rotated data keys: ", DataKeyId(**rotated),
       " generated in the HSM and made primary (", DataKeyId(old),

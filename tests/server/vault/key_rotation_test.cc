@@ -123,13 +123,40 @@ TEST_F(TwoNodeKeyRingTest, AKeyMadeByOneNodeIsUsedByTheOther) {
   EXPECT_THAT(other_->Get(2), IsOk());
   EXPECT_EQ(other_->primary_version(), 2u);
   // A rotation the other node also meant to make lands on the same key.
-  ASSERT_THAT(ring_->Rotate(), ::cardvault::testing::IsOkAndHolds(3u));
-  EXPECT_THAT(other_->Rotate(), ::cardvault::testing::IsOkAndHolds(3u));
+  bool made_here = false;
+  ASSERT_THAT(ring_->Rotate(&made_here),
+              ::cardvault::testing::IsOkAndHolds(3u));
+  EXPECT_TRUE(made_here);
+  EXPECT_THAT(other_->Rotate(&made_here),
+              ::cardvault::testing::IsOkAndHolds(3u));
+  // The other node says it made nothing, so that it records nothing made.
+  EXPECT_FALSE(made_here);
   EXPECT_EQ(ring_->primary_version(), 3u);
   EXPECT_EQ(other_->primary_version(), 3u);
   EXPECT_EQ(other_->Inventory().size(), 3u);
   // A version nobody made stays NOT_FOUND.
   EXPECT_THAT(other_->Get(9), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(TwoNodeKeyRingTest, ARotationAnotherNodeMadeFirstIsNotRecordedAsOwn) {
+  ASSERT_THAT(ring_->Rotate(), ::cardvault::testing::IsOkAndHolds(2u));
+  // The other node, not yet refreshed, is asked to rotate on demand.
+  Vault::Dependencies deps = Deps();
+  deps.keys = other_.get();
+  Vault::Options options;
+  options.now = [this] { return Now(); };
+  auto other_vault = *Vault::Create(deps, std::move(options));
+  ASSERT_THAT(other_vault->RotateDataKey(),
+              ::cardvault::testing::IsOkAndHolds(2u));
+  std::vector<std::string> details;
+  for (const audit::AuditEvent& e : Events()) {
+    if (e.event_type() == v1::KEY_EVENT) details.push_back(e.detail());
+  }
+  ASSERT_FALSE(details.empty());
+  EXPECT_THAT(details.back(),
+              ::testing::HasSubstr("just made primary by another node"));
+  EXPECT_THAT(details.back(),
+              ::testing::Not(::testing::HasSubstr("generated in the HSM")));
 }
 
 TEST_F(TwoNodeKeyRingTest, BothNodesTogetherStayUnderTheGcmBound) {
