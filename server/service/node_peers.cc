@@ -1,14 +1,13 @@
 #include "server/service/node_peers.h"
 
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "openssl/crypto.h"
+#include "server/config/text_proto.h"
 #include "server/crypto/certificate_info.h"
 #include "server/crypto/secret_bytes.h"
 #include "server/service/caller_context.h"
@@ -21,17 +20,6 @@ namespace cardvault::service {
 namespace {
 
 namespace pb = ::cardvault::v1;
-
-absl::StatusOr<std::string> ReadPem(const std::string& path,
-                                    absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 void Wipe(std::string& s) {
   OPENSSL_cleanse(s.data(), s.size());
@@ -70,13 +58,14 @@ absl::StatusOr<std::unique_ptr<GrpcCvvPeers>> GrpcCvvPeers::Create(
     return absl::InvalidArgumentError("bad node peer options");
   }
   grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> ca = ReadPem(options.server_ca_file, "CA file");
+  absl::StatusOr<std::string> ca =
+      config::ReadTextFile(options.server_ca_file, "CA file");
   if (!ca.ok()) return ca.status();
   absl::StatusOr<std::string> cert =
-      ReadPem(options.client_cert_file, "node certificate file");
+      config::ReadTextFile(options.client_cert_file, "node certificate file");
   if (!cert.ok()) return cert.status();
   absl::StatusOr<std::string> key =
-      ReadPem(options.client_key_file, "node key file");
+      config::ReadTextFile(options.client_key_file, "node key file");
   if (!key.ok()) return key.status();
   if (absl::Status pair = crypto::CheckKeyPair(*cert, *key); !pair.ok()) {
     Wipe(*key);

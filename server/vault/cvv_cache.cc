@@ -112,12 +112,6 @@ CvvCache::Held CvvCache::Compare(absl::string_view token,
   return *held == cvv ? Held::kSame : Held::kDifferent;
 }
 
-bool CvvCache::Holds(absl::string_view token, absl::Time now) const {
-  absl::MutexLock lock(&mu_);
-  auto it = entries_.find(token);
-  return it != entries_.end() && it->second.expires > now;
-}
-
 size_t CvvCache::size() const {
   absl::MutexLock lock(&mu_);
   return entries_.size();

@@ -60,9 +60,6 @@ class CvvCache {
   Held Compare(absl::string_view token, const crypto::SecretBytes& cvv,
                absl::Time now) const;
 
-  // Whether a CVV is held for `token` at `now`; nothing is removed.
-  bool Holds(absl::string_view token, absl::Time now) const;
-
   // How long a CVV is held untaken.
   absl::Duration ttl() const { return options_.ttl; }
 

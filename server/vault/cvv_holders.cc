@@ -13,12 +13,6 @@ namespace {
 
 constexpr size_t kFixedBytes = 1 + 8 + 1;
 
-// Audit records name the holder and nodes connect to it: host:port only,
-// no digit run that could be a card number (util/node_address.h).
-bool IsPrintableAddress(absl::string_view address) {
-  return util::IsNodeAddress(address);
-}
-
 }  // namespace
 
 std::string CvvHolderKey(absl::string_view token) {
@@ -30,7 +24,7 @@ bool IsCvvHolderKey(absl::string_view key) {
 }
 
 absl::StatusOr<std::string> EncodeCvvHolder(const CvvHolder& holder) {
-  if (!IsPrintableAddress(holder.address)) {
+  if (!util::IsNodeAddress(holder.address)) {
     return absl::InvalidArgumentError(
         "a node address is 1 to 255 printable ASCII characters");
   }
@@ -58,7 +52,7 @@ absl::StatusOr<CvvHolder> DecodeCvvHolder(absl::string_view value) {
   holder.expires = absl::FromUnixMillis(
       static_cast<int64_t>(util::ReadBigEndian64(value.substr(1, 8))));
   holder.address = std::string(value.substr(kFixedBytes));
-  if (!IsPrintableAddress(holder.address)) {
+  if (!util::IsNodeAddress(holder.address)) {
     return absl::DataLossError("CVV holder row has a bad address");
   }
   return holder;

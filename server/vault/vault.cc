@@ -11,6 +11,7 @@
 #include "absl/synchronization/notification.h"
 #include "server/util/big_endian.h"
 #include "server/util/log.h"
+#include "server/util/node_address.h"
 #include "server/vault/audit_event.h"
 #include "server/vault/card_record.h"
 #include "server/vault/index_entry.h"
@@ -60,10 +61,7 @@ absl::StatusOr<std::unique_ptr<Vault>> Vault::Create(Dependencies deps,
       options.max_batch_items == 0) {
     return absl::InvalidArgumentError("bad vault options");
   }
-  if (deps.cvv_peers != nullptr &&
-      !EncodeCvvHolder(
-           {.expires = absl::UnixEpoch(), .address = options.node_address})
-           .ok()) {
+  if (deps.cvv_peers != nullptr && !util::IsNodeAddress(options.node_address)) {
     return absl::InvalidArgumentError(
         "a vault that takes CVVs from other nodes needs its own node address");
   }
@@ -853,9 +851,10 @@ absl::StatusOr<std::optional<crypto::SecretBytes>> Vault::ReleaseHeldCvv(
   // while it still names this node (a later Tokenize may name another).
   commit::Mutation mutation;
   const std::string key = CvvHolderKey(token);
-  if (absl::StatusOr<std::string> row =
-          deps_.records->Get(storage::Table::kShared, key);
-      cvv.has_value() && row.ok()) {
+  absl::StatusOr<std::string> row =
+      cvv.has_value() ? deps_.records->Get(storage::Table::kShared, key)
+                      : absl::NotFoundError("no CVV released");
+  if (row.ok()) {
     absl::StatusOr<CvvHolder> holder = DecodeCvvHolder(*row);
     if (holder.ok() && holder->address == options_.node_address) {
       mutation.conditions.push_back({storage::Table::kShared, key, *row});
