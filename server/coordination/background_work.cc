@@ -52,6 +52,7 @@ void BackgroundWork::Loop(Slot* slot) {
   absl::Time next = absl::InfinitePast();
   do {
     if (absl::Now() < next) continue;
+    ++slot->lease_checks;
     std::optional<storage::Condition> fence = lease_->Fence();
     if (!fence.has_value()) continue;
     const absl::Status s = slot->job.run(*fence);
@@ -62,8 +63,15 @@ void BackgroundWork::Loop(Slot* slot) {
                                   " failed: ", s.ToString()));
     }
     next = absl::Now() + slot->job.interval;
-  } while (!stop_.WaitForNotificationWithTimeout(std::max(
-      absl::Milliseconds(1), std::min(options_.poll, next - absl::Now()))));
+  } while (!stop_.WaitForNotificationWithTimeout(WaitBeforeNextCheck(next)));
+}
+
+absl::Duration BackgroundWork::WaitBeforeNextCheck(absl::Time next) const {
+  // A job not yet due waits for it (checking the lease each poll); one due,
+  // but not run because another node holds the lease, waits a whole poll.
+  const absl::Duration until_due = next - absl::Now();
+  if (until_due <= absl::ZeroDuration()) return options_.poll;
+  return std::max(absl::Milliseconds(1), std::min(options_.poll, until_due));
 }
 
 }  // namespace cardvault::coordination

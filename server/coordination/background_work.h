@@ -64,17 +64,25 @@ class BackgroundWork {
   uint64_t failures(size_t index) const {
     return slots_[index]->failures.load();
   }
+  // Times job `index`'s thread asked the lease whether it may run: about
+  // one per poll while another node holds it.
+  uint64_t lease_checks(size_t index) const {
+    return slots_[index]->lease_checks.load();
+  }
 
  private:
   struct Slot {
     BackgroundJob job;
     std::atomic<uint64_t> runs{0};
     std::atomic<uint64_t> failures{0};
+    std::atomic<uint64_t> lease_checks{0};
     std::thread thread;
   };
   BackgroundWork(const JobLease* lease, Options options)
       : lease_(lease), options_(options) {}
   void Loop(Slot* slot);
+  // How long the loop sleeps after a check, given when the job is due.
+  absl::Duration WaitBeforeNextCheck(absl::Time next) const;
 
   const JobLease* const lease_;
   const Options options_;

@@ -113,6 +113,26 @@ TEST_F(BackgroundWorkTest, OnlyTheHolderRunsAndAnotherNodeResumes) {
   }
 }
 
+// A node that does not hold the lease asks about once per poll, not in a
+// busy loop (it burnt a quarter of a core on idle nodes).
+TEST_F(BackgroundWorkTest, NodeWithoutTheLeaseChecksOncePerPoll) {
+  auto lease_a = Lease("node-a");
+  auto lease_b = Lease("node-b");
+  ASSERT_THAT(lease_a->Step(), IsOkAndHolds(true));
+  ASSERT_THAT(lease_b->Step(), IsOkAndHolds(false));
+  constexpr absl::Duration kPoll = absl::Milliseconds(50);
+  auto work_b = BackgroundWork::Start(lease_b.get(), {Recording("node-b")},
+                                      {.poll = kPoll});
+  ASSERT_THAT(work_b, IsOk());
+  const absl::Time start = absl::Now();
+  absl::SleepFor(absl::Milliseconds(500));
+  const uint64_t checks = (*work_b)->lease_checks(0);
+  const int64_t polls = (absl::Now() - start) / kPoll;
+  EXPECT_GE(checks, 1u);
+  EXPECT_LE(checks, static_cast<uint64_t>(polls + 2));
+  EXPECT_EQ(RunsOn("node-b"), 0u);
+}
+
 TEST_F(BackgroundWorkTest, AFailedRunIsCountedAndRetriedAtTheNextInterval) {
   auto lease = Lease("node-a");
   ASSERT_THAT(lease->Step(), IsOkAndHolds(true));
