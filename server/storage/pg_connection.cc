@@ -364,8 +364,13 @@ PgConnection::PgConnection(PgConnection&& other) noexcept
       sink_(std::move(other.sink_)),
       pending_(std::move(other.pending_)),
       skipping_(other.skipping_),
-      broken_(other.broken_) {
+      broken_(other.broken_),
+      prepared_(std::move(other.prepared_)),
+      parsing_(std::move(other.parsing_)),
+      statements_named_(other.statements_named_) {
   other.pending_.clear();
+  other.prepared_.clear();
+  other.parsing_.clear();
 }
 
 PgConnection& PgConnection::operator=(PgConnection&& other) noexcept {
@@ -377,6 +382,11 @@ PgConnection& PgConnection::operator=(PgConnection&& other) noexcept {
     other.pending_.clear();
     skipping_ = other.skipping_;
     broken_ = other.broken_;
+    prepared_ = std::move(other.prepared_);
+    other.prepared_.clear();
+    parsing_ = std::move(other.parsing_);
+    other.parsing_.clear();
+    statements_named_ = other.statements_named_;
   }
   return *this;
 }
@@ -427,7 +437,8 @@ absl::Status CheckParams(const PgParams& params) {
 
 }  // namespace
 
-bool PgConnection::Send(absl::string_view sql, const PgParams& params) {
+bool PgConnection::Send(absl::string_view sql, absl::string_view name,
+                        const PgParams& params) {
   const int n = params.size();
   std::vector<const char*> values(n);
   std::vector<int> lengths(n);
@@ -436,10 +447,40 @@ bool PgConnection::Send(absl::string_view sql, const PgParams& params) {
     values[i] = params.nulls_[i] ? nullptr : params.values_[i].data();
     lengths[i] = static_cast<int>(params.values_[i].size());
   }
+  if (!name.empty()) {
+    const std::string statement_name(name);
+    return PQsendQueryPrepared(connection_, statement_name.c_str(), n,
+                               values.data(), lengths.data(), formats.data(),
+                               /*resultFormat=*/1) == 1;
+  }
   const std::string statement(sql);
   return PQsendQueryParams(connection_, statement.c_str(), n,
                            params.types_.data(), values.data(), lengths.data(),
                            formats.data(), /*resultFormat=*/1) == 1;
+}
+
+bool PgConnection::SendParse(absl::string_view sql, const PgParams& params,
+                             std::string* name) {
+  *name = absl::StrCat("cv", ++statements_named_);
+  const std::string statement(sql);
+  return PQsendPrepare(connection_, name->c_str(), statement.c_str(),
+                       params.size(), params.types_.data()) == 1;
+}
+
+std::string PgConnection::PreparedKey(absl::string_view sql,
+                                      const PgParams& params) {
+  std::string key(sql);
+  key.push_back('\0');
+  for (Oid type : params.types_) AppendBigEndian32(type, &key);
+  return key;
+}
+
+void PgConnection::ForgetPreparedIfGone(const PgStatementResult& result) {
+  // 26000 invalid_sql_statement_name: the session lost its statements;
+  // 0A000 also comes as "cached plan must not change result type" after a
+  // migration altered a table.
+  const std::optional<std::string> state = SqlStateOf(result.status);
+  if (state == "26000" || state == "0A000") prepared_.clear();
 }
 
 PGresult* PgConnection::NextResult(absl::Status* error) {
@@ -537,7 +578,28 @@ absl::StatusOr<PgResult> PgConnection::Exec(absl::string_view sql,
   if (absl::Status s = Usable(kOperation); !s.ok()) return s;
   if (absl::Status s = CheckParams(params); !s.ok()) return s;
   sink_->notices.clear();
-  if (!Send(sql, params)) {
+  const std::string key = PreparedKey(sql, params);
+  std::string name;
+  const auto cached = prepared_.find(key);
+  const bool was_prepared = cached != prepared_.end();
+  if (was_prepared) {
+    name = cached->second;
+  } else if (MayPrepare()) {
+    if (!SendParse(sql, params, &name)) {
+      MarkBroken();
+      return FromPgConnection(connection_, kOperation);
+    }
+    absl::Status error;
+    PGresult* parsed = NextResult(&error);
+    if (parsed == nullptr) {
+      MarkBroken();
+      return error.ok() ? Lost(kOperation) : error;
+    }
+    PgStatementResult parse = FinishStatement(parsed, Pending(), kOperation);
+    if (!parse.status.ok()) return parse.status;
+    prepared_.emplace(key, name);
+  }
+  if (!Send(sql, name, params)) {
     MarkBroken();
     return FromPgConnection(connection_, kOperation);
   }
@@ -550,6 +612,11 @@ absl::StatusOr<PgResult> PgConnection::Exec(absl::string_view sql,
   Pending pending;
   pending.is_commit = IsCommit(sql);
   PgStatementResult result = FinishStatement(first, pending, kOperation);
+  ForgetPreparedIfGone(result);
+  if (was_prepared && SqlStateOf(result.status) == "26000") {
+    // The server forgot the statement before running it: prepare it again.
+    return Exec(sql, params);
+  }
   if (!result.status.ok()) return result.status;
   return std::move(result.result);
 }
@@ -604,7 +671,27 @@ void PgConnection::Queue(absl::string_view sql, const PgParams& params) {
     MarkBroken();
     status = FromPgConnection(connection_, "enter pipeline mode");
   }
-  if (status.ok() && !Send(sql, params)) {
+  std::string name;
+  if (status.ok()) {
+    std::string key = PreparedKey(sql, params);
+    if (auto it = prepared_.find(key); it != prepared_.end()) {
+      name = it->second;
+    } else if (auto it = parsing_.find(key); it != parsing_.end()) {
+      name = it->second;
+    } else if (MayPrepare()) {
+      Pending parse;
+      if (SendParse(sql, params, &parse.parse_name)) {
+        name = parse.parse_name;
+        parsing_.emplace(key, name);
+        parse.parse_key = std::move(key);
+        pending_.push_back(std::move(parse));
+      } else {
+        MarkBroken();
+        status = FromPgConnection(connection_, kOperation);
+      }
+    }
+  }
+  if (status.ok() && !Send(sql, name, params)) {
     MarkBroken();
     status = FromPgConnection(connection_, kOperation);
   }
@@ -689,17 +776,42 @@ std::vector<PgStatementResult> PgConnection::Sync() {
     }
     sink_->notices.clear();
   }
+  // Parses are not the caller's statements: keep what they prepared (a
+  // prepared statement outlives the transaction), give a failed one's error
+  // to its statement, and leave them out of the results.
+  std::vector<PgStatementResult> statements;
+  statements.reserve(pending.size());
+  absl::Status parse_error;
+  for (size_t i = 0; i < pending.size(); ++i) {
+    if (!pending[i].parse_key.empty()) {
+      parsing_.erase(pending[i].parse_key);
+      if (out[i].status.ok() && failure.ok()) {
+        prepared_.emplace(pending[i].parse_key, pending[i].parse_name);
+      } else if (!absl::IsAborted(out[i].status) ||
+                 SqlStateOf(out[i].status).has_value()) {
+        parse_error = out[i].status;
+      }
+      continue;
+    }
+    ForgetPreparedIfGone(out[i]);
+    if (!parse_error.ok() && absl::IsAborted(out[i].status) &&
+        !SqlStateOf(out[i].status).has_value()) {
+      out[i].status = parse_error;
+    }
+    parse_error = absl::OkStatus();
+    statements.push_back(std::move(out[i]));
+  }
   const absl::Status& group_error = failure.ok() ? commit_error : failure;
   if (!group_error.ok()) {
-    for (size_t i = 0; i < pending.size(); ++i) {
-      if (out[i].status.ok()) out[i].status = group_error;
+    for (PgStatementResult& r : statements) {
+      if (r.status.ok()) r.status = group_error;
     }
   }
   if (!broken_ && PQpipelineStatus(connection_) != PQ_PIPELINE_OFF &&
       PQexitPipelineMode(connection_) != 1) {
     MarkBroken();
   }
-  return out;
+  return statements;
 }
 
 }  // namespace cardvault::storage

@@ -33,6 +33,19 @@
 // of their own: bound them with the conninfo's tcp_user_timeout / keepalives
 // and the server's statement_timeout.
 //
+// Prepared statements. Every statement is sent as a named prepared
+// statement of this connection (Parse once, then Bind/Execute by name), so
+// the server parses and plans each SQL text once per session instead of
+// once per call: the write path's statements are a fixed set. The first use
+// of a text queues its Parse ahead of it in the same pipeline (or, for Exec,
+// costs one extra round trip); a Parse that fails is reported as the error
+// of its statement. At most kPgMaxPreparedStatements texts are kept per
+// connection; later ones run unnamed. A server that forgot them (SQLSTATE
+// 26000, e.g. after DISCARD ALL by a pooler) clears the cache. Named
+// statements last for the session: a pooler in front must keep sessions
+// (PgBouncer's session mode, or transaction mode with its
+// max_prepared_statements).
+//
 // Transactions. Without BEGIN, every Sync() (and every Exec) is one implicit
 // transaction that commits when it ends. With BEGIN, a transaction may span
 // several Sync() calls. After an error inside an explicit transaction, the
@@ -59,6 +72,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -78,6 +92,10 @@ inline constexpr Oid kPgInt8ArrayOid = 1016;
 
 // PostgreSQL's limit on the parameters of one statement (a 16-bit count).
 inline constexpr int kPgMaxParams = 65535;
+
+// Distinct SQL texts one connection keeps prepared (see "Prepared
+// statements"); the vault's own statements number a few dozen.
+inline constexpr size_t kPgMaxPreparedStatements = 128;
 
 // A notice (warning, notice) the server sent with a statement. Its text is
 // dropped: it can echo values.
@@ -220,7 +238,7 @@ class PgConnection {
   // statement up to the Sync().
   void Queue(absl::string_view sql, const PgParams& params = PgParams());
   // Statements queued since the last Sync().
-  size_t queued() const { return pending_.size(); }
+  size_t queued() const { return pending_.size() - parsing_.size(); }
   // Sends a sync point and reads one result per queued statement, in order,
   // then leaves pipeline mode. Everything before the sync point commits
   // (if no BEGIN is open) or fails together: an error when the sync point
@@ -237,13 +255,30 @@ class PgConnection {
   struct Pending {
     absl::Status local_error;  // set: not sent
     bool is_commit = false;
+    // Set: this is the Parse of the next entry's text (not a statement of
+    // the caller's); kept as prepared under these once it succeeds.
+    std::string parse_key;
+    std::string parse_name;
   };
 
   PgConnection(PGconn* connection, std::unique_ptr<NoticeSink> sink);
   absl::Status Usable(absl::string_view operation) const;
-  // PQsendQueryParams with binary parameters and results; false if libpq
-  // could not queue or send it.
-  bool Send(absl::string_view sql, const PgParams& params);
+  // PQsendQueryPrepared of `name` (PQsendQueryParams of `sql` when empty)
+  // with binary parameters and results; false if libpq could not queue or
+  // send it.
+  bool Send(absl::string_view sql, absl::string_view name,
+            const PgParams& params);
+  // PQsendPrepare of `sql` under a new name, returned in *name.
+  bool SendParse(absl::string_view sql, const PgParams& params,
+                 std::string* name);
+  // The cache key of `sql` with its parameter types.
+  static std::string PreparedKey(absl::string_view sql, const PgParams& params);
+  // Whether a new text may still be prepared (the cache is not full).
+  bool MayPrepare() const {
+    return prepared_.size() + parsing_.size() < kPgMaxPreparedStatements;
+  }
+  // Forgets every prepared statement when `result` says the server has.
+  void ForgetPreparedIfGone(const PgStatementResult& result);
   // The next PQgetResult answer (nullptr: end of the current statement, or
   // a failure, then in *error), polling and flushing while it is not ready.
   PGresult* NextResult(absl::Status* error);
@@ -257,6 +292,11 @@ class PgConnection {
   std::vector<Pending> pending_;
   bool skipping_ = false;  // a queued statement failed locally
   bool broken_ = false;
+  // Prepared statements: name by PreparedKey, confirmed by the server.
+  absl::flat_hash_map<std::string, std::string> prepared_;
+  // Parses queued in the current pipeline, not yet answered.
+  absl::flat_hash_map<std::string, std::string> parsing_;
+  uint64_t statements_named_ = 0;
 };
 
 }  // namespace cardvault::storage

@@ -345,7 +345,7 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
   if (s == "23505") return Code::kAlreadyExists;
   if (s == "40003" || s == "08007" || s == "57014") return Code::kUnknown;
   if (s == "40002") return Code::kFailedPrecondition;
-  if (s == "55P03" || s == "72000") return Code::kAborted;
+  if (s == "55P03" || s == "72000" || s == "26000") return Code::kAborted;
   if (s == "25006" || s == "25P03" || s == "58030") return Code::kUnavailable;
   if (s == "25P02" || s == "57P04") return Code::kFailedPrecondition;
   if (s == "22P03" || s == "2202E") return Code::kInternal;

@@ -22,7 +22,9 @@
 // SQLSTATE -> code (the most specific absl code that tells the caller what
 // to do; CodeForSqlState):
 //   40001 serialization_failure, 40P01 deadlock_detected, other class 40,
-//   55P03 lock_not_available, 72000 snapshot_too_old
+//   55P03 lock_not_available, 72000 snapshot_too_old, 26000
+//   invalid_sql_statement_name (the session lost its prepared statements;
+//   pg_connection.h prepares them again)
 //       -> ABORTED: the transaction was rolled back; retry it whole.
 //   40002 transaction_integrity_constraint_violation, class 23 but 23505
 //       -> FAILED_PRECONDITION: a constraint refused the write.

@@ -601,6 +601,113 @@ TEST_F(PgConnectionTest, MovedConnectionKeepsWorking) {
   EXPECT_EQ(r.notices().size(), 1u);
 }
 
+// How many statements this session holds prepared with `sql` as their text.
+int64_t PreparedCount(PgConnection& c, absl::string_view sql) {
+  absl::StatusOr<PgResult> r = c.Exec(
+      "SELECT count(*)::int8 FROM pg_prepared_statements WHERE "
+      "statement = $1::text",
+      PgParams().AddText(sql));
+  EXPECT_THAT(r, IsOk());
+  if (!r.ok()) return -1;
+  absl::StatusOr<int64_t> n = r->Int8(0, 0);
+  EXPECT_THAT(n, IsOk());
+  return n.ok() ? *n : -1;
+}
+
+TEST_F(PgConnectionTest, EachTextIsParsedOncePerConnection) {
+  PgConnection c = Connect();
+  constexpr absl::string_view kSql = "SELECT $1::int8 + 1";
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_THAT(c.Exec(kSql, PgParams().AddInt8(i)), IsOk());
+    c.Queue(kSql, PgParams().AddInt8(i));
+    c.Queue(kSql, PgParams().AddInt8(i + 1));
+    EXPECT_EQ(c.queued(), 2u);
+    std::vector<PgStatementResult> out = c.Sync();
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_THAT(out[1].status, IsOk());
+    EXPECT_THAT(out[1].result.Int8(0, 0), IsOkAndHolds(i + 2));
+  }
+  EXPECT_EQ(PreparedCount(c, kSql), 1);
+  // Another connection has its own.
+  PgConnection other = Connect();
+  EXPECT_EQ(PreparedCount(other, kSql), 0);
+}
+
+TEST_F(PgConnectionTest, ParseErrorIsItsStatementsError) {
+  PgConnection c = Connect();
+  EXPECT_THAT(c.Exec("SELEC 1"), StatusIs(absl::StatusCode::kInternal,
+                                          HasSubstr("SQLSTATE 42601")));
+  c.Queue("SELECT 1");
+  c.Queue("SELEC 2");
+  c.Queue("SELECT 3");
+  std::vector<PgStatementResult> out = c.Sync();
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_THAT(out[0].status, IsOk());
+  EXPECT_THAT(out[1].status, StatusIs(absl::StatusCode::kInternal,
+                                      HasSubstr("SQLSTATE 42601")));
+  EXPECT_THAT(out[2].status, StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(c.Exec("SELECT 4"), IsOk());
+  EXPECT_EQ(PreparedCount(c, "SELEC 2"), 0);
+}
+
+// Prepared statements are not transactional: one parsed inside a
+// transaction that rolls back stays usable.
+TEST_F(PgConnectionTest, PreparedInRolledBackTransactionStaysUsable) {
+  PgConnection c = Connect();
+  constexpr absl::string_view kSql = "SELECT $1::int8 * 2";
+  c.Queue("BEGIN");
+  c.Queue(kSql, PgParams().AddInt8(2));
+  c.Queue("SELECT 1/0");
+  std::vector<PgStatementResult> out = c.Sync();
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_THAT(out[1].status, IsOk());
+  EXPECT_THAT(out[2].status, Not(IsOk()));
+  ASSERT_THAT(c.Exec("ROLLBACK"), IsOk());
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(PgResult r,
+                                 c.Exec(kSql, PgParams().AddInt8(5)));
+  EXPECT_THAT(r.Int8(0, 0), IsOkAndHolds(10));
+  EXPECT_EQ(PreparedCount(c, kSql), 1);
+}
+
+// A pooler's DEALLOCATE ALL (or DISCARD ALL) forgets them: Exec prepares
+// again by itself; a pipeline fails once with ABORTED (retry) and then
+// prepares again.
+TEST_F(PgConnectionTest, ForgottenStatementsArePreparedAgain) {
+  PgConnection c = Connect();
+  constexpr absl::string_view kSql = "SELECT $1::int8 - 1";
+  ASSERT_THAT(c.Exec(kSql, PgParams().AddInt8(1)), IsOk());
+  ASSERT_THAT(c.ExecScript("DEALLOCATE ALL"), IsOk());
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(PgResult r,
+                                 c.Exec(kSql, PgParams().AddInt8(8)));
+  EXPECT_THAT(r.Int8(0, 0), IsOkAndHolds(7));
+
+  ASSERT_THAT(c.ExecScript("DEALLOCATE ALL"), IsOk());
+  c.Queue(kSql, PgParams().AddInt8(3));
+  std::vector<PgStatementResult> out = c.Sync();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_THAT(out[0].status, StatusIs(absl::StatusCode::kAborted,
+                                      HasSubstr("SQLSTATE 26000")));
+  c.Queue(kSql, PgParams().AddInt8(3));
+  out = c.Sync();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_THAT(out[0].result.Int8(0, 0), IsOkAndHolds(2));
+}
+
+// Past kPgMaxPreparedStatements distinct texts, statements still run
+// (unnamed) and the session holds no more than the bound.
+TEST_F(PgConnectionTest, PreparedStatementsAreBounded) {
+  PgConnection c = Connect();
+  for (size_t i = 0; i < kPgMaxPreparedStatements + 20; ++i) {
+    CARDVAULT_ASSERT_OK_AND_ASSIGN(
+        PgResult r, c.Exec(absl::StrCat("SELECT ", i, "::int8")));
+    EXPECT_THAT(r.Int8(0, 0), IsOkAndHolds(static_cast<int64_t>(i)));
+  }
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(
+      PgResult r, c.Exec("SELECT count(*)::int8 FROM pg_prepared_statements"));
+  EXPECT_THAT(r.Int8(0, 0),
+              IsOkAndHolds(static_cast<int64_t>(kPgMaxPreparedStatements)));
+}
+
 // A cancelled wait for a synchronous standby leaves a commit that exists on
 // this server only; PostgreSQL reports it as success with a warning.
 TEST(PgConnectionSyncReplicationTest, CancelledStandbyWaitIsUnknown) {
