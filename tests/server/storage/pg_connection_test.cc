@@ -361,6 +361,7 @@ TEST_F(PgConnectionTest, RaisedSqlStatesMapToCodes) {
   const Mapping mappings[] = {
       {"40001", absl::StatusCode::kAborted},
       {"40P01", absl::StatusCode::kAborted},
+      {"26000", absl::StatusCode::kAborted},
       {"40003", absl::StatusCode::kUnknown},
       {"08007", absl::StatusCode::kUnknown},
       {"57014", absl::StatusCode::kUnknown},
