@@ -43,76 +43,10 @@
 #include "server/vault/cvv_holders.h"
 #include "server/vault/key_ring.h"
 #include "server/vault/token.h"
+#include "server/vault/token_requests.h"
+#include "server/vault/vault_options.h"
 
 namespace cardvault::vault {
-
-inline constexpr char kTokenizeRpc[] = "/cardvault.v1.TokenVault/Tokenize";
-inline constexpr char kTakeHeldCvvRpc[] = "/cardvault.v1.NodePeer/TakeHeldCvv";
-inline constexpr char kDetokenizeRpc[] = "/cardvault.v1.TokenVault/Detokenize";
-inline constexpr char kTokenizeBatchRpc[] =
-    "/cardvault.v1.TokenVault/TokenizeBatch";
-inline constexpr char kDetokenizeBatchRpc[] =
-    "/cardvault.v1.TokenVault/DetokenizeBatch";
-inline constexpr char kGetTokenInfoRpc[] =
-    "/cardvault.v1.TokenVault/GetTokenInfo";
-inline constexpr char kDeleteTokenRpc[] =
-    "/cardvault.v1.TokenVault/DeleteToken";
-
-// Longest TTL a token may be given (no card outlives its expiry year bound).
-inline constexpr absl::Duration kMaxTokenTtl = absl::Hours(24 * 366 * 50);
-
-// One card to tokenize and how. Move-only (holds card data).
-struct TokenizeRequest {
-  Card card;
-  // Empty: the caller's default domain.
-  std::string domain;
-  TokenFormat format = TokenFormat::kRandom;
-  // Return the token already held for this PAN, domain and format.
-  bool deterministic = false;
-  // Zero: no TTL (or the domain's maximum).
-  absl::Duration ttl = absl::ZeroDuration();
-  // Empty: none.
-  std::string idempotency_key;
-  // Empty: none. Never stored (see cvv_cache.h).
-  crypto::SecretBytes cvv;
-};
-
-// A token and what it is bound to.
-struct Tokenized {
-  std::string token;
-  std::string domain;
-  // False when an existing token was returned (deterministic or replay).
-  bool created = true;
-  absl::Time expires = absl::InfiniteFuture();
-};
-
-struct DetokenizeRequest {
-  std::string token;
-  std::string purpose;
-};
-
-// A card returned by Detokenize, with its domain and any CVV held for it.
-struct Detokenized {
-  Card card;
-  std::string domain;
-  std::optional<crypto::SecretBytes> cvv;
-};
-
-// What a token stands for, without the PAN.
-struct TokenInfo {
-  std::string token;
-  CardBrand brand = CardBrand::kUnknown;
-  std::string bin;
-  std::string last_four;
-  uint32_t exp_month = 0;
-  uint32_t exp_year = 0;
-  TokenFormat format = TokenFormat::kRandom;
-  std::string domain;
-  absl::Time created;
-  absl::Time expires = absl::InfiniteFuture();
-  std::string fingerprint;
-  bool deterministic = false;
-};
 
 class Vault {
  public:
@@ -123,49 +57,9 @@ class Vault {
   template <typename T>
   using Done = vault::Done<T>;
 
-  struct Options {
-    // Clock for expiry checks and audit timestamps.
-    std::function<absl::Time()> now = [] { return absl::Now(); };
-    // Fresh random tokens tried before giving up on collisions. With 128
-    // random bits a second attempt is already never expected.
-    int max_token_attempts = 3;
-    // Numeric tokens drawn before RESOURCE_EXHAUSTED: the bound on retries
-    // when a (BIN, last four) space is crowded. With k of n tokens taken,
-    // a Tokenize fails with probability (k/n)^16.
-    int max_numeric_token_attempts = 16;
-    // Sources of new tokens (replaced only by tests of collision handling).
-    std::function<absl::StatusOr<std::string>()> generate_token = GenerateToken;
-    std::function<absl::StatusOr<std::string>(TokenFormat, absl::string_view,
-                                              size_t)>
-        generate_numeric_token = GenerateNumericToken;
-    // How long an idempotency key is remembered. Default 24 hours.
-    absl::Duration idempotency_window = absl::Hours(24);
-    // Most items in one TokenizeBatch or DetokenizeBatch. Default 1,000.
-    size_t max_batch_items = 1000;
-    // host:port at which other nodes reach this one, written next to each
-    // CVV it holds (cvv_holders.h). Required with Dependencies::cvv_peers.
-    std::string node_address;
-  };
-
-  // What the vault works with; all must outlive it.
-  struct Dependencies {
-    const storage::RecordStore* records = nullptr;
-    const KeyRing* keys = nullptr;
-    // HMAC keys of the PAN index (and idempotency keys) and fingerprints.
-    const crypto::HmacSha256* index_key = nullptr;
-    const crypto::HmacSha256* fingerprint_key = nullptr;
-    const CvvCache* cvv_cache = nullptr;
-    const auth::PolicyHolder* policy = nullptr;
-    const commit::WritePath* audit = nullptr;
-    // Where the daily velocity limits are shared with the other nodes on
-    // the store (auth::RateLimiter, "Several nodes"; counters named by
-    // velocity_reservations.h). nullptr: counted in this process alone,
-    // for a store only one process opens (RocksDB).
-    const coordination::UseReservations* day_reservations = nullptr;
-    // Where CVVs that other nodes hold are taken from (cvv_holders.h).
-    // nullptr: a CVV is returned only by the node it was given to.
-    const CvvPeers* cvv_peers = nullptr;
-  };
+  // How the vault is set up, and what it works with (all must outlive it).
+  using Options = VaultOptions;
+  using Dependencies = VaultDependencies;
 
   static absl::StatusOr<std::unique_ptr<Vault>> Create(Dependencies deps,
                                                        Options options);
