@@ -359,7 +359,7 @@ commit::Entry Vault::PlanTokenize(TokenizeWork& w, bool last_round) const {
     }
   }
   // The primary data key is replaced once it has sealed its share.
-  if (deps_.keys->PrimaryDue()) RotateDueDataKey();
+  if (deps_.keys->PrimaryDue()) server_events_.RotateDueDataKey();
   // A new token: drawn until one is free, within the format's bound.
   const bool numeric = r.format != TokenFormat::kRandom;
   const int max_draws = numeric ? options_.max_numeric_token_attempts
@@ -1040,53 +1040,6 @@ absl::StatusOr<bool> Vault::DeleteToken(const auth::Caller& caller,
       absl::AbortedError("conflicting concurrent requests; retry"));
 }
 
-absl::StatusOr<uint32_t> Vault::RotateDataKey() const {
-  const uint32_t old = deps_.keys->primary_version();
-  bool made_here = false;
-  absl::StatusOr<uint32_t> rotated = deps_.keys->Rotate(&made_here);
-  if (!rotated.ok()) return rotated.status();
-  // Another node's rotation is that node's event; this one only says so.
-  if (absl::Status s = RecordKeyEvent(
-          made_here
-              ? absl::StrCat(
-                    "rotated data keys on demand: ", DataKeyId(*rotated),
-                    " generated in the HSM and made primary (", DataKeyId(old),
-                    " now decrypt-only)")
-              : absl::StrCat("rotation on demand found ", DataKeyId(*rotated),
-                             " just made primary by another node (",
-                             DataKeyId(old), " now decrypt-only)"));
-      !s.ok()) {
-    return s;
-  }
-  return rotated;
-}
-
-absl::Status Vault::DestroyDataKey(uint32_t version) const {
-  if (absl::Status s = deps_.keys->Destroy(version); !s.ok()) return s;
-  return RecordKeyEvent(
-      absl::StrCat("destroyed data key ", DataKeyId(version),
-                   ": no record used it; its wrapped copy is erased"));
-}
-
-void Vault::RotateDueDataKey() const {
-  const uint32_t old = deps_.keys->primary_version();
-  bool made_here = false;
-  absl::StatusOr<std::optional<uint32_t>> rotated =
-      deps_.keys->RotateIfDue(&made_here);
-  if (!rotated.ok()) {
-    // Sealing goes on under the old key up to the hard limit; alert.
-    util::LogError(absl::StrCat("ALERT data key rotation failed: ",
-                                rotated.status().ToString()));
-    return;
-  }
-  // Another call, or another node, rotated it (and records it).
-  if (!rotated->has_value() || !made_here) return;
-  (void)RecordKeyEvent(absl::StrCat(
-      "rotated data keys: ", DataKeyId(**rotated),
-      " generated in the HSM and made primary (", DataKeyId(old),
-      " reached its encryption limit or cryptoperiod; now decrypt-only)"));
-}
-
 void Vault::RecordRejectedAsync(const auth::Caller& caller, EventType type,
                                 absl::string_view rpc,
                                 const absl::Status& status) const {
@@ -1110,25 +1063,25 @@ absl::Status Vault::RecordRejected(const auth::Caller& caller, EventType type,
 }
 
 absl::Status Vault::RecordKeyEvent(absl::string_view detail) const {
-  audit::AuditEvent event = recorder_.ServerEvent(v1::KEY_EVENT);
-  event.set_detail(std::string(detail));
-  return deps_.audit->Append(std::move(event));
+  return server_events_.RecordKeyEvent(detail);
 }
 
 absl::Status Vault::RecordPolicyReload(const absl::Status& outcome,
                                        absl::string_view detail) const {
-  audit::AuditEvent event = recorder_.ServerEvent(v1::POLICY_RELOAD);
-  event.set_detail(std::string(detail));
-  event.set_status_code(static_cast<int32_t>(outcome.code()));
-  event.set_status_message(std::string(outcome.message()));
-  return deps_.audit->Append(std::move(event));
+  return server_events_.RecordPolicyReload(outcome, detail);
+}
+
+absl::StatusOr<uint32_t> Vault::RotateDataKey() const {
+  return server_events_.RotateDataKey();
+}
+
+absl::Status Vault::DestroyDataKey(uint32_t version) const {
+  return server_events_.DestroyDataKey(version);
 }
 
 absl::Status Vault::RecordLifecycle(EventType type,
                                     absl::string_view detail) const {
-  audit::AuditEvent event = recorder_.ServerEvent(type);
-  event.set_detail(std::string(detail));
-  return recorder_.Record(std::move(event), absl::OkStatus());
+  return server_events_.RecordLifecycle(type, detail);
 }
 
 }  // namespace cardvault::vault

@@ -42,6 +42,7 @@
 #include "server/vault/cvv_cache.h"
 #include "server/vault/cvv_holders.h"
 #include "server/vault/key_ring.h"
+#include "server/vault/server_events.h"
 #include "server/vault/token.h"
 #include "server/vault/token_requests.h"
 #include "server/vault/vault_options.h"
@@ -209,6 +210,7 @@ class Vault {
         options_(std::move(options)),
         recorder_(deps.policy, deps.audit, options_.now),
         audit_reader_(&recorder_, deps.policy, deps.audit, deps.records),
+        server_events_(&recorder_, deps.keys, deps.audit),
         limiter_(MakeDayReserver(deps)),
         replanner_(std::move(replanner)) {}
 
@@ -240,8 +242,6 @@ class Vault {
                               auth::Permission permission,
                               absl::string_view token,
                               audit::AuditEvent* event) const;
-  // Rotates the primary data key if it is due, and records it.
-  void RotateDueDataKey() const;
   // The shared path of Tokenize and TokenizeBatch: one result per request,
   // in order, through `done`.
   void TokenizeAll(const auth::Caller& caller,
@@ -295,6 +295,8 @@ class Vault {
   // How every call is recorded, and the auditors' use cases.
   const CallRecorder recorder_;
   const AuditReader audit_reader_;
+  // Key rotations, key events, policy reloads, starts and stops.
+  const ServerEvents server_events_;
   mutable auth::RateLimiter limiter_;
   mutable std::atomic<uint64_t> velocity_denials_{0};
   // Failed reservations of daily uses, logged at most once a second.
