@@ -12,11 +12,14 @@
 // write is durable, so no thread is parked per call while the group commit
 // waits for its fsync. The synchronous forms wait for the same completion.
 //
+// Each use case is a part of its own (tokenizer.h, detokenizer.h,
+// token_manager.h, cvv_release.h, audit_reader.h, server_events.h), all
+// recording through one CallRecorder; the Vault builds them and delegates.
+//
 // Thread safety: thread-safe.
 #ifndef CARDVAULT_SERVER_VAULT_VAULT_H_
 #define CARDVAULT_SERVER_VAULT_VAULT_H_
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -25,94 +28,22 @@
 #include <string>
 #include <vector>
 
-#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/time/clock.h"
 #include "server/auth/access_policy.h"
-#include "server/commit/write_path.h"
-#include "server/coordination/use_reservations.h"
-#include "server/storage/token_store.h"
-#include "server/util/blocking_executor.h"
-#include "server/util/log.h"
 #include "server/vault/audit_reader.h"
 #include "server/vault/call_recorder.h"
 #include "server/vault/card.h"
-#include "server/vault/card_record.h"
-#include "server/vault/cvv_cache.h"
-#include "server/vault/cvv_holders.h"
-#include "server/vault/key_ring.h"
-#include "server/vault/token.h"
+#include "server/vault/cvv_release.h"
+#include "server/vault/detokenizer.h"
+#include "server/vault/server_events.h"
+#include "server/vault/token_calls.h"
+#include "server/vault/token_manager.h"
+#include "server/vault/token_requests.h"
+#include "server/vault/tokenizer.h"
+#include "server/vault/vault_options.h"
 
 namespace cardvault::vault {
-
-inline constexpr char kTokenizeRpc[] = "/cardvault.v1.TokenVault/Tokenize";
-inline constexpr char kTakeHeldCvvRpc[] = "/cardvault.v1.NodePeer/TakeHeldCvv";
-inline constexpr char kDetokenizeRpc[] = "/cardvault.v1.TokenVault/Detokenize";
-inline constexpr char kTokenizeBatchRpc[] =
-    "/cardvault.v1.TokenVault/TokenizeBatch";
-inline constexpr char kDetokenizeBatchRpc[] =
-    "/cardvault.v1.TokenVault/DetokenizeBatch";
-inline constexpr char kGetTokenInfoRpc[] =
-    "/cardvault.v1.TokenVault/GetTokenInfo";
-inline constexpr char kDeleteTokenRpc[] =
-    "/cardvault.v1.TokenVault/DeleteToken";
-
-// Longest TTL a token may be given (no card outlives its expiry year bound).
-inline constexpr absl::Duration kMaxTokenTtl = absl::Hours(24 * 366 * 50);
-
-// One card to tokenize and how. Move-only (holds card data).
-struct TokenizeRequest {
-  Card card;
-  // Empty: the caller's default domain.
-  std::string domain;
-  TokenFormat format = TokenFormat::kRandom;
-  // Return the token already held for this PAN, domain and format.
-  bool deterministic = false;
-  // Zero: no TTL (or the domain's maximum).
-  absl::Duration ttl = absl::ZeroDuration();
-  // Empty: none.
-  std::string idempotency_key;
-  // Empty: none. Never stored (see cvv_cache.h).
-  crypto::SecretBytes cvv;
-};
-
-// A token and what it is bound to.
-struct Tokenized {
-  std::string token;
-  std::string domain;
-  // False when an existing token was returned (deterministic or replay).
-  bool created = true;
-  absl::Time expires = absl::InfiniteFuture();
-};
-
-struct DetokenizeRequest {
-  std::string token;
-  std::string purpose;
-};
-
-// A card returned by Detokenize, with its domain and any CVV held for it.
-struct Detokenized {
-  Card card;
-  std::string domain;
-  std::optional<crypto::SecretBytes> cvv;
-};
-
-// What a token stands for, without the PAN.
-struct TokenInfo {
-  std::string token;
-  CardBrand brand = CardBrand::kUnknown;
-  std::string bin;
-  std::string last_four;
-  uint32_t exp_month = 0;
-  uint32_t exp_year = 0;
-  TokenFormat format = TokenFormat::kRandom;
-  std::string domain;
-  absl::Time created;
-  absl::Time expires = absl::InfiniteFuture();
-  std::string fingerprint;
-  bool deterministic = false;
-};
 
 class Vault {
  public:
@@ -123,49 +54,9 @@ class Vault {
   template <typename T>
   using Done = vault::Done<T>;
 
-  struct Options {
-    // Clock for expiry checks and audit timestamps.
-    std::function<absl::Time()> now = [] { return absl::Now(); };
-    // Fresh random tokens tried before giving up on collisions. With 128
-    // random bits a second attempt is already never expected.
-    int max_token_attempts = 3;
-    // Numeric tokens drawn before RESOURCE_EXHAUSTED: the bound on retries
-    // when a (BIN, last four) space is crowded. With k of n tokens taken,
-    // a Tokenize fails with probability (k/n)^16.
-    int max_numeric_token_attempts = 16;
-    // Sources of new tokens (replaced only by tests of collision handling).
-    std::function<absl::StatusOr<std::string>()> generate_token = GenerateToken;
-    std::function<absl::StatusOr<std::string>(TokenFormat, absl::string_view,
-                                              size_t)>
-        generate_numeric_token = GenerateNumericToken;
-    // How long an idempotency key is remembered. Default 24 hours.
-    absl::Duration idempotency_window = absl::Hours(24);
-    // Most items in one TokenizeBatch or DetokenizeBatch. Default 1,000.
-    size_t max_batch_items = 1000;
-    // host:port at which other nodes reach this one, written next to each
-    // CVV it holds (cvv_holders.h). Required with Dependencies::cvv_peers.
-    std::string node_address;
-  };
-
-  // What the vault works with; all must outlive it.
-  struct Dependencies {
-    const storage::RecordStore* records = nullptr;
-    const KeyRing* keys = nullptr;
-    // HMAC keys of the PAN index (and idempotency keys) and fingerprints.
-    const crypto::HmacSha256* index_key = nullptr;
-    const crypto::HmacSha256* fingerprint_key = nullptr;
-    const CvvCache* cvv_cache = nullptr;
-    const auth::PolicyHolder* policy = nullptr;
-    const commit::WritePath* audit = nullptr;
-    // Where the daily velocity limits are shared with the other nodes on
-    // the store (auth::RateLimiter, "Several nodes"; counters named by
-    // velocity_reservations.h). nullptr: counted in this process alone,
-    // for a store only one process opens (RocksDB).
-    const coordination::UseReservations* day_reservations = nullptr;
-    // Where CVVs that other nodes hold are taken from (cvv_holders.h).
-    // nullptr: a CVV is returned only by the node it was given to.
-    const CvvPeers* cvv_peers = nullptr;
-  };
+  // How the vault is set up, and what it works with (all must outlive it).
+  using Options = VaultOptions;
+  using Dependencies = VaultDependencies;
 
   static absl::StatusOr<std::unique_ptr<Vault>> Create(Dependencies deps,
                                                        Options options);
@@ -284,11 +175,11 @@ class Vault {
   // calls until the start) only adds a bound of this node's.
   void ResumeVelocityCounts(
       const std::map<std::string, uint64_t>& counters) const {
-    limiter_.SeedFromCounters(counters, options_.now());
+    detokenizer_.ResumeVelocityCounts(counters);
   }
 
   // Detokenize calls refused by a velocity limit so far (for alerting).
-  uint64_t velocity_denials() const { return velocity_denials_.load(); }
+  uint64_t velocity_denials() const { return detokenizer_.velocity_denials(); }
 
   // Makes a new data key primary now (on demand) and records it.
   absl::StatusOr<uint32_t> RotateDataKey() const;
@@ -301,117 +192,30 @@ class Vault {
   absl::Status RecordLifecycle(::cardvault::v1::EventType type,
                                absl::string_view detail = "") const;
 
-  size_t max_batch_items() const { return options_.max_batch_items; }
+  size_t max_batch_items() const { return calls_.options().max_batch_items; }
 
  private:
-  struct TokenizeWork;
-  struct TokenizeCall;
-  struct DetokenizeWork;
-  struct DetokenizeCall;
-
-  Vault(Dependencies deps, Options options,
-        std::unique_ptr<util::BlockingExecutor> replanner)
-      : deps_(deps),
-        options_(std::move(options)),
-        recorder_(deps.policy, deps.audit, options_.now),
+  // Builds every part but the tokenizer, which Create adds (it can fail).
+  Vault(const Dependencies& deps, const Options& options)
+      : recorder_(deps.policy, deps.audit, options.now),
         audit_reader_(&recorder_, deps.policy, deps.audit, deps.records),
-        limiter_(MakeDayReserver(deps)),
-        replanner_(std::move(replanner)) {}
+        server_events_(&recorder_, deps.keys, deps.audit),
+        calls_(deps, options, &recorder_),
+        detokenizer_(&calls_),
+        token_manager_(&calls_),
+        cvv_release_(&calls_) {}
 
-  // What the limiter reserves daily uses with: deps.day_reservations under
-  // velocity_reservations.h's counter names (nullptr without them).
-  auth::RateLimiter::DayReserver MakeDayReserver(
-      const Dependencies& deps) const;
-
-  // Records a Detokenize item's token and purpose in `event` by the rule of
-  // recorded_value.h: as themselves when well-formed (token) or listed
-  // (purpose), else as markers.
-  void RecordRequested(const auth::AccessPolicy& policy,
-                       const DetokenizeRequest& r,
-                       audit::AuditEvent* event) const;
-  // The one audit event of a batch call of `rpc`, which lists its items and
-  // leaves them only what differs between them; none for single calls.
-  std::optional<audit::AuditEvent> BatchEvent(const auth::AccessPolicy& policy,
-                                              const auth::Caller& caller,
-                                              ::cardvault::v1::EventType type,
-                                              absl::string_view rpc) const;
-
-  // A batch call's own checks: the role, then 1 to max_batch_items items.
-  absl::Status CheckBatch(const auth::Caller& caller,
-                          auth::Permission permission, size_t items) const;
-  // The checks every call about one token makes first: the caller's
-  // `permission`, then the token's form (recorded in `event`).
-  absl::Status CheckTokenCall(const auth::AccessPolicy& policy,
-                              const auth::Caller& caller,
-                              auth::Permission permission,
-                              absl::string_view token,
-                              audit::AuditEvent* event) const;
-  // Rotates the primary data key if it is due, and records it.
-  void RotateDueDataKey() const;
-  // The shared path of Tokenize and TokenizeBatch: one result per request,
-  // in order, through `done`.
-  void TokenizeAll(const auth::Caller& caller,
-                   std::vector<TokenizeRequest> requests, absl::string_view rpc,
-                   Done<std::vector<absl::StatusOr<Tokenized>>> done) const;
-  // Plans the items of `call` still without a result and writes them.
-  void TokenizeRound(std::unique_ptr<TokenizeCall> call) const;
-  // Takes the results of a round's write; plans again what lost a race.
-  void TokenizeWritten(std::unique_ptr<TokenizeCall> call,
-                       std::vector<commit::Entry>& entries) const;
-  // Validates `w`'s request (first round) and plans its next audit entry.
-  void CheckTokenizeRequest(const auth::AccessPolicy& policy,
-                            const auth::Caller& caller, TokenizeWork& w) const;
-  commit::Entry PlanTokenize(TokenizeWork& w, bool last_round) const;
-  // The shared path of Detokenize and DetokenizeBatch.
-  void DetokenizeAll(const auth::Caller& caller,
-                     std::vector<DetokenizeRequest> requests,
-                     absl::string_view rpc,
-                     Done<std::vector<absl::StatusOr<Detokenized>>> done) const;
-  // Checks one Detokenize item (purpose, token, velocity, domain) and opens
-  // its record, filling in `event`.
-  // An attempt counted against a daily limit names its durable counter in
-  // `*day_counter`.
-  absl::StatusOr<OpenedCard> FindForDetokenize(const auth::AccessPolicy& policy,
-                                               const auth::Caller& caller,
-                                               const DetokenizeRequest& r,
-                                               absl::Time now,
-                                               audit::AuditEvent* event,
-                                               std::string* day_counter) const;
-  // Writes into `mutation` that this node holds the CVV of `w`'s request
-  // for `token` (nothing without cvv_peers or a CVV).
-  void NameCvvHolder(const TokenizeWork& w, absl::string_view token,
-                     commit::Mutation* mutation) const;
-  // The other node holding the CVV of `r.token` that this Detokenize may
-  // receive ("" for none), noted in `event`.
-  std::string RemoteCvvHolder(const auth::AccessPolicy& policy,
-                              const DetokenizeRequest& r, absl::Time now,
-                              audit::AuditEvent* event) const;
-  // Finishes `call` once the items `remote` of `results` have asked their
-  // holders for their CVVs.
-  void TakeRemoteCvvs(std::unique_ptr<DetokenizeCall> call,
-                      std::vector<absl::StatusOr<Detokenized>> results,
-                      const std::vector<size_t>& remote) const;
-  // Reads and opens the record of a well-formed `token` (the caller checks
-  // its expiry): NOT_FOUND, UNAVAILABLE or DATA_LOSS otherwise.
-  absl::StatusOr<OpenedCard> OpenRecord(absl::string_view token,
-                                        std::string* record = nullptr) const;
-
-  const Dependencies deps_;
-  const Options options_;
-  // How every call is recorded, and the auditors' use cases.
+  // How every call is recorded; the parts below record through it.
   const CallRecorder recorder_;
   const AuditReader audit_reader_;
-  mutable auth::RateLimiter limiter_;
-  mutable std::atomic<uint64_t> velocity_denials_{0};
-  // Failed reservations of daily uses, logged at most once a second.
-  mutable util::LogRate reservation_log_{1};
-  // CVVs other nodes could not give, logged at most once a second.
-  mutable util::LogRate peer_log_{1};
-  // Plans again, off the audit writer's thread, the items whose write lost
-  // a race (planning reads storage and may rotate a key). One thread: such
-  // races are rare. Declared last: it finishes its work first on
-  // destruction.
-  const std::unique_ptr<util::BlockingExecutor> replanner_;
+  const ServerEvents server_events_;
+  const TokenCalls calls_;
+  const Detokenizer detokenizer_;
+  const TokenManager token_manager_;
+  const HeldCvvRelease cvv_release_;
+  // Set once by Create. Declared last: its replanner finishes its work
+  // first on destruction, while the parts it uses are still there.
+  std::unique_ptr<const Tokenizer> tokenizer_;
 };
 
 }  // namespace cardvault::vault
