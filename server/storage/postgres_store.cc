@@ -188,23 +188,98 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
 }
 
 PostgresStore::PostgresStore(Options options, std::unique_ptr<Pool> pool)
-    : options_(std::move(options)), pool_(std::move(pool)) {}
+    : options_(std::move(options)),
+      pool_(std::move(pool)),
+      queued_reads_(kNumTables),
+      reads_in_flight_(kNumTables, 0) {}
 
 PostgresStore::~PostgresStore() = default;
 
+struct PostgresStore::QueuedRead {
+  absl::string_view key;
+  absl::StatusOr<std::string> result = absl::UnknownError("not read");
+  bool taken = false;  // in a read's batch
+  bool done = false;   // `result` is the answer
+};
+
 absl::StatusOr<std::string> PostgresStore::Get(Table table,
                                                absl::string_view key) const {
+  const size_t t = static_cast<size_t>(table);
+  const int max_reads = std::max(1, options_.max_concurrent_reads);
+  QueuedRead me{.key = key};
+  struct Wait {
+    const QueuedRead* me;
+    const int* in_flight;
+    int max;
+  } wait{&me, nullptr, max_reads};
+  absl::MutexLock lock(&reads_mu_);
+  wait.in_flight = &reads_in_flight_[t];
+  queued_reads_[t].push_back(&me);
+  while (!me.done) {
+    // Done, or not yet taken by another Get's read while one may start.
+    reads_mu_.Await(absl::Condition(
+        +[](Wait* w) {
+          return w->me->done || (!w->me->taken && *w->in_flight < w->max);
+        },
+        &wait));
+    if (me.done) break;
+    // This Get starts a read for the queue's front, which holds it unless
+    // more than kMaxKeysPerRead Gets wait before it (then it loops).
+    std::vector<QueuedRead*> batch;
+    std::deque<QueuedRead*>& queue = queued_reads_[t];
+    while (!queue.empty() && batch.size() < kMaxKeysPerRead) {
+      batch.push_back(queue.front());
+      batch.back()->taken = true;
+      queue.pop_front();
+    }
+    ++reads_in_flight_[t];
+    reads_mu_.Unlock();
+    ReadBatch(table, batch);
+    reads_mu_.Lock();
+    --reads_in_flight_[t];
+    for (QueuedRead* read : batch) read->done = true;
+  }
+  return std::move(me.result);
+}
+
+size_t PostgresStore::queued_reads() const {
+  absl::MutexLock lock(&reads_mu_);
+  size_t n = 0;
+  for (const std::deque<QueuedRead*>& queue : queued_reads_) n += queue.size();
+  return n;
+}
+
+void PostgresStore::ReadBatch(Table table,
+                              absl::Span<QueuedRead* const> batch) const {
+  auto answer_all = [&](const absl::Status& status) {
+    for (QueuedRead* read : batch) read->result = status;
+  };
+  ++read_statements_;
   absl::StatusOr<Pool::Lease> conn = pool_->Acquire();
-  if (!conn.ok()) return conn.status();
+  if (!conn.ok()) return answer_all(conn.status());
+  std::vector<absl::string_view> keys;
+  keys.reserve(batch.size());
+  for (const QueuedRead* read : batch) keys.push_back(read->key);
   PgParams params;
-  params.AddBytea(key);
-  absl::StatusOr<PgResult> r = (*conn)->Exec(
-      absl::StrCat("SELECT v FROM ", TableName(table), " WHERE k = $1"),
-      params);
-  if (!r.ok()) return r.status();
-  absl::StatusOr<std::string> v = OneBytea(*r);
-  if (absl::IsNotFound(v.status())) return absl::NotFoundError("no such key");
-  return v;
+  params.AddByteaArray(absl::MakeConstSpan(keys));
+  absl::StatusOr<PgResult> r =
+      (*conn)->Exec(absl::StrCat("SELECT k, v FROM ", TableName(table),
+                                 " WHERE k = ANY($1::bytea[])"),
+                    params);
+  if (!r.ok()) return answer_all(r.status());
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> rows =
+      BytePairs(*r);
+  if (!rows.ok()) return answer_all(rows.status());
+  absl::flat_hash_map<absl::string_view, absl::string_view> found;
+  for (const auto& [k, v] : *rows) found.emplace(k, v);
+  for (QueuedRead* read : batch) {
+    auto it = found.find(read->key);
+    if (it == found.end()) {
+      read->result = absl::NotFoundError("no such key");
+    } else {
+      read->result = std::string(it->second);
+    }
+  }
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>>

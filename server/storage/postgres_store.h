@@ -52,6 +52,8 @@
 #ifndef CARDVAULT_SERVER_STORAGE_POSTGRES_STORE_H_
 #define CARDVAULT_SERVER_STORAGE_POSTGRES_STORE_H_
 
+#include <atomic>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -75,6 +77,9 @@ namespace cardvault::storage {
 // The schema version this build reads and writes.
 inline constexpr int kPostgresSchemaVersion = 2;
 
+// Most keys one coalesced read asks for (see Options::max_concurrent_reads).
+inline constexpr size_t kMaxKeysPerRead = 256;
+
 class PostgresStore : public Store {
  public:
   struct Options {
@@ -84,6 +89,11 @@ class PostgresStore : public Store {
     std::string conninfo;
     // Connections kept open for reads and commits. Default 8.
     int pool_size = 8;
+    // Reads of one table in flight at once. Gets beyond it wait and share
+    // the next read: one statement for all their keys (at most
+    // kMaxKeysPerRead), so a burst of Detokenize calls costs a few round
+    // trips, not one each, and leaves connections to the commits. Default 4.
+    int max_concurrent_reads = 4;
     // When a token-data value expires (InfiniteFuture = never). Unset:
     // nothing expires.
     std::function<absl::Time(Table, absl::string_view key,
@@ -139,6 +149,11 @@ class PostgresStore : public Store {
   // its deletes re-check expiry, so a second sweeper deletes nothing twice.
   absl::Status SweepAllExpired(absl::Time now, size_t batch) const;
 
+  // Statements Get has sent so far, and Gets waiting for a read to start
+  // (for tests and metrics of the coalescing).
+  uint64_t read_statements() const { return read_statements_.load(); }
+  size_t queued_reads() const;
+
  private:
   class Pool;
   enum class Attempt { kDone, kRetry, kUnknown };
@@ -160,8 +175,19 @@ class PostgresStore : public Store {
   absl::StatusOr<bool> ResolveCommit(uint64_t sequence,
                                      absl::string_view record) const;
 
+  // A Get waiting for its key (Get, ReadBatch).
+  struct QueuedRead;
+  // Reads every key of `batch` in one statement and answers each of them.
+  void ReadBatch(Table table, absl::Span<QueuedRead* const> batch) const;
+
   const Options options_;
   const std::unique_ptr<Pool> pool_;
+  mutable absl::Mutex reads_mu_;
+  // Per table: Gets not yet taken into a read, and reads in flight.
+  mutable std::vector<std::deque<QueuedRead*>> queued_reads_
+      ABSL_GUARDED_BY(reads_mu_);
+  mutable std::vector<int> reads_in_flight_ ABSL_GUARDED_BY(reads_mu_);
+  mutable std::atomic<uint64_t> read_statements_{0};
 };
 
 }  // namespace cardvault::storage

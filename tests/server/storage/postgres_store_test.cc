@@ -6,6 +6,8 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -98,6 +100,86 @@ TEST_F(PostgresStoreTest, CommitsFailWhileTheDatabaseIsDownAndResumeAfter) {
               IsOk());
   EXPECT_THAT((*store)->ChainHeadNow(),
               IsOkAndHolds(::testing::Field(&ChainHead::sequence, 2u)));
+}
+
+// Gets that wait while reads are in flight share the next one: with one
+// read in flight allowed and that read held up by a table lock, fifty Gets
+// queue, then one statement answers all of them, each with its own value
+// (or NOT_FOUND).
+TEST_F(PostgresStoreTest, ConcurrentGetsShareOneRead) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  auto store = PostgresStore::Open(
+      {.conninfo = server_->conninfo(), .max_concurrent_reads = 1});
+  ASSERT_THAT(store, IsOk());
+  Transaction t;
+  for (int i = 0; i < 40; ++i) {
+    t.writes.push_back(
+        {Table::kTokens, absl::StrCat("tok_", i), absl::StrCat("v", i)});
+  }
+  ASSERT_THAT(CommitOne(**store, t), IsOk());
+  const uint64_t before = (*store)->read_statements();
+
+  auto locker = PgConnection::Connect(server_->conninfo());
+  ASSERT_THAT(locker, IsOk());
+  ASSERT_THAT(locker->Exec("BEGIN"), IsOk());
+  ASSERT_THAT(locker->Exec("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE"),
+              IsOk());
+  constexpr int kGets = 51;
+  std::vector<absl::StatusOr<std::string>> results(kGets);
+  std::vector<std::thread> threads;
+  // The first read is in flight (blocked on the lock) before the rest come.
+  threads.emplace_back(
+      [&] { results[0] = (*store)->Get(Table::kTokens, "tok_0"); });
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(10), [&] {
+    return (*store)->read_statements() == before + 1;
+  }));
+  for (int i = 1; i < kGets; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = (*store)->Get(Table::kTokens, absl::StrCat("tok_", i));
+    });
+  }
+  ASSERT_TRUE(testing::Eventually(absl::Seconds(10), [&] {
+    return (*store)->queued_reads() == kGets - 1;
+  }));
+  ASSERT_THAT(locker->Exec("COMMIT"), IsOk());
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ((*store)->read_statements(), before + 2);
+  for (int i = 0; i < kGets; ++i) {
+    SCOPED_TRACE(i);
+    if (i < 40) {
+      EXPECT_THAT(results[i], IsOkAndHolds(absl::StrCat("v", i)));
+    } else {
+      EXPECT_THAT(results[i], StatusIs(absl::StatusCode::kNotFound));
+    }
+  }
+  EXPECT_EQ((*store)->queued_reads(), 0u);
+}
+
+// A read that fails answers every Get that shared it with its error.
+TEST_F(PostgresStoreTest, ASharedReadThatFailsFailsEveryGetOfIt) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  auto store = PostgresStore::Open({.conninfo = server_->conninfo(),
+                                    .pool_size = 1,
+                                    .max_concurrent_reads = 1});
+  ASSERT_THAT(store, IsOk());
+  ASSERT_THAT(CommitOne(**store, Put(Table::kTokens, "tok_a", "a")), IsOk());
+  server_->Kill();
+  std::vector<std::thread> threads;
+  std::atomic<int> unavailable{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      if (absl::IsUnavailable(
+              (*store)->Get(Table::kTokens, "tok_a").status())) {
+        ++unavailable;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(unavailable.load(), 8);
+  EXPECT_EQ((*store)->queued_reads(), 0u);
+  ASSERT_THAT(server_->Start(), IsOk());
+  EXPECT_THAT((*store)->Get(Table::kTokens, "tok_a"),
+              IsOkAndHolds(std::string("a")));
 }
 
 TEST_F(PostgresStoreTest, ExpiredTokenDataIsSweptInChunks) {
