@@ -65,6 +65,12 @@ class WritePathTest : public ::testing::Test {
     faults_.reset();
     db_.reset();
   }
+  // Options that resume a trail restored up to `sequence`.
+  static WritePath::Options ResumingAfter(uint64_t sequence) {
+    WritePath::Options options;
+    options.resume_after_sequence = sequence;
+    return options;
+  }
   void Reopen(char key_fill, WritePath::Options options = {}) {
     Close();
     db_ = *storage::RocksDbStorage::Open({.data_dir = dir_});
@@ -612,7 +618,7 @@ TEST_F(WritePathTest, RestoreSkipsTheLostSequencesAndVerifies) {
     }
     MoveHeadTo(db, audit, 5);  // as the backup's copy holds it
   });
-  Reopen('k', {.resume_after_sequence = 9});
+  Reopen('k', ResumingAfter(9));
   auto at_backup = log_->Verify();
   ASSERT_THAT(at_backup, IsOk());
   ASSERT_EQ(at_backup->head_sequence, 9u - 4u);
@@ -649,7 +655,7 @@ TEST_F(WritePathTest, AGapNotNamedByARestoreIsDetected) {
   auto head = log_->Verify();
   ASSERT_THAT(head, IsOk());
   // A RESTORE event that claims another range than the gap before it.
-  Reopen('k', {.resume_after_sequence = 9});
+  Reopen('k', ResumingAfter(9));
   AuditEvent restore = Event("cardvaultd");
   restore.set_event_type(v1::RESTORE);
   restore.mutable_restore()->mutable_backup_head()->set_sequence(5);
@@ -662,7 +668,7 @@ TEST_F(WritePathTest, AGapNotNamedByARestoreIsDetected) {
   EXPECT_FALSE(report->intact);
   EXPECT_EQ(report->first_bad_sequence, 6u);
   // And a gap with an ordinary event after it is a deletion.
-  Reopen('k', {.resume_after_sequence = 20});
+  Reopen('k', ResumingAfter(20));
   AppendMany(1);
   report = log_->Verify();
   ASSERT_THAT(report, IsOk());

@@ -36,6 +36,13 @@ auth::Caller Named(absl::string_view name) {
   return c;
 }
 
+// Scheduled backups every `interval`, the rest as defaults.
+Backups::Options Every(absl::Duration interval) {
+  Backups::Options options;
+  options.interval = interval;
+  return options;
+}
+
 // A backup store that cannot take backups (its disk is full).
 class FailingBackupStore : public storage::BackupStore {
  public:
@@ -69,7 +76,9 @@ class SlowBackupStore : public FailingBackupStore {
   absl::StatusOr<storage::StoredBackup> Create(const Describe&) override {
     started.Notify();
     release.WaitForNotification();
-    return storage::StoredBackup{.id = 1};
+    storage::StoredBackup backup;
+    backup.id = 1;
+    return backup;
   }
   absl::Notification started;
   absl::Notification release;
@@ -240,7 +249,7 @@ TEST_F(BackupsTest, FailedScheduledBackupsAreCountedAndRecorded) {
                                .wrapper = &wrapper_,
                                .policy = policy_.get(),
                                .audit = audit_.get()},
-                              {.interval = absl::Milliseconds(20)});
+                              Every(absl::Milliseconds(20)));
   ASSERT_TRUE(testing::Eventually(absl::Seconds(10),
                                   [&] { return backups_->failures() >= 2; }));
   backups_.reset();
@@ -301,7 +310,7 @@ TEST_F(BackupsTest, AScheduledBackupThatCannotStartCountsAsAFailure) {
                                .wrapper = &wrapper_,
                                .policy = policy_.get(),
                                .audit = audit_.get()},
-                              {.interval = absl::Milliseconds(300)});
+                              Every(absl::Milliseconds(300)));
   // An admin's backup (started well before the first tick) hangs; the
   // ticks that find it running are missed scheduled backups (an ALERT line
   // and the failure metric each).
@@ -314,7 +323,9 @@ TEST_F(BackupsTest, AScheduledBackupThatCannotStartCountsAsAFailure) {
 }
 
 TEST_F(BackupsTest, KeepDeletesTheOldestAfterEachBackup) {
-  UseRealStore({.keep = 2});
+  Backups::Options keep_two;
+  keep_two.keep = 2;
+  UseRealStore(keep_two);
   for (int i = 0; i < 4; ++i) ASSERT_THAT(backups_->TakeBackup("test"), IsOk());
   auto all = store_->List();
   ASSERT_THAT(all, IsOk());

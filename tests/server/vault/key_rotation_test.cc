@@ -232,7 +232,9 @@ TEST_F(TwoNodeKeyRingTest, AKeyDestroyedByOneNodeIsDroppedByTheOther) {
   ASSERT_THAT(other_->Refresh(), IsOk());
   EXPECT_THAT(other_->Get(1), StatusIs(absl::StatusCode::kNotFound));
   for (const KeyInfo& k : other_->Inventory()) {
-    if (k.version == 1) EXPECT_EQ(k.state, KeyState::kDestroyed);
+    if (k.version == 1) {
+      EXPECT_EQ(k.state, KeyState::kDestroyed);
+    }
   }
 }
 
