@@ -613,8 +613,11 @@ absl::StatusOr<PgResult> PgConnection::Exec(absl::string_view sql,
   pending.is_commit = IsCommit(sql);
   PgStatementResult result = FinishStatement(first, pending, kOperation);
   ForgetPreparedIfGone(result);
-  if (was_prepared && SqlStateOf(result.status) == "26000") {
+  if (was_prepared && SqlStateOf(result.status) == "26000" && !broken_ &&
+      PQtransactionStatus(connection_) == PQTRANS_IDLE) {
     // The server forgot the statement before running it: prepare it again.
+    // Not inside a transaction block: the error failed it, so the caller
+    // gets ABORTED (roll back, retry the whole) instead of 25P02.
     return Exec(sql, params);
   }
   if (!result.status.ok()) return result.status;

@@ -694,6 +694,25 @@ TEST_F(PgConnectionTest, ForgottenStatementsArePreparedAgain) {
   EXPECT_THAT(out[0].result.Int8(0, 0), IsOkAndHolds(2));
 }
 
+// Inside a transaction a statement the server forgot fails the
+// transaction: it is ABORTED (roll back, retry the whole), not prepared
+// again into the failed transaction (25P02, FAILED_PRECONDITION).
+TEST_F(PgConnectionTest, ForgottenStatementInTransactionIsAborted) {
+  PgConnection c = Connect();
+  constexpr absl::string_view kSql = "SELECT $1::int8 + 7";
+  ASSERT_THAT(c.Exec("BEGIN"), IsOk());
+  ASSERT_THAT(c.Exec(kSql, PgParams().AddInt8(1)), IsOk());
+  ASSERT_THAT(c.ExecScript("DEALLOCATE ALL"), IsOk());
+  EXPECT_THAT(c.Exec(kSql, PgParams().AddInt8(1)),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("26000")));
+  EXPECT_EQ(c.transaction_status(), PQTRANS_INERROR);
+  ASSERT_THAT(c.Exec("ROLLBACK"), IsOk());
+  // Outside a transaction it is still prepared again by itself.
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(PgResult r,
+                                 c.Exec(kSql, PgParams().AddInt8(1)));
+  EXPECT_THAT(r.Int8(0, 0), IsOkAndHolds(8));
+}
+
 // Past kPgMaxPreparedStatements distinct texts, statements still run
 // (unnamed) and the session holds no more than the bound.
 TEST_F(PgConnectionTest, PreparedStatementsAreBounded) {
