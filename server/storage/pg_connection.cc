@@ -367,7 +367,8 @@ PgConnection::PgConnection(PgConnection&& other) noexcept
       broken_(other.broken_),
       prepared_(std::move(other.prepared_)),
       parsing_(std::move(other.parsing_)),
-      statements_named_(other.statements_named_) {
+      statements_named_(other.statements_named_),
+      orphaned_(other.orphaned_) {
   other.pending_.clear();
   other.prepared_.clear();
   other.parsing_.clear();
@@ -387,6 +388,7 @@ PgConnection& PgConnection::operator=(PgConnection&& other) noexcept {
     parsing_ = std::move(other.parsing_);
     other.parsing_.clear();
     statements_named_ = other.statements_named_;
+    orphaned_ = other.orphaned_;
   }
   return *this;
 }
@@ -480,7 +482,12 @@ void PgConnection::ForgetPreparedIfGone(const PgStatementResult& result) {
   // 0A000 also comes as "cached plan must not change result type" after a
   // migration altered a table.
   const std::optional<std::string> state = SqlStateOf(result.status);
-  if (state == "26000" || state == "0A000") prepared_.clear();
+  if (state != "26000" && state != "0A000") return;
+  // After 0A000 the server still holds them under their names: they count
+  // toward the bound until the session ends, or each ALTER would add one
+  // more copy of every text.
+  if (state == "0A000") orphaned_ += prepared_.size();
+  prepared_.clear();
 }
 
 PGresult* PgConnection::NextResult(absl::Status* error) {

@@ -275,7 +275,8 @@ class PgConnection {
   static std::string PreparedKey(absl::string_view sql, const PgParams& params);
   // Whether a new text may still be prepared (the cache is not full).
   bool MayPrepare() const {
-    return prepared_.size() + parsing_.size() < kPgMaxPreparedStatements;
+    return prepared_.size() + parsing_.size() + orphaned_ <
+           kPgMaxPreparedStatements;
   }
   // Forgets every prepared statement when `result` says the server has.
   void ForgetPreparedIfGone(const PgStatementResult& result);
@@ -297,6 +298,8 @@ class PgConnection {
   // Parses queued in the current pipeline, not yet answered.
   absl::flat_hash_map<std::string, std::string> parsing_;
   uint64_t statements_named_ = 0;
+  // Statements the server still holds that the cache forgot (0A000).
+  size_t orphaned_ = 0;
 };
 
 }  // namespace cardvault::storage

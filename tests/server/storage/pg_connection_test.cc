@@ -728,6 +728,34 @@ TEST_F(PgConnectionTest, PreparedStatementsAreBounded) {
               IsOkAndHolds(static_cast<int64_t>(kPgMaxPreparedStatements)));
 }
 
+// A plan that must not change its result type (0A000, after an ALTER) is
+// forgotten by this side but kept by the server: however often it
+// happens, the session holds no more than the bound.
+TEST_F(PgConnectionTest, ChangedResultTypeKeepsTheBound) {
+  PgConnection c = Connect();
+  ASSERT_THAT(c.Exec("CREATE TEMP TABLE shape (c0 int8)"), IsOk());
+  constexpr absl::string_view kSql = "SELECT * FROM shape";
+  for (size_t i = 1; i <= kPgMaxPreparedStatements + 10; ++i) {
+    ASSERT_THAT(c.Exec(kSql), IsOk());
+    ASSERT_THAT(c.ExecScript(
+                    absl::StrCat("ALTER TABLE shape ADD COLUMN c", i, " int8")),
+                IsOk());
+    // Fails once per ALTER while named; unnamed once the bound is reached.
+    absl::StatusOr<PgResult> after = c.Exec(kSql);
+    if (!after.ok()) {
+      EXPECT_THAT(after, StatusIs(absl::StatusCode::kUnimplemented,
+                                  HasSubstr("0A000")));
+    }
+    ASSERT_TRUE(c.healthy());
+  }
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(PgResult rows, c.Exec(kSql));
+  EXPECT_EQ(rows.rows(), 0);
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(
+      PgResult r, c.Exec("SELECT count(*)::int8 FROM pg_prepared_statements"));
+  CARDVAULT_ASSERT_OK_AND_ASSIGN(int64_t n, r.Int8(0, 0));
+  EXPECT_LE(n, static_cast<int64_t>(kPgMaxPreparedStatements));
+}
+
 // A cancelled wait for a synchronous standby leaves a commit that exists on
 // this server only; PostgreSQL reports it as success with a warning.
 TEST(PgConnectionSyncReplicationTest, CancelledStandbyWaitIsUnknown) {
