@@ -155,6 +155,59 @@ TEST_F(PostgresStoreTest, ConcurrentGetsShareOneRead) {
   EXPECT_EQ((*store)->queued_reads(), 0u);
 }
 
+// Hostile keys through shared reads: more Gets than kMaxKeysPerRead wait,
+// keys of every byte value (empty, NULs, one a prefix of another, differing
+// only in their last byte), each asked for twice; each Get gets its own
+// key's value and nothing waits forever.
+TEST_F(PostgresStoreTest, SharedReadsKeepBinaryKeysApart) {
+  ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
+  auto store = PostgresStore::Open(
+      {.conninfo = server_->conninfo(), .max_concurrent_reads = 1});
+  ASSERT_THAT(store, IsOk());
+  std::vector<std::string> keys = {"", std::string(1, '\0'),
+                                   std::string(2, '\0')};
+  for (int i = 0; i < 256; ++i) {
+    keys.push_back(std::string("k") + static_cast<char>(i));
+    keys.push_back(std::string("k") + static_cast<char>(i) + '\xff');
+  }
+  Transaction t;
+  for (size_t i = 0; i < keys.size(); i += 2) {  // every other one stored
+    t.writes.push_back({Table::kTokens, keys[i], absl::StrCat("v", i)});
+  }
+  ASSERT_THAT(CommitOne(**store, t), IsOk());
+  const uint64_t before = (*store)->read_statements();
+  auto locker = PgConnection::Connect(server_->conninfo());
+  ASSERT_THAT(locker, IsOk());
+  ASSERT_THAT(locker->Exec("BEGIN"), IsOk());
+  ASSERT_THAT(locker->Exec("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE"),
+              IsOk());
+  const size_t gets = 2 * keys.size();
+  std::vector<absl::StatusOr<std::string>> results(gets);
+  std::vector<std::thread> threads;
+  for (size_t g = 0; g < gets; ++g) {
+    threads.emplace_back([&, g] {
+      results[g] = (*store)->Get(Table::kTokens, keys[g % keys.size()]);
+    });
+  }
+  ASSERT_TRUE(testing::Eventually(
+      absl::Seconds(20), [&] { return (*store)->queued_reads() == gets - 1; }));
+  ASSERT_THAT(locker->Exec("COMMIT"), IsOk());
+  for (std::thread& thread : threads) thread.join();
+  for (size_t g = 0; g < gets; ++g) {
+    SCOPED_TRACE(g);
+    const size_t i = g % keys.size();
+    if (i % 2 == 0) {
+      EXPECT_THAT(results[g], IsOkAndHolds(absl::StrCat("v", i)));
+    } else {
+      EXPECT_THAT(results[g], StatusIs(absl::StatusCode::kNotFound));
+    }
+  }
+  // One blocked read, then the queue in reads of at most kMaxKeysPerRead.
+  EXPECT_EQ((*store)->read_statements(),
+            before + 1 + (gets - 1 + kMaxKeysPerRead - 1) / kMaxKeysPerRead);
+  EXPECT_EQ((*store)->queued_reads(), 0u);
+}
+
 // A read that fails answers every Get that shared it with its error.
 TEST_F(PostgresStoreTest, ASharedReadThatFailsFailsEveryGetOfIt) {
   ASSERT_THAT(MigratePostgres(server_->conninfo()), IsOk());
