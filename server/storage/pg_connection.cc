@@ -575,6 +575,21 @@ PgStatementResult PgConnection::FinishStatement(PGresult* first,
   return out;
 }
 
+absl::StatusOr<PgStatementResult> PgConnection::AnswerTo(
+    bool sent, const Pending& pending, absl::string_view operation) {
+  if (!sent) {
+    MarkBroken();
+    return FromPgConnection(connection_, operation);
+  }
+  absl::Status error;
+  PGresult* first = NextResult(&error);
+  if (first == nullptr) {
+    MarkBroken();
+    return error.ok() ? Lost(operation) : error;
+  }
+  return FinishStatement(first, pending, operation);
+}
+
 absl::StatusOr<PgResult> PgConnection::Exec(absl::string_view sql,
                                             const PgParams& params) {
   constexpr absl::string_view kOperation = "statement";
@@ -592,33 +607,18 @@ absl::StatusOr<PgResult> PgConnection::Exec(absl::string_view sql,
   if (was_prepared) {
     name = cached->second;
   } else if (MayPrepare()) {
-    if (!SendParse(sql, params, &name)) {
-      MarkBroken();
-      return FromPgConnection(connection_, kOperation);
-    }
-    absl::Status error;
-    PGresult* parsed = NextResult(&error);
-    if (parsed == nullptr) {
-      MarkBroken();
-      return error.ok() ? Lost(kOperation) : error;
-    }
-    PgStatementResult parse = FinishStatement(parsed, Pending(), kOperation);
-    if (!parse.status.ok()) return parse.status;
+    absl::StatusOr<PgStatementResult> parse =
+        AnswerTo(SendParse(sql, params, &name), Pending(), kOperation);
+    if (!parse.ok()) return parse.status();
+    if (!parse->status.ok()) return parse->status;
     prepared_.emplace(key, name);
-  }
-  if (!Send(sql, name, params)) {
-    MarkBroken();
-    return FromPgConnection(connection_, kOperation);
-  }
-  absl::Status error;
-  PGresult* first = NextResult(&error);
-  if (first == nullptr) {
-    MarkBroken();
-    return error.ok() ? Lost(kOperation) : error;
   }
   Pending pending;
   pending.is_commit = IsCommit(sql);
-  PgStatementResult result = FinishStatement(first, pending, kOperation);
+  absl::StatusOr<PgStatementResult> answer =
+      AnswerTo(Send(sql, name, params), pending, kOperation);
+  if (!answer.ok()) return answer.status();
+  PgStatementResult& result = *answer;
   ForgetPreparedIfGone(result);
   if (was_prepared && SqlStateOf(result.status) == "26000" && !broken_ &&
       PQtransactionStatus(connection_) == PQTRANS_IDLE) {

@@ -283,6 +283,10 @@ class PgConnection {
   // The next PQgetResult answer (nullptr: end of the current statement, or
   // a failure, then in *error), polling and flushing while it is not ready.
   PGresult* NextResult(absl::Status* error);
+  // The answer to the one statement just sent (`sent`: libpq took it)
+  // outside a pipeline; the error when the connection broke instead.
+  absl::StatusOr<PgStatementResult> AnswerTo(bool sent, const Pending& pending,
+                                             absl::string_view operation);
   // Reads the rest of one statement's results up to its terminating null.
   PgStatementResult FinishStatement(PGresult* first, const Pending& pending,
                                     absl::string_view operation);

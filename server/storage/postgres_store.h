@@ -89,10 +89,10 @@ class PostgresStore : public Store {
     std::string conninfo;
     // Connections kept open for reads and commits. Default 8.
     int pool_size = 8;
-    // Reads of one table in flight at once. Gets beyond it wait and share
-    // the next read: one statement for all their keys (at most
-    // kMaxKeysPerRead), so a burst of Detokenize calls costs a few round
-    // trips, not one each, and leaves connections to the commits. Default 4.
+    // Reads of one table in flight at once (each table has its own bound,
+    // all share the pool). Gets beyond it wait and share the next read: one
+    // statement for all their keys (at most kMaxKeysPerRead), so a burst of
+    // Detokenize calls costs a few round trips, not one each. Default 4.
     int max_concurrent_reads = 4;
     // When a token-data value expires (InfiniteFuture = never). Unset:
     // nothing expires.

@@ -37,6 +37,18 @@ class PostgresStoreTest : public ::testing::Test {
     ASSERT_THAT(server, IsOk());
     server_ = *std::move(server);
   }
+  // A connection holding the tokens table locked until it commits: reads of
+  // the table wait behind it.
+  absl::StatusOr<PgConnection> LockTokensTable() {
+    absl::StatusOr<PgConnection> locker =
+        PgConnection::Connect(server_->conninfo());
+    if (!locker.ok()) return locker.status();
+    for (absl::string_view sql :
+         {"BEGIN", "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE"}) {
+      if (absl::Status s = locker->Exec(sql).status(); !s.ok()) return s;
+    }
+    return locker;
+  }
   std::unique_ptr<PostgresServer> server_;
 };
 
@@ -119,11 +131,8 @@ TEST_F(PostgresStoreTest, ConcurrentGetsShareOneRead) {
   ASSERT_THAT(CommitOne(**store, t), IsOk());
   const uint64_t before = (*store)->read_statements();
 
-  auto locker = PgConnection::Connect(server_->conninfo());
+  absl::StatusOr<PgConnection> locker = LockTokensTable();
   ASSERT_THAT(locker, IsOk());
-  ASSERT_THAT(locker->Exec("BEGIN"), IsOk());
-  ASSERT_THAT(locker->Exec("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE"),
-              IsOk());
   constexpr int kGets = 51;
   std::vector<absl::StatusOr<std::string>> results(kGets);
   std::vector<std::thread> threads;
@@ -176,11 +185,8 @@ TEST_F(PostgresStoreTest, SharedReadsKeepBinaryKeysApart) {
   }
   ASSERT_THAT(CommitOne(**store, t), IsOk());
   const uint64_t before = (*store)->read_statements();
-  auto locker = PgConnection::Connect(server_->conninfo());
+  absl::StatusOr<PgConnection> locker = LockTokensTable();
   ASSERT_THAT(locker, IsOk());
-  ASSERT_THAT(locker->Exec("BEGIN"), IsOk());
-  ASSERT_THAT(locker->Exec("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE"),
-              IsOk());
   const size_t gets = 2 * keys.size();
   std::vector<absl::StatusOr<std::string>> results(gets);
   std::vector<std::thread> threads;
